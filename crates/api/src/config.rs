@@ -1,0 +1,469 @@
+//! The sidecar config file: what the controller renders and what people may write by hand.
+//!
+//! Parsing goes through [`SidecarConfig::from_yaml`], which names the offending field in every
+//! error (`streams[1].heartbeat.timeout: ...`) and returns warnings for values that work but are
+//! outside the recommended range.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::{duration::serde_str, PodName, StreamId, Tenant};
+
+/// The recommended heartbeat range: below it pings thrash CPU and platform rate limits, above
+/// it there is no recovery window before platform idle limits (the seed guide's traps).
+pub const RECOMMENDED_HEARTBEAT: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(5)..=Duration::from_secs(45);
+
+/// A config the sidecar cannot run, with the field that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Path of the field, like `streams[0].heartbeat.timeout`; empty for the whole document.
+    pub field: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// The whole sidecar config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// This pod's name; default `$POD_NAME`, else the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodName>,
+    /// The app endpoint (WebSocket).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The admin endpoint: `/metrics`, `/healthz`, `/readyz`, `/status`.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// Redis URL; absent means the in-process store (one pod only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// The streams this pod may run.
+    #[serde(default)]
+    pub streams: Vec<StreamSpec>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7700))
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9464))
+}
+
+/// Which platform dialect a stream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Platform {
+    /// Genesys Cloud CX Notifications API.
+    Genesys,
+    /// NICE CXone digital event hub.
+    CxoneDfo,
+    /// NICE CXone Agent Assist Hub notifications.
+    CxoneAah,
+    /// The seed guide's dialect: Bearer upgrade, RFC 6455 pings, in-stream token refresh.
+    Generic,
+}
+
+impl Platform {
+    /// The platform as written in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Genesys => "genesys",
+            Self::CxoneDfo => "cxone-dfo",
+            Self::CxoneAah => "cxone-aah",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+/// One stream the pod may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamSpec {
+    /// `namespace/name` of its StreamConnection.
+    pub id: StreamId,
+    /// The tenant whose pool it counts against.
+    pub tenant: Tenant,
+    /// The platform dialect.
+    pub platform: Platform,
+    /// 0..=1000, higher wins.
+    #[serde(default = "default_priority")]
+    pub priority: u16,
+    /// Where the platform lives.
+    #[serde(default)]
+    pub endpoints: Endpoints,
+    /// Where the OAuth client id and secret come from.
+    pub credentials: Credentials,
+    /// Topics to subscribe (platforms with subscriptions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// Ping interval and dead timeout.
+    #[serde(default)]
+    pub heartbeat: HeartbeatSpec,
+    /// Token refresh schedule.
+    #[serde(default)]
+    pub token: TokenSpec,
+    /// Reconnect backoff.
+    #[serde(default)]
+    pub reconnect: ReconnectSpec,
+    /// Frame and buffer limits.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// TLS trust; system roots when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+fn default_priority() -> u16 {
+    500
+}
+
+/// Platform endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoints {
+    /// REST API base, e.g. `https://api.mypurecloud.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Url>,
+    /// OAuth login base, e.g. `https://login.mypurecloud.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<Url>,
+    /// The socket URL where it is not discovered (generic, cxone-dfo, cxone-aah).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Url>,
+}
+
+/// Where credentials come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Credentials {
+    /// A directory with files `clientId` and `clientSecret` (a mounted Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// A Secret's name, read through the API server in-cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// Heartbeat timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeartbeatSpec {
+    /// Ping every this long.
+    #[serde(with = "serde_str", default = "default_interval")]
+    pub interval: Duration,
+    /// Dead when nothing arrived for this long.
+    #[serde(with = "serde_str", default = "default_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(35)
+}
+
+impl Default for HeartbeatSpec {
+    fn default() -> Self {
+        Self { interval: default_interval(), timeout: default_timeout() }
+    }
+}
+
+/// Token refresh timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenSpec {
+    /// Refresh this long before expiry.
+    #[serde(with = "serde_str", default = "default_refresh_lead")]
+    pub refresh_lead: Duration,
+    /// First retry delay after a failed refresh; doubles on each failure.
+    #[serde(with = "serde_str", default = "default_retry")]
+    pub retry: Duration,
+}
+
+fn default_refresh_lead() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_retry() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for TokenSpec {
+    fn default() -> Self {
+        Self { refresh_lead: default_refresh_lead(), retry: default_retry() }
+    }
+}
+
+/// Reconnect backoff: exponential with full jitter between zero and the capped step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReconnectSpec {
+    /// The first step.
+    #[serde(with = "serde_str", default = "default_reconnect_initial")]
+    pub initial: Duration,
+    /// The cap.
+    #[serde(with = "serde_str", default = "default_reconnect_max")]
+    pub max: Duration,
+}
+
+fn default_reconnect_initial() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for ReconnectSpec {
+    fn default() -> Self {
+        Self { initial: default_reconnect_initial(), max: default_reconnect_max() }
+    }
+}
+
+/// Size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// The largest upstream or app frame accepted, in bytes.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// Unacked events held for the app; past it the oldest are dropped and a `gap` is sent.
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked_events: usize,
+}
+
+fn default_max_frame() -> usize {
+    1 << 20
+}
+
+fn default_max_unacked() -> usize {
+    10_000
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self { max_frame_bytes: default_max_frame(), max_unacked_events: default_max_unacked() }
+    }
+}
+
+/// TLS trust settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSpec {
+    /// A PEM file of CA certificates to trust instead of the system roots.
+    pub ca_file: PathBuf,
+}
+
+/// A config that parsed and validated, with its warnings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The config.
+    pub config: SidecarConfig,
+    /// Values that work but are outside the recommended range, each naming its field.
+    pub warnings: Vec<String>,
+}
+
+impl SidecarConfig {
+    /// Parses and validates a YAML document.
+    pub fn from_yaml(text: &str) -> Result<Loaded, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let config: SidecarConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            ConfigError::new(field, e.into_inner().to_string())
+        })?;
+        let warnings = config.validate()?;
+        Ok(Loaded { config, warnings })
+    }
+
+    /// Checks what serde cannot; returns warnings for values outside the recommended range.
+    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let mut seen = HashSet::new();
+        if self.listen == self.admin {
+            return Err(ConfigError::new("admin", "must differ from `listen`"));
+        }
+        for (i, s) in self.streams.iter().enumerate() {
+            let at = |f: &str| format!("streams[{i}].{f}");
+            if !seen.insert(&s.id) {
+                return Err(ConfigError::new(at("id"), format!("{} appears twice", s.id)));
+            }
+            if s.priority > 1000 {
+                return Err(ConfigError::new(at("priority"), "must be 0..=1000"));
+            }
+            let hb = s.heartbeat;
+            if hb.interval.is_zero() {
+                return Err(ConfigError::new(at("heartbeat.interval"), "must be positive"));
+            }
+            if hb.timeout <= hb.interval {
+                return Err(ConfigError::new(
+                    at("heartbeat.timeout"),
+                    format!(
+                        "must be longer than heartbeat.interval ({:?} <= {:?}): otherwise every \
+                         connection is reaped between two pings",
+                        hb.timeout, hb.interval
+                    ),
+                ));
+            }
+            for (name, d) in [("heartbeat.interval", hb.interval), ("heartbeat.timeout", hb.timeout)] {
+                if !RECOMMENDED_HEARTBEAT.contains(&d) {
+                    warnings.push(format!(
+                        "{}: {d:?} is outside the recommended 5s..45s (fine for tests and demos)",
+                        at(name)
+                    ));
+                }
+            }
+            if s.token.retry.is_zero() {
+                return Err(ConfigError::new(at("token.retry"), "must be positive"));
+            }
+            if s.reconnect.initial.is_zero() || s.reconnect.max < s.reconnect.initial {
+                return Err(ConfigError::new(
+                    at("reconnect"),
+                    "initial must be positive and max at least initial",
+                ));
+            }
+            if s.limits.max_frame_bytes < 1024 {
+                return Err(ConfigError::new(at("limits.maxFrameBytes"), "must be at least 1024"));
+            }
+            if s.limits.max_unacked_events == 0 {
+                return Err(ConfigError::new(at("limits.maxUnackedEvents"), "must be positive"));
+            }
+            match (&s.credentials.dir, &s.credentials.secret) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(ConfigError::new(
+                        at("credentials"),
+                        "set exactly one of `dir` (files clientId, clientSecret) or `secret`",
+                    ));
+                }
+            }
+            let needs: &[(&str, bool)] = match s.platform {
+                Platform::Generic => &[
+                    ("endpoints.stream", s.endpoints.stream.is_some()),
+                    ("endpoints.login", s.endpoints.login.is_some()),
+                    ("endpoints.api", s.endpoints.api.is_some()),
+                ],
+                Platform::Genesys => &[
+                    ("endpoints.api", s.endpoints.api.is_some()),
+                    ("endpoints.login", s.endpoints.login.is_some()),
+                ],
+                Platform::CxoneDfo | Platform::CxoneAah => &[
+                    ("endpoints.stream", s.endpoints.stream.is_some()),
+                    ("endpoints.login", s.endpoints.login.is_some()),
+                ],
+            };
+            if let Some((field, _)) = needs.iter().find(|(_, present)| !present) {
+                return Err(ConfigError::new(
+                    at(field),
+                    format!("is required for platform {}", s.platform.as_str()),
+                ));
+            }
+            if let Some(url) = &s.endpoints.stream {
+                if !matches!(url.scheme(), "ws" | "wss") {
+                    return Err(ConfigError::new(
+                        at("endpoints.stream"),
+                        format!("must be a ws:// or wss:// URL, not {}://", url.scheme()),
+                    ));
+                }
+            }
+            for (name, url) in [("endpoints.api", &s.endpoints.api), ("endpoints.login", &s.endpoints.login)] {
+                if let Some(url) = url {
+                    if !matches!(url.scheme(), "http" | "https") {
+                        return Err(ConfigError::new(
+                            at(name),
+                            format!("must be an http:// or https:// URL, not {}://", url.scheme()),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// The spec of one stream.
+    pub fn stream(&self, id: &StreamId) -> Option<&StreamSpec> {
+        self.streams.iter().find(|s| &s.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+pod: wem-ingest-7d9f-x2
+listen: 127.0.0.1:7700
+admin: 0.0.0.0:9464
+streams:
+  - id: cc/acme-queue-events
+    tenant: acme
+    platform: generic
+    priority: 500
+    endpoints: {api: "http://127.0.0.1:9000", login: "http://127.0.0.1:9000", stream: "ws://127.0.0.1:9000/streams/q"}
+    credentials: {dir: /var/run/streamkeeper/acme}
+    heartbeat: {interval: 15s, timeout: 35s}
+    token: {refreshLead: 120s, retry: 30s}
+"#;
+
+    #[test]
+    fn the_documented_example_parses_with_defaults() {
+        let loaded = SidecarConfig::from_yaml(GOOD).expect("valid");
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let s = &loaded.config.streams[0];
+        assert_eq!(s.heartbeat.timeout, Duration::from_secs(35));
+        assert_eq!(s.reconnect, ReconnectSpec::default());
+        assert_eq!(s.limits.max_frame_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = GOOD.replace("timeout: 35s", "timeout: 35");
+        let err = SidecarConfig::from_yaml(&bad).expect_err("no unit");
+        assert_eq!(err.field, "streams[0].heartbeat.timeout");
+        assert!(err.message.contains("no unit"), "{err}");
+
+        let bad = GOOD.replace("interval: 15s", "intervall: 15s");
+        let err = SidecarConfig::from_yaml(&bad).expect_err("typo");
+        assert!(err.field.starts_with("streams[0].heartbeat"), "{err}");
+        assert!(err.message.contains("intervall"), "{err}");
+
+        let bad = GOOD.replace("timeout: 35s", "timeout: 10s");
+        let err = SidecarConfig::from_yaml(&bad).expect_err("timeout below interval");
+        assert_eq!(err.field, "streams[0].heartbeat.timeout");
+
+        let bad = GOOD.replace("id: cc/acme-queue-events", "id: acme-queue-events");
+        let err = SidecarConfig::from_yaml(&bad).expect_err("id without namespace");
+        assert_eq!(err.field, "streams[0].id");
+
+        let bad = GOOD.replace("stream: \"ws:", "stream: \"http:");
+        let err = SidecarConfig::from_yaml(&bad).expect_err("stream not ws");
+        assert_eq!(err.field, "streams[0].endpoints.stream");
+    }
+
+    #[test]
+    fn second_scale_timers_warn_but_load() {
+        let fast = GOOD.replace("interval: 15s, timeout: 35s", "interval: 1s, timeout: 3s");
+        let loaded = SidecarConfig::from_yaml(&fast).expect("valid");
+        assert_eq!(loaded.warnings.len(), 2);
+        assert!(loaded.warnings[0].starts_with("streams[0].heartbeat.interval"));
+    }
+}
