@@ -190,12 +190,20 @@ impl Store for MemoryStore {
         stale_after: Duration,
     ) -> Result<Vec<Transition>, StoreError> {
         let cutoff = now_ms.saturating_sub(u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX));
+        let now = Instant::now();
         let dead: Vec<Transition> = {
             let mut st = self.lock();
+            // Stale means the owner stopped vouching: its lease lapsed too. A live owner whose
+            // socket is down (reconnecting) keeps its lease and is not swept.
             let stale: Vec<StreamKey> = st
                 .records
                 .iter()
-                .filter(|(k, r)| &k.tenant == tenant && r.last_pong < cutoff && r.state != StreamState::Dead)
+                .filter(|(k, r)| {
+                    &k.tenant == tenant
+                        && r.last_pong < cutoff
+                        && r.state != StreamState::Dead
+                        && !st.holds(k, r.fence, now)
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             stale
@@ -342,6 +350,8 @@ mod tests {
         let beat = Beat { key: k.clone(), fence: f, record: record(&k, "a", f, 1_000), lease_ttl: Duration::from_secs(60) };
         s.beat(&[beat]).await.expect("ok");
         let tenant = k.tenant.clone();
+        assert!(s.sweep_stale(&tenant, 100_000, Duration::from_secs(35)).await.expect("ok").is_empty(), "the owner still holds its lease");
+        tokio::time::advance(Duration::from_secs(61)).await;
         let mut total = 0;
         for _ in 0..5 {
             total += s.sweep_stale(&tenant, 100_000, Duration::from_secs(35)).await.expect("ok").len();

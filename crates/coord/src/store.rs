@@ -108,8 +108,9 @@ pub trait Store: Send + Sync + 'static {
     -> Result<bool, StoreError>;
 
     /// Declares DEAD, exactly once however many pods call it, every stream of `tenant` whose
-    /// last pong is older than `stale_after` at `now_ms`; publishes and returns those
-    /// transitions. Costs O(log N + stale), not O(N).
+    /// last pong is older than `stale_after` at `now_ms` AND whose lease lapsed (its owner
+    /// stopped vouching: crashed or frozen; a live owner that is reconnecting keeps its lease);
+    /// publishes and returns those transitions. Costs O(log N + stale), not O(N).
     async fn sweep_stale(&self, tenant: &Tenant, now_ms: u64, stale_after: Duration)
     -> Result<Vec<Transition>, StoreError>;
 

@@ -1,0 +1,487 @@
+//! The hand-off between one stream's upstream session and its app: unacked events, duplicate
+//! suppression, acks, and the frames the app has not seen yet.
+//!
+//! The session pushes without ever waiting (so a slow app cannot delay pong handling); the app
+//! connection pulls with a cursor. Unacked events stay until acked and are delivered again to
+//! the next consumer; past `max_unacked` the oldest are dropped and one `gap` says so.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use serde_json::value::RawValue;
+use streamkeeper_api::{EventId, StreamId, StreamState, ToApp};
+use tokio::sync::{Notify, watch};
+
+/// Control frames kept for a consumer that has not pulled yet; older ones are superseded.
+const CONTROL_BACKLOG: usize = 64;
+
+/// What became of a pushed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued for the app.
+    Queued,
+    /// Already seen (replayed by the platform, or seen on both sockets during a rotation).
+    Duplicate,
+}
+
+/// What an ack did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// This many events (the acked one and every one before it) left the buffer.
+    Acked(usize),
+    /// Acked before: nothing to do.
+    Already,
+    /// Not an id this stream delivered.
+    Unknown,
+}
+
+/// The consumer was replaced by a newer connection for the same stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("replaced by a newer app connection")]
+pub struct Replaced;
+
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    id: EventId,
+    frame: Arc<str>,
+    at_ms: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    seq: u64,
+    unacked: VecDeque<Pending>,
+    unacked_bytes: usize,
+    control: VecDeque<(u64, Arc<str>)>,
+    recent: HashSet<EventId>,
+    recent_order: VecDeque<EventId>,
+    last_acked: Option<EventId>,
+    generation: u64,
+    consumers: usize,
+    paused: bool,
+    state: StreamState,
+    /// Events dropped on overflow and not yet reported: (first at, last at, count).
+    overflow: Option<(u64, u64, u64)>,
+}
+
+/// One stream's hub. Cheap to share: `Arc<Hub>`.
+#[derive(Debug)]
+pub struct Hub {
+    stream: StreamId,
+    max_unacked: usize,
+    recent_cap: usize,
+    state: Mutex<State>,
+    notify: Notify,
+    acked: watch::Sender<Option<EventId>>,
+}
+
+impl Hub {
+    /// A hub holding at most `max_unacked` unacked events; `checkpoint` is the last id acked
+    /// before (from the store), so it is never delivered again.
+    pub fn new(stream: StreamId, max_unacked: usize, checkpoint: Option<EventId>) -> Arc<Self> {
+        let recent_cap = max_unacked.saturating_mul(2).max(4096);
+        let mut st = State {
+            seq: 0,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            control: VecDeque::new(),
+            recent: HashSet::new(),
+            recent_order: VecDeque::new(),
+            last_acked: None,
+            generation: 0,
+            consumers: 0,
+            paused: false,
+            state: StreamState::Connecting,
+            overflow: None,
+        };
+        if let Some(id) = &checkpoint {
+            remember(&mut st, recent_cap, id.clone());
+            st.last_acked = Some(id.clone());
+        }
+        Arc::new(Self {
+            stream,
+            max_unacked: max_unacked.max(1),
+            recent_cap,
+            state: Mutex::new(st),
+            notify: Notify::new(),
+            acked: watch::channel(checkpoint).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stream this hub serves.
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
+    /// Queues an upstream event for the app, unless its id was seen before.
+    pub fn push_event(&self, id: &EventId, data: &RawValue, at_ms: u64) -> Push {
+        {
+            let mut st = self.lock();
+            if st.recent.contains(id) {
+                return Push::Duplicate;
+            }
+            remember(&mut st, self.recent_cap, id.clone());
+            let frame: Arc<str> = ToApp::Event {
+                stream: &self.stream,
+                id,
+                data,
+            }
+            .to_json()
+            .into();
+            st.seq += 1;
+            let seq = st.seq;
+            st.unacked_bytes += frame.len();
+            st.unacked.push_back(Pending {
+                seq,
+                id: id.clone(),
+                frame,
+                at_ms,
+            });
+            while st.unacked.len() > self.max_unacked {
+                let Some(old) = st.unacked.pop_front() else {
+                    break;
+                };
+                st.unacked_bytes -= old.frame.len();
+                st.overflow = Some(match st.overflow {
+                    None => (old.at_ms, old.at_ms, 1),
+                    Some((from, _, n)) => (from, old.at_ms, n + 1),
+                });
+            }
+            if let Some((from, to, n)) = st.overflow.take() {
+                let reason = format!("app buffer full: {n} oldest unacked events dropped");
+                let gap = ToApp::Gap {
+                    stream: &self.stream,
+                    from,
+                    to,
+                    reason: &reason,
+                }
+                .to_json();
+                push_control(&mut st, gap.into());
+            }
+        }
+        self.notify.notify_waiters();
+        Push::Queued
+    }
+
+    /// Queues a non-event frame (`dropped`, `gap`, `state`, ...) for the current consumer.
+    pub fn push_control(&self, frame: &ToApp<'_>) {
+        {
+            let mut st = self.lock();
+            if let ToApp::State { state, .. } = frame {
+                st.state = *state;
+            }
+            match frame {
+                ToApp::Paused { .. } => st.paused = true,
+                ToApp::Resumed { .. } => st.paused = false,
+                _ => {}
+            }
+            push_control(&mut st, frame.to_json().into());
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Acks `id` and every event delivered before it.
+    pub fn ack(&self, id: &EventId) -> Ack {
+        let out = {
+            let mut st = self.lock();
+            match st.unacked.iter().position(|p| &p.id == id) {
+                Some(pos) => {
+                    let freed: usize = st.unacked.drain(..=pos).map(|p| p.frame.len()).sum();
+                    st.unacked_bytes -= freed;
+                    st.last_acked = Some(id.clone());
+                    Ack::Acked(pos + 1)
+                }
+                None if st.recent.contains(id) => Ack::Already,
+                None => Ack::Unknown,
+            }
+        };
+        if matches!(out, Ack::Acked(_)) {
+            self.acked.send_replace(Some(id.clone()));
+        }
+        out
+    }
+
+    /// Adopts the store's checkpoint when this pod takes the stream over: that id and
+    /// everything before it were acked on another pod and are never delivered again.
+    pub fn seed_checkpoint(&self, checkpoint: Option<EventId>) {
+        let Some(id) = checkpoint else { return };
+        let mut st = self.lock();
+        if let Some(pos) = st.unacked.iter().position(|p| p.id == id) {
+            let freed: usize = st.unacked.drain(..=pos).map(|p| p.frame.len()).sum();
+            st.unacked_bytes -= freed;
+        }
+        remember(&mut st, self.recent_cap, id.clone());
+        st.last_acked = Some(id);
+    }
+
+    /// Watches the last acked id (for checkpointing; coalesces bursts of acks).
+    pub fn acked(&self) -> watch::Receiver<Option<EventId>> {
+        self.acked.subscribe()
+    }
+
+    /// The last acked id.
+    pub fn last_acked(&self) -> Option<EventId> {
+        self.lock().last_acked.clone()
+    }
+
+    /// Bytes of events queued and not acked.
+    pub fn pending_bytes(&self) -> u64 {
+        self.lock().unacked_bytes as u64
+    }
+
+    /// Events queued and not acked.
+    pub fn pending_events(&self) -> usize {
+        self.lock().unacked.len()
+    }
+
+    /// The last state pushed.
+    pub fn state(&self) -> StreamState {
+        self.lock().state
+    }
+
+    /// Whether forwarding is paused.
+    pub fn paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Connected consumers (0 or 1; a replaced one counts until it notices).
+    pub fn consumers(&self) -> usize {
+        self.lock().consumers
+    }
+
+    /// Attaches a new consumer; the previous one, if any, is replaced. The new one is handed
+    /// every unacked event first.
+    pub fn attach(self: &Arc<Self>) -> Consumer {
+        let (generation, control_cursor) = {
+            let mut st = self.lock();
+            st.generation += 1;
+            st.consumers += 1;
+            (st.generation, st.seq)
+        };
+        self.notify.notify_waiters();
+        Consumer {
+            hub: Arc::clone(self),
+            generation,
+            event_cursor: 0,
+            control_cursor,
+        }
+    }
+}
+
+fn remember(st: &mut State, cap: usize, id: EventId) {
+    if st.recent.insert(id.clone()) {
+        st.recent_order.push_back(id);
+        while st.recent_order.len() > cap {
+            if let Some(old) = st.recent_order.pop_front() {
+                st.recent.remove(&old);
+            }
+        }
+    }
+}
+
+fn push_control(st: &mut State, frame: Arc<str>) {
+    st.seq += 1;
+    let seq = st.seq;
+    st.control.push_back((seq, frame));
+    if st.control.len() > CONTROL_BACKLOG {
+        st.control.pop_front();
+    }
+}
+
+/// One app connection's view of a hub.
+#[derive(Debug)]
+pub struct Consumer {
+    hub: Arc<Hub>,
+    generation: u64,
+    event_cursor: u64,
+    control_cursor: u64,
+}
+
+impl Consumer {
+    /// The hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Waits for frames the app has not been handed and appends them, in order, to `out`.
+    /// Cancel-safe: frames are only marked handed when this returns.
+    pub async fn next(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Replaced> {
+        loop {
+            let notified = self.hub.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.hub.lock();
+                if st.generation != self.generation {
+                    return Err(Replaced);
+                }
+                let mut batch: Vec<(u64, Arc<str>)> = Vec::new();
+                if !st.paused {
+                    batch.extend(
+                        st.unacked
+                            .iter()
+                            .filter(|p| p.seq > self.event_cursor)
+                            .map(|p| (p.seq, Arc::clone(&p.frame))),
+                    );
+                }
+                batch.extend(
+                    st.control
+                        .iter()
+                        .filter(|(s, _)| *s > self.control_cursor)
+                        .cloned(),
+                );
+                if !batch.is_empty() {
+                    batch.sort_by_key(|(s, _)| *s);
+                    if let Some(seq) = st.unacked.back().map(|p| p.seq).filter(|_| !st.paused) {
+                        self.event_cursor = self.event_cursor.max(seq);
+                    }
+                    if let Some((seq, _)) = st.control.back() {
+                        self.control_cursor = self.control_cursor.max(*seq);
+                    }
+                    out.extend(batch.into_iter().map(|(_, f)| f));
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Acks through the hub.
+    pub fn ack(&self, id: &EventId) -> Ack {
+        self.hub.ack(id)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let mut st = self.hub.lock();
+        st.consumers = st.consumers.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).expect("json")
+    }
+
+    fn id(n: u32) -> EventId {
+        EventId(format!("e{n}"))
+    }
+
+    fn hub(max: usize) -> Arc<Hub> {
+        Hub::new("cc/q".parse().expect("id"), max, None)
+    }
+
+    async fn pull(c: &mut Consumer) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(1), c.next(&mut out))
+            .await
+            .expect("frames within a second")
+            .expect("not replaced");
+        out.iter()
+            .map(|f| serde_json::from_str(f).expect("json"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn unacked_events_are_redelivered_and_acked_ones_never() {
+        let h = hub(100);
+        let mut c = h.attach();
+        for n in 1..=5 {
+            assert_eq!(h.push_event(&id(n), &raw("{}"), 0), Push::Queued);
+        }
+        let got = pull(&mut c).await;
+        assert_eq!(got.len(), 5);
+        assert_eq!(c.ack(&id(3)), Ack::Acked(3));
+        assert_eq!(c.ack(&id(2)), Ack::Already);
+        assert_eq!(c.ack(&EventId("nope".into())), Ack::Unknown);
+        drop(c);
+
+        let mut c2 = h.attach();
+        let ids: Vec<_> = pull(&mut c2)
+            .await
+            .iter()
+            .map(|v| v["id"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(ids, ["e4", "e5"]);
+        // A replay of acked or queued ids is suppressed.
+        assert_eq!(h.push_event(&id(2), &raw("{}"), 0), Push::Duplicate);
+        assert_eq!(h.push_event(&id(5), &raw("{}"), 0), Push::Duplicate);
+        assert_eq!(*h.acked().borrow(), Some(id(3)));
+    }
+
+    #[tokio::test]
+    async fn a_new_consumer_replaces_the_old_one() {
+        let h = hub(10);
+        let mut old = h.attach();
+        let _new = h.attach();
+        let mut out = Vec::new();
+        assert_eq!(old.next(&mut out).await, Err(Replaced));
+    }
+
+    #[tokio::test]
+    async fn overflow_drops_the_oldest_and_sends_one_gap() {
+        let h = hub(3);
+        for n in 1..=5 {
+            h.push_event(&id(n), &raw("{}"), u64::from(n) * 1000);
+        }
+        let mut c = h.attach();
+        // The gaps were pushed before this consumer attached: it sees the survivors only.
+        let got = pull(&mut c).await;
+        let ids: Vec<_> = got
+            .iter()
+            .map(|v| v["id"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(ids, ["e3", "e4", "e5"]);
+
+        h.push_event(&id(6), &raw("{}"), 6000);
+        let got = pull(&mut c).await;
+        assert_eq!(got[0]["type"], "event");
+        assert_eq!(got[1]["type"], "gap");
+        assert_eq!(
+            (got[1]["from"].as_u64(), got[1]["to"].as_u64()),
+            (Some(3000), Some(3000))
+        );
+    }
+
+    #[tokio::test]
+    async fn paused_holds_events_until_resumed() {
+        let h = hub(10);
+        let stream = h.stream().clone();
+        let mut c = h.attach();
+        h.push_control(&ToApp::Paused {
+            stream: &stream,
+            reason: "token_mismatch",
+        });
+        h.push_event(&id(1), &raw("{}"), 0);
+        let got = pull(&mut c).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["type"], "paused");
+        h.push_control(&ToApp::Resumed { stream: &stream });
+        let got = pull(&mut c).await;
+        let kinds: Vec<_> = got
+            .iter()
+            .map(|v| v["type"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(kinds, ["event", "resumed"]);
+    }
+
+    #[test]
+    fn a_checkpoint_is_never_delivered_again() {
+        let h = Hub::new("cc/q".parse().expect("id"), 10, Some(id(7)));
+        assert_eq!(h.push_event(&id(7), &raw("{}"), 0), Push::Duplicate);
+        assert_eq!(h.last_acked(), Some(id(7)));
+    }
+}

@@ -1,0 +1,430 @@
+//! The liveness engine of one connection: when to ping, when a pong is late (DEGRADED), and the
+//! deadline after which the connection is DEAD.
+//!
+//! Pure: every method takes `now`, so the same code runs under tokio's paused clock in tests and
+//! on the wall clock in production. The owner sleeps until [`Liveness::next_wakeup`] and calls
+//! [`Liveness::poll`]; there is no sweep over connections, so a DEAD is declared as soon as the
+//! runtime wakes the task at its deadline.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Ping interval and dead timeout of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatPolicy {
+    /// Send a ping this often.
+    pub interval: Duration,
+    /// Declare DEAD when nothing at all arrived for this long.
+    pub timeout: Duration,
+}
+
+impl From<streamkeeper_api::config::HeartbeatSpec> for HeartbeatPolicy {
+    fn from(s: streamkeeper_api::config::HeartbeatSpec) -> Self {
+        Self {
+            interval: s.interval,
+            timeout: s.timeout,
+        }
+    }
+}
+
+/// How the link looks while it is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Pongs on time.
+    Active,
+    /// A pong is late, or the last round trip was far above its average.
+    Degraded,
+}
+
+/// Something the owner must act on now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Send ping number `seq`.
+    Ping {
+        /// Sequence number to carry in the ping, where the dialect allows a payload.
+        seq: u64,
+    },
+    /// The link became DEGRADED.
+    Degraded,
+    /// Nothing arrived for the whole timeout: reap the connection.
+    Dead {
+        /// When the last inbound frame arrived.
+        last_inbound: Instant,
+        /// `last_inbound + timeout`.
+        deadline: Instant,
+    },
+}
+
+/// What a pong changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PongOutcome {
+    /// Round trip of the ping it answers, when known.
+    pub rtt: Option<Duration>,
+    /// The link's health after the pong, if it changed.
+    pub changed: Option<Health>,
+}
+
+/// Pings kept for matching pongs; older unanswered pings only matter for lateness.
+const TRACKED_PINGS: usize = 4;
+/// A round trip this many times the average is DEGRADED...
+const RTT_SPIKE_FACTOR: u32 = 4;
+/// ...unless it is also within this much of the average (sub-millisecond loopback jitter).
+const RTT_SPIKE_FLOOR: Duration = Duration::from_millis(50);
+
+/// The liveness state of one connection.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    policy: HeartbeatPolicy,
+    last_inbound: Instant,
+    next_ping: Instant,
+    next_seq: u64,
+    /// Recent pings (seq, sent at), newest last; `None` slots are answered or unused.
+    sent: [Option<(u64, Instant)>; TRACKED_PINGS],
+    /// When the oldest unanswered ping was sent.
+    oldest_unanswered: Option<Instant>,
+    /// Smoothed round trip (TCP's SRTT weights: 7/8 old, 1/8 new).
+    srtt: Option<Duration>,
+    health: Health,
+    dead: bool,
+}
+
+impl Liveness {
+    /// A link that connected at `now` (the handshake counts as inbound). The first ping goes
+    /// out after `phase`, a value in `0..interval` that spreads the pings of many connections
+    /// opened at once.
+    pub fn new(policy: HeartbeatPolicy, now: Instant, phase: Duration) -> Self {
+        Self {
+            policy,
+            last_inbound: now,
+            next_ping: now + phase.min(policy.interval),
+            next_seq: 1,
+            sent: [None; TRACKED_PINGS],
+            oldest_unanswered: None,
+            srtt: None,
+            health: Health::Active,
+            dead: false,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> HeartbeatPolicy {
+        self.policy
+    }
+
+    /// When the connection is DEAD unless something arrives first.
+    pub fn deadline(&self) -> Instant {
+        self.last_inbound + self.policy.timeout
+    }
+
+    /// When the last frame of any kind arrived.
+    pub fn last_inbound(&self) -> Instant {
+        self.last_inbound
+    }
+
+    /// The smoothed round trip, once a pong has been matched.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// When the owner must call [`poll`](Self::poll) next.
+    pub fn next_wakeup(&self) -> Instant {
+        let mut at = self.next_ping.min(self.deadline());
+        if let (Some(sent), Health::Active) = (self.oldest_unanswered, self.health) {
+            at = at.min(sent + self.late_after());
+        }
+        at
+    }
+
+    /// A pong is late after a whole interval, or after four average round trips if that is
+    /// longer (slow links must not flap).
+    fn late_after(&self) -> Duration {
+        let by_rtt = self.srtt.map(|r| r * RTT_SPIKE_FACTOR).unwrap_or_default();
+        self.policy.interval.max(by_rtt)
+    }
+
+    /// Any inbound frame (data, server heartbeat, control) proves the link alive.
+    pub fn on_inbound(&mut self, now: Instant) {
+        if now > self.last_inbound {
+            self.last_inbound = now;
+        }
+    }
+
+    /// A pong arrived; `seq` is the ping number it carried, if the dialect echoes one.
+    /// Every pong counts (the seed guide's `socket.once('pong')` counted only the first).
+    pub fn on_pong(&mut self, now: Instant, seq: Option<u64>) -> PongOutcome {
+        self.on_inbound(now);
+        let answered = match seq {
+            Some(seq) => self.sent.iter().flatten().find(|(s, _)| *s == seq).copied(),
+            // Without an echo, a pong answers the newest ping.
+            None => self.sent.iter().flatten().max_by_key(|(s, _)| *s).copied(),
+        };
+        let Some((seq, sent_at)) = answered else {
+            // Unsolicited pong: liveness only.
+            return PongOutcome {
+                rtt: None,
+                changed: None,
+            };
+        };
+        for slot in &mut self.sent {
+            if slot.is_some_and(|(s, _)| s <= seq) {
+                *slot = None;
+            }
+        }
+        self.oldest_unanswered = self.sent.iter().flatten().map(|(_, at)| *at).min();
+        let rtt = now.saturating_duration_since(sent_at);
+        let spike = self
+            .srtt
+            .is_some_and(|avg| rtt > avg * RTT_SPIKE_FACTOR && rtt > avg + RTT_SPIKE_FLOOR);
+        self.srtt = Some(match self.srtt {
+            None => rtt,
+            Some(avg) => (avg * 7 + rtt) / 8,
+        });
+        let health = if spike
+            || self
+                .oldest_unanswered
+                .is_some_and(|t| now >= t + self.late_after())
+        {
+            Health::Degraded
+        } else {
+            Health::Active
+        };
+        let changed = (health != self.health).then_some(health);
+        self.health = health;
+        PongOutcome {
+            rtt: Some(rtt),
+            changed,
+        }
+    }
+
+    /// What is due at `now`. Call it again until it returns `None`; after `Dead` it always
+    /// returns `None`.
+    pub fn poll(&mut self, now: Instant) -> Option<Due> {
+        if self.dead {
+            return None;
+        }
+        if now >= self.deadline() {
+            self.dead = true;
+            return Some(Due::Dead {
+                last_inbound: self.last_inbound,
+                deadline: self.deadline(),
+            });
+        }
+        if self.health == Health::Active
+            && self
+                .oldest_unanswered
+                .is_some_and(|t| now >= t + self.late_after())
+        {
+            self.health = Health::Degraded;
+            return Some(Due::Degraded);
+        }
+        if now >= self.next_ping {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            // Keep the schedule anchored: a late wakeup does not shift every later ping.
+            self.next_ping += self.policy.interval;
+            if self.next_ping <= now {
+                self.next_ping = now + self.policy.interval;
+            }
+            self.sent.rotate_left(1);
+            self.sent[TRACKED_PINGS - 1] = Some((seq, now));
+            self.oldest_unanswered.get_or_insert(now);
+            return Some(Due::Ping { seq });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: HeartbeatPolicy = HeartbeatPolicy {
+        interval: Duration::from_secs(15),
+        timeout: Duration::from_secs(35),
+    };
+
+    /// Drives a link the way the session does: sleep to the next wakeup, poll, and let the
+    /// peer answer each ping after `rtt(seq)`, or never when it returns `None`.
+    struct Sim {
+        live: Liveness,
+        pending_pongs: Vec<(Instant, u64)>,
+        pings: u64,
+        pongs: u64,
+        transitions: Vec<(Instant, &'static str)>,
+    }
+
+    impl Sim {
+        fn new(now: Instant) -> Self {
+            Self {
+                live: Liveness::new(POLICY, now, POLICY.interval),
+                pending_pongs: Vec::new(),
+                pings: 0,
+                pongs: 0,
+                transitions: Vec::new(),
+            }
+        }
+
+        /// Runs until `until` or DEAD; returns the instant DEAD was declared.
+        async fn run(
+            &mut self,
+            until: Instant,
+            rtt: impl Fn(u64) -> Option<Duration>,
+        ) -> Option<Instant> {
+            loop {
+                let pong_at = self.pending_pongs.iter().map(|(t, _)| *t).min();
+                let wake =
+                    pong_at.map_or(self.live.next_wakeup(), |p| p.min(self.live.next_wakeup()));
+                if wake > until {
+                    tokio::time::sleep_until(until).await;
+                    return None;
+                }
+                tokio::time::sleep_until(wake).await;
+                let now = Instant::now();
+                let (ready, later): (Vec<_>, Vec<_>) =
+                    self.pending_pongs.drain(..).partition(|(t, _)| *t <= now);
+                self.pending_pongs = later;
+                for (_, seq) in ready {
+                    self.pongs += 1;
+                    if let Some(h) = self.live.on_pong(now, Some(seq)).changed {
+                        self.transitions.push((
+                            now,
+                            if h == Health::Active {
+                                "active"
+                            } else {
+                                "degraded"
+                            },
+                        ));
+                    }
+                }
+                while let Some(due) = self.live.poll(now) {
+                    match due {
+                        Due::Ping { seq } => {
+                            self.pings += 1;
+                            if let Some(d) = rtt(seq) {
+                                self.pending_pongs.push((now + d, seq));
+                            }
+                        }
+                        Due::Degraded => self.transitions.push((now, "degraded")),
+                        Due::Dead { .. } => return Some(now),
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_pong_counts_for_an_hour() {
+        // The seed's `socket.once('pong')` updated lastPong once: every socket died 35 s in.
+        let start = Instant::now();
+        let mut sim = Sim::new(start);
+        let dead = sim
+            .run(start + Duration::from_secs(3601), |_| {
+                Some(Duration::from_millis(40))
+            })
+            .await;
+        assert_eq!(dead, None, "a healthy link was declared dead");
+        assert_eq!(sim.pings, 240);
+        assert_eq!(sim.pongs, 240);
+        assert!(sim.transitions.is_empty(), "{:?}", sim.transitions);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_dead_exactly_at_the_deadline() {
+        let start = Instant::now();
+        let mut sim = Sim::new(start);
+        // Three answered pings, then the peer goes half-open.
+        let dead_at = sim
+            .run(start + Duration::from_secs(600), |seq| {
+                (seq <= 3).then_some(Duration::from_millis(30))
+            })
+            .await
+            .expect("declared dead");
+        let last_pong = start + Duration::from_secs(45) + Duration::from_millis(30);
+        assert_eq!(dead_at, last_pong + POLICY.timeout);
+        // The late pong made it DEGRADED one interval after the unanswered ping, before DEAD.
+        assert_eq!(
+            sim.transitions,
+            vec![(start + Duration::from_secs(75), "degraded")]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn data_frames_keep_a_link_alive_without_pongs() {
+        let start = Instant::now();
+        let mut live = Liveness::new(POLICY, start, POLICY.interval);
+        let mut t = start;
+        for _ in 0..100 {
+            t += Duration::from_secs(10);
+            tokio::time::sleep_until(t).await;
+            live.on_inbound(Instant::now());
+            while let Some(due) = live.poll(Instant::now()) {
+                assert!(!matches!(due, Due::Dead { .. }), "data proves liveness");
+            }
+        }
+        assert_eq!(
+            live.health(),
+            Health::Degraded,
+            "but unanswered pings are still late"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_second_of_jitter_never_gives_a_false_dead() {
+        // Pongs come back between 0 and 1 s late in a fixed pseudo-random pattern, for 6 hours.
+        let start = Instant::now();
+        let mut sim = Sim::new(start);
+        let jitter = |seq: u64| {
+            let x = seq
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                >> 33;
+            Some(Duration::from_millis(x % 1000))
+        };
+        assert_eq!(
+            sim.run(start + Duration::from_secs(6 * 3600), jitter).await,
+            None
+        );
+        assert_eq!(
+            sim.pongs,
+            sim.pings - u64::from(!sim.pending_pongs.is_empty())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_trip_spike_degrades_and_a_normal_one_recovers() {
+        let start = Instant::now();
+        let mut sim = Sim::new(start);
+        let rtt = |seq: u64| Some(Duration::from_millis(if seq == 10 { 2_000 } else { 20 }));
+        assert_eq!(
+            sim.run(start + Duration::from_secs(15 * 12), rtt).await,
+            None
+        );
+        let at10 = start + Duration::from_secs(150) + Duration::from_secs(2);
+        let at11 = start + Duration::from_secs(165) + Duration::from_millis(20);
+        assert_eq!(sim.transitions, vec![(at10, "degraded"), (at11, "active")]);
+    }
+
+    #[test]
+    fn the_phase_spreads_the_first_ping() {
+        let now = Instant::now();
+        let live = Liveness::new(POLICY, now, Duration::from_secs(3));
+        assert_eq!(live.next_wakeup(), now + Duration::from_secs(3));
+        assert_eq!(live.deadline(), now + POLICY.timeout);
+    }
+
+    #[test]
+    fn a_pong_without_an_echo_answers_the_newest_ping() {
+        let now = Instant::now();
+        let mut live = Liveness::new(POLICY, now, Duration::ZERO);
+        assert_eq!(live.poll(now), Some(Due::Ping { seq: 1 }));
+        let out = live.on_pong(now + Duration::from_millis(7), None);
+        assert_eq!(out.rtt, Some(Duration::from_millis(7)));
+        assert_eq!(live.srtt(), Some(Duration::from_millis(7)));
+    }
+}

@@ -1,0 +1,738 @@
+//! One stream's upstream session: token, connect, heartbeat, reap, reconnect with jitter,
+//! resume, and token rotation, for any platform [`Adapter`].
+//!
+//! One task drives everything for the stream: the socket's reads (cancel-safe), its liveness
+//! deadline, token changes and the stop signal, in one `select!`. Events go into the [`Hub`]
+//! without waiting, so a slow app never delays pong handling. A dead connection is reaped with
+//! a TCP reset; every reap tells the app (`dropped`), the runtime ([`SessionEvent`]) and the
+//! metrics.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use streamkeeper_api::{
+    ConnectionId, DropReason, EventId, PodName, StreamId, StreamSpec, StreamState, ToApp,
+};
+use tokio::{
+    sync::{oneshot, watch},
+    time::Instant,
+};
+
+use crate::{
+    backoff::Backoff,
+    clock::epoch_ms,
+    hub::{Hub, Push},
+    liveness::{Due, Health, HeartbeatPolicy, Liveness},
+    metrics::{EventOutcome, StreamMetrics},
+    net::SocketOptions,
+    platforms::{Adapter, AdapterError, Inbound, Ping, Rotation, SocketPlan},
+    token::{RefreshNow, Token, TokenView},
+    ws::{ConnectOptions, Frame, WsClient, WsError},
+};
+
+/// Something the runtime wants to know about (logs, store, timeline).
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// The stream changed state.
+    State {
+        /// Before.
+        from: StreamState,
+        /// After.
+        to: StreamState,
+        /// Why, for transitions out of a live state.
+        reason: Option<DropReason>,
+    },
+    /// A socket is up.
+    Connected {
+        /// Its id.
+        connection: ConnectionId,
+        /// Failed attempts before it.
+        attempts: u32,
+        /// Resumed after this event id.
+        resumed_after: Option<EventId>,
+    },
+    /// A socket was reaped.
+    Dropped {
+        /// Its id.
+        connection: ConnectionId,
+        /// Why.
+        reason: DropReason,
+        /// For `pong_timeout`: how long after the deadline DEAD was declared.
+        late_by: Option<Duration>,
+        /// How long nothing had arrived.
+        silent_for: Duration,
+        /// Unacked bytes held for the app.
+        pending_bytes: u64,
+    },
+    /// A connect attempt failed.
+    ConnectFailed {
+        /// Why (no secrets).
+        error: String,
+        /// The delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// The platform accepted a new token without a reconnect.
+    TokenRotated {
+        /// The token generation now in use.
+        generation: u64,
+    },
+    /// An inbound frame was skipped.
+    Malformed {
+        /// What was wrong (never the payload).
+        what: String,
+    },
+}
+
+/// Receives [`SessionEvent`]s.
+pub trait Observer: Send + Sync {
+    /// Called in order for every event of one stream.
+    fn observe(&self, stream: &StreamId, event: SessionEvent);
+}
+
+/// The live view of a stream, for `/status`, Redis beats and `status`.
+#[derive(Debug, Clone)]
+pub struct StreamStatus {
+    /// Current state.
+    pub state: StreamState,
+    /// The current (or last) socket.
+    pub connection: Option<ConnectionId>,
+    /// Last inbound frame, epoch ms.
+    pub last_pong_ms: u64,
+    /// Smoothed ping round trip.
+    pub rtt: Option<Duration>,
+    /// Failed attempts since the last good connection.
+    pub retry_count: u32,
+    /// Reconnects since the session started.
+    pub reconnects: u64,
+    /// The last reason a socket was dropped.
+    pub last_drop: Option<DropReason>,
+}
+
+impl Default for StreamStatus {
+    fn default() -> Self {
+        Self {
+            state: StreamState::Connecting,
+            connection: None,
+            last_pong_ms: 0,
+            rtt: None,
+            retry_count: 0,
+            reconnects: 0,
+            last_drop: None,
+        }
+    }
+}
+
+/// Shared handle to a [`StreamStatus`].
+pub type StatusCell = Arc<Mutex<StreamStatus>>;
+
+/// Reads a status cell, tolerating a poisoned lock (plain data).
+pub fn read_status(cell: &StatusCell) -> StreamStatus {
+    cell.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Everything a session needs.
+pub struct SessionCtx {
+    /// The stream's spec.
+    pub spec: StreamSpec,
+    /// This pod.
+    pub pod: PodName,
+    /// The platform dialect.
+    pub adapter: Arc<dyn Adapter>,
+    /// Hand-off to the app.
+    pub hub: Arc<Hub>,
+    /// Hot-path metrics.
+    pub metrics: StreamMetrics,
+    /// Reaped-socket counter (process-wide by reason).
+    pub on_reaped: Arc<dyn Fn(DropReason) + Send + Sync>,
+    /// Where events go.
+    pub observer: Arc<dyn Observer>,
+    /// Live status.
+    pub status: StatusCell,
+    /// REST client for adapters.
+    pub http: reqwest::Client,
+    /// Socket options and TLS.
+    pub connect: ConnectOptions,
+    /// The token manager's view.
+    pub tokens: watch::Receiver<TokenView>,
+    /// Asks the token manager for a new token.
+    pub refresh_now: RefreshNow,
+    /// Whether this pod's lease is confirmed right now; a session never (re)connects on a
+    /// lease it cannot vouch for (a pod frozen past its lease must not stream).
+    pub may_connect: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// How the connection ended, from inside the drive loop.
+struct Ended {
+    reason: DropReason,
+    /// Reset (RST) rather than a polite close.
+    abortive: bool,
+    retry_after: Option<Duration>,
+    late_by: Option<Duration>,
+    /// Reconnect without waiting (the platform announced the close).
+    immediate: bool,
+}
+
+/// One socket and what the session knows about it.
+struct Link {
+    ws: WsClient,
+    id: ConnectionId,
+    live: Liveness,
+    token_generation: u64,
+}
+
+/// A successor socket being opened for make-before-break rotation.
+type Successor = oneshot::Receiver<Result<(WsClient, u64), String>>;
+
+/// Builds the connect options for a stream (socket options from its heartbeat timeout).
+pub fn connect_options(
+    spec: &StreamSpec,
+    tls: Option<Arc<tokio_rustls::TlsConnector>>,
+) -> ConnectOptions {
+    let socket = SocketOptions { user_timeout: spec.heartbeat.timeout, ..SocketOptions::default() };
+    ConnectOptions {
+        socket,
+        max_frame: spec.limits.max_frame_bytes,
+        tls,
+        handshake_timeout: spec.heartbeat.timeout,
+        ..ConnectOptions::default()
+    }
+}
+
+/// Runs the stream until `stop` carries a reason; returns that reason.
+pub async fn run(ctx: SessionCtx, mut stop: watch::Receiver<Option<DropReason>>) -> DropReason {
+    let mut s = Session::new(ctx);
+    let reason = s.run(&mut stop).await;
+    s.set_state(StreamState::Stopped, Some(reason));
+    reason
+}
+
+struct Session {
+    ctx: SessionCtx,
+    state: StreamState,
+    backoff: Backoff,
+    /// The newest event id seen from upstream: where a reconnect resumes.
+    last_seen: Option<EventId>,
+    connections: u64,
+    /// When the last socket dropped (epoch ms), for a `gap` if the next cannot replay.
+    dropped_at_ms: Option<u64>,
+}
+
+impl Session {
+    fn new(ctx: SessionCtx) -> Self {
+        let backoff = Backoff::new(ctx.spec.reconnect.initial, ctx.spec.reconnect.max);
+        let last_seen = ctx.hub.last_acked();
+        Self { ctx, state: StreamState::Connecting, backoff, last_seen, connections: 0, dropped_at_ms: None }
+    }
+
+    fn stream(&self) -> &StreamId {
+        &self.ctx.spec.id
+    }
+
+    fn set_state(&mut self, to: StreamState, reason: Option<DropReason>) {
+        if self.state == to {
+            return;
+        }
+        let from = std::mem::replace(&mut self.state, to);
+        self.ctx.metrics.state(to);
+        self.ctx.status.lock().unwrap_or_else(|p| p.into_inner()).state = to;
+        self.ctx.hub.push_control(&ToApp::State { stream: &self.ctx.spec.id, state: to });
+        self.ctx.observer.observe(&self.ctx.spec.id, SessionEvent::State { from, to, reason });
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, StreamStatus> {
+        self.ctx.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pause(&mut self) {
+        if !self.ctx.hub.paused() {
+            self.ctx.hub.push_control(&ToApp::Paused { stream: &self.ctx.spec.id, reason: "token_mismatch" });
+        }
+        self.set_state(StreamState::Paused, None);
+    }
+
+    fn resume(&mut self) {
+        if self.ctx.hub.paused() {
+            self.ctx.hub.push_control(&ToApp::Resumed { stream: &self.ctx.spec.id });
+        }
+    }
+
+    async fn run(&mut self, stop: &mut watch::Receiver<Option<DropReason>>) -> DropReason {
+        loop {
+            if let Some(reason) = *stop.borrow() {
+                return reason;
+            }
+            let (token, generation) = match self.wait_for_token(stop).await {
+                Ok(t) => t,
+                Err(reason) => return reason,
+            };
+            if !(self.ctx.may_connect)() {
+                let why = "lease not confirmed by the store yet".to_owned();
+                if let Some(reason) = self.back_off(stop, why, None).await {
+                    return reason;
+                }
+                continue;
+            }
+            self.set_state(StreamState::Connecting, None);
+            let opened = tokio::select! {
+                r = self.open(&token) => r,
+                _ = stop.changed() => continue,
+            };
+            let (ws, plan) = match opened {
+                Ok(x) => x,
+                Err(failure) => {
+                    if failure.token_rejected {
+                        self.ctx.refresh_now.request();
+                    }
+                    if let Some(reason) = self.back_off(stop, failure.error, failure.retry_after).await {
+                        return reason;
+                    }
+                    continue;
+                }
+            };
+            self.connections += 1;
+            let id = ConnectionId(format!("{}-{}", self.ctx.pod, self.connections));
+            if let (Some(from), false) = (self.dropped_at_ms, plan.replays) {
+                let to = epoch_ms();
+                self.ctx.metrics.gap();
+                self.ctx.hub.push_control(&ToApp::Gap {
+                    stream: &self.ctx.spec.id,
+                    from,
+                    to,
+                    reason: "platform cannot replay events missed while reconnecting",
+                });
+            }
+            let mut link = Link {
+                ws,
+                id: id.clone(),
+                live: Liveness::new(self.policy(), Instant::now(), self.ping_phase()),
+                token_generation: generation,
+            };
+            for f in &plan.first_frames {
+                link.ws.queue_text(f);
+            }
+            {
+                let mut st = self.status();
+                st.connection = Some(id.clone());
+                st.last_pong_ms = epoch_ms();
+                st.retry_count = self.backoff.attempts();
+                if self.connections > 1 {
+                    st.reconnects += 1;
+                }
+            }
+            self.ctx.observer.observe(
+                &self.ctx.spec.id,
+                SessionEvent::Connected {
+                    connection: id,
+                    attempts: self.backoff.attempts(),
+                    resumed_after: self.last_seen.clone(),
+                },
+            );
+            if self.ctx.tokens.borrow().token.is_some() {
+                self.resume();
+                self.set_state(StreamState::Active, None);
+            } else {
+                self.pause();
+            }
+
+            let ended = self.drive(&mut link, stop).await;
+            self.reap(link, &ended);
+            if let Some(reason) = *stop.borrow() {
+                return reason;
+            }
+            self.ctx.metrics.reconnect(ended.reason.as_str());
+            if ended.immediate {
+                continue;
+            }
+            let why = format!("connection dropped: {}", ended.reason);
+            if let Some(reason) = self.back_off(stop, why, ended.retry_after).await {
+                return reason;
+            }
+        }
+    }
+
+    fn policy(&self) -> HeartbeatPolicy {
+        self.ctx.spec.heartbeat.into()
+    }
+
+    /// The first ping goes out at a random point of the first interval, so thousands of
+    /// sockets opened together do not ping together forever after.
+    fn ping_phase(&self) -> Duration {
+        self.ctx.spec.heartbeat.interval.mul_f64(rand::random::<f64>())
+    }
+
+    /// Waits until the token manager holds a valid token; paused meanwhile.
+    async fn wait_for_token(
+        &mut self,
+        stop: &mut watch::Receiver<Option<DropReason>>,
+    ) -> Result<(Arc<Token>, u64), DropReason> {
+        loop {
+            let view = self.ctx.tokens.borrow_and_update().clone();
+            if let Some(token) = view.token.filter(|t| t.valid_at(Instant::now())) {
+                return Ok((token, view.generation));
+            }
+            if self.connections > 0 {
+                // Not at start-up: the app was streaming and now waits on a token.
+                self.pause();
+            }
+            tokio::select! {
+                r = self.ctx.tokens.changed() => {
+                    if r.is_err() {
+                        // The manager is gone: nothing will ever come; wait for stop.
+                        let _ = stop.wait_for(Option::is_some).await;
+                    }
+                }
+                _ = stop.changed() => {}
+            }
+            if let Some(reason) = *stop.borrow() {
+                return Err(reason);
+            }
+        }
+    }
+
+    /// Plans and opens one socket.
+    async fn open(&self, token: &Token) -> Result<(WsClient, SocketPlan), OpenFailure> {
+        let plan = self
+            .ctx
+            .adapter
+            .plan(&self.ctx.http, token.value.expose(), self.last_seen.as_ref())
+            .await
+            .map_err(OpenFailure::from_adapter)?;
+        let headers: Vec<(&str, String)> = plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let ws = WsClient::connect(&plan.url, &headers, &self.ctx.connect)
+            .await
+            .map_err(OpenFailure::from_ws)?;
+        Ok((ws, plan))
+    }
+
+    /// Waits out a jittered backoff; returns a stop reason if stopped meanwhile.
+    async fn back_off(
+        &mut self,
+        stop: &mut watch::Receiver<Option<DropReason>>,
+        why: String,
+        retry_after: Option<Duration>,
+    ) -> Option<DropReason> {
+        let delay = self.backoff.next_delay(rand::random::<f64>(), retry_after);
+        self.status().retry_count = self.backoff.attempts();
+        self.ctx.observer.observe(
+            &self.ctx.spec.id,
+            SessionEvent::ConnectFailed { error: why, retry_in: delay },
+        );
+        self.set_state(StreamState::Backoff, None);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => None,
+            r = stop.wait_for(Option::is_some) => r.ok().and_then(|r| *r),
+        }
+    }
+
+    /// Drives one socket until it ends.
+    async fn drive(&mut self, link: &mut Link, stop: &mut watch::Receiver<Option<DropReason>>) -> Ended {
+        let rotation = self.ctx.adapter.rotation();
+        let mut pending_refresh: Option<u64> = None;
+        let mut successor: Option<Successor> = None;
+        let mut first_pong = true;
+        loop {
+            let wake = link.live.next_wakeup();
+            tokio::select! {
+                biased;
+                frame = link.ws.recv() => {
+                    let now = Instant::now();
+                    match frame {
+                        Ok(frame) => {
+                            if let Some(ended) = self.on_frame(link, frame, now, &mut pending_refresh, &mut first_pong) {
+                                if ended.immediate && rotation == Rotation::NewSocket && successor.is_none() {
+                                    // Announced close on a token-bound socket: open the next one now.
+                                    successor = Some(self.open_successor());
+                                    continue;
+                                }
+                                return ended;
+                            }
+                        }
+                        Err(e) => return self.on_ws_error(e),
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    while let Some(due) = link.live.poll(now) {
+                        match due {
+                            Due::Ping { seq } => {
+                                match self.ctx.adapter.ping(seq) {
+                                    Ping::Control(payload) => link.ws.queue_ping(&payload),
+                                    Ping::Text(text) => link.ws.queue_text(&text),
+                                }
+                                self.ctx.metrics.ping_sent();
+                            }
+                            Due::Degraded => self.set_state(StreamState::Degraded, None),
+                            Due::Dead { deadline, .. } => {
+                                return Ended {
+                                    reason: DropReason::PongTimeout,
+                                    abortive: true,
+                                    retry_after: None,
+                                    late_by: Some(now.saturating_duration_since(deadline)),
+                                    immediate: false,
+                                };
+                            }
+                        }
+                    }
+                }
+                changed = self.ctx.tokens.changed() => {
+                    if changed.is_err() {
+                        // Manager gone (stream stopping): stop watching tokens.
+                        let _ = stop.wait_for(Option::is_some).await;
+                        continue;
+                    }
+                    let view = self.ctx.tokens.borrow_and_update().clone();
+                    match view.token {
+                        None => self.pause(),
+                        Some(token) if view.generation != link.token_generation => match rotation {
+                            Rotation::InStream => {
+                                if let Some(frame) = self.ctx.adapter.refresh_frame(token.value.expose()) {
+                                    link.ws.queue_text(&frame);
+                                    pending_refresh = Some(view.generation);
+                                }
+                            }
+                            Rotation::PerMessage => {
+                                link.token_generation = view.generation;
+                                self.token_ok(view.generation);
+                            }
+                            Rotation::NewSocket => {
+                                if successor.is_none() {
+                                    successor = Some(self.open_successor());
+                                }
+                            }
+                        },
+                        Some(_) => {}
+                    }
+                }
+                next = async { match successor.as_mut() { Some(rx) => rx.await, None => std::future::pending().await } } => {
+                    successor = None;
+                    match next {
+                        Ok(Ok((ws, generation))) => {
+                            // Make-before-break: the new socket is up; retire the old politely.
+                            let mut old = std::mem::replace(&mut link.ws, ws);
+                            old.queue_close(1000, "rotated");
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(Duration::from_secs(1), old.flush()).await;
+                                old.reset();
+                            });
+                            link.live = Liveness::new(self.policy(), Instant::now(), self.ping_phase());
+                            link.token_generation = generation;
+                            self.token_ok(generation);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(stream = %self.stream(), error = %e, "successor socket failed; keeping the current one");
+                        }
+                        Err(_) => {}
+                    }
+                }
+                _ = stop.changed() => {
+                    if let Some(reason) = *stop.borrow() {
+                        let abortive = matches!(reason, DropReason::OwnerLost | DropReason::Preempted);
+                        return Ended { reason, abortive, retry_after: None, late_by: None, immediate: false };
+                    }
+                }
+            }
+        }
+    }
+
+    fn token_ok(&mut self, generation: u64) {
+        self.resume();
+        if self.state == StreamState::Paused {
+            self.set_state(StreamState::Active, None);
+        }
+        self.ctx.observer.observe(&self.ctx.spec.id, SessionEvent::TokenRotated { generation });
+    }
+
+    /// Opens a successor socket in the background with the current token.
+    fn open_successor(&self) -> Successor {
+        let (tx, rx) = oneshot::channel();
+        let view = self.ctx.tokens.borrow().clone();
+        let adapter = Arc::clone(&self.ctx.adapter);
+        let http = self.ctx.http.clone();
+        let connect = self.ctx.connect.clone();
+        let resume = self.last_seen.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let token = view.token.ok_or("no valid token")?;
+                let plan = adapter
+                    .plan(&http, token.value.expose(), resume.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let headers: Vec<(&str, String)> = plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
+                let mut ws = WsClient::connect(&plan.url, &headers, &connect).await.map_err(|e| e.to_string())?;
+                for f in &plan.first_frames {
+                    ws.queue_text(f);
+                }
+                Ok::<_, String>((ws, view.generation))
+            }
+            .await;
+            let _ = tx.send(result);
+        });
+        rx
+    }
+
+    /// Handles one inbound frame; returns how the connection ended, if it did.
+    fn on_frame(
+        &mut self,
+        link: &mut Link,
+        frame: Frame,
+        now: Instant,
+        pending_refresh: &mut Option<u64>,
+        first_pong: &mut bool,
+    ) -> Option<Ended> {
+        link.live.on_inbound(now);
+        let inbound = match frame {
+            Frame::Text(text) => self.ctx.adapter.classify_text(&text),
+            Frame::Pong(payload) => self.ctx.adapter.classify_pong(&payload),
+            Frame::Ping(_) => Inbound::Heartbeat,
+            Frame::Binary(b) => Inbound::Malformed(format!("binary frame of {} bytes", b.len())),
+            Frame::Close(close) => {
+                let (code, reason) = close.unwrap_or((1005, String::new()));
+                tracing::info!(stream = %self.stream(), code, reason = %reason, "platform closed the socket");
+                return Some(Ended {
+                    reason: DropReason::ServerClose,
+                    abortive: false,
+                    retry_after: None,
+                    late_by: None,
+                    immediate: false,
+                });
+            }
+        };
+        self.status().last_pong_ms = epoch_ms();
+        match inbound {
+            Inbound::Event { id, data } => {
+                let outcome = match self.ctx.hub.push_event(&id, &data, epoch_ms()) {
+                    Push::Queued => EventOutcome::Delivered,
+                    Push::Duplicate => EventOutcome::DuplicateSuppressed,
+                };
+                self.ctx.metrics.event(outcome);
+                self.last_seen = Some(id);
+            }
+            Inbound::Pong { seq } => {
+                let out = link.live.on_pong(now, seq);
+                if let Some(rtt) = out.rtt {
+                    self.ctx.metrics.pong(rtt);
+                    self.status().rtt = link.live.srtt();
+                }
+                if *first_pong {
+                    // The socket answered: the outage is over, start backoff from the bottom.
+                    *first_pong = false;
+                    self.backoff.reset();
+                    self.status().retry_count = 0;
+                }
+                match out.changed {
+                    Some(Health::Degraded) => self.set_state(StreamState::Degraded, None),
+                    Some(Health::Active) if self.state == StreamState::Degraded => {
+                        self.set_state(StreamState::Active, None)
+                    }
+                    _ => {}
+                }
+            }
+            Inbound::Heartbeat | Inbound::Ignored => {}
+            Inbound::TokenAccepted => {
+                if let Some(generation) = pending_refresh.take() {
+                    link.token_generation = generation;
+                    self.token_ok(generation);
+                }
+            }
+            Inbound::TokenRefused(why) => {
+                tracing::warn!(stream = %self.stream(), reason = %why, "platform refused the new token in-stream; asking for another");
+                pending_refresh.take();
+                self.ctx.refresh_now.request();
+            }
+            Inbound::Closing(why) => {
+                tracing::info!(stream = %self.stream(), reason = %why, "platform announced a close; reconnecting now");
+                return Some(Ended {
+                    reason: DropReason::ServerClose,
+                    abortive: false,
+                    retry_after: None,
+                    late_by: None,
+                    immediate: true,
+                });
+            }
+            Inbound::RateLimited(after) => {
+                tracing::warn!(stream = %self.stream(), retry_after = ?after, "platform rate limited the socket");
+            }
+            Inbound::Malformed(what) => {
+                tracing::warn!(stream = %self.stream(), connection = %link.id, problem = %what, "skipped an upstream frame");
+                self.ctx.observer.observe(&self.ctx.spec.id, SessionEvent::Malformed { what });
+            }
+        }
+        None
+    }
+
+    fn on_ws_error(&self, e: WsError) -> Ended {
+        if let WsError::Protocol { code, reason } = &e {
+            tracing::warn!(stream = %self.stream(), code, problem = %reason, "upstream broke the WebSocket protocol; reconnecting");
+        } else {
+            tracing::info!(stream = %self.stream(), error = %e, "upstream socket failed");
+        }
+        Ended { reason: DropReason::TcpError, abortive: true, retry_after: None, late_by: None, immediate: false }
+    }
+
+    /// Terminates the socket and tells everyone.
+    fn reap(&mut self, link: Link, ended: &Ended) {
+        let Link { mut ws, id, live, .. } = link;
+        let silent_for = Instant::now().saturating_duration_since(live.last_inbound());
+        if ended.abortive {
+            ws.reset();
+        } else {
+            let code = if ended.reason == DropReason::Shutdown { 1001 } else { 1000 };
+            ws.queue_close(code, ended.reason.as_str());
+            // Best effort, bounded: a polite close must never wait on a dead peer.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_millis(500), ws.flush()).await;
+                ws.reset();
+            });
+        }
+        (self.ctx.on_reaped)(ended.reason);
+        let pending_bytes = self.ctx.hub.pending_bytes();
+        let last_acked = self.ctx.hub.last_acked();
+        let at = epoch_ms();
+        self.dropped_at_ms = Some(at);
+        self.ctx.hub.push_control(&ToApp::Dropped {
+            stream: &self.ctx.spec.id,
+            connection_id: &id,
+            reason: ended.reason,
+            pending_bytes,
+            last_acked_id: last_acked.as_ref(),
+            at,
+        });
+        self.status().last_drop = Some(ended.reason);
+        self.ctx.observer.observe(
+            &self.ctx.spec.id,
+            SessionEvent::Dropped { connection: id, reason: ended.reason, late_by: ended.late_by, silent_for, pending_bytes },
+        );
+        self.set_state(StreamState::Dead, Some(ended.reason));
+    }
+}
+
+/// Why a socket could not be opened.
+struct OpenFailure {
+    error: String,
+    retry_after: Option<Duration>,
+    token_rejected: bool,
+}
+
+impl OpenFailure {
+    fn from_adapter(e: AdapterError) -> Self {
+        let (retry_after, token_rejected) = match &e {
+            AdapterError::RateLimited { retry_after, .. } => (*retry_after, false),
+            AdapterError::TokenRefused { .. } => (None, true),
+            AdapterError::Other { .. } => (None, false),
+        };
+        Self { error: e.to_string(), retry_after, token_rejected }
+    }
+
+    fn from_ws(e: WsError) -> Self {
+        match &e {
+            WsError::Status { status, retry_after, .. } => Self {
+                error: format!("upgrade refused with HTTP {status}"),
+                retry_after: *retry_after,
+                token_rejected: matches!(status, 401 | 403),
+            },
+            _ => Self { error: e.to_string(), retry_after: None, token_rejected: false },
+        }
+    }
+}
