@@ -71,7 +71,8 @@ impl ToApp<'_> {
     /// The frame as JSON text.
     pub fn to_json(&self) -> String {
         // Serializing these types cannot fail: every field is a string, number or raw JSON.
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"type\":\"error\",\"message\":\"{e}\"}}"))
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"message\":\"{e}\"}}"))
     }
 }
 
@@ -156,8 +157,16 @@ mod tests {
         let stream: StreamId = "cc/q".parse().expect("id");
         let id = EventId("e-1".into());
         let data = RawValue::from_string("{\"a\":1}".into()).expect("raw");
-        let ev = ToApp::Event { stream: &stream, id: &id, data: &data }.to_json();
-        assert_eq!(ev, r#"{"type":"event","stream":"cc/q","id":"e-1","data":{"a":1}}"#);
+        let ev = ToApp::Event {
+            stream: &stream,
+            id: &id,
+            data: &data,
+        }
+        .to_json();
+        assert_eq!(
+            ev,
+            r#"{"type":"event","stream":"cc/q","id":"e-1","data":{"a":1}}"#
+        );
 
         let conn = ConnectionId("c1".into());
         let dropped = ToApp::Dropped {
@@ -174,13 +183,24 @@ mod tests {
         assert_eq!(v["pendingBytes"], 12);
         assert_eq!(v["lastAckedId"], "e-1");
         let back: AppFrame = serde_json::from_value(v).expect("parse back");
-        assert!(matches!(back, AppFrame::Dropped { pending_bytes: 12, .. }));
+        assert!(matches!(
+            back,
+            AppFrame::Dropped {
+                pending_bytes: 12,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn ack_parses_and_unknown_frames_are_refused() {
         let ack: FromApp = serde_json::from_str(r#"{"type":"ack","id":"e-9"}"#).expect("ack");
-        assert_eq!(ack, FromApp::Ack { id: EventId("e-9".into()) });
+        assert_eq!(
+            ack,
+            FromApp::Ack {
+                id: EventId("e-9".into())
+            }
+        );
         assert!(serde_json::from_str::<FromApp>(r#"{"type":"nack","id":"e"}"#).is_err());
         assert!(serde_json::from_str::<FromApp>(r#"{"type":"ack"}"#).is_err());
     }

@@ -4,17 +4,12 @@
 //! error (`streams[1].heartbeat.timeout: ...`) and returns warnings for values that work but are
 //! outside the recommended range.
 
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::{duration::serde_str, PodName, StreamId, Tenant};
+use crate::{PodName, StreamId, Tenant, duration::serde_str};
 
 /// The recommended heartbeat range: below it pings thrash CPU and platform rate limits, above
 /// it there is no recovery window before platform idle limits (the seed guide's traps).
@@ -33,7 +28,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -183,7 +181,10 @@ fn default_timeout() -> Duration {
 
 impl Default for HeartbeatSpec {
     fn default() -> Self {
-        Self { interval: default_interval(), timeout: default_timeout() }
+        Self {
+            interval: default_interval(),
+            timeout: default_timeout(),
+        }
     }
 }
 
@@ -209,7 +210,10 @@ fn default_retry() -> Duration {
 
 impl Default for TokenSpec {
     fn default() -> Self {
-        Self { refresh_lead: default_refresh_lead(), retry: default_retry() }
+        Self {
+            refresh_lead: default_refresh_lead(),
+            retry: default_retry(),
+        }
     }
 }
 
@@ -235,7 +239,10 @@ fn default_reconnect_max() -> Duration {
 
 impl Default for ReconnectSpec {
     fn default() -> Self {
-        Self { initial: default_reconnect_initial(), max: default_reconnect_max() }
+        Self {
+            initial: default_reconnect_initial(),
+            max: default_reconnect_max(),
+        }
     }
 }
 
@@ -261,7 +268,10 @@ fn default_max_unacked() -> usize {
 
 impl Default for LimitsSpec {
     fn default() -> Self {
-        Self { max_frame_bytes: default_max_frame(), max_unacked_events: default_max_unacked() }
+        Self {
+            max_frame_bytes: default_max_frame(),
+            max_unacked_events: default_max_unacked(),
+        }
     }
 }
 
@@ -305,14 +315,20 @@ impl SidecarConfig {
         for (i, s) in self.streams.iter().enumerate() {
             let at = |f: &str| format!("streams[{i}].{f}");
             if !seen.insert(&s.id) {
-                return Err(ConfigError::new(at("id"), format!("{} appears twice", s.id)));
+                return Err(ConfigError::new(
+                    at("id"),
+                    format!("{} appears twice", s.id),
+                ));
             }
             if s.priority > 1000 {
                 return Err(ConfigError::new(at("priority"), "must be 0..=1000"));
             }
             let hb = s.heartbeat;
             if hb.interval.is_zero() {
-                return Err(ConfigError::new(at("heartbeat.interval"), "must be positive"));
+                return Err(ConfigError::new(
+                    at("heartbeat.interval"),
+                    "must be positive",
+                ));
             }
             if hb.timeout <= hb.interval {
                 return Err(ConfigError::new(
@@ -324,7 +340,10 @@ impl SidecarConfig {
                     ),
                 ));
             }
-            for (name, d) in [("heartbeat.interval", hb.interval), ("heartbeat.timeout", hb.timeout)] {
+            for (name, d) in [
+                ("heartbeat.interval", hb.interval),
+                ("heartbeat.timeout", hb.timeout),
+            ] {
                 if !RECOMMENDED_HEARTBEAT.contains(&d) {
                     warnings.push(format!(
                         "{}: {d:?} is outside the recommended 5s..45s (fine for tests and demos)",
@@ -342,10 +361,16 @@ impl SidecarConfig {
                 ));
             }
             if s.limits.max_frame_bytes < 1024 {
-                return Err(ConfigError::new(at("limits.maxFrameBytes"), "must be at least 1024"));
+                return Err(ConfigError::new(
+                    at("limits.maxFrameBytes"),
+                    "must be at least 1024",
+                ));
             }
             if s.limits.max_unacked_events == 0 {
-                return Err(ConfigError::new(at("limits.maxUnackedEvents"), "must be positive"));
+                return Err(ConfigError::new(
+                    at("limits.maxUnackedEvents"),
+                    "must be positive",
+                ));
             }
             match (&s.credentials.dir, &s.credentials.secret) {
                 (Some(_), None) | (None, Some(_)) => {}
@@ -377,22 +402,28 @@ impl SidecarConfig {
                     format!("is required for platform {}", s.platform.as_str()),
                 ));
             }
-            if let Some(url) = &s.endpoints.stream {
-                if !matches!(url.scheme(), "ws" | "wss") {
-                    return Err(ConfigError::new(
-                        at("endpoints.stream"),
-                        format!("must be a ws:// or wss:// URL, not {}://", url.scheme()),
-                    ));
-                }
+            if let Some(url) = &s.endpoints.stream
+                && !matches!(url.scheme(), "ws" | "wss")
+            {
+                return Err(ConfigError::new(
+                    at("endpoints.stream"),
+                    format!("must be a ws:// or wss:// URL, not {}://", url.scheme()),
+                ));
             }
-            for (name, url) in [("endpoints.api", &s.endpoints.api), ("endpoints.login", &s.endpoints.login)] {
-                if let Some(url) = url {
-                    if !matches!(url.scheme(), "http" | "https") {
-                        return Err(ConfigError::new(
-                            at(name),
-                            format!("must be an http:// or https:// URL, not {}://", url.scheme()),
-                        ));
-                    }
+            for (name, url) in [
+                ("endpoints.api", &s.endpoints.api),
+                ("endpoints.login", &s.endpoints.login),
+            ] {
+                if let Some(url) = url
+                    && !matches!(url.scheme(), "http" | "https")
+                {
+                    return Err(ConfigError::new(
+                        at(name),
+                        format!(
+                            "must be an http:// or https:// URL, not {}://",
+                            url.scheme()
+                        ),
+                    ));
                 }
             }
         }

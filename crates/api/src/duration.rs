@@ -6,10 +6,14 @@ use std::time::Duration;
 /// because `15` could mean seconds or milliseconds).
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("{s:?} is not a duration: write a number and a unit, like 15s"));
+        return Err(format!(
+            "{s:?} is not a duration: write a number and a unit, like 15s"
+        ));
     }
     let value: f64 = num
         .parse()
@@ -20,7 +24,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         "h" => value * 3600.0,
         "" => return Err(format!("{s:?} has no unit: write 15s, 500ms, 2m or 1h")),
-        other => return Err(format!("{s:?} has an unknown unit {other:?}: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "{s:?} has an unknown unit {other:?}: use ms, s, m or h"
+            ));
+        }
     };
     if !secs.is_finite() || secs > 1e9 {
         return Err(format!("{s:?} is out of range"));
@@ -31,11 +39,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
 /// Formats a duration the way [`parse`] reads it.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 3_600_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

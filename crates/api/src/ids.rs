@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     /// A stream id must be `namespace/name` (the namespace and name of its StreamConnection).
-    #[error("stream id {0:?} must be `namespace/name`: two DNS labels (a-z, 0-9, '-') joined by '/'")]
+    #[error(
+        "stream id {0:?} must be `namespace/name`: two DNS labels (a-z, 0-9, '-') joined by '/'"
+    )]
     Stream(String),
     /// Tenants and pod names are used in Redis keys and metric labels.
     #[error("{what} {value:?} must be 1..=63 characters of a-z, A-Z, 0-9, '-', '_', '.'")]
@@ -24,7 +26,8 @@ pub enum IdError {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -32,7 +35,8 @@ fn is_dns_label(s: &str) -> bool {
 fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// A stream's identity: `namespace/name` of its StreamConnection.

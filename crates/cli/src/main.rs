@@ -40,7 +40,12 @@ enum Command {
         #[arg(long, default_value = "streamkeeper")]
         client_id: String,
         /// OAuth client secret the emulator accepts.
-        #[arg(long, env = "EMULATOR_CLIENT_SECRET", default_value = "streamkeeper-secret", hide_default_value = true)]
+        #[arg(
+            long,
+            env = "EMULATOR_CLIENT_SECRET",
+            default_value = "streamkeeper-secret",
+            hide_default_value = true
+        )]
         client_secret: String,
     },
     /// The newcomer's tour: an emulator, three sidecar pods and their apps in one process, a
@@ -59,12 +64,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMKEEPER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("streamkeeper: cannot start the async runtime: {e}");
@@ -75,10 +86,19 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sidecar { config } => {
                 init_tracing("info");
-                streamkeeper_sidecar::run::run(config).await.map_err(anyhow::Error::from)?;
+                streamkeeper_sidecar::run::run(config)
+                    .await
+                    .map_err(anyhow::Error::from)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Emulate { listen, streams, event_interval, token_ttl, client_id, client_secret } => {
+            Command::Emulate {
+                listen,
+                streams,
+                event_interval,
+                token_ttl,
+                client_id,
+                client_secret,
+            } => {
                 init_tracing("info");
                 let cfg = streamkeeper_emulator::EmulatorConfig {
                     listen,
@@ -90,7 +110,10 @@ fn main() -> ExitCode {
                     ..Default::default()
                 };
                 let emu = streamkeeper_emulator::Emulator::start(cfg).await?;
-                eprintln!("emulator listening on {} (POST /faults, GET /stats)", emu.base_url());
+                eprintln!(
+                    "emulator listening on {} (POST /faults, GET /stats)",
+                    emu.base_url()
+                );
                 tokio::signal::ctrl_c().await?;
                 emu.shutdown().await;
                 Ok(ExitCode::SUCCESS)

@@ -8,4 +8,4 @@ mod memory;
 mod store;
 
 pub use memory::MemoryStore;
-pub use store::{Beat, BeatOutcome, ConnRecord, StoreError, Store, StreamKey, TransitionStream};
+pub use store::{Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey, TransitionStream};

@@ -12,7 +12,6 @@ use crate::store::{Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey, 
 
 #[derive(Debug)]
 struct Lease {
-    owner: PodName,
     fence: Fence,
     expires: Instant,
 }
@@ -29,7 +28,9 @@ struct State {
 
 impl State {
     fn holds(&self, key: &StreamKey, fence: Fence, now: Instant) -> bool {
-        self.leases.get(key).is_some_and(|l| l.fence == fence && l.expires > now)
+        self.leases
+            .get(key)
+            .is_some_and(|l| l.fence == fence && l.expires > now)
     }
 }
 
@@ -49,7 +50,10 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self { state: Mutex::new(State::default()), events: broadcast::channel(1024).0 }
+        Self {
+            state: Mutex::new(State::default()),
+            events: broadcast::channel(1024).0,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -68,7 +72,7 @@ impl Store for MemoryStore {
     async fn acquire(
         &self,
         key: &StreamKey,
-        owner: &PodName,
+        _owner: &PodName,
         ttl: Duration,
     ) -> Result<Option<Fence>, StoreError> {
         let now = Instant::now();
@@ -78,7 +82,13 @@ impl Store for MemoryStore {
         }
         st.next_fence += 1;
         let fence = Fence(st.next_fence);
-        st.leases.insert(key.clone(), Lease { owner: owner.clone(), fence, expires: now + ttl });
+        st.leases.insert(
+            key.clone(),
+            Lease {
+                fence,
+                expires: now + ttl,
+            },
+        );
         Ok(Some(fence))
     }
 
@@ -98,17 +108,23 @@ impl Store for MemoryStore {
                     // Lapsed and untaken (or the store lost it): the same owner re-asserts.
                     st.leases.insert(
                         b.key.clone(),
-                        Lease { owner: b.record.owner.clone(), fence: b.fence, expires: now + b.lease_ttl },
+                        Lease {
+                            fence: b.fence,
+                            expires: now + b.lease_ttl,
+                        },
                     );
                     BeatOutcome::Reasserted
                 }
             };
             if outcome != BeatOutcome::Fenced {
                 st.records.insert(b.key.clone(), b.record.clone());
-                if let Some(slot) = st.pools.get_mut(&b.key.tenant).and_then(|p| p.get_mut(&b.key)) {
-                    if slot.0 == b.fence {
-                        slot.1 = now + b.lease_ttl;
-                    }
+                if let Some(slot) = st
+                    .pools
+                    .get_mut(&b.key.tenant)
+                    .and_then(|p| p.get_mut(&b.key))
+                    .filter(|slot| slot.0 == b.fence)
+                {
+                    slot.1 = now + b.lease_ttl;
                 }
             }
             out.push(outcome);
@@ -151,10 +167,8 @@ impl Store for MemoryStore {
         let held = {
             let mut st = self.lock();
             let held = st.holds(key, fence, now);
-            if held {
-                if let Some(r) = st.records.get_mut(key) {
-                    r.state = transition.to;
-                }
+            if let Some(r) = st.records.get_mut(key).filter(|_| held) {
+                r.state = transition.to;
             }
             held
         };
@@ -189,7 +203,8 @@ impl Store for MemoryStore {
         now_ms: u64,
         stale_after: Duration,
     ) -> Result<Vec<Transition>, StoreError> {
-        let cutoff = now_ms.saturating_sub(u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX));
+        let cutoff =
+            now_ms.saturating_sub(u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX));
         let now = Instant::now();
         let dead: Vec<Transition> = {
             let mut st = self.lock();
@@ -229,7 +244,12 @@ impl Store for MemoryStore {
         Ok(dead)
     }
 
-    async fn pool_acquire(&self, key: &StreamKey, fence: Fence, limit: u32) -> Result<bool, StoreError> {
+    async fn pool_acquire(
+        &self,
+        key: &StreamKey,
+        fence: Fence,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut st = self.lock();
         let ttl = st.leases.get(key).map(|l| l.expires).unwrap_or(now);
@@ -244,10 +264,12 @@ impl Store for MemoryStore {
 
     async fn pool_release(&self, key: &StreamKey, fence: Fence) -> Result<(), StoreError> {
         let mut st = self.lock();
-        if let Some(pool) = st.pools.get_mut(&key.tenant) {
-            if pool.get(key).is_some_and(|(f, _)| *f == fence) {
-                pool.remove(key);
-            }
+        if let Some(pool) = st
+            .pools
+            .get_mut(&key.tenant)
+            .filter(|p| p.get(key).is_some_and(|(f, _)| *f == fence))
+        {
+            pool.remove(key);
         }
         Ok(())
     }
@@ -288,7 +310,10 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> StreamKey {
-        StreamKey { tenant: "acme".parse().expect("tenant"), stream: s.parse().expect("id") }
+        StreamKey {
+            tenant: "acme".parse().expect("tenant"),
+            stream: s.parse().expect("id"),
+        }
     }
 
     fn pod(p: &str) -> PodName {
@@ -327,34 +352,80 @@ mod tests {
         let s = MemoryStore::new();
         let k = key("cc/q");
         let ttl = Duration::from_secs(5);
-        let f1 = s.acquire(&k, &pod("a"), ttl).await.expect("ok").expect("granted");
+        let f1 = s
+            .acquire(&k, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
         assert_eq!(s.acquire(&k, &pod("b"), ttl).await.expect("ok"), None);
 
         tokio::time::advance(Duration::from_secs(6)).await;
-        let f2 = s.acquire(&k, &pod("b"), ttl).await.expect("ok").expect("lapsed lease is taken");
+        let f2 = s
+            .acquire(&k, &pod("b"), ttl)
+            .await
+            .expect("ok")
+            .expect("lapsed lease is taken");
         assert!(f2 > f1);
 
-        let beat = Beat { key: k.clone(), fence: f1, record: record(&k, "a", f1, 1), lease_ttl: ttl };
-        assert_eq!(s.beat(&[beat]).await.expect("ok"), vec![BeatOutcome::Fenced]);
-        assert!(!s.save_checkpoint(&k, f1, &EventId("e1".into())).await.expect("ok"));
+        let beat = Beat {
+            key: k.clone(),
+            fence: f1,
+            record: record(&k, "a", f1, 1),
+            lease_ttl: ttl,
+        };
+        assert_eq!(
+            s.beat(&[beat]).await.expect("ok"),
+            vec![BeatOutcome::Fenced]
+        );
+        assert!(
+            !s.save_checkpoint(&k, f1, &EventId("e1".into()))
+                .await
+                .expect("ok")
+        );
         assert!(!s.publish(&k, f1, &dead(&k)).await.expect("ok"));
-        assert!(s.save_checkpoint(&k, f2, &EventId("e2".into())).await.expect("ok"));
-        assert_eq!(s.checkpoint(&k).await.expect("ok"), Some(EventId("e2".into())));
+        assert!(
+            s.save_checkpoint(&k, f2, &EventId("e2".into()))
+                .await
+                .expect("ok")
+        );
+        assert_eq!(
+            s.checkpoint(&k).await.expect("ok"),
+            Some(EventId("e2".into()))
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_stale_entry_dies_once_however_many_sweep() {
         let s = MemoryStore::new();
         let k = key("cc/q");
-        let f = s.acquire(&k, &pod("a"), Duration::from_secs(60)).await.expect("ok").expect("granted");
-        let beat = Beat { key: k.clone(), fence: f, record: record(&k, "a", f, 1_000), lease_ttl: Duration::from_secs(60) };
+        let f = s
+            .acquire(&k, &pod("a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+        let beat = Beat {
+            key: k.clone(),
+            fence: f,
+            record: record(&k, "a", f, 1_000),
+            lease_ttl: Duration::from_secs(60),
+        };
         s.beat(&[beat]).await.expect("ok");
         let tenant = k.tenant.clone();
-        assert!(s.sweep_stale(&tenant, 100_000, Duration::from_secs(35)).await.expect("ok").is_empty(), "the owner still holds its lease");
+        assert!(
+            s.sweep_stale(&tenant, 100_000, Duration::from_secs(35))
+                .await
+                .expect("ok")
+                .is_empty(),
+            "the owner still holds its lease"
+        );
         tokio::time::advance(Duration::from_secs(61)).await;
         let mut total = 0;
         for _ in 0..5 {
-            total += s.sweep_stale(&tenant, 100_000, Duration::from_secs(35)).await.expect("ok").len();
+            total += s
+                .sweep_stale(&tenant, 100_000, Duration::from_secs(35))
+                .await
+                .expect("ok")
+                .len();
         }
         assert_eq!(total, 1);
     }
@@ -365,7 +436,11 @@ mod tests {
         let mut granted = 0;
         for i in 0..4 {
             let k = key(&format!("cc/q{i}"));
-            let f = s.acquire(&k, &pod("a"), Duration::from_secs(60)).await.expect("ok").expect("granted");
+            let f = s
+                .acquire(&k, &pod("a"), Duration::from_secs(60))
+                .await
+                .expect("ok")
+                .expect("granted");
             if s.pool_acquire(&k, f, 2).await.expect("ok") {
                 granted += 1;
             }

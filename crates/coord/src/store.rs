@@ -84,8 +84,12 @@ pub type TransitionStream = Pin<Box<dyn Stream<Item = Transition> + Send>>;
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Takes the stream's lease if nobody holds it; returns the new fence.
-    async fn acquire(&self, key: &StreamKey, owner: &PodName, ttl: Duration)
-    -> Result<Option<Fence>, StoreError>;
+    async fn acquire(
+        &self,
+        key: &StreamKey,
+        owner: &PodName,
+        ttl: Duration,
+    ) -> Result<Option<Fence>, StoreError>;
 
     /// Renews the leases of owned streams and records their liveness, in one round trip per
     /// tenant where the store allows it. Outcomes are in the order of `beats`.
@@ -93,30 +97,50 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives the lease up (handover at shutdown, or the stream was removed), publishing
     /// `transition` if the fence still holds. Returns whether it held.
-    async fn release(&self, key: &StreamKey, fence: Fence, transition: &Transition)
-    -> Result<bool, StoreError>;
+    async fn release(
+        &self,
+        key: &StreamKey,
+        fence: Fence,
+        transition: &Transition,
+    ) -> Result<bool, StoreError>;
 
     /// Publishes a state change if `fence` still holds the lease, and records the new state.
-    async fn publish(&self, key: &StreamKey, fence: Fence, transition: &Transition)
-    -> Result<bool, StoreError>;
+    async fn publish(
+        &self,
+        key: &StreamKey,
+        fence: Fence,
+        transition: &Transition,
+    ) -> Result<bool, StoreError>;
 
     /// The last acked event id.
     async fn checkpoint(&self, key: &StreamKey) -> Result<Option<EventId>, StoreError>;
 
     /// Stores the last acked event id if `fence` still holds the lease.
-    async fn save_checkpoint(&self, key: &StreamKey, fence: Fence, id: &EventId)
-    -> Result<bool, StoreError>;
+    async fn save_checkpoint(
+        &self,
+        key: &StreamKey,
+        fence: Fence,
+        id: &EventId,
+    ) -> Result<bool, StoreError>;
 
     /// Declares DEAD, exactly once however many pods call it, every stream of `tenant` whose
     /// last pong is older than `stale_after` at `now_ms` AND whose lease lapsed (its owner
     /// stopped vouching: crashed or frozen; a live owner that is reconnecting keeps its lease);
     /// publishes and returns those transitions. Costs O(log N + stale), not O(N).
-    async fn sweep_stale(&self, tenant: &Tenant, now_ms: u64, stale_after: Duration)
-    -> Result<Vec<Transition>, StoreError>;
+    async fn sweep_stale(
+        &self,
+        tenant: &Tenant,
+        now_ms: u64,
+        stale_after: Duration,
+    ) -> Result<Vec<Transition>, StoreError>;
 
     /// Takes a slot in the tenant's pool if fewer than `limit` streams hold one.
-    async fn pool_acquire(&self, key: &StreamKey, fence: Fence, limit: u32)
-    -> Result<bool, StoreError>;
+    async fn pool_acquire(
+        &self,
+        key: &StreamKey,
+        fence: Fence,
+        limit: u32,
+    ) -> Result<bool, StoreError>;
 
     /// Frees the stream's slot in its tenant's pool.
     async fn pool_release(&self, key: &StreamKey, fence: Fence) -> Result<(), StoreError>;

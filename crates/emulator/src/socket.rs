@@ -3,7 +3,8 @@
 //! A single task per socket owns the stream and a small state machine; it never blocks on a
 //! write (a slow client just stops the socket pulling events from the stream's history), so
 //! fault orders are obeyed at once however the peer behaves. Faults map onto it as follows:
-//! blackhole = neither read nor write (the kernel buffers fill, nothing is answered); reset =
+//! blackhole = neither read nor write (the kernel buffers fill, nothing is answered; only a
+//! reset from the peer is noticed, so reaped sockets do not pile up); reset =
 //! SO_LINGER 0 and drop; close = close frame, wait (2 s at most) for the peer's close or EOF,
 //! drop; pong faults = skip or defer the pong for each ping.
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
@@ -206,6 +208,11 @@ impl Conn {
                     Ok(()) => Flow::Continue,
                     Err(_) => Flow::Done("write error"),
                 },
+                // A blackholed socket reads nothing, but still notices a reset from its peer
+                // (how the sidecar reaps), so the emulator does not keep dead sockets open.
+                _ = self.tcp.ready(Interest::ERROR), if self.blackholed => {
+                    Flow::Done("peer reset while blackholed")
+                }
                 changed = self.latest.changed(), if want_events => {
                     if changed.is_err() {
                         self.latest_open = false;

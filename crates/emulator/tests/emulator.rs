@@ -558,6 +558,23 @@ async fn blackhole_silences_one_stream_while_another_flows_until_heal() {
 }
 
 #[tokio::test]
+async fn a_blackholed_socket_reset_by_its_client_is_released() {
+    let emu = start(|_| {}).await;
+    let ws = open(&emu, "s").await;
+    emu.fault(Fault::Blackhole { stream: None });
+    // What the sidecar does when it reaps: SO_LINGER 0, then close, so an RST goes out.
+    socket2::SockRef::from(ws.get_ref())
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(ws);
+    eventually("the blackholed socket to be released", || {
+        emu.stats().connections_open == 0
+    })
+    .await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
 async fn one_blackhole_call_covers_every_socket() {
     let emu = start(|_| {}).await;
     let t = token(&emu).await;

@@ -180,10 +180,10 @@ pub async fn serve(
 }
 
 fn log_join(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        if e.is_panic() {
-            error!("an app connection task panicked: {e}");
-        }
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        error!("an app connection task panicked: {e}");
     }
 }
 
@@ -239,6 +239,10 @@ async fn connection(
         debug!("TCP_NODELAY not set: {e}");
     }
     let mut routed = None;
+    #[expect(
+        clippy::result_large_err,
+        reason = "tungstenite's handshake callback returns its ErrorResponse by value"
+    )]
     let callback = |req: &Request, resp: Response| match route(req.uri().path(), &*hubs) {
         Ok(found) => {
             routed = Some(found);
@@ -319,7 +323,8 @@ async fn session(
         tokio::select! {
             biased;
             _ = stop.wait_for(|stopping| *stopping) => {
-                break 'session End::Close(CloseCode::Away, SHUTDOWN_REASON.into(), Input::Framed);
+                let reason = SHUTDOWN_REASON.into();
+                break 'session End::Close(CloseCode::Away, reason, Input::Framed);
             }
             () = sleep_until(wakeup) => {
                 let now = Instant::now();
@@ -356,14 +361,7 @@ async fn session(
                             "frame from the app on stream {stream} ignored: \
                              binary frames are not part of the app protocol"
                         ),
-                        Message::Pong(payload) => {
-                            let seq = <[u8; 8]>::try_from(payload.as_ref()).ok().map(u64::from_be_bytes);
-                            match live.on_pong(now, seq).changed {
-                                Some(Health::Active) => debug!("app on stream {stream} answers pings again"),
-                                Some(Health::Degraded) => debug!("app on stream {stream} answers pings slowly"),
-                                None => {}
-                            }
-                        }
+                        Message::Pong(payload) => on_pong(stream, &mut live, now, &payload),
                         // tungstenite queues the pong itself; raw frames are never read.
                         Message::Ping(_) | Message::Frame(_) => {}
                         Message::Close(frame) => {
@@ -383,7 +381,8 @@ async fn session(
                 }
                 Err(Replaced) => {
                     info!("app socket for stream {stream} replaced by a newer connection");
-                    break 'session End::Close(CloseCode::from(CLOSE_REPLACED), REPLACED_REASON.into(), Input::Framed);
+                    let code = CloseCode::from(CLOSE_REPLACED);
+                    break 'session End::Close(code, REPLACED_REASON.into(), Input::Framed);
                 }
             },
         }
@@ -401,7 +400,8 @@ async fn session(
         }
         End::Stalled(stuck) => {
             warn!(
-                "app socket for stream {stream} reaped: it read nothing for {:.1}s",
+                "app socket for stream {stream} reaped: no write progress for {:.1}s \
+                 (the app stopped reading)",
                 stuck.as_secs_f64()
             );
             reset(ws);
@@ -417,6 +417,16 @@ async fn session(
             }
         }
         End::Gone => {}
+    }
+}
+
+/// A pong carries the sequence number of the ping it answers (8 bytes, big-endian).
+fn on_pong(stream: &StreamId, live: &mut Liveness, now: Instant, payload: &[u8]) {
+    let seq = <[u8; 8]>::try_from(payload).ok().map(u64::from_be_bytes);
+    match live.on_pong(now, seq).changed {
+        Some(Health::Active) => debug!("app on stream {stream} answers pings on time again"),
+        Some(Health::Degraded) => debug!("app on stream {stream} answers pings slowly"),
+        None => {}
     }
 }
 

@@ -17,4 +17,5 @@ pub mod run;
 pub mod runtime;
 pub mod session;
 pub mod token;
+pub mod upstream;
 pub mod ws;

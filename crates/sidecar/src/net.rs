@@ -587,6 +587,16 @@ pub fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, NetError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// An HTTP client for plain-text REST endpoints only (the emulator): it trusts no roots.
+pub fn plain_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(client_config_without_roots())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("a client with a preconfigured rustls config always builds")
+}
+
 /// An HTTP client for REST calls (tokens, validation, channels) that trusts the same roots
 /// as the sockets, on the ring provider. Proxies come from `HTTPS_PROXY`/`NO_PROXY`.
 pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, NetError> {

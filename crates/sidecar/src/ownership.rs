@@ -10,8 +10,8 @@
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -20,13 +20,13 @@ use futures_util::StreamExt;
 use streamkeeper_api::{DropReason, EventId, Fence, PodName, StreamState, Tenant, Transition};
 use streamkeeper_coord::{Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey};
 use tokio::{
-    sync::{watch, Notify},
+    sync::{Notify, watch},
     time::Instant,
 };
 
 use crate::{
     clock::epoch_ms,
-    session::{read_status, StatusCell},
+    session::{StatusCell, read_status},
 };
 
 /// Reports whether the store answers (to `streamkeeper_redis_up`).
@@ -69,7 +69,9 @@ pub struct Ownership {
 
 impl std::fmt::Debug for Ownership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ownership").field("pod", &self.pod).finish_non_exhaustive()
+        f.debug_struct("Ownership")
+            .field("pod", &self.pod)
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,7 +115,9 @@ impl Ownership {
             if up {
                 tracing::info!("store reachable again; re-asserting ownership");
             } else {
-                tracing::warn!("store unreachable; running streams continue, no new ownership is taken");
+                tracing::warn!(
+                    "store unreachable; running streams continue, no new ownership is taken"
+                );
             }
             (self.on_store_up)(up);
         }
@@ -140,7 +144,10 @@ impl Ownership {
 
     /// Registers a tenant for stale sweeps.
     pub fn watch_tenant(&self, tenant: &Tenant) {
-        self.tenants.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone());
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.clone());
     }
 
     /// Waits until this pod holds the stream's lease; `None` when `stop` fires or the pod
@@ -157,7 +164,9 @@ impl Ownership {
         let wake = self.waker(key);
         // Pods that start together do not all ask at the same instant, which also spreads
         // a workload's streams over its pods.
-        let first = ttl.mul_f64(0.1 * rand::random::<f64>()).min(Duration::from_millis(500));
+        let first = ttl
+            .mul_f64(0.1 * rand::random::<f64>())
+            .min(Duration::from_millis(500));
         tokio::select! {
             _ = tokio::time::sleep(first) => {}
             _ = stop.changed() => {}
@@ -185,7 +194,11 @@ impl Ownership {
                         },
                     );
                     tracing::info!(stream = %key.stream, %fence, "lease acquired");
-                    return Some(Claim { key: key.clone(), fence, lost: rx });
+                    return Some(Claim {
+                        key: key.clone(),
+                        fence,
+                        lost: rx,
+                    });
                 }
                 Ok(None) => self.mark_store(true),
                 Err(e) => {
@@ -195,7 +208,9 @@ impl Ownership {
             }
             // Someone else holds it: try again when it would lapse, or at once on a handover
             // or DEAD. The jitter keeps standbys from arriving together.
-            let retry = ttl.mul_f64(0.25 + 0.25 * rand::random::<f64>()).min(Duration::from_secs(5));
+            let retry = ttl
+                .mul_f64(0.25 + 0.25 * rand::random::<f64>())
+                .min(Duration::from_secs(5));
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(retry) => {}
@@ -208,12 +223,16 @@ impl Ownership {
     /// this before it reconnects, so a pod that was frozen past its lease does not stream.
     pub fn confirmed(&self, key: &StreamKey, fence: Fence) -> bool {
         let held = self.held();
-        held.get(key).is_some_and(|h| h.fence == fence && Instant::now() < h.confirmed + h.ttl)
+        held.get(key)
+            .is_some_and(|h| h.fence == fence && Instant::now() < h.confirmed + h.ttl)
     }
 
     /// Stores the last acked id under the fence; `false` when the fence is stale.
     pub async fn checkpoint(&self, claim: &Claim, id: &EventId) -> Result<bool, StoreError> {
-        let ok = self.store.save_checkpoint(&claim.key, claim.fence, id).await?;
+        let ok = self
+            .store
+            .save_checkpoint(&claim.key, claim.fence, id)
+            .await?;
         if !ok {
             self.lose(&claim.key, claim.fence, DropReason::OwnerLost);
         }
@@ -221,7 +240,14 @@ impl Ownership {
     }
 
     /// Publishes a state change of a stream this pod runs.
-    pub async fn publish(&self, claim_key: &StreamKey, fence: Fence, from: StreamState, to: StreamState, reason: &str) {
+    pub async fn publish(
+        &self,
+        claim_key: &StreamKey,
+        fence: Fence,
+        from: StreamState,
+        to: StreamState,
+        reason: &str,
+    ) {
         let t = self.transition(claim_key, fence, from, to, reason);
         match self.store.publish(claim_key, fence, &t).await {
             Ok(true) => self.mark_store(true),
@@ -236,7 +262,14 @@ impl Ownership {
         }
     }
 
-    fn transition(&self, key: &StreamKey, fence: Fence, from: StreamState, to: StreamState, reason: &str) -> Transition {
+    fn transition(
+        &self,
+        key: &StreamKey,
+        fence: Fence,
+        from: StreamState,
+        to: StreamState,
+        reason: &str,
+    ) -> Transition {
         Transition {
             stream: key.stream.clone(),
             tenant: key.tenant.clone(),
@@ -255,7 +288,13 @@ impl Ownership {
         if held.is_none() {
             return;
         }
-        let t = self.transition(&claim.key, claim.fence, from, StreamState::Stopped, reason.as_str());
+        let t = self.transition(
+            &claim.key,
+            claim.fence,
+            from,
+            StreamState::Stopped,
+            reason.as_str(),
+        );
         match self.store.release(&claim.key, claim.fence, &t).await {
             Ok(_) => self.mark_store(true),
             Err(e) => {
@@ -275,11 +314,11 @@ impl Ownership {
 
     fn lose(&self, key: &StreamKey, fence: Fence, reason: DropReason) {
         let mut held = self.held();
-        if held.get(key).is_some_and(|h| h.fence == fence) {
-            if let Some(h) = held.remove(key) {
-                tracing::warn!(stream = %key.stream, %fence, %reason, "lease lost; terminating the stream");
-                h.lost.send_replace(Some(reason));
-            }
+        if held.get(key).is_some_and(|h| h.fence == fence)
+            && let Some(h) = held.remove(key)
+        {
+            tracing::warn!(stream = %key.stream, %fence, %reason, "lease lost; terminating the stream");
+            h.lost.send_replace(Some(reason));
         }
     }
 
@@ -301,7 +340,15 @@ impl Ownership {
                         owner: self.pod.clone(),
                         fence: h.fence,
                     };
-                    (k.clone(), Beat { key: k.clone(), fence: h.fence, record, lease_ttl: h.ttl })
+                    (
+                        k.clone(),
+                        Beat {
+                            key: k.clone(),
+                            fence: h.fence,
+                            record,
+                            lease_ttl: h.ttl,
+                        },
+                    )
                 })
                 .unzip()
         };
@@ -318,7 +365,9 @@ impl Ownership {
                             if outcome == BeatOutcome::Reasserted {
                                 tracing::info!(stream = %key.stream, fence = %beat.fence, "lease re-asserted after the store lost it");
                             }
-                            if let Some(h) = self.held().get_mut(key).filter(|h| h.fence == beat.fence) {
+                            if let Some(h) =
+                                self.held().get_mut(key).filter(|h| h.fence == beat.fence)
+                            {
                                 h.confirmed = sent_at;
                             }
                         }
@@ -335,9 +384,19 @@ impl Ownership {
 
     /// One sweep of every watched tenant for stale entries (crashed pods' streams).
     pub async fn sweep_once(&self, stale_after: Duration) {
-        let tenants: Vec<Tenant> = self.tenants.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        let tenants: Vec<Tenant> = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
         for tenant in tenants {
-            match self.store.sweep_stale(&tenant, epoch_ms(), stale_after).await {
+            match self
+                .store
+                .sweep_stale(&tenant, epoch_ms(), stale_after)
+                .await
+            {
                 Ok(dead) => {
                     for t in dead {
                         tracing::warn!(stream = %t.stream, owner = ?t.owner.as_ref().map(|p| p.as_str()), "stale stream declared DEAD");
@@ -354,7 +413,10 @@ impl Ownership {
 
     /// Acts on one transition heard on the channel.
     pub fn on_transition(&self, t: &Transition) {
-        let key = StreamKey { tenant: t.tenant.clone(), stream: t.stream.clone() };
+        let key = StreamKey {
+            tenant: t.tenant.clone(),
+            stream: t.stream.clone(),
+        };
         if t.to == StreamState::Dead {
             let ours = {
                 let held = self.held();
@@ -374,7 +436,11 @@ impl Ownership {
 
     /// Runs the beat, sweep and subscription loops until `shutdown` resolves. `tick` is the
     /// beat period (the shortest heartbeat interval); `stale_after` the sweep's threshold.
-    pub async fn run(self: Arc<Self>, tick: watch::Receiver<(Duration, Duration)>, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(
+        self: Arc<Self>,
+        tick: watch::Receiver<(Duration, Duration)>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let subscriber = {
             let me = Arc::clone(&self);
             tokio::spawn(async move { me.listen().await })
@@ -437,7 +503,10 @@ mod tests {
     use super::*;
 
     fn key() -> StreamKey {
-        StreamKey { tenant: "acme".parse().expect("tenant"), stream: "cc/q".parse().expect("id") }
+        StreamKey {
+            tenant: "acme".parse().expect("tenant"),
+            stream: "cc/q".parse().expect("id"),
+        }
     }
 
     fn manager(store: &Arc<MemoryStore>, pod: &str) -> Arc<Ownership> {
@@ -458,18 +527,29 @@ mod tests {
         let status: StatusCell = Default::default();
         let (_stop_tx, mut stop) = watch::channel(None);
         let ttl = Duration::from_secs(30);
-        let claim_a = a.claim(&key(), ttl, "generic", &status, &mut stop).await.expect("a owns");
+        let claim_a = a
+            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
 
         let mut stop_b = stop.clone();
         let status_b = Arc::clone(&status);
         let b2 = Arc::clone(&b);
-        let standby = tokio::spawn(async move { b2.claim(&key(), ttl, "generic", &status_b, &mut stop_b).await.map(|c| c.fence) });
+        let standby = tokio::spawn(async move {
+            b2.claim(&key(), ttl, "generic", &status_b, &mut stop_b)
+                .await
+                .map(|c| c.fence)
+        });
         tokio::task::yield_now().await;
         let released_at = Instant::now();
-        a.release(claim_a, StreamState::Active, DropReason::Shutdown).await;
+        a.release(claim_a, StreamState::Active, DropReason::Shutdown)
+            .await;
         let fence_b = standby.await.expect("task").expect("b owns");
         assert!(fence_b > Fence(1));
-        assert!(Instant::now() - released_at < Duration::from_secs(1), "took over at once, not after the ttl");
+        assert!(
+            Instant::now() - released_at < Duration::from_secs(1),
+            "took over at once, not after the ttl"
+        );
         listen_b.abort();
     }
 
@@ -479,12 +559,33 @@ mod tests {
         let a = manager(&store, "pod-a");
         let status: StatusCell = Default::default();
         let (_tx, mut stop) = watch::channel(None);
-        let claim = a.claim(&key(), Duration::from_secs(30), "generic", &status, &mut stop).await.expect("owns");
+        let claim = a
+            .claim(
+                &key(),
+                Duration::from_secs(30),
+                "generic",
+                &status,
+                &mut stop,
+            )
+            .await
+            .expect("owns");
         // Our own DEAD (a reaped socket) does not stop us.
-        a.on_transition(&a.transition(&key(), claim.fence, StreamState::Active, StreamState::Dead, "pong_timeout"));
+        a.on_transition(&a.transition(
+            &key(),
+            claim.fence,
+            StreamState::Active,
+            StreamState::Dead,
+            "pong_timeout",
+        ));
         assert_eq!(*claim.lost.borrow(), None);
         // A DEAD under another fence does.
-        a.on_transition(&a.transition(&key(), Fence(99), StreamState::Active, StreamState::Dead, "stale"));
+        a.on_transition(&a.transition(
+            &key(),
+            Fence(99),
+            StreamState::Active,
+            StreamState::Dead,
+            "stale",
+        ));
         assert_eq!(*claim.lost.borrow(), Some(DropReason::OwnerLost));
     }
 
@@ -496,12 +597,22 @@ mod tests {
         let status: StatusCell = Default::default();
         let (_tx, mut stop) = watch::channel(None);
         let ttl = Duration::from_secs(5);
-        let claim_a = a.claim(&key(), ttl, "generic", &status, &mut stop).await.expect("a owns");
+        let claim_a = a
+            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
         // a freezes past its lease; b takes the stream.
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(!a.confirmed(&key(), claim_a.fence));
-        let _claim_b = b.claim(&key(), ttl, "generic", &status, &mut stop).await.expect("b owns");
-        assert!(!a.checkpoint(&claim_a, &EventId("e1".into())).await.expect("store up"));
+        let _claim_b = b
+            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .await
+            .expect("b owns");
+        assert!(
+            !a.checkpoint(&claim_a, &EventId("e1".into()))
+                .await
+                .expect("store up")
+        );
         assert_eq!(*claim_a.lost.borrow(), Some(DropReason::OwnerLost));
     }
 }

@@ -4,16 +4,11 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use streamkeeper_api::{config::Loaded, PodName, SidecarConfig};
+use streamkeeper_api::{PodName, SidecarConfig, config::Loaded};
 use streamkeeper_coord::{MemoryStore, Store};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{
-    admin, app_server,
-    liveness::HeartbeatPolicy,
-    metrics::Metrics,
-    runtime::Pod,
-};
+use crate::{admin, app_server, liveness::HeartbeatPolicy, metrics::Metrics, runtime::Pod};
 
 /// How often the config file is checked for changes (ConfigMap updates swap a symlink, which
 /// file watchers miss; reading a small file once a second is cheap and always right).
@@ -55,9 +50,15 @@ pub enum RunError {
 
 /// Reads and validates a config file, logging its warnings.
 pub fn load(path: &PathBuf) -> Result<SidecarConfig, RunError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RunError::Read { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| RunError::Read {
+        path: path.clone(),
+        source,
+    })?;
     let Loaded { config, warnings } =
-        SidecarConfig::from_yaml(&text).map_err(|source| RunError::Config { path: path.clone(), source })?;
+        SidecarConfig::from_yaml(&text).map_err(|source| RunError::Config {
+            path: path.clone(),
+            source,
+        })?;
     for w in warnings {
         tracing::warn!(file = %path.display(), "{w}");
     }
@@ -72,14 +73,18 @@ pub fn pod_name(config: &SidecarConfig) -> PodName {
     let candidates = [
         std::env::var("POD_NAME").ok(),
         std::env::var("HOSTNAME").ok(),
-        std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()),
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|s| s.trim().to_owned()),
     ];
     candidates
         .into_iter()
         .flatten()
         .find_map(|c| c.parse().ok())
         .unwrap_or_else(|| {
-            format!("sidecar-{}", std::process::id()).parse().expect("sidecar-<pid> is a valid pod name")
+            format!("sidecar-{}", std::process::id())
+                .parse()
+                .expect("sidecar-<pid> is a valid pod name")
         })
 }
 
@@ -103,11 +108,23 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     let pod = Pod::new(pod_name.clone(), store, Arc::clone(&metrics), None);
     let app_listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| RunError::Bind { what: "app endpoint", addr: config.listen, source })?;
-    let admin_listener = TcpListener::bind(config.admin)
-        .await
-        .map_err(|source| RunError::Bind { what: "admin endpoint", addr: config.admin, source })?;
-    let applied = pod.apply(&config).map_err(|source| RunError::Config { path: path.clone(), source })?;
+        .map_err(|source| RunError::Bind {
+            what: "app endpoint",
+            addr: config.listen,
+            source,
+        })?;
+    let admin_listener =
+        TcpListener::bind(config.admin)
+            .await
+            .map_err(|source| RunError::Bind {
+                what: "admin endpoint",
+                addr: config.admin,
+                source,
+            })?;
+    let applied = pod.apply(&config).map_err(|source| RunError::Config {
+        path: path.clone(),
+        source,
+    })?;
     tracing::info!(pod = %pod_name, streams = applied.started.len(), listen = %config.listen, admin = %config.admin, "sidecar started");
 
     let (down_tx, down_rx) = watch::channel(false);
@@ -116,11 +133,20 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     };
     let loops = pod.spawn_loops(until_down(down_rx.clone()));
     let app_cfg = app_server::AppServerConfig {
-        max_frame: config.streams.iter().map(|s| s.limits.max_frame_bytes).max().unwrap_or(1 << 20),
-        heartbeat: config.streams.first().map(|s| HeartbeatPolicy::from(s.heartbeat)).unwrap_or(HeartbeatPolicy {
-            interval: Duration::from_secs(15),
-            timeout: Duration::from_secs(35),
-        }),
+        max_frame: config
+            .streams
+            .iter()
+            .map(|s| s.limits.max_frame_bytes)
+            .max()
+            .unwrap_or(1 << 20),
+        heartbeat: config
+            .streams
+            .first()
+            .map(|s| HeartbeatPolicy::from(s.heartbeat))
+            .unwrap_or(HeartbeatPolicy {
+                interval: Duration::from_secs(15),
+                timeout: Duration::from_secs(35),
+            }),
     };
     let app = tokio::spawn(app_server::serve(
         app_listener,
@@ -147,19 +173,30 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
             _ = recv(&mut term) => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
         if bytes == current {
             continue;
         }
         current = bytes;
         match load(&path) {
             Ok(next) => {
-                if next.listen != config.listen || next.admin != config.admin || next.redis != config.redis {
-                    tracing::warn!("listen, admin and redis changes take effect at the next restart");
+                if next.listen != config.listen
+                    || next.admin != config.admin
+                    || next.redis != config.redis
+                {
+                    tracing::warn!(
+                        "listen, admin and redis changes take effect at the next restart"
+                    );
                 }
                 match pod.apply(&next) {
-                    Ok(a) => tracing::info!(started = ?a.started, restarted = ?a.restarted, removed = ?a.removed, kept = a.kept, "config reloaded"),
-                    Err(e) => tracing::error!(file = %path.display(), error = %e, "config refused; running streams kept"),
+                    Ok(a) => {
+                        tracing::info!(started = ?a.started, restarted = ?a.restarted, removed = ?a.removed, kept = a.kept, "config reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "config refused; running streams kept")
+                    }
                 }
             }
             Err(e) => tracing::error!(error = %e, "config refused; running streams kept"),

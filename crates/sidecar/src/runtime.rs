@@ -9,8 +9,8 @@ use std::{
 
 use serde_json::json;
 use streamkeeper_api::{
-    config::ConfigError, DropReason, Fence, PodName, SidecarConfig, StreamId, StreamSpec,
-    StreamState,
+    DropReason, Fence, PodName, SidecarConfig, StreamId, StreamSpec, StreamState,
+    config::ConfigError,
 };
 use streamkeeper_coord::{Store, StreamKey};
 use tokio::{sync::watch, task::JoinHandle};
@@ -22,9 +22,9 @@ use crate::{
     metrics::Metrics,
     net,
     ownership::Ownership,
-    platforms::{adapter_for, Adapter},
-    session::{self, read_status, Observer, SessionCtx, SessionEvent, StatusCell},
-    token::{spawn_manager, ClientCredentials, TokenClient},
+    platforms::{Adapter, adapter_for},
+    session::{self, Observer, SessionCtx, SessionEvent, StatusCell, read_status},
+    token::{ClientCredentials, TokenClient, spawn_manager},
 };
 
 /// A running stream.
@@ -63,7 +63,9 @@ pub struct Pod {
 
 impl std::fmt::Debug for Pod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pod").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Pod")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,12 +81,7 @@ impl Pod {
         let m = Arc::clone(&metrics);
         let ownership = Ownership::new(store, name.clone(), Arc::new(move |up| m.redis_up(up)));
         // Plain-text REST (no roots needed); streams with https endpoints build their own.
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(net::client_config_without_roots())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .unwrap_or_default();
+        let http = net::plain_http_client();
         Arc::new(Self {
             name,
             ownership,
@@ -116,7 +113,10 @@ impl Pod {
     }
 
     /// Runs the pod-wide ownership loops until `shutdown`.
-    pub fn spawn_loops(self: &Arc<Self>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+    pub fn spawn_loops(
+        self: &Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
         let ownership = Arc::clone(&self.ownership);
         let tick = self.tick.subscribe();
         tokio::spawn(async move { ownership.run(tick, shutdown).await })
@@ -136,11 +136,14 @@ impl Pod {
         }
         let mut applied = Applied::default();
         let mut streams = self.streams();
-        let wanted: HashMap<&StreamId, &StreamSpec> = config.streams.iter().map(|s| (&s.id, s)).collect();
+        let wanted: HashMap<&StreamId, &StreamSpec> =
+            config.streams.iter().map(|s| (&s.id, s)).collect();
         let existing: Vec<StreamId> = streams.keys().cloned().collect();
         for id in existing {
             match wanted.get(&id) {
-                Some(spec) if streams.get(&id).is_some_and(|e| &e.spec == *spec) => applied.kept += 1,
+                Some(spec) if streams.get(&id).is_some_and(|e| &e.spec == *spec) => {
+                    applied.kept += 1
+                }
                 Some(_) => {
                     if let Some(e) = streams.remove(&id) {
                         e.stop.send_replace(Some(DropReason::Removed));
@@ -160,14 +163,26 @@ impl Pod {
             if streams.contains_key(&spec.id) {
                 continue;
             }
-            let Some(adapter) = adapters.remove(&spec.id) else { continue };
+            let Some(adapter) = adapters.remove(&spec.id) else {
+                continue;
+            };
             if !applied.restarted.contains(&spec.id) {
                 applied.started.push(spec.id.clone());
             }
             streams.insert(spec.id.clone(), self.start(spec.clone(), adapter));
         }
-        let period = config.streams.iter().map(|s| s.heartbeat.interval).min().unwrap_or(Duration::from_secs(15));
-        let stale = config.streams.iter().map(|s| s.heartbeat.timeout).max().unwrap_or(Duration::from_secs(35));
+        let period = config
+            .streams
+            .iter()
+            .map(|s| s.heartbeat.interval)
+            .min()
+            .unwrap_or(Duration::from_secs(15));
+        let stale = config
+            .streams
+            .iter()
+            .map(|s| s.heartbeat.timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(35));
         self.tick.send_replace((period, stale));
         Ok(applied)
     }
@@ -186,7 +201,14 @@ impl Pod {
             Arc::clone(&owner),
             stop_rx,
         ));
-        Entry { spec, hub, status, stop, task, owner }
+        Entry {
+            spec,
+            hub,
+            status,
+            stop,
+            task,
+            owner,
+        }
     }
 
     /// Stops every stream (releasing leases so standbys take over at once) and waits for them,
@@ -216,7 +238,9 @@ impl Pod {
 
     /// Whether this pod currently holds the stream's lease.
     pub fn owns(&self, id: &StreamId) -> bool {
-        self.streams().get(id).is_some_and(|e| e.owner.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+        self.streams()
+            .get(id)
+            .is_some_and(|e| e.owner.lock().unwrap_or_else(|p| p.into_inner()).is_some())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -229,7 +253,10 @@ impl Pod {
         owner: Arc<Mutex<Option<Fence>>>,
         mut stop: watch::Receiver<Option<DropReason>>,
     ) {
-        let key = StreamKey { tenant: spec.tenant.clone(), stream: spec.id.clone() };
+        let key = StreamKey {
+            tenant: spec.tenant.clone(),
+            stream: spec.id.clone(),
+        };
         let metrics = self.metrics.stream(&spec.id, &spec.tenant);
         metrics.state(StreamState::Stopped);
         let (tls, http) = match self.tls(&spec) {
@@ -239,24 +266,39 @@ impl Pod {
                 return;
             }
         };
-        let Some(token_client) = self.token_client(&spec, &http, adapter.as_ref(), &mut stop).await else {
+        let Some(token_client) = self
+            .token_client(&spec, &http, adapter.as_ref(), &mut stop)
+            .await
+        else {
             return;
         };
         loop {
             let claim = self
                 .ownership
-                .claim(&key, spec.heartbeat.timeout, adapter.platform().as_str(), &status, &mut stop)
+                .claim(
+                    &key,
+                    spec.heartbeat.timeout,
+                    adapter.platform().as_str(),
+                    &status,
+                    &mut stop,
+                )
                 .await;
             let Some(mut claim) = claim else { return };
             *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
             match self.ownership.store().checkpoint(&key).await {
                 Ok(ckpt) => hub.seed_checkpoint(ckpt),
-                Err(e) => tracing::warn!(stream = %spec.id, error = %e, "checkpoint unreadable; resuming from what this pod has seen"),
+                Err(e) => {
+                    tracing::warn!(stream = %spec.id, error = %e, "checkpoint unreadable; resuming from what this pod has seen")
+                }
             }
             let (tokens, refresh_now, token_task) = {
                 let m = Arc::clone(&self.metrics);
                 let tenant = spec.tenant.clone();
-                spawn_manager(token_client.clone(), spec.token, Arc::new(move |r| m.token_refresh(&tenant, r)))
+                spawn_manager(
+                    token_client.clone(),
+                    spec.token,
+                    Arc::new(move |r| m.token_refresh(&tenant, r)),
+                )
             };
             let observer = Arc::new(StreamObserver {
                 ownership: Arc::clone(&self.ownership),
@@ -343,9 +385,9 @@ impl Pod {
             return None;
         };
         loop {
-            match ClientCredentials::load(&spec.credentials)
-                .and_then(|c| TokenClient::new(http.clone(), login, api, adapter.validate_path(), c))
-            {
+            match ClientCredentials::load(&spec.credentials).and_then(|c| {
+                TokenClient::new(http.clone(), login, api, adapter.validate_path(), c)
+            }) {
                 Ok(c) => return Some(c),
                 Err(e) => {
                     // A Secret mounted late is common: keep trying, say why.
@@ -361,13 +403,27 @@ impl Pod {
 
     /// The stream's TLS connector (for `wss`) and REST client, trusting `tls.caFile` or the
     /// system roots. Plain-text endpoints (the emulator) need no roots at all.
-    fn tls(&self, spec: &StreamSpec) -> Result<(Option<Arc<tokio_rustls::TlsConnector>>, reqwest::Client), net::NetError> {
+    fn tls(
+        &self,
+        spec: &StreamSpec,
+    ) -> Result<(Option<Arc<tokio_rustls::TlsConnector>>, reqwest::Client), net::NetError> {
         let ca = spec.tls.as_ref().map(|t| t.ca_file.as_path());
         let e = &spec.endpoints;
         let wss = e.stream.as_ref().is_some_and(|u| u.scheme() == "wss");
-        let https = [&e.api, &e.login].into_iter().flatten().any(|u| u.scheme() == "https");
-        let connector = if wss { Some(Arc::new(net::tls_connector(ca)?)) } else { None };
-        let http = if https || ca.is_some() { net::http_client(ca)? } else { self.http.clone() };
+        let https = [&e.api, &e.login]
+            .into_iter()
+            .flatten()
+            .any(|u| u.scheme() == "https");
+        let connector = if wss {
+            Some(Arc::new(net::tls_connector(ca)?))
+        } else {
+            None
+        };
+        let http = if https || ca.is_some() {
+            net::http_client(ca)?
+        } else {
+            self.http.clone()
+        };
         Ok((connector, http))
     }
 }
@@ -434,17 +490,41 @@ impl Observer for StreamObserver {
         match &event {
             SessionEvent::State { from, to, reason } => {
                 tracing::info!(%stream, from = %from, to = %to, reason = ?reason.map(|r| r.as_str()), "state");
-                let publish = matches!(to, StreamState::Dead | StreamState::Active | StreamState::Degraded | StreamState::Paused);
+                let publish = matches!(
+                    to,
+                    StreamState::Dead
+                        | StreamState::Active
+                        | StreamState::Degraded
+                        | StreamState::Paused
+                );
                 if publish {
-                    let (o, k, f, from, to) = (Arc::clone(&self.ownership), self.key.clone(), self.fence, *from, *to);
-                    let why = reason.map(|r| r.as_str().to_owned()).unwrap_or_else(|| to.as_str().to_lowercase());
+                    let (o, k, f, from, to) = (
+                        Arc::clone(&self.ownership),
+                        self.key.clone(),
+                        self.fence,
+                        *from,
+                        *to,
+                    );
+                    let why = reason
+                        .map(|r| r.as_str().to_owned())
+                        .unwrap_or_else(|| to.as_str().to_lowercase());
                     tokio::spawn(async move { o.publish(&k, f, from, to, &why).await });
                 }
             }
-            SessionEvent::Dropped { connection, reason, late_by, silent_for, pending_bytes } => {
+            SessionEvent::Dropped {
+                connection,
+                reason,
+                late_by,
+                silent_for,
+                pending_bytes,
+            } => {
                 tracing::warn!(%stream, %connection, %reason, late_by_ms = late_by.map(|d| d.as_millis() as u64), silent_for_ms = silent_for.as_millis() as u64, pending_bytes, "connection reaped");
             }
-            SessionEvent::Connected { connection, attempts, resumed_after } => {
+            SessionEvent::Connected {
+                connection,
+                attempts,
+                resumed_after,
+            } => {
                 tracing::info!(%stream, %connection, attempts, resumed_after = ?resumed_after.as_ref().map(|i| i.as_str()), "connected");
             }
             SessionEvent::ConnectFailed { error, retry_in } => {

@@ -24,11 +24,12 @@ use crate::{
     backoff::Backoff,
     clock::epoch_ms,
     hub::{Hub, Push},
-    liveness::{Due, Health, HeartbeatPolicy, Liveness},
+    liveness::{Health, HeartbeatPolicy},
     metrics::{EventOutcome, StreamMetrics},
     net::SocketOptions,
-    platforms::{Adapter, AdapterError, Inbound, Ping, Rotation, SocketPlan},
+    platforms::{Adapter, AdapterError, Inbound, Rotation, SocketPlan},
     token::{RefreshNow, Token, TokenView},
+    upstream::{Tick, Upstream},
     ws::{ConnectOptions, Frame, WsClient, WsError},
 };
 
@@ -176,9 +177,7 @@ struct Ended {
 
 /// One socket and what the session knows about it.
 struct Link {
-    ws: WsClient,
-    id: ConnectionId,
-    live: Liveness,
+    up: Upstream,
     token_generation: u64,
 }
 
@@ -190,7 +189,10 @@ pub fn connect_options(
     spec: &StreamSpec,
     tls: Option<Arc<tokio_rustls::TlsConnector>>,
 ) -> ConnectOptions {
-    let socket = SocketOptions { user_timeout: spec.heartbeat.timeout, ..SocketOptions::default() };
+    let socket = SocketOptions {
+        user_timeout: spec.heartbeat.timeout,
+        ..SocketOptions::default()
+    };
     ConnectOptions {
         socket,
         max_frame: spec.limits.max_frame_bytes,
@@ -223,7 +225,14 @@ impl Session {
     fn new(ctx: SessionCtx) -> Self {
         let backoff = Backoff::new(ctx.spec.reconnect.initial, ctx.spec.reconnect.max);
         let last_seen = ctx.hub.last_acked();
-        Self { ctx, state: StreamState::Connecting, backoff, last_seen, connections: 0, dropped_at_ms: None }
+        Self {
+            ctx,
+            state: StreamState::Connecting,
+            backoff,
+            last_seen,
+            connections: 0,
+            dropped_at_ms: None,
+        }
     }
 
     fn stream(&self) -> &StreamId {
@@ -236,9 +245,18 @@ impl Session {
         }
         let from = std::mem::replace(&mut self.state, to);
         self.ctx.metrics.state(to);
-        self.ctx.status.lock().unwrap_or_else(|p| p.into_inner()).state = to;
-        self.ctx.hub.push_control(&ToApp::State { stream: &self.ctx.spec.id, state: to });
-        self.ctx.observer.observe(&self.ctx.spec.id, SessionEvent::State { from, to, reason });
+        self.ctx
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state = to;
+        self.ctx.hub.push_control(&ToApp::State {
+            stream: &self.ctx.spec.id,
+            state: to,
+        });
+        self.ctx
+            .observer
+            .observe(&self.ctx.spec.id, SessionEvent::State { from, to, reason });
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, StreamStatus> {
@@ -247,14 +265,19 @@ impl Session {
 
     fn pause(&mut self) {
         if !self.ctx.hub.paused() {
-            self.ctx.hub.push_control(&ToApp::Paused { stream: &self.ctx.spec.id, reason: "token_mismatch" });
+            self.ctx.hub.push_control(&ToApp::Paused {
+                stream: &self.ctx.spec.id,
+                reason: "token_mismatch",
+            });
         }
         self.set_state(StreamState::Paused, None);
     }
 
     fn resume(&mut self) {
         if self.ctx.hub.paused() {
-            self.ctx.hub.push_control(&ToApp::Resumed { stream: &self.ctx.spec.id });
+            self.ctx.hub.push_control(&ToApp::Resumed {
+                stream: &self.ctx.spec.id,
+            });
         }
     }
 
@@ -285,7 +308,10 @@ impl Session {
                     if failure.token_rejected {
                         self.ctx.refresh_now.request();
                     }
-                    if let Some(reason) = self.back_off(stop, failure.error, failure.retry_after).await {
+                    if let Some(reason) = self
+                        .back_off(stop, failure.error, failure.retry_after)
+                        .await
+                    {
                         return reason;
                     }
                     continue;
@@ -304,13 +330,11 @@ impl Session {
                 });
             }
             let mut link = Link {
-                ws,
-                id: id.clone(),
-                live: Liveness::new(self.policy(), Instant::now(), self.ping_phase()),
+                up: Upstream::new(ws, self.policy(), self.ping_phase(), id.clone()),
                 token_generation: generation,
             };
             for f in &plan.first_frames {
-                link.ws.queue_text(f);
+                link.up.ws_mut().queue_text(f);
             }
             {
                 let mut st = self.status();
@@ -359,7 +383,11 @@ impl Session {
     /// The first ping goes out at a random point of the first interval, so thousands of
     /// sockets opened together do not ping together forever after.
     fn ping_phase(&self) -> Duration {
-        self.ctx.spec.heartbeat.interval.mul_f64(rand::random::<f64>())
+        self.ctx
+            .spec
+            .heartbeat
+            .interval
+            .mul_f64(rand::random::<f64>())
     }
 
     /// Waits until the token manager holds a valid token; paused meanwhile.
@@ -396,10 +424,15 @@ impl Session {
         let plan = self
             .ctx
             .adapter
-            .plan(&self.ctx.http, token.value.expose(), self.last_seen.as_ref())
+            .plan(
+                &self.ctx.http,
+                token.value.expose(),
+                self.last_seen.as_ref(),
+            )
             .await
             .map_err(OpenFailure::from_adapter)?;
-        let headers: Vec<(&str, String)> = plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let headers: Vec<(&str, String)> =
+            plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
         let ws = WsClient::connect(&plan.url, &headers, &self.ctx.connect)
             .await
             .map_err(OpenFailure::from_ws)?;
@@ -417,7 +450,10 @@ impl Session {
         self.status().retry_count = self.backoff.attempts();
         self.ctx.observer.observe(
             &self.ctx.spec.id,
-            SessionEvent::ConnectFailed { error: why, retry_in: delay },
+            SessionEvent::ConnectFailed {
+                error: why,
+                retry_in: delay,
+            },
         );
         self.set_state(StreamState::Backoff, None);
         tokio::select! {
@@ -427,19 +463,23 @@ impl Session {
     }
 
     /// Drives one socket until it ends.
-    async fn drive(&mut self, link: &mut Link, stop: &mut watch::Receiver<Option<DropReason>>) -> Ended {
+    async fn drive(
+        &mut self,
+        link: &mut Link,
+        stop: &mut watch::Receiver<Option<DropReason>>,
+    ) -> Ended {
         let rotation = self.ctx.adapter.rotation();
         let mut pending_refresh: Option<u64> = None;
         let mut successor: Option<Successor> = None;
         let mut first_pong = true;
         loop {
-            let wake = link.live.next_wakeup();
+            let adapter = Arc::clone(&self.ctx.adapter);
             tokio::select! {
                 biased;
-                frame = link.ws.recv() => {
+                tick = link.up.next(|seq| adapter.ping(seq)) => {
                     let now = Instant::now();
-                    match frame {
-                        Ok(frame) => {
+                    match tick {
+                        Ok(Tick::Frame(frame)) => {
                             if let Some(ended) = self.on_frame(link, frame, now, &mut pending_refresh, &mut first_pong) {
                                 if ended.immediate && rotation == Rotation::NewSocket && successor.is_none() {
                                     // Announced close on a token-bound socket: open the next one now.
@@ -449,31 +489,18 @@ impl Session {
                                 return ended;
                             }
                         }
-                        Err(e) => return self.on_ws_error(e),
-                    }
-                }
-                _ = tokio::time::sleep_until(wake) => {
-                    let now = Instant::now();
-                    while let Some(due) = link.live.poll(now) {
-                        match due {
-                            Due::Ping { seq } => {
-                                match self.ctx.adapter.ping(seq) {
-                                    Ping::Control(payload) => link.ws.queue_ping(&payload),
-                                    Ping::Text(text) => link.ws.queue_text(&text),
-                                }
-                                self.ctx.metrics.ping_sent();
-                            }
-                            Due::Degraded => self.set_state(StreamState::Degraded, None),
-                            Due::Dead { deadline, .. } => {
-                                return Ended {
-                                    reason: DropReason::PongTimeout,
-                                    abortive: true,
-                                    retry_after: None,
-                                    late_by: Some(now.saturating_duration_since(deadline)),
-                                    immediate: false,
-                                };
-                            }
+                        Ok(Tick::Pinged) => self.ctx.metrics.ping_sent(),
+                        Ok(Tick::Degraded) => self.set_state(StreamState::Degraded, None),
+                        Ok(Tick::Dead { late_by, .. }) => {
+                            return Ended {
+                                reason: DropReason::PongTimeout,
+                                abortive: true,
+                                retry_after: None,
+                                late_by: Some(late_by),
+                                immediate: false,
+                            };
                         }
+                        Err(e) => return self.on_ws_error(e),
                     }
                 }
                 changed = self.ctx.tokens.changed() => {
@@ -488,7 +515,7 @@ impl Session {
                         Some(token) if view.generation != link.token_generation => match rotation {
                             Rotation::InStream => {
                                 if let Some(frame) = self.ctx.adapter.refresh_frame(token.value.expose()) {
-                                    link.ws.queue_text(&frame);
+                                    link.up.ws_mut().queue_text(&frame);
                                     pending_refresh = Some(view.generation);
                                 }
                             }
@@ -510,13 +537,14 @@ impl Session {
                     match next {
                         Ok(Ok((ws, generation))) => {
                             // Make-before-break: the new socket is up; retire the old politely.
-                            let mut old = std::mem::replace(&mut link.ws, ws);
+                            self.connections += 1;
+                            let id = ConnectionId(format!("{}-{}", self.ctx.pod, self.connections));
+                            let mut old = link.up.replace(ws, id, self.ping_phase());
                             old.queue_close(1000, "rotated");
                             tokio::spawn(async move {
                                 let _ = tokio::time::timeout(Duration::from_secs(1), old.flush()).await;
                                 old.reset();
                             });
-                            link.live = Liveness::new(self.policy(), Instant::now(), self.ping_phase());
                             link.token_generation = generation;
                             self.token_ok(generation);
                         }
@@ -541,7 +569,9 @@ impl Session {
         if self.state == StreamState::Paused {
             self.set_state(StreamState::Active, None);
         }
-        self.ctx.observer.observe(&self.ctx.spec.id, SessionEvent::TokenRotated { generation });
+        self.ctx
+            .observer
+            .observe(&self.ctx.spec.id, SessionEvent::TokenRotated { generation });
     }
 
     /// Opens a successor socket in the background with the current token.
@@ -559,8 +589,11 @@ impl Session {
                     .plan(&http, token.value.expose(), resume.as_ref())
                     .await
                     .map_err(|e| e.to_string())?;
-                let headers: Vec<(&str, String)> = plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
-                let mut ws = WsClient::connect(&plan.url, &headers, &connect).await.map_err(|e| e.to_string())?;
+                let headers: Vec<(&str, String)> =
+                    plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
+                let mut ws = WsClient::connect(&plan.url, &headers, &connect)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 for f in &plan.first_frames {
                     ws.queue_text(f);
                 }
@@ -581,7 +614,6 @@ impl Session {
         pending_refresh: &mut Option<u64>,
         first_pong: &mut bool,
     ) -> Option<Ended> {
-        link.live.on_inbound(now);
         let inbound = match frame {
             Frame::Text(text) => self.ctx.adapter.classify_text(&text),
             Frame::Pong(payload) => self.ctx.adapter.classify_pong(&payload),
@@ -610,10 +642,10 @@ impl Session {
                 self.last_seen = Some(id);
             }
             Inbound::Pong { seq } => {
-                let out = link.live.on_pong(now, seq);
+                let out = link.up.liveness_mut().on_pong(now, seq);
                 if let Some(rtt) = out.rtt {
                     self.ctx.metrics.pong(rtt);
-                    self.status().rtt = link.live.srtt();
+                    self.status().rtt = link.up.liveness().srtt();
                 }
                 if *first_pong {
                     // The socket answered: the outage is over, start backoff from the bottom.
@@ -655,8 +687,10 @@ impl Session {
                 tracing::warn!(stream = %self.stream(), retry_after = ?after, "platform rate limited the socket");
             }
             Inbound::Malformed(what) => {
-                tracing::warn!(stream = %self.stream(), connection = %link.id, problem = %what, "skipped an upstream frame");
-                self.ctx.observer.observe(&self.ctx.spec.id, SessionEvent::Malformed { what });
+                tracing::warn!(stream = %self.stream(), connection = %link.up.id(), problem = %what, "skipped an upstream frame");
+                self.ctx
+                    .observer
+                    .observe(&self.ctx.spec.id, SessionEvent::Malformed { what });
             }
         }
         None
@@ -668,17 +702,29 @@ impl Session {
         } else {
             tracing::info!(stream = %self.stream(), error = %e, "upstream socket failed");
         }
-        Ended { reason: DropReason::TcpError, abortive: true, retry_after: None, late_by: None, immediate: false }
+        Ended {
+            reason: DropReason::TcpError,
+            abortive: true,
+            retry_after: None,
+            late_by: None,
+            immediate: false,
+        }
     }
 
     /// Terminates the socket and tells everyone.
     fn reap(&mut self, link: Link, ended: &Ended) {
-        let Link { mut ws, id, live, .. } = link;
-        let silent_for = Instant::now().saturating_duration_since(live.last_inbound());
+        let id = link.up.id().clone();
+        let silent_for =
+            Instant::now().saturating_duration_since(link.up.liveness().last_inbound());
+        let mut ws = link.up.into_ws();
         if ended.abortive {
             ws.reset();
         } else {
-            let code = if ended.reason == DropReason::Shutdown { 1001 } else { 1000 };
+            let code = if ended.reason == DropReason::Shutdown {
+                1001
+            } else {
+                1000
+            };
             ws.queue_close(code, ended.reason.as_str());
             // Best effort, bounded: a polite close must never wait on a dead peer.
             tokio::spawn(async move {
@@ -702,7 +748,13 @@ impl Session {
         self.status().last_drop = Some(ended.reason);
         self.ctx.observer.observe(
             &self.ctx.spec.id,
-            SessionEvent::Dropped { connection: id, reason: ended.reason, late_by: ended.late_by, silent_for, pending_bytes },
+            SessionEvent::Dropped {
+                connection: id,
+                reason: ended.reason,
+                late_by: ended.late_by,
+                silent_for,
+                pending_bytes,
+            },
         );
         self.set_state(StreamState::Dead, Some(ended.reason));
     }
@@ -722,17 +774,29 @@ impl OpenFailure {
             AdapterError::TokenRefused { .. } => (None, true),
             AdapterError::Other { .. } => (None, false),
         };
-        Self { error: e.to_string(), retry_after, token_rejected }
+        Self {
+            error: e.to_string(),
+            retry_after,
+            token_rejected,
+        }
     }
 
     fn from_ws(e: WsError) -> Self {
         match &e {
-            WsError::Status { status, retry_after, .. } => Self {
+            WsError::Status {
+                status,
+                retry_after,
+                ..
+            } => Self {
                 error: format!("upgrade refused with HTTP {status}"),
                 retry_after: *retry_after,
                 token_rejected: matches!(status, 401 | 403),
             },
-            _ => Self { error: e.to_string(), retry_after: None, token_rejected: false },
+            _ => Self {
+                error: e.to_string(),
+                retry_after: None,
+                token_rejected: false,
+            },
         }
     }
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
-use streamkeeper_api::{app_protocol::AppFrame, PodName, StreamId};
+use streamkeeper_api::{PodName, StreamId, app_protocol::AppFrame};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -48,14 +48,22 @@ impl Ledger {
             st.duplicates.push((stream.clone(), id.to_owned()));
             return;
         }
-        if !st.seen_unacked.entry(stream.clone()).or_default().insert(id.to_owned()) {
+        if !st
+            .seen_unacked
+            .entry(stream.clone())
+            .or_default()
+            .insert(id.to_owned())
+        {
             st.redelivered += 1;
         }
     }
 
     fn acked(&self, stream: &StreamId, id: &str) {
         let mut st = self.lock();
-        st.acked.entry(stream.clone()).or_default().insert(id.to_owned());
+        st.acked
+            .entry(stream.clone())
+            .or_default()
+            .insert(id.to_owned());
         if let Some(s) = st.seen_unacked.get_mut(stream) {
             s.remove(id);
         }
@@ -72,19 +80,46 @@ impl Ledger {
     /// The first id of `stream` any app acked: where the stream started for the apps (a new
     /// stream starts at "now"; what the platform emitted before it existed is not owed).
     pub fn first_acked(&self, stream: &StreamId) -> Option<String> {
-        self.lock().acked.get(stream).and_then(|s| s.iter().min().cloned())
+        self.lock()
+            .acked
+            .get(stream)
+            .and_then(|s| s.iter().min().cloned())
     }
 
     /// Whether `id` of `stream` was acked.
     pub fn is_acked(&self, stream: &StreamId, id: &str) -> bool {
-        self.lock().acked.get(stream).is_some_and(|s| s.contains(id))
+        self.lock()
+            .acked
+            .get(stream)
+            .is_some_and(|s| s.contains(id))
     }
 
-    /// Totals: (delivered, duplicates, redelivered unacked, gaps, dropped by reason).
-    pub fn totals(&self) -> (u64, Vec<(StreamId, String)>, u64, u64, BTreeMap<String, u64>) {
+    /// What the apps saw, in total.
+    pub fn totals(&self) -> Totals {
         let st = self.lock();
-        (st.delivered, st.duplicates.clone(), st.redelivered, st.gaps, st.dropped.clone())
+        Totals {
+            delivered: st.delivered,
+            duplicates: st.duplicates.clone(),
+            redelivered: st.redelivered,
+            gaps: st.gaps,
+            dropped: st.dropped.clone(),
+        }
     }
+}
+
+/// What the apps saw, in total.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    /// Events delivered (including redeliveries).
+    pub delivered: u64,
+    /// Deliveries of an id after it was acked.
+    pub duplicates: Vec<(StreamId, String)>,
+    /// Deliveries of an unacked id again.
+    pub redelivered: u64,
+    /// `gap` frames.
+    pub gaps: u64,
+    /// `dropped` frames by reason.
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// Controls one demo app.
@@ -96,14 +131,13 @@ pub struct AppHandle {
 
 /// Starts an app for `stream` against a sidecar listening on `listen`. It reconnects by itself
 /// whenever the socket ends, unless told to stay away.
-pub fn spawn(
-    pod: PodName,
-    listen: SocketAddr,
-    stream: StreamId,
-    ledger: Arc<Ledger>,
-) -> AppHandle {
+pub fn spawn(pod: PodName, listen: SocketAddr, stream: StreamId, ledger: Arc<Ledger>) -> AppHandle {
     let (away, mut away_rx) = watch::channel(false);
-    let url = format!("ws://{listen}/streams/{}/{}", stream.namespace(), stream.name());
+    let url = format!(
+        "ws://{listen}/streams/{}/{}",
+        stream.namespace(),
+        stream.name()
+    );
     tokio::spawn(async move {
         loop {
             let away = *away_rx.borrow_and_update();

@@ -9,10 +9,10 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use streamkeeper_api::{
+    DropReason, PodName, SidecarConfig, StreamId, StreamSpec, StreamState,
     config::{
         Credentials, Endpoints, HeartbeatSpec, LimitsSpec, Platform, ReconnectSpec, TokenSpec,
     },
-    DropReason, PodName, SidecarConfig, StreamId, StreamSpec, StreamState,
 };
 use streamkeeper_coord::{MemoryStore, Store};
 use streamkeeper_emulator::{Emulator, EmulatorConfig, Fault};
@@ -29,13 +29,15 @@ use tokio::time::Instant;
 
 use self::{
     app::{AppHandle, Ledger},
-    timeline::{is_state, Timeline},
+    timeline::{Timeline, is_state},
 };
 
 const STREAMS: [&str; 3] = ["queue-events", "agent-presence", "call-legs"];
 const PODS: [&str; 3] = ["pod-a", "pod-b", "pod-c"];
-const HEARTBEAT: HeartbeatSpec =
-    HeartbeatSpec { interval: Duration::from_secs(1), timeout: Duration::from_secs(3) };
+const HEARTBEAT: HeartbeatSpec = HeartbeatSpec {
+    interval: Duration::from_secs(1),
+    timeout: Duration::from_secs(3),
+};
 /// The product's promise: DEAD within 250 ms of the deadline.
 const DETECTION_LIMIT: Duration = Duration::from_millis(250);
 const TOKEN_TTL: Duration = Duration::from_secs(8);
@@ -59,7 +61,11 @@ struct Checks(Vec<Check>);
 
 impl Checks {
     fn add(&mut self, ok: bool, name: impl Into<String>, detail: impl Into<String>) {
-        self.0.push(Check { name: name.into(), ok, detail: detail.into() });
+        self.0.push(Check {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        });
     }
 }
 
@@ -82,11 +88,20 @@ fn config(emu: &Emulator, creds: &std::path::Path) -> anyhow::Result<SidecarConf
                     login: Some(base.clone()),
                     stream: Some(emu.stream_url(name).parse().context("stream URL")?),
                 },
-                credentials: Credentials { dir: Some(creds.to_path_buf()), secret: None },
+                credentials: Credentials {
+                    dir: Some(creds.to_path_buf()),
+                    secret: None,
+                },
                 topics: Vec::new(),
                 heartbeat: HEARTBEAT,
-                token: TokenSpec { refresh_lead: Duration::from_secs(3), retry: Duration::from_secs(1) },
-                reconnect: ReconnectSpec { initial: Duration::from_millis(200), max: Duration::from_secs(2) },
+                token: TokenSpec {
+                    refresh_lead: Duration::from_secs(3),
+                    retry: Duration::from_secs(1),
+                },
+                reconnect: ReconnectSpec {
+                    initial: Duration::from_millis(200),
+                    max: Duration::from_secs(2),
+                },
                 limits: LimitsSpec::default(),
                 tls: None,
             })
@@ -111,8 +126,15 @@ async fn start_pod(
     ledger: &Arc<Ledger>,
 ) -> anyhow::Result<RunningPod> {
     let name: PodName = name.parse().context("pod name")?;
-    let pod = Pod::new(name.clone(), store, Arc::new(Metrics::new()), Some(timeline.observer(name.clone())));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind app endpoint")?;
+    let pod = Pod::new(
+        name.clone(),
+        store,
+        Arc::new(Metrics::new()),
+        Some(timeline.observer(name.clone())),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("bind app endpoint")?;
     let listen = listener.local_addr()?;
     let (stop_servers, stop_rx) = watch::channel(false);
     let until = |mut rx: watch::Receiver<bool>| async move {
@@ -121,7 +143,10 @@ async fn start_pod(
     tokio::spawn(app_server::serve(
         listener,
         Arc::clone(&pod) as Arc<dyn HubDirectory>,
-        AppServerConfig { max_frame: 1 << 20, heartbeat: HeartbeatPolicy::from(HEARTBEAT) },
+        AppServerConfig {
+            max_frame: 1 << 20,
+            heartbeat: HeartbeatPolicy::from(HEARTBEAT),
+        },
         until(stop_rx.clone()),
     ));
     pod.spawn_loops(until(stop_rx));
@@ -130,17 +155,34 @@ async fn start_pod(
         .iter()
         .map(|s| {
             let id = stream_id(s);
-            (id.clone(), app::spawn(name.clone(), listen, id, Arc::clone(ledger)))
+            (
+                id.clone(),
+                app::spawn(name.clone(), listen, id, Arc::clone(ledger)),
+            )
         })
         .collect();
-    Ok(RunningPod { name, pod, apps, stop_servers })
+    Ok(RunningPod {
+        name,
+        pod,
+        apps,
+        stop_servers,
+    })
 }
 
 fn owner<'a>(pods: &'a [RunningPod], stream: &StreamId) -> Option<&'a RunningPod> {
-    pods.iter().find(|p| p.pod.owns(stream) && p.pod.stream_status(stream).is_some_and(|s| s.state == StreamState::Active))
+    pods.iter().find(|p| {
+        p.pod.owns(stream)
+            && p.pod
+                .stream_status(stream)
+                .is_some_and(|s| s.state == StreamState::Active)
+    })
 }
 
-async fn wait_owner<'a>(pods: &'a [RunningPod], stream: &StreamId, limit: Duration) -> Option<&'a RunningPod> {
+async fn wait_owner<'a>(
+    pods: &'a [RunningPod],
+    stream: &StreamId,
+    limit: Duration,
+) -> Option<&'a RunningPod> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(p) = owner(pods, stream) {
@@ -169,7 +211,9 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     };
     ClientCredentials::write_dir(&creds, &emu_cfg.client_id, &emu_cfg.client_secret)
         .context("write demo credentials")?;
-    let emu = Emulator::start(emu_cfg).await.context("start the emulator")?;
+    let emu = Emulator::start(emu_cfg)
+        .await
+        .context("start the emulator")?;
     let config = config(&emu, &creds)?;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
 
@@ -197,52 +241,113 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         let owners = pods.iter().filter(|p| p.pod.owns(&id)).count();
         all_owned &= owners == 1;
     }
-    checks.add(all_owned, "every stream runs on exactly one pod", "lease with fencing in the shared store");
+    checks.add(
+        all_owned,
+        "every stream runs on exactly one pod",
+        "lease with fencing in the shared store",
+    );
 
     // 2. Half-open socket.
     let victim = stream_id(STREAMS[0]);
     let since = timeline.elapsed();
-    timeline.step(&format!("2. half-open: the platform end of {victim} stops reading and writing (blackhole)"));
-    emu.fault(Fault::Blackhole { stream: Some(STREAMS[0].into()) });
+    timeline.step(&format!(
+        "2. half-open: the platform end of {victim} stops reading and writing (blackhole)"
+    ));
+    emu.fault(Fault::Blackhole {
+        stream: Some(STREAMS[0].into()),
+    });
     let dead = timeline
         .wait_for(since, HEARTBEAT.timeout + Duration::from_secs(3), |e| {
-            e.stream == victim && matches!(e.event, SessionEvent::Dropped { reason: DropReason::PongTimeout, .. })
+            e.stream == victim
+                && matches!(
+                    e.event,
+                    SessionEvent::Dropped {
+                        reason: DropReason::PongTimeout,
+                        ..
+                    }
+                )
         })
         .await;
     match dead.as_ref().map(|e| &e.event) {
-        Some(SessionEvent::Dropped { late_by: Some(late), silent_for, .. }) => checks.add(
+        Some(SessionEvent::Dropped {
+            late_by: Some(late),
+            silent_for,
+            ..
+        }) => checks.add(
             *late <= DETECTION_LIMIT,
             "half-open socket declared DEAD within timeout + 250 ms",
-            format!("silent {:.3}s, DEAD {:.1} ms after the deadline", silent_for.as_secs_f64(), late.as_secs_f64() * 1000.0),
+            format!(
+                "silent {:.3}s, DEAD {:.1} ms after the deadline",
+                silent_for.as_secs_f64(),
+                late.as_secs_f64() * 1000.0
+            ),
         ),
-        _ => checks.add(false, "half-open socket declared DEAD within timeout + 250 ms", "never declared DEAD"),
+        _ => checks.add(
+            false,
+            "half-open socket declared DEAD within timeout + 250 ms",
+            "never declared DEAD",
+        ),
     }
-    let back = wait_owner(&pods, &victim, Duration::from_secs(5)).await.is_some();
-    checks.add(back, "reconnected with backoff and resumed", "Last-Event-ID from the last event seen");
+    let back = wait_owner(&pods, &victim, Duration::from_secs(5))
+        .await
+        .is_some();
+    checks.add(
+        back,
+        "reconnected with backoff and resumed",
+        "Last-Event-ID from the last event seen",
+    );
 
     // 3. Abrupt reset.
     let reset = stream_id(STREAMS[1]);
     let since = timeline.elapsed();
-    timeline.step(&format!("3. abrupt reset: the platform resets {reset} (TCP RST)"));
-    emu.fault(Fault::Reset { stream: Some(STREAMS[1].into()) });
+    timeline.step(&format!(
+        "3. abrupt reset: the platform resets {reset} (TCP RST)"
+    ));
+    emu.fault(Fault::Reset {
+        stream: Some(STREAMS[1].into()),
+    });
     let seen = timeline
         .wait_for(since, Duration::from_secs(3), |e| {
-            e.stream == reset && matches!(e.event, SessionEvent::Dropped { reason: DropReason::TcpError, .. })
+            e.stream == reset
+                && matches!(
+                    e.event,
+                    SessionEvent::Dropped {
+                        reason: DropReason::TcpError,
+                        ..
+                    }
+                )
         })
         .await
         .is_some();
-    let back = seen && timeline.wait_for(since, Duration::from_secs(5), |e| e.stream == reset && is_state(e, StreamState::Active)).await.is_some();
-    checks.add(seen && back, "reset detected at once and reconnected", "reason tcp_error");
+    let back = seen
+        && timeline
+            .wait_for(since, Duration::from_secs(5), |e| {
+                e.stream == reset && is_state(e, StreamState::Active)
+            })
+            .await
+            .is_some();
+    checks.add(
+        seen && back,
+        "reset detected at once and reconnected",
+        "reason tcp_error",
+    );
 
     // 4. Token rotation, with one refused refresh.
     let since = timeline.elapsed();
-    timeline.step("4. tokens expire every 8 s: refreshed in-stream; the next token request is refused once");
-    emu.fault(Fault::RefuseToken { stream: None, count: 1 });
+    timeline.step(
+        "4. tokens expire every 8 s: refreshed in-stream; the next token request is refused once",
+    );
+    emu.fault(Fault::RefuseToken {
+        stream: None,
+        count: 1,
+    });
     let mut rotated = 0;
     for s in STREAMS {
         let id = stream_id(s);
         if timeline
-            .wait_for(since, TOKEN_TTL + Duration::from_secs(4), |e| e.stream == id && matches!(e.event, SessionEvent::TokenRotated { .. }))
+            .wait_for(since, TOKEN_TTL + Duration::from_secs(4), |e| {
+                e.stream == id && matches!(e.event, SessionEvent::TokenRotated { .. })
+            })
             .await
             .is_some()
         {
@@ -257,13 +362,21 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     checks.add(
         rotated == STREAMS.len() && reconnects == 0,
         "token rotation never resets the session",
-        format!("{rotated}/{} streams rotated in-stream, {reconnects} reconnects, one refusal retried", STREAMS.len()),
+        format!(
+            "{rotated}/{} streams rotated in-stream, {reconnects} reconnects, one refusal retried",
+            STREAMS.len()
+        ),
     );
 
     // 5. The app goes away and comes back.
     let legs = stream_id(STREAMS[2]);
-    timeline.step(&format!("5. the app of {legs} disconnects for 2 s, then comes back"));
-    if let Some(app) = owner(&pods, &legs).and_then(|p| p.apps.iter().find(|(s, _)| *s == legs)).map(|(_, a)| a.clone()) {
+    timeline.step(&format!(
+        "5. the app of {legs} disconnects for 2 s, then comes back"
+    ));
+    if let Some(app) = owner(&pods, &legs)
+        .and_then(|p| p.apps.iter().find(|(s, _)| *s == legs))
+        .map(|(_, a)| a.clone())
+    {
         let hub = owner(&pods, &legs).and_then(|p| p.pod.hub(&legs));
         let _ = app.away.send(true);
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -281,11 +394,17 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
             format!("{held} held while away, {left} unacked after its return"),
         );
     } else {
-        checks.add(false, "app reconnect: held events delivered", "no owner for the stream");
+        checks.add(
+            false,
+            "app reconnect: held events delivered",
+            "no owner for the stream",
+        );
     }
 
     // 6. Rolling update: the owner of the first stream shuts down and hands over.
-    timeline.step(&format!("6. rolling update: the pod running {victim} shuts down (SIGTERM) and hands over"));
+    timeline.step(&format!(
+        "6. rolling update: the pod running {victim} shuts down (SIGTERM) and hands over"
+    ));
     if let Some(idx) = pods.iter().position(|p| p.pod.owns(&victim)) {
         let leaving = pods.remove(idx);
         let started = Instant::now();
@@ -294,26 +413,72 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
             let _ = a.away.send(true);
         }
         let _ = leaving.stop_servers.send(true);
-        let took = wait_owner(&pods, &victim, Duration::from_secs(5)).await.map(|p| p.name.clone());
+        let took = wait_owner(&pods, &victim, Duration::from_secs(5))
+            .await
+            .map(|p| p.name.clone());
         let elapsed = started.elapsed();
         checks.add(
             took.is_some() && elapsed < Duration::from_secs(2),
             "handover on shutdown: a standby streams at once",
-            format!("{} → {} in {:.0} ms (lease TTL is {} s)", leaving.name, took.map(|p| p.to_string()).unwrap_or_else(|| "nobody".into()), elapsed.as_secs_f64() * 1000.0, HEARTBEAT.timeout.as_secs()),
+            format!(
+                "{} → {} in {:.0} ms (lease TTL is {} s)",
+                leaving.name,
+                took.map(|p| p.to_string())
+                    .unwrap_or_else(|| "nobody".into()),
+                elapsed.as_secs_f64() * 1000.0,
+                HEARTBEAT.timeout.as_secs()
+            ),
         );
     } else {
-        checks.add(false, "handover on shutdown: a standby streams at once", "no owner found");
+        checks.add(
+            false,
+            "handover on shutdown: a standby streams at once",
+            "no owner found",
+        );
     }
 
     // 7. Malformed frames from the platform.
     let since = timeline.elapsed();
-    timeline.step(&format!("7. the platform sends {reset} a non-JSON frame, then invalid UTF-8"));
-    emu.fault(Fault::SendGarbage { stream: Some(STREAMS[1].into()), kind: streamkeeper_emulator::GarbageKind::BadJson, bytes: None });
-    let skipped = timeline.wait_for(since, Duration::from_secs(3), |e| e.stream == reset && matches!(e.event, SessionEvent::Malformed { .. })).await.is_some();
-    emu.fault(Fault::SendGarbage { stream: Some(STREAMS[1].into()), kind: streamkeeper_emulator::GarbageKind::NonUtf8, bytes: None });
-    let failed = timeline.wait_for(since, Duration::from_secs(3), |e| e.stream == reset && matches!(e.event, SessionEvent::Dropped { reason: DropReason::TcpError, .. })).await.is_some();
-    let back = wait_owner(&pods, &reset, Duration::from_secs(5)).await.is_some();
-    checks.add(skipped && failed && back, "bad frames: skipped or connection failed (1007), then resumed", "process keeps running");
+    timeline.step(&format!(
+        "7. the platform sends {reset} a non-JSON frame, then invalid UTF-8"
+    ));
+    emu.fault(Fault::SendGarbage {
+        stream: Some(STREAMS[1].into()),
+        kind: streamkeeper_emulator::GarbageKind::BadJson,
+        bytes: None,
+    });
+    let skipped = timeline
+        .wait_for(since, Duration::from_secs(3), |e| {
+            e.stream == reset && matches!(e.event, SessionEvent::Malformed { .. })
+        })
+        .await
+        .is_some();
+    emu.fault(Fault::SendGarbage {
+        stream: Some(STREAMS[1].into()),
+        kind: streamkeeper_emulator::GarbageKind::NonUtf8,
+        bytes: None,
+    });
+    let failed = timeline
+        .wait_for(since, Duration::from_secs(3), |e| {
+            e.stream == reset
+                && matches!(
+                    e.event,
+                    SessionEvent::Dropped {
+                        reason: DropReason::TcpError,
+                        ..
+                    }
+                )
+        })
+        .await
+        .is_some();
+    let back = wait_owner(&pods, &reset, Duration::from_secs(5))
+        .await
+        .is_some();
+    checks.add(
+        skipped && failed && back,
+        "bad frames: skipped or connection failed (1007), then resumed",
+        "process keeps running",
+    );
 
     // 8. Settle and count.
     timeline.step("8. settle: every event emitted so far must be acked exactly once by some app");
@@ -332,23 +497,44 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
                 .and_then(|f| f.rsplit(':').next().and_then(|n| n.parse::<u64>().ok()))
                 .unwrap_or(1);
             emitted_total += emitted.saturating_sub(first - 1);
-            lost.extend((first..=emitted).map(|n| format!("{s}:{n:09}")).filter(|e| !ledger.is_acked(&id, e)));
+            lost.extend(
+                (first..=emitted)
+                    .map(|n| format!("{s}:{n:09}"))
+                    .filter(|e| !ledger.is_acked(&id, e)),
+            );
         }
         if lost.is_empty() || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (delivered, duplicates, redelivered, gaps, dropped) = ledger.totals();
-    checks.add(duplicates.is_empty(), "no acked event delivered again", format!("{} duplicates", duplicates.len()));
+    let app::Totals {
+        delivered,
+        duplicates,
+        redelivered,
+        gaps,
+        dropped,
+    } = ledger.totals();
+    checks.add(
+        duplicates.is_empty(),
+        "no acked event delivered again",
+        format!("{} duplicates", duplicates.len()),
+    );
     let first_lost = lost.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
     checks.add(
         lost.is_empty(),
         "no event lost",
-        format!("{} of {emitted_total} emitted events never acked {first_lost}", lost.len()),
+        format!(
+            "{} of {emitted_total} emitted events never acked {first_lost}",
+            lost.len()
+        ),
     );
     let elapsed = timeline.elapsed();
-    checks.add(elapsed < Duration::from_secs(90), "finished in under 90 s", format!("{:.1} s", elapsed.as_secs_f64()));
+    checks.add(
+        elapsed < Duration::from_secs(90),
+        "finished in under 90 s",
+        format!("{:.1} s", elapsed.as_secs_f64()),
+    );
 
     for p in &pods {
         p.pod.shutdown(Duration::from_secs(2)).await;
@@ -360,23 +546,59 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     println!();
     println!("streamkeeper demo: scorecard");
     println!("  events emitted while streaming    {emitted_total}");
-    println!("  events delivered to apps          {delivered} ({redelivered} redelivered before their ack)");
+    println!(
+        "  events delivered to apps          {delivered} ({redelivered} redelivered before their ack)"
+    );
     println!("  duplicates (acked, then again)    {}", duplicates.len());
     println!("  lost (emitted, never acked)       {}", lost.len());
     println!("  gaps reported                     {gaps}");
-    println!("  dropped notices seen by apps      {}", dropped.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(" "));
+    println!(
+        "  dropped notices seen by apps      {}",
+        dropped
+            .iter()
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     for e in timeline.entries() {
-        if let SessionEvent::Dropped { reason: DropReason::PongTimeout, late_by: Some(late), silent_for, .. } = e.event {
-            println!("  detection {:<22}  silent {:.3}s, {:.1} ms past the deadline", e.stream.to_string(), silent_for.as_secs_f64(), late.as_secs_f64() * 1000.0);
+        if let SessionEvent::Dropped {
+            reason: DropReason::PongTimeout,
+            late_by: Some(late),
+            silent_for,
+            ..
+        } = e.event
+        {
+            println!(
+                "  detection {:<22}  silent {:.3}s, {:.1} ms past the deadline",
+                e.stream.to_string(),
+                silent_for.as_secs_f64(),
+                late.as_secs_f64() * 1000.0
+            );
         }
     }
     println!();
     let mut ok = true;
     for c in &checks.0 {
         ok &= c.ok;
-        println!("  {} {:<58} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail);
+        println!(
+            "  {} {:<58} {}",
+            if c.ok { "PASS" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
     }
     println!();
-    println!("{}", if ok { "all checks passed" } else { "some checks FAILED" });
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    println!(
+        "{}",
+        if ok {
+            "all checks passed"
+        } else {
+            "some checks FAILED"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

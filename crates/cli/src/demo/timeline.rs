@@ -36,7 +36,12 @@ pub struct Timeline {
 impl Timeline {
     /// A timeline starting now.
     pub fn new(quiet: bool) -> Arc<Self> {
-        Arc::new(Self { start: Instant::now(), quiet, entries: Mutex::new(Vec::new()), changed: Notify::new() })
+        Arc::new(Self {
+            start: Instant::now(),
+            quiet,
+            entries: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        })
     }
 
     /// Time since start.
@@ -60,12 +65,18 @@ impl Timeline {
 
     /// The observer for one pod.
     pub fn observer(self: &Arc<Self>, pod: PodName) -> Arc<dyn Observer> {
-        Arc::new(PodObserver { timeline: Arc::clone(self), pod })
+        Arc::new(PodObserver {
+            timeline: Arc::clone(self),
+            pod,
+        })
     }
 
     /// Entries so far.
     pub fn entries(&self) -> Vec<Entry> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Waits until `pred` holds for some entry recorded at or after `since`, at most `limit`.
@@ -80,7 +91,11 @@ impl Timeline {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(e) = self.entries().into_iter().find(|e| e.at >= since && pred(e)) {
+            if let Some(e) = self
+                .entries()
+                .into_iter()
+                .find(|e| e.at >= since && pred(e))
+            {
                 return Some(e);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -91,15 +106,20 @@ impl Timeline {
 
     fn record(&self, pod: &PodName, stream: &StreamId, event: SessionEvent) {
         let at = self.elapsed();
-        if !self.quiet {
-            if let Some(line) = describe(&event) {
-                println!("[{:>7.3}s] {pod:<6} {stream:<22} {line}", at.as_secs_f64());
-            }
+        if !self.quiet
+            && let Some(line) = describe(&event)
+        {
+            println!("[{:>7.3}s] {pod:<6} {stream:<22} {line}", at.as_secs_f64());
         }
         self.entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Entry { at, pod: pod.clone(), stream: stream.clone(), event });
+            .push(Entry {
+                at,
+                pod: pod.clone(),
+                stream: stream.clone(),
+                event,
+            });
         self.changed.notify_waiters();
     }
 }
@@ -114,18 +134,37 @@ fn describe(event: &SessionEvent) -> Option<String> {
             let why = reason.map(|r| format!("  ({r})")).unwrap_or_default();
             format!("{from} → {to}{why}")
         }
-        SessionEvent::Connected { connection, attempts, resumed_after } => {
-            let resume = resumed_after.as_ref().map(|id| format!(", resuming after {id}")).unwrap_or_default();
+        SessionEvent::Connected {
+            connection,
+            attempts,
+            resumed_after,
+        } => {
+            let resume = resumed_after
+                .as_ref()
+                .map(|id| format!(", resuming after {id}"))
+                .unwrap_or_default();
             format!("connected {connection} after {attempts} failed attempt(s){resume}")
         }
-        SessionEvent::Dropped { connection, reason, late_by, silent_for, pending_bytes } => {
+        SessionEvent::Dropped {
+            connection,
+            reason,
+            late_by,
+            silent_for,
+            pending_bytes,
+        } => {
             let timing = match (reason, late_by) {
                 (DropReason::PongTimeout, Some(late)) => {
-                    format!("silent {}, declared DEAD {} after its deadline", ms(*silent_for), ms(*late))
+                    format!(
+                        "silent {}, declared DEAD {} after its deadline",
+                        ms(*silent_for),
+                        ms(*late)
+                    )
                 }
                 _ => format!("silent {}", ms(*silent_for)),
             };
-            format!("reaped {connection} by TCP reset: {reason}; {timing}; {pending_bytes} B unacked")
+            format!(
+                "reaped {connection} by TCP reset: {reason}; {timing}; {pending_bytes} B unacked"
+            )
         }
         SessionEvent::ConnectFailed { error, retry_in } => {
             format!("{error}; retry in {} (jittered backoff)", ms(*retry_in))

@@ -167,7 +167,7 @@ mod tests {
     #[tokio::test]
     async fn the_plan_carries_bearer_and_resume_point() {
         let a = adapter();
-        let http = reqwest::Client::new();
+        let http = crate::net::plain_http_client();
         let plan = a
             .plan(&http, "tok", Some(&EventId("q:7".into())))
             .await

@@ -1,0 +1,127 @@
+//! One monitored upstream socket: the WebSocket client and its liveness deadline, driven
+//! together. This is the per-connection cost the sidecar pays for each of its sockets, so it is
+//! kept small: no buffer while idle, one timer, no task of its own.
+
+use std::time::Duration;
+
+use streamkeeper_api::ConnectionId;
+use tokio::time::Instant;
+
+use crate::{
+    liveness::{Due, HeartbeatPolicy, Liveness},
+    platforms::Ping,
+    ws::{Frame, WsClient, WsError},
+};
+
+/// What [`Upstream::next`] saw.
+#[derive(Debug)]
+pub enum Tick {
+    /// A frame arrived (already counted as liveness).
+    Frame(Frame),
+    /// A ping went out.
+    Pinged,
+    /// A pong is late: the link is DEGRADED.
+    Degraded,
+    /// Nothing arrived for the whole timeout: reap it.
+    Dead {
+        /// How long after the deadline this was noticed.
+        late_by: Duration,
+        /// How long nothing had arrived.
+        silent_for: Duration,
+    },
+}
+
+/// A socket under watch.
+#[derive(Debug)]
+pub struct Upstream {
+    ws: WsClient,
+    live: Liveness,
+    id: ConnectionId,
+}
+
+impl Upstream {
+    /// Watches `ws`, connected now; the first ping goes out after `phase`.
+    pub fn new(ws: WsClient, policy: HeartbeatPolicy, phase: Duration, id: ConnectionId) -> Self {
+        Self {
+            ws,
+            live: Liveness::new(policy, Instant::now(), phase),
+            id,
+        }
+    }
+
+    /// The socket's id.
+    pub fn id(&self) -> &ConnectionId {
+        &self.id
+    }
+
+    /// The liveness state.
+    pub fn liveness(&self) -> &Liveness {
+        &self.live
+    }
+
+    /// The liveness state, to record pongs.
+    pub fn liveness_mut(&mut self) -> &mut Liveness {
+        &mut self.live
+    }
+
+    /// The socket, to queue frames.
+    pub fn ws_mut(&mut self) -> &mut WsClient {
+        &mut self.ws
+    }
+
+    /// Swaps in a new socket (make-before-break rotation) and returns the old one.
+    pub fn replace(&mut self, ws: WsClient, id: ConnectionId, phase: Duration) -> WsClient {
+        self.live = Liveness::new(self.live.policy(), Instant::now(), phase);
+        self.id = id;
+        std::mem::replace(&mut self.ws, ws)
+    }
+
+    /// Gives the socket back, for the reaper.
+    pub fn into_ws(self) -> WsClient {
+        self.ws
+    }
+
+    /// Waits for the next frame or the next liveness duty. Cancel-safe: a frame being read
+    /// stays in the client, and a duty is acted on and returned without an await between.
+    /// `ping` makes the dialect's ping for a sequence number.
+    pub async fn next(&mut self, ping: impl Fn(u64) -> Ping) -> Result<Tick, WsError> {
+        loop {
+            if let Some(due) = self.live.poll(Instant::now()) {
+                return Ok(self.act(due, &ping));
+            }
+            let wake = self.live.next_wakeup();
+            tokio::select! {
+                biased;
+                frame = self.ws.recv() => {
+                    let frame = frame?;
+                    self.live.on_inbound(Instant::now());
+                    return Ok(Tick::Frame(frame));
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn act(&mut self, due: Due, ping: &impl Fn(u64) -> Ping) -> Tick {
+        match due {
+            Due::Ping { seq } => {
+                match ping(seq) {
+                    Ping::Control(payload) => self.ws.queue_ping(&payload),
+                    Ping::Text(text) => self.ws.queue_text(&text),
+                }
+                Tick::Pinged
+            }
+            Due::Degraded => Tick::Degraded,
+            Due::Dead {
+                last_inbound,
+                deadline,
+            } => {
+                let now = Instant::now();
+                Tick::Dead {
+                    late_by: now.saturating_duration_since(deadline),
+                    silent_for: now.saturating_duration_since(last_inbound),
+                }
+            }
+        }
+    }
+}

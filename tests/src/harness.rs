@@ -1,0 +1,253 @@
+//! One emulator, one sidecar pod with an in-process store, and its app server, all on loopback.
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use streamkeeper_api::{
+    SidecarConfig, StreamId, StreamSpec, StreamState,
+    config::{
+        Credentials, Endpoints, HeartbeatSpec, LimitsSpec, Platform, ReconnectSpec, TokenSpec,
+    },
+};
+use streamkeeper_coord::MemoryStore;
+use streamkeeper_emulator::{Emulator, EmulatorConfig};
+use streamkeeper_sidecar::{
+    app_server::{self, AppServerConfig, HubDirectory},
+    hub::Hub,
+    liveness::HeartbeatPolicy,
+    metrics::Metrics,
+    runtime::Pod,
+    session::{Observer, StreamStatus},
+    token::ClientCredentials,
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{recorder::Recorder, util::TempDir};
+
+/// The namespace of every test stream: stream `queue` is `e2e/queue` to the sidecar and
+/// `queue` to the emulator.
+pub const NAMESPACE: &str = "e2e";
+
+/// How long the harness waits for start-up steps (first token, first socket).
+pub const START_BOUND: Duration = Duration::from_secs(10);
+
+/// What to start. Second-scale heartbeats by default (ping every 300 ms, dead after 1 s), so
+/// the suite is fast.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = streamkeeper_e2e::Options {
+///     event_interval: Duration::ZERO,
+///     ..streamkeeper_e2e::Options::new(&["queue"])
+/// };
+/// assert_eq!(opts.streams, ["queue"]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Stream names (emulator names; the sidecar's ids are `e2e/{name}`).
+    pub streams: Vec<String>,
+    /// The emulator's timed events; zero for none (drive them with `Emulator::emit`).
+    pub event_interval: Duration,
+    /// Heartbeat of the upstream sessions and of the app server.
+    pub heartbeat: HeartbeatSpec,
+    /// Reconnect backoff.
+    pub reconnect: ReconnectSpec,
+    /// Frame and buffer limits (also the app server's `max_frame`).
+    pub limits: LimitsSpec,
+    /// Events the emulator keeps for replay.
+    pub history: usize,
+}
+
+impl Options {
+    /// Defaults for these streams.
+    pub fn new(streams: &[&str]) -> Self {
+        Self {
+            streams: streams.iter().map(|s| (*s).to_owned()).collect(),
+            event_interval: Duration::from_millis(50),
+            heartbeat: HeartbeatSpec {
+                interval: Duration::from_millis(300),
+                timeout: Duration::from_secs(1),
+            },
+            reconnect: ReconnectSpec {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            },
+            limits: LimitsSpec::default(),
+            history: 100_000,
+        }
+    }
+}
+
+/// The stream id of emulator stream `name`.
+pub fn stream_id(name: &str) -> StreamId {
+    StreamId::new(NAMESPACE, name).expect("test stream names are DNS labels")
+}
+
+/// Writes the emulator's client id and secret to `dir` (the `credentials.dir` layout).
+pub fn write_credentials(emu_cfg: &EmulatorConfig, dir: &Path) {
+    ClientCredentials::write_dir(dir, &emu_cfg.client_id, &emu_cfg.client_secret)
+        .expect("write the credentials dir");
+}
+
+/// The spec of stream `name` against `emu`, with credentials in `creds`.
+pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> StreamSpec {
+    let base: url::Url = emu.base_url().parse().expect("emulator base URL");
+    StreamSpec {
+        id: stream_id(name),
+        tenant: "acme".parse().expect("tenant"),
+        platform: Platform::Generic,
+        priority: 500,
+        endpoints: Endpoints {
+            api: Some(base.clone()),
+            login: Some(base),
+            stream: Some(emu.stream_url(name).parse().expect("emulator stream URL")),
+        },
+        credentials: Credentials {
+            dir: Some(creds.to_path_buf()),
+            secret: None,
+        },
+        topics: Vec::new(),
+        heartbeat: opts.heartbeat,
+        token: TokenSpec {
+            refresh_lead: Duration::from_secs(120),
+            retry: Duration::from_secs(1),
+        },
+        reconnect: opts.reconnect,
+        limits: opts.limits,
+        tls: None,
+    }
+}
+
+/// A running emulator, pod and app server. Dropping it stops the emulator and the app server
+/// too (without waiting: the stop channel closes);
+/// [`shutdown`](Harness::shutdown) stops them and waits.
+pub struct Harness {
+    /// The platform emulator.
+    pub emu: Emulator,
+    /// The sidecar pod.
+    pub pod: Arc<Pod>,
+    /// The pod's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Every session event of the pod.
+    pub recorder: Arc<Recorder>,
+    /// Where apps connect.
+    pub app_addr: SocketAddr,
+    /// The config applied to the pod.
+    pub config: SidecarConfig,
+    stop: watch::Sender<bool>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    _dir: TempDir,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("app_addr", &self.app_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Harness {
+    /// Starts everything and applies the config; does not wait for the streams to connect.
+    pub async fn start(opts: Options) -> Self {
+        crate::util::init_logs();
+        let dir = TempDir::new("harness");
+        let creds = dir.path().join("credentials");
+        let emu_cfg = EmulatorConfig {
+            streams: opts.streams.clone(),
+            event_interval: opts.event_interval,
+            history: opts.history,
+            ..EmulatorConfig::default()
+        };
+        write_credentials(&emu_cfg, &creds);
+        let emu = Emulator::start(emu_cfg).await.expect("start the emulator");
+        let config = SidecarConfig {
+            pod: None,
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            admin: "127.0.0.1:1".parse().expect("addr"),
+            redis: None,
+            streams: opts
+                .streams
+                .iter()
+                .map(|s| stream_spec(&emu, s, &creds, &opts))
+                .collect(),
+        };
+        config.validate().expect("the test config is valid");
+
+        let recorder = Recorder::new();
+        let metrics = Arc::new(Metrics::new());
+        let pod = Pod::new(
+            "e2e-pod".parse().expect("pod name"),
+            Arc::new(MemoryStore::new()),
+            Arc::clone(&metrics),
+            Some(Arc::clone(&recorder) as Arc<dyn Observer>),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the app endpoint");
+        let app_addr = listener.local_addr().expect("app endpoint address");
+        let (stop, stop_rx) = watch::channel(false);
+        let until = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let server = tokio::spawn(app_server::serve(
+            listener,
+            Arc::clone(&pod) as Arc<dyn HubDirectory>,
+            AppServerConfig {
+                max_frame: opts.limits.max_frame_bytes,
+                heartbeat: HeartbeatPolicy::from(opts.heartbeat),
+            },
+            until(stop_rx.clone()),
+        ));
+        // The pod-wide loops stop with the pod's shutdown (leases drained there).
+        drop(pod.spawn_loops(until(stop_rx)));
+        pod.apply(&config).expect("the pod accepts the test config");
+        Self {
+            emu,
+            pod,
+            metrics,
+            recorder,
+            app_addr,
+            config,
+            stop,
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    /// The sidecar's id of emulator stream `name`.
+    pub fn stream_id(&self, name: &str) -> StreamId {
+        stream_id(name)
+    }
+
+    /// The stream's hub (its unacked events, acks).
+    pub fn hub(&self, id: &StreamId) -> Arc<Hub> {
+        HubDirectory::hub(&*self.pod, id).expect("the pod runs this stream")
+    }
+
+    /// The stream's live status.
+    pub fn status(&self, id: &StreamId) -> StreamStatus {
+        self.pod
+            .stream_status(id)
+            .expect("the pod runs this stream")
+    }
+
+    /// Waits until the stream has been ACTIVE at least once (from the start of the recording).
+    pub async fn wait_active(&self, id: &StreamId) {
+        self.recorder
+            .wait_for(0, START_BOUND, &format!("ACTIVE for {id}"), |s| {
+                &s.stream == id && s.is_state(StreamState::Active)
+            })
+            .await;
+    }
+
+    /// Stops the pod (streams, then leases), the app server and the emulator, and waits.
+    pub async fn shutdown(mut self) {
+        self.pod.shutdown(Duration::from_secs(3)).await;
+        self.stop.send_replace(true);
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+        let Self { emu, .. } = self;
+        emu.shutdown().await;
+    }
+}

@@ -1,0 +1,34 @@
+//! Fixtures for streamkeeper's end-to-end tests: everything runs for real on loopback.
+//!
+//! * [`Harness`] starts the platform emulator, a sidecar [`Pod`](streamkeeper_sidecar::runtime::Pod)
+//!   with an in-process store, and its app server on `127.0.0.1:0`.
+//! * [`Recorder`] is the pod's observer: tests wait on session events with
+//!   [`Recorder::wait_for`] (a [`Notify`](tokio::sync::Notify), never a sleep).
+//! * [`App`] is a local app client that reads [`AppFrame`](streamkeeper_api::app_protocol::AppFrame)s
+//!   in the background (answering the sidecar's pings) and acks on request or automatically.
+//! * [`process`] finds and runs the `streamkeeper` binary for process-level tests.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use std::time::Duration;
+//! use streamkeeper_e2e::{App, AckMode, Harness, Options};
+//! let h = Harness::start(Options::new(&["queue"])).await;
+//! let id = h.stream_id("queue");
+//! h.wait_active(&id).await;
+//! let mut app = App::connect(h.app_addr, &id, AckMode::All).await;
+//! let first = app.next_event(Duration::from_secs(5)).await;
+//! println!("first event {}", first.0);
+//! h.shutdown().await;
+//! # }
+//! ```
+
+pub mod app;
+pub mod harness;
+pub mod process;
+pub mod recorder;
+pub mod util;
+
+pub use app::{AckMode, App, FromServer};
+pub use harness::{Harness, Options};
+pub use recorder::{Recorder, Seen};
+pub use util::{TempDir, event_seq, free_port, metric_value};

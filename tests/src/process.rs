@@ -1,0 +1,259 @@
+//! Process-level fixtures: find the `streamkeeper` binary, run it with its stderr captured,
+//! kill it when a test fails, and read its admin endpoint.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    process::{Child, Command},
+    sync::Notify,
+    time::{Instant, timeout},
+};
+
+/// The `streamkeeper` binary: `$STREAMKEEPER_BIN`, else `streamkeeper` in the cargo profile
+/// directory this test binary was built into (`target/<profile>/`), else
+/// `<workspace>/target/debug/streamkeeper`. Fails the test, saying how to build it, when absent.
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("STREAMKEEPER_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "STREAMKEEPER_BIN={} is not a file",
+            bin.display()
+        );
+        return bin;
+    }
+    let mut candidates = Vec::new();
+    // Test binaries live in target/<profile>/deps/.
+    if let Some(profile) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+    {
+        candidates.push(profile.join("streamkeeper"));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/streamkeeper"));
+    candidates
+        .into_iter()
+        .find(|c| c.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the streamkeeper binary is not built: build it with `cargo build -p streamkeeper` \
+             (or point STREAMKEEPER_BIN at it)"
+            )
+        })
+}
+
+/// Lines a child wrote to stderr, with a way to wait for one.
+#[derive(Debug, Default)]
+pub struct Lines {
+    lines: Mutex<Vec<String>>,
+    changed: Notify,
+}
+
+impl Lines {
+    fn push(&self, line: String) {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
+        self.changed.notify_waiters();
+    }
+
+    /// How many lines so far (a mark for [`wait_for`](Self::wait_for)).
+    pub fn len(&self) -> usize {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every line so far.
+    pub fn all(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The first line at or after index `from` that satisfies `pred`, within `bound`.
+    pub async fn wait_for(
+        &self,
+        from: usize,
+        bound: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(hit) = self.all().into_iter().skip(from).find(|l| pred(l)) {
+                return Some(hit);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Removes ANSI colour sequences.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A running `streamkeeper` child; killed on drop, so a failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct Running {
+    child: Option<Child>,
+    /// Its stderr, line by line, ANSI colours removed.
+    pub stderr: Arc<Lines>,
+}
+
+impl Running {
+    /// Starts the binary with `args`, `STREAMKEEPER_LOG` = `log`, stderr captured.
+    pub fn spawn(args: &[&str], log: &str) -> Self {
+        let bin = binary();
+        let mut child = Command::new(&bin)
+            .args(args)
+            .env("STREAMKEEPER_LOG", log)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let stderr = Arc::new(Lines::default());
+        if let Some(pipe) = child.stderr.take() {
+            let lines = Arc::clone(&stderr);
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    lines.push(strip_ansi(&line));
+                }
+            });
+        }
+        Self {
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the child is running")
+    }
+
+    /// Sends SIGTERM (through `kill(1)`: no unsafe code in the tests).
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits at most `bound` for the child to exit; `None` when it is still running.
+    pub async fn wait(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        match timeout(bound, child.wait()).await {
+            Ok(Ok(status)) => {
+                // Let the reader take the last lines.
+                tokio::task::yield_now().await;
+                Some(status)
+            }
+            Ok(Err(e)) => panic!("waiting for the child failed: {e}"),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The captured stderr, for failure messages.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.all().join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// `GET path` on `addr` (HTTP/1.0, so the body is plain and the server hangs up): the status
+/// code and body, or the I/O error.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let work = async {
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+        Ok((code, body.to_owned()))
+    };
+    timeout(Duration::from_secs(5), work)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("no HTTP answer within 5 s")))
+}
+
+/// The admin `/status` document, or why it could not be read.
+pub async fn status(admin: SocketAddr) -> Result<serde_json::Value, String> {
+    let (code, body) = http_get(admin, "/status")
+        .await
+        .map_err(|e| e.to_string())?;
+    if code != 200 {
+        return Err(format!("/status answered {code}: {body}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("/status is not JSON ({e}): {body}"))
+}
+
+/// The entry of stream `id` in a `/status` document.
+pub fn stream_entry<'a>(status: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    status["streams"].as_array()?.iter().find(|s| s["id"] == id)
+}
+
+/// Writes `text` to `path` atomically (a temp file renamed over it), so a reader polling the
+/// file never sees half of it.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write the temp file");
+    std::fs::rename(&tmp, path).expect("rename over the target");
+}
