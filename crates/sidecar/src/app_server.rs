@@ -41,12 +41,14 @@ use tokio_tungstenite::{
 use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 
 use crate::{
-    hub::{Ack, Consumer, Hub, Replaced},
+    hub::{Ack, Consumer, Detached, Hub},
     liveness::{Due, Health, HeartbeatPolicy, Liveness},
 };
 
 /// Close code for a connection replaced by a newer one for the same stream.
 pub const CLOSE_REPLACED: u16 = 4000;
+/// Close reason (code 1001) when the stream is removed from this sidecar.
+pub const REMOVED_REASON: &str = "stream removed from this sidecar";
 /// Close reason sent with [`CLOSE_REPLACED`].
 pub const REPLACED_REASON: &str = "replaced by a newer connection";
 /// Close reason sent with 1001 when the sidecar stops.
@@ -379,10 +381,14 @@ async fn session(
                         out.push_back(Out::Frame(frame), now);
                     }
                 }
-                Err(Replaced) => {
+                Err(Detached::Replaced) => {
                     info!("app socket for stream {stream} replaced by a newer connection");
                     let code = CloseCode::from(CLOSE_REPLACED);
                     break 'session End::Close(code, REPLACED_REASON.into(), Input::Framed);
+                }
+                Err(Detached::Closed) => {
+                    info!("stream {stream} left this sidecar; closing its app socket");
+                    break 'session End::Close(CloseCode::Away, REMOVED_REASON.into(), Input::Framed);
                 }
             },
         }

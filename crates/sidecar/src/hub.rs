@@ -37,10 +37,16 @@ pub enum Ack {
     Unknown,
 }
 
-/// The consumer was replaced by a newer connection for the same stream.
+/// Why a consumer gets no more frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("replaced by a newer app connection")]
-pub struct Replaced;
+pub enum Detached {
+    /// A newer connection for the same stream took over.
+    #[error("replaced by a newer app connection")]
+    Replaced,
+    /// The stream left this pod (removed from the config, or the sidecar stops).
+    #[error("the stream was removed")]
+    Closed,
+}
 
 #[derive(Debug)]
 struct Pending {
@@ -65,6 +71,7 @@ struct State {
     state: StreamState,
     /// Events dropped on overflow and not yet reported: (first at, last at, count).
     overflow: Option<(u64, u64, u64)>,
+    closed: bool,
 }
 
 /// One stream's hub. Cheap to share: `Arc<Hub>`.
@@ -76,6 +83,16 @@ pub struct Hub {
     state: Mutex<State>,
     notify: Notify,
     acked: watch::Sender<Option<EventId>>,
+    on_consumers: std::sync::OnceLock<ConsumerHook>,
+}
+
+/// Told the number of consumers when it changes.
+struct ConsumerHook(Box<dyn Fn(usize) + Send + Sync>);
+
+impl std::fmt::Debug for ConsumerHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConsumerHook")
+    }
 }
 
 impl Hub {
@@ -96,6 +113,7 @@ impl Hub {
             paused: false,
             state: StreamState::Connecting,
             overflow: None,
+            closed: false,
         };
         if let Some(id) = &checkpoint {
             remember(&mut st, recent_cap, id.clone());
@@ -108,7 +126,26 @@ impl Hub {
             state: Mutex::new(st),
             notify: Notify::new(),
             acked: watch::channel(checkpoint).0,
+            on_consumers: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Calls `f` with the number of consumers whenever it changes (the app-clients gauge).
+    /// Set once; later calls are ignored.
+    pub fn on_consumers(&self, f: impl Fn(usize) + Send + Sync + 'static) {
+        let _ = self.on_consumers.set(ConsumerHook(Box::new(f)));
+    }
+
+    fn consumers_changed(&self, n: usize) {
+        if let Some(hook) = self.on_consumers.get() {
+            (hook.0)(n);
+        }
+    }
+
+    /// The stream left this pod: consumers get what is queued, then [`Detached::Closed`].
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_waiters();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -259,13 +296,14 @@ impl Hub {
     /// Attaches a new consumer; the previous one, if any, is replaced. The new one is handed
     /// every unacked event first.
     pub fn attach(self: &Arc<Self>) -> Consumer {
-        let (generation, control_cursor) = {
+        let (generation, control_cursor, consumers) = {
             let mut st = self.lock();
             st.generation += 1;
             st.consumers += 1;
-            (st.generation, st.seq)
+            (st.generation, st.seq, st.consumers)
         };
         self.notify.notify_waiters();
+        self.consumers_changed(consumers);
         Consumer {
             hub: Arc::clone(self),
             generation,
@@ -312,7 +350,7 @@ impl Consumer {
 
     /// Waits for frames the app has not been handed and appends them, in order, to `out`.
     /// Cancel-safe: frames are only marked handed when this returns.
-    pub async fn next(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Replaced> {
+    pub async fn next(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Detached> {
         loop {
             let notified = self.hub.notify.notified();
             tokio::pin!(notified);
@@ -320,7 +358,7 @@ impl Consumer {
             {
                 let st = self.hub.lock();
                 if st.generation != self.generation {
-                    return Err(Replaced);
+                    return Err(Detached::Replaced);
                 }
                 let mut batch: Vec<(u64, Arc<str>)> = Vec::new();
                 if !st.paused {
@@ -348,6 +386,9 @@ impl Consumer {
                     out.extend(batch.into_iter().map(|(_, f)| f));
                     return Ok(());
                 }
+                if st.closed {
+                    return Err(Detached::Closed);
+                }
             }
             notified.await;
         }
@@ -361,8 +402,12 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        let mut st = self.hub.lock();
-        st.consumers = st.consumers.saturating_sub(1);
+        let n = {
+            let mut st = self.hub.lock();
+            st.consumers = st.consumers.saturating_sub(1);
+            st.consumers
+        };
+        self.hub.consumers_changed(n);
     }
 }
 
@@ -428,7 +473,29 @@ mod tests {
         let mut old = h.attach();
         let _new = h.attach();
         let mut out = Vec::new();
-        assert_eq!(old.next(&mut out).await, Err(Replaced));
+        assert_eq!(old.next(&mut out).await, Err(Detached::Replaced));
+    }
+
+    #[tokio::test]
+    async fn a_closed_hub_hands_over_what_is_queued_then_detaches() {
+        let h = hub(10);
+        let mut c = h.attach();
+        h.push_event(&id(1), &raw("{}"), 0);
+        h.close();
+        assert_eq!(pull(&mut c).await.len(), 1);
+        let mut out = Vec::new();
+        assert_eq!(c.next(&mut out).await, Err(Detached::Closed));
+    }
+
+    #[tokio::test]
+    async fn the_consumer_hook_follows_attach_and_drop() {
+        let h = hub(10);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = Arc::clone(&seen);
+        h.on_consumers(move |n| s2.lock().expect("lock").push(n));
+        let c = h.attach();
+        drop(c);
+        assert_eq!(*seen.lock().expect("lock"), vec![1, 0]);
     }
 
     #[tokio::test]

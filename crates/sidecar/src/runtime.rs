@@ -147,12 +147,14 @@ impl Pod {
                 Some(_) => {
                     if let Some(e) = streams.remove(&id) {
                         e.stop.send_replace(Some(DropReason::Removed));
+                        e.hub.close();
                     }
                     applied.restarted.push(id);
                 }
                 None => {
                     if let Some(e) = streams.remove(&id) {
                         e.stop.send_replace(Some(DropReason::Removed));
+                        e.hub.close();
                         self.metrics.forget(&id, &e.spec.tenant);
                     }
                     applied.removed.push(id);
@@ -189,6 +191,8 @@ impl Pod {
 
     fn start(self: &Arc<Self>, spec: StreamSpec, adapter: Arc<dyn Adapter>) -> Entry {
         let hub = Hub::new(spec.id.clone(), spec.limits.max_unacked_events, None);
+        let gauge = self.metrics.stream(&spec.id, &spec.tenant);
+        hub.on_consumers(move |n| gauge.app_clients(n));
         let status: StatusCell = Default::default();
         let (stop, stop_rx) = watch::channel(None);
         let owner = Arc::new(Mutex::new(None));
