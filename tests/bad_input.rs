@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use streamkeeper_api::{
-    DropReason, EventId, StreamId, app_protocol::AppFrame, config::LimitsSpec,
-};
+use streamkeeper_api::{DropReason, EventId, StreamId, app_protocol::AppFrame, config::LimitsSpec};
 use streamkeeper_e2e::{AckMode, App, FromServer, Harness, Options, event_seq};
 use streamkeeper_emulator::{Fault, GarbageKind};
 use streamkeeper_sidecar::session::SessionEvent;
@@ -24,7 +22,10 @@ const MAX_FRAME: usize = 64 * 1024;
 
 fn options(name: &str) -> Options {
     Options {
-        limits: LimitsSpec { max_frame_bytes: MAX_FRAME, ..LimitsSpec::default() },
+        limits: LimitsSpec {
+            max_frame_bytes: MAX_FRAME,
+            ..LimitsSpec::default()
+        },
         ..Options::new(&[name])
     }
 }
@@ -56,7 +57,11 @@ async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
     // Bad JSON: skipped with a Malformed event; the same socket keeps delivering.
     let mark = h.recorder.mark();
     let floor = emitted(&h, name);
-    let bad_json = Fault::SendGarbage { stream: Some(name.into()), kind: GarbageKind::BadJson, bytes: None };
+    let bad_json = Fault::SendGarbage {
+        stream: Some(name.into()),
+        kind: GarbageKind::BadJson,
+        bytes: None,
+    };
     assert_eq!(h.emu.fault(bad_json).applied, 1);
     let malformed = h
         .recorder
@@ -64,37 +69,65 @@ async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
             s.stream == id && matches!(s.event, SessionEvent::Malformed { .. })
         })
         .await;
-    let SessionEvent::Malformed { what } = &malformed.event else { unreachable!() };
-    assert!(!what.contains("this is not json"), "the problem names no payload: {what}");
+    let SessionEvent::Malformed { what } = &malformed.event else {
+        unreachable!()
+    };
+    assert!(
+        !what.contains("this is not json"),
+        "the problem names no payload: {what}"
+    );
     let mut floor = event_after(&mut app, floor + 2).await;
     assert!(
         h.recorder.since(mark).iter().all(|s| !s.is_any_drop()),
         "bad JSON cost the connection:\n{}",
         h.recorder.describe(mark)
     );
-    assert_eq!(h.status(&id).connection.as_ref(), Some(&first_conn), "the socket was kept");
+    assert_eq!(
+        h.status(&id).connection.as_ref(),
+        Some(&first_conn),
+        "the socket was kept"
+    );
 
     // Non-UTF-8 text, then a frame over limits.maxFrameBytes: each breaks the socket (1007,
     // 1009), which is reaped (tcp_error) and replaced; events flow again.
     let mut conn = first_conn;
-    for (kind, bytes) in [(GarbageKind::NonUtf8, None), (GarbageKind::Oversized, Some(MAX_FRAME + 1))] {
+    for (kind, bytes) in [
+        (GarbageKind::NonUtf8, None),
+        (GarbageKind::Oversized, Some(MAX_FRAME + 1)),
+    ] {
         let mark = h.recorder.mark();
-        let fault = Fault::SendGarbage { stream: Some(name.into()), kind, bytes };
+        let fault = Fault::SendGarbage {
+            stream: Some(name.into()),
+            kind,
+            bytes,
+        };
         assert_eq!(h.emu.fault(fault).applied, 1);
         let dropped = h
             .recorder
-            .wait_for(mark, Duration::from_secs(3), &format!("the reap after {kind:?}"), |s| {
-                s.stream == id && s.is_any_drop()
-            })
+            .wait_for(
+                mark,
+                Duration::from_secs(3),
+                &format!("the reap after {kind:?}"),
+                |s| s.stream == id && s.is_any_drop(),
+            )
             .await;
-        assert!(dropped.is_dropped(DropReason::TcpError), "{kind:?}: {:?}", dropped.event);
+        assert!(
+            dropped.is_dropped(DropReason::TcpError),
+            "{kind:?}: {:?}",
+            dropped.event
+        );
         let back = h
             .recorder
-            .wait_for(dropped.index, Duration::from_secs(3), &format!("the reconnect after {kind:?}"), |s| {
-                s.stream == id && s.is_connected()
-            })
+            .wait_for(
+                dropped.index,
+                Duration::from_secs(3),
+                &format!("the reconnect after {kind:?}"),
+                |s| s.stream == id && s.is_connected(),
+            )
             .await;
-        let SessionEvent::Connected { connection, .. } = back.event else { unreachable!() };
+        let SessionEvent::Connected { connection, .. } = back.event else {
+            unreachable!()
+        };
         assert_ne!(connection, conn, "{kind:?}: a new socket");
         conn = connection;
         let (_, frame) = app
@@ -103,7 +136,13 @@ async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
             })
             .await;
         assert!(
-            matches!(frame, FromServer::Frame(AppFrame::Dropped { reason: DropReason::TcpError, .. })),
+            matches!(
+                frame,
+                FromServer::Frame(AppFrame::Dropped {
+                    reason: DropReason::TcpError,
+                    ..
+                })
+            ),
             "{frame:?}"
         );
         floor = event_after(&mut app, floor.max(emitted(&h, name))).await;
@@ -115,18 +154,25 @@ async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
 
 async fn wait_acked(h: &Harness, stream: &StreamId, id: &EventId) {
     let mut acked = h.hub(stream).acked();
-    tokio::time::timeout(Duration::from_secs(3), acked.wait_for(|a| a.as_ref() == Some(id)))
-        .await
-        .unwrap_or_else(|_| panic!("the hub never saw the ack of {id:?}"))
-        .expect("the hub is alive");
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        acked.wait_for(|a| a.as_ref() == Some(id)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the hub never saw the ack of {id:?}"))
+    .expect("the hub is alive");
 }
 
 /// Reads until the sidecar's close frame; returns its code.
 async fn close_code(app: &mut App, what: &str) -> Option<u16> {
     let (_, closed) = app
-        .recv_until(Duration::from_secs(3), what, |f| matches!(f, FromServer::Closed { .. }))
+        .recv_until(Duration::from_secs(3), what, |f| {
+            matches!(f, FromServer::Closed { .. })
+        })
         .await;
-    let FromServer::Closed { code, .. } = closed else { unreachable!() };
+    let FromServer::Closed { code, .. } = closed else {
+        unreachable!()
+    };
     code
 }
 
@@ -154,20 +200,30 @@ async fn garbage_from_the_app_costs_at_most_its_own_socket_and_the_pod_keeps_ser
     // Non-UTF-8 text: this app's socket is closed with 1007.
     let bad = Frame::message(vec![0xffu8, 0xfe, 0x22], OpCode::Data(Data::Text), true);
     app.send(Message::Frame(bad));
-    assert_eq!(close_code(&mut app, "the close after non-UTF-8 text").await, Some(1007));
+    assert_eq!(
+        close_code(&mut app, "the close after non-UTF-8 text").await,
+        Some(1007)
+    );
     drop(app);
 
     // A new app is served, and an oversized frame closes it with 1009.
     let mut app = App::connect(h.app_addr, &id, AckMode::Manual).await;
     let seq = event_after(&mut app, event_seq(&next)).await;
     app.send(Message::text("x".repeat(MAX_FRAME + 1)));
-    assert_eq!(close_code(&mut app, "the close after an oversized frame").await, Some(1009));
+    assert_eq!(
+        close_code(&mut app, "the close after an oversized frame").await,
+        Some(1009)
+    );
     drop(app);
 
     // And the next one is served too; the upstream socket never noticed any of it.
     let mut app = App::connect(h.app_addr, &id, AckMode::Manual).await;
     event_after(&mut app, seq).await;
-    assert_eq!(h.status(&id).connection, Some(upstream), "the upstream socket was kept");
+    assert_eq!(
+        h.status(&id).connection,
+        Some(upstream),
+        "the upstream socket was kept"
+    );
     assert!(
         h.recorder.since(mark).iter().all(|s| !s.is_any_drop()),
         "app garbage reached the upstream session:\n{}",

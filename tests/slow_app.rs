@@ -1,10 +1,14 @@
 //! An app that connects and then never reads never delays pong handling: the upstream session
 //! stays ACTIVE for five timeouts while events keep coming, every pong is counted, the events
 //! wait in the hub, and a reading app that connects later gets all of them, in order.
+//!
+//! The app server's own dead timeout is set longer than the window here, so the non-reading
+//! app stays attached the whole time (with the default it would be reaped after one timeout,
+//! which is right, but would leave most of the window without a slow app at all).
 
 use std::time::Duration;
 
-use streamkeeper_api::StreamState;
+use streamkeeper_api::{StreamState, config::HeartbeatSpec};
 use streamkeeper_e2e::{AckMode, App, Harness, Options, app::raw_app, event_seq, metric_value};
 use streamkeeper_sidecar::session::SessionEvent;
 use tokio::time::Instant;
@@ -90,6 +94,7 @@ async fn an_app_that_never_reads_never_delays_pongs_and_its_events_wait_in_order
     );
 
     let hub = h.hub(&id);
+    assert_eq!(hub.consumers(), 1, "the non-reading app stayed attached for the whole window");
     let pending = hub.pending_events();
     let expected = (window.as_millis() / interval.as_millis() / 2) as usize;
     eprintln!(

@@ -47,8 +47,10 @@ pub struct Options {
     pub streams: Vec<String>,
     /// The emulator's timed events; zero for none (drive them with `Emulator::emit`).
     pub event_interval: Duration,
-    /// Heartbeat of the upstream sessions and of the app server.
+    /// Heartbeat of the upstream sessions (and of the app server, unless `app_heartbeat`).
     pub heartbeat: HeartbeatSpec,
+    /// The app server's heartbeat when it differs from the upstream one.
+    pub app_heartbeat: Option<HeartbeatSpec>,
     /// Reconnect backoff.
     pub reconnect: ReconnectSpec,
     /// Frame and buffer limits (also the app server's `max_frame`).
@@ -67,6 +69,7 @@ impl Options {
                 interval: Duration::from_millis(300),
                 timeout: Duration::from_secs(1),
             },
+            app_heartbeat: None,
             reconnect: ReconnectSpec {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(1),
@@ -194,7 +197,7 @@ impl Harness {
             Arc::clone(&pod) as Arc<dyn HubDirectory>,
             AppServerConfig {
                 max_frame: opts.limits.max_frame_bytes,
-                heartbeat: HeartbeatPolicy::from(opts.heartbeat),
+                heartbeat: HeartbeatPolicy::from(opts.app_heartbeat.unwrap_or(opts.heartbeat)),
             },
             until(stop_rx.clone()),
         ));
