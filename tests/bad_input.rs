@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use streamkeeper_api::{DropReason, EventId, StreamId, app_protocol::AppFrame, config::LimitsSpec};
-use streamkeeper_e2e::{AckMode, App, FromServer, Harness, Options, event_seq};
+use streamkeeper_e2e::{AckMode, App, FromServer, Harness, Options, event_seq, logs};
 use streamkeeper_emulator::{Fault, GarbageKind};
 use streamkeeper_sidecar::session::SessionEvent;
 use tokio_tungstenite::tungstenite::{
@@ -40,6 +40,19 @@ async fn event_after(app: &mut App, floor: u64) -> u64 {
     }
 }
 
+/// Waits for a WARN or ERROR log line, logged at or after `from`, that names `stream` and
+/// contains `word`; returns it.
+async fn logged(from: usize, stream: &StreamId, word: &str, what: &str) -> String {
+    logs()
+        .wait_for(from, Duration::from_secs(3), |l| {
+            (l.contains("WARN") || l.contains("ERROR"))
+                && l.contains(stream.as_str())
+                && l.contains(word)
+        })
+        .await
+        .unwrap_or_else(|| panic!("no log line for {what} naming {stream} and {word:?}"))
+}
+
 fn emitted(h: &Harness, name: &str) -> u64 {
     h.emu.stats().streams[name].emitted
 }
@@ -47,6 +60,7 @@ fn emitted(h: &Harness, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
     let name = "garbage-up";
+    let log = logs();
     let h = Harness::start(options(name)).await;
     let id = h.stream_id(name);
     h.wait_active(&id).await;
@@ -56,6 +70,7 @@ async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
 
     // Bad JSON: skipped with a Malformed event; the same socket keeps delivering.
     let mark = h.recorder.mark();
+    let lines = log.len();
     let floor = emitted(&h, name);
     let bad_json = Fault::SendGarbage {
         stream: Some(name.into()),
@@ -76,6 +91,7 @@ async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
         !what.contains("this is not json"),
         "the problem names no payload: {what}"
     );
+    logged(lines, &id, "upstream", "the skipped upstream frame").await;
     let mut floor = event_after(&mut app, floor + 2).await;
     assert!(
         h.recorder.since(mark).iter().all(|s| !s.is_any_drop()),
@@ -96,6 +112,7 @@ async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
         (GarbageKind::Oversized, Some(MAX_FRAME + 1)),
     ] {
         let mark = h.recorder.mark();
+        let lines = log.len();
         let fault = Fault::SendGarbage {
             stream: Some(name.into()),
             kind,
@@ -128,6 +145,12 @@ async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
         let SessionEvent::Connected { connection, .. } = back.event else {
             unreachable!()
         };
+        let code = if kind == GarbageKind::NonUtf8 {
+            "1007"
+        } else {
+            "1009"
+        };
+        logged(lines, &id, code, &format!("the socket broken by {kind:?}")).await;
         assert_ne!(connection, conn, "{kind:?}: a new socket");
         conn = connection;
         let (_, frame) = app
@@ -179,11 +202,13 @@ async fn close_code(app: &mut App, what: &str) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_the_app_costs_at_most_its_own_socket_and_the_pod_keeps_serving() {
     let name = "garbage-app";
+    let log = logs();
     let h = Harness::start(options(name)).await;
     let id = h.stream_id(name);
     h.wait_active(&id).await;
     let upstream = h.status(&id).connection.expect("a connection id");
     let mark = h.recorder.mark();
+    let lines = log.len();
 
     // Tolerated: not JSON, binary, an unknown message type, an ack for an unknown id.
     let mut app = App::connect(h.app_addr, &id, AckMode::Manual).await;
@@ -196,6 +221,26 @@ async fn garbage_from_the_app_costs_at_most_its_own_socket_and_the_pod_keeps_ser
     let next = EventId(format!("{name}:{next:09}"));
     app.ack(&next);
     wait_acked(&h, &id, &next).await;
+    // Each was logged, naming the stream (and never echoing the frame).
+    logged(lines, &id, "binary", "the binary frame").await;
+    logged(lines, &id, "nack", "the unknown message type").await;
+    logged(lines, &id, "999999999", "the ack of an unknown id").await;
+    // The frame that is not JSON went first, so its line is there by now.
+    let others = ["binary", "nack", "999999999"];
+    let not_json: Vec<String> = log
+        .since(lines)
+        .into_iter()
+        .filter(|l| l.contains("WARN") && l.contains(id.as_str()))
+        .filter(|l| others.iter().all(|w| !l.contains(w)))
+        .collect();
+    assert!(
+        !not_json.is_empty(),
+        "no log line for the frame that is not JSON"
+    );
+    assert!(
+        not_json.iter().all(|l| !l.contains("this is not json")),
+        "the payload was logged: {not_json:?}"
+    );
 
     // Non-UTF-8 text: this app's socket is closed with 1007.
     let bad = Frame::message(vec![0xffu8, 0xfe, 0x22], OpCode::Data(Data::Text), true);
@@ -204,6 +249,7 @@ async fn garbage_from_the_app_costs_at_most_its_own_socket_and_the_pod_keeps_ser
         close_code(&mut app, "the close after non-UTF-8 text").await,
         Some(1007)
     );
+    logged(lines, &id, "UTF-8", "the non-UTF-8 text").await;
     drop(app);
 
     // A new app is served, and an oversized frame closes it with 1009.
@@ -214,6 +260,7 @@ async fn garbage_from_the_app_costs_at_most_its_own_socket_and_the_pod_keeps_ser
         close_code(&mut app, "the close after an oversized frame").await,
         Some(1009)
     );
+    logged(lines, &id, &MAX_FRAME.to_string(), "the oversized frame").await;
     drop(app);
 
     // And the next one is served too; the upstream socket never noticed any of it.

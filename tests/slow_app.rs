@@ -13,15 +13,22 @@ use streamkeeper_e2e::{AckMode, App, Harness, Options, app::raw_app, event_seq, 
 use streamkeeper_sidecar::session::SessionEvent;
 use tokio::time::Instant;
 
+/// Events emitted at once while the app does not read (about 250 KiB of frames).
+const BURST: usize = 2_000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_never_reads_never_delays_pongs_and_its_events_wait_in_order() {
     let name = "slow-app";
     let interval = Duration::from_millis(50);
-    let h = Harness::start(Options {
+    let opts = Options {
         event_interval: interval,
+        app_heartbeat: Some(HeartbeatSpec {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(30),
+        }),
         ..Options::new(&[name])
-    })
-    .await;
+    };
+    let h = Harness::start(opts).await;
     let id = h.stream_id(name);
     let timeout = h.config.streams[0].heartbeat.timeout;
     h.wait_active(&id).await;
@@ -39,6 +46,9 @@ async fn an_app_that_never_reads_never_delays_pongs_and_its_events_wait_in_order
     // Handshake, then nothing: no reads, no pongs, a 4 KiB receive buffer.
     let raw = raw_app(h.app_addr, &id).await;
     let mark = h.recorder.mark();
+    // A burst far larger than the socket buffers, so the app server's writes to this app
+    // really stall, on top of the steady events.
+    h.emu.emit(name, BURST);
     let started = Instant::now();
     let window = timeout * 5;
     let mut samples = vec![pongs()];
@@ -94,9 +104,13 @@ async fn an_app_that_never_reads_never_delays_pongs_and_its_events_wait_in_order
     );
 
     let hub = h.hub(&id);
-    assert_eq!(hub.consumers(), 1, "the non-reading app stayed attached for the whole window");
+    assert_eq!(
+        hub.consumers(),
+        1,
+        "the non-reading app stayed attached for the whole window"
+    );
     let pending = hub.pending_events();
-    let expected = (window.as_millis() / interval.as_millis() / 2) as usize;
+    let expected = BURST + (window.as_millis() / interval.as_millis() / 2) as usize;
     eprintln!(
         "{:?} with a non-reading app: pongs counted {samples:?}, smoothed RTT {rtt:?}, {degraded} DEGRADED, \
          {pending} events pending, app consumers {}",

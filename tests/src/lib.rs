@@ -31,4 +31,4 @@ pub mod util;
 pub use app::{AckMode, App, FromServer};
 pub use harness::{Harness, Options};
 pub use recorder::{Recorder, Seen};
-pub use util::{TempDir, event_seq, free_port, metric_value};
+pub use util::{Logs, TempDir, event_seq, free_port, logs, metric_value};

@@ -299,7 +299,15 @@ impl SidecarConfig {
         let config: SidecarConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { String::new() } else { path };
-            ConfigError::new(field, e.into_inner().to_string())
+            let message = e.into_inner().to_string();
+            // serde_yaml_ng prefixes its own (shorter) path; the field already says where.
+            let message = match message.split_once(": ") {
+                Some((prefix, rest)) if !prefix.contains(' ') && field.starts_with(prefix) => {
+                    rest.to_owned()
+                }
+                _ => message,
+            };
+            ConfigError::new(field, message)
         })?;
         let warnings = config.validate()?;
         Ok(Loaded { config, warnings })
@@ -470,7 +478,11 @@ streams:
         let bad = GOOD.replace("timeout: 35s", "timeout: 35");
         let err = SidecarConfig::from_yaml(&bad).expect_err("no unit");
         assert_eq!(err.field, "streams[0].heartbeat.timeout");
-        assert!(err.message.contains("no unit"), "{err}");
+        assert!(err.message.starts_with("\"35\" has no unit"), "{err}");
+        assert!(
+            err.message.contains("at line 12 column 16"),
+            "the location is kept: {err}"
+        );
 
         let bad = GOOD.replace("interval: 15s", "intervall: 15s");
         let err = SidecarConfig::from_yaml(&bad).expect_err("typo");

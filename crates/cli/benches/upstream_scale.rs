@@ -12,7 +12,10 @@
 //!
 //! Parameters (environment): `SK_BENCH_CONNS` (10000), `SK_BENCH_INTERVAL` (15s),
 //! `SK_BENCH_TIMEOUT` (35s), `SK_BENCH_CPU_WINDOW` (60s), `SK_BENCH_COMPARE=1` to also measure
-//! tokio-tungstenite 0.30 on the same emulator.
+//! tokio-tungstenite 0.30 on the same emulator. Two knobs for experiments only:
+//! `SK_BENCH_WORKERS` (2) and `SK_BENCH_PHASE_GRID` (unset: first pings spread evenly over one
+//! interval, as the session's random phase does; e.g. `100ms`: first pings on a shared grid, so
+//! pings due together fire in one timer wakeup).
 //!
 //! The emulator runs as a child process: the client and server sockets of 10,000 connections
 //! do not fit one process's 20,000 files. A counting global allocator gives live heap bytes,
@@ -62,7 +65,7 @@ const WARMUP_CONNS: usize = 4;
 /// Bare sockets and tasks opened to size tokio's own per-socket and per-task allocations.
 const CALIBRATION_COUNT: usize = 200;
 /// The machine has two cores.
-const WORKERS: usize = 2;
+const DEFAULT_WORKERS: usize = 2;
 
 // --- Heap accounting -------------------------------------------------------------------------
 
@@ -376,6 +379,8 @@ struct Params {
     timeout: Duration,
     cpu_window: Duration,
     compare: bool,
+    workers: usize,
+    phase_grid: Option<Duration>,
 }
 
 impl Params {
@@ -396,7 +401,25 @@ impl Params {
             timeout: duration("SK_BENCH_TIMEOUT", "35s")?,
             cpu_window: duration("SK_BENCH_CPU_WINDOW", "60s")?,
             compare: std::env::var("SK_BENCH_COMPARE").is_ok_and(|v| v == "1"),
+            workers: match std::env::var("SK_BENCH_WORKERS") {
+                Ok(raw) => raw
+                    .parse()
+                    .with_context(|| format!("SK_BENCH_WORKERS: {raw:?} is not a count"))?,
+                Err(_) => DEFAULT_WORKERS,
+            },
+            phase_grid: match std::env::var("SK_BENCH_PHASE_GRID") {
+                Ok(raw) => Some(
+                    streamkeeper_api::duration::parse(&raw)
+                        .map_err(|e| anyhow::anyhow!("SK_BENCH_PHASE_GRID: {e}"))?,
+                ),
+                Err(_) => None,
+            },
         };
+        ensure!(params.workers > 0, "SK_BENCH_WORKERS must be at least 1");
+        ensure!(
+            params.phase_grid.is_none_or(|g| !g.is_zero()),
+            "SK_BENCH_PHASE_GRID must be positive"
+        );
         ensure!(params.conns > 0, "SK_BENCH_CONNS must be at least 1");
         ensure!(
             !params.interval.is_zero() && params.timeout > params.interval,
@@ -415,6 +438,8 @@ struct Plan {
     opts: ConnectOptions,
     policy: HeartbeatPolicy,
     adapter: Arc<dyn Adapter>,
+    /// With `SK_BENCH_PHASE_GRID`: the grid's origin and step.
+    grid: Option<(Instant, Duration)>,
 }
 
 impl Plan {
@@ -440,7 +465,27 @@ impl Plan {
             opts,
             policy: HeartbeatPolicy::from(spec.heartbeat),
             adapter,
+            grid: params.phase_grid.map(|step| (Instant::now(), step)),
         })
+    }
+
+    /// When connection `i` of `n`, connected now, sends its first ping: spread evenly over one
+    /// interval, or, with a grid, on the grid slot at or below that spread, the same absolute
+    /// instants for every connection.
+    fn first_ping_after(&self, i: usize, n: usize) -> Duration {
+        let interval = self.policy.interval;
+        let spread = interval.mul_f64(i as f64 / n as f64);
+        let Some((origin, step)) = self.grid else {
+            return spread;
+        };
+        let slot = u64::try_from(spread.as_nanos() / step.as_nanos() * step.as_nanos())
+            .unwrap_or(u64::MAX);
+        let since_origin = Instant::now().saturating_duration_since(origin);
+        let mut at = Duration::from_nanos(slot);
+        while at < since_origin {
+            at += interval;
+        }
+        at - since_origin
     }
 }
 
@@ -575,14 +620,13 @@ async fn open_all(plan: &Arc<Plan>, counters: &Arc<Counters>, n: usize) -> anyho
         let permit = Arc::clone(&gate).acquire_owned().await?;
         let plan = Arc::clone(plan);
         let counters = Arc::clone(counters);
-        // Spread the first pings over one interval, as the session's random phase does.
-        let phase = plan.policy.interval.mul_f64(i as f64 / n as f64);
         tokio::spawn(async move {
             let result = WsClient::connect(&plan.url, &plan.headers, &plan.opts).await;
             drop(permit);
             match result {
                 Ok(ws) => {
                     let id = ConnectionId(format!("bench-{i}"));
+                    let phase = plan.first_ping_after(i, n);
                     let up = Upstream::new(ws, plan.policy, phase, id);
                     let task = drive(up, Arc::clone(&plan.adapter), Arc::clone(&counters));
                     DRIVE_FUTURE_SIZE.store(size_of_val(&task), Relaxed);
@@ -1068,10 +1112,19 @@ fn print_report(params: &Params, emulator: &EmulatorProcess, r: &Report) {
         params.conns, params.interval, params.timeout, params.cpu_window
     );
     println!(
-        "  {WORKERS} tokio workers · {CONNECT_CONCURRENCY} connects at a time · emulator pid {} at ws://{}/streams/{STREAM} (own process)",
+        "  {} tokio workers · {CONNECT_CONCURRENCY} connects at a time · emulator pid {} at ws://{}/streams/{STREAM} (own process)",
+        params.workers,
         emulator.pid(),
         emulator.addr
     );
+    match params.phase_grid {
+        Some(step) => println!(
+            "  EXPERIMENT: first pings on a shared {step:?} grid (SK_BENCH_PHASE_GRID), not spread like the session's"
+        ),
+        None => println!(
+            "  first pings spread evenly over one interval (the session picks a uniformly random phase)"
+        ),
+    }
     println!();
     println!(
         "  {:<36} {:>14}   {:<12} {:<6} for scale",
@@ -1320,7 +1373,7 @@ fn print_report(params: &Params, emulator: &EmulatorProcess, r: &Report) {
 fn main() -> anyhow::Result<()> {
     let params = Params::from_env()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKERS)
+        .worker_threads(params.workers)
         .enable_all()
         .build()?;
     let emulator = EmulatorProcess::start()?;

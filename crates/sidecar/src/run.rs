@@ -18,7 +18,7 @@ const RELOAD_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The config file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -26,15 +26,15 @@ pub enum RunError {
         source: std::io::Error,
     },
     /// The config is invalid.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Config {
         /// The file.
         path: PathBuf,
         /// The field and problem.
-        source: streamkeeper_api::ConfigError,
+        error: streamkeeper_api::ConfigError,
     },
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
         /// Which listener.
         what: &'static str,
@@ -55,9 +55,9 @@ pub fn load(path: &PathBuf) -> Result<SidecarConfig, RunError> {
         source,
     })?;
     let Loaded { config, warnings } =
-        SidecarConfig::from_yaml(&text).map_err(|source| RunError::Config {
+        SidecarConfig::from_yaml(&text).map_err(|error| RunError::Config {
             path: path.clone(),
-            source,
+            error,
         })?;
     for w in warnings {
         tracing::warn!(file = %path.display(), "{w}");
@@ -121,9 +121,9 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
                 addr: config.admin,
                 source,
             })?;
-    let applied = pod.apply(&config).map_err(|source| RunError::Config {
+    let applied = pod.apply(&config).map_err(|error| RunError::Config {
         path: path.clone(),
-        source,
+        error,
     })?;
     tracing::info!(pod = %pod_name, streams = applied.started.len(), listen = %config.listen, admin = %config.admin, "sidecar started");
 

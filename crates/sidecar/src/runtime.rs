@@ -522,7 +522,13 @@ impl Observer for StreamObserver {
                 silent_for,
                 pending_bytes,
             } => {
-                tracing::warn!(%stream, %connection, %reason, late_by_ms = late_by.map(|d| d.as_millis() as u64), silent_for_ms = silent_for.as_millis() as u64, pending_bytes, "connection reaped");
+                let late_by_ms = late_by.map(|d| d.as_millis() as u64);
+                let silent_for_ms = silent_for.as_millis() as u64;
+                if matches!(reason, DropReason::Shutdown | DropReason::Removed) {
+                    tracing::info!(%stream, %connection, %reason, pending_bytes, "connection closed");
+                } else {
+                    tracing::warn!(%stream, %connection, %reason, late_by_ms, silent_for_ms, pending_bytes, "connection reaped");
+                }
             }
             SessionEvent::Connected {
                 connection,
