@@ -168,6 +168,7 @@ impl Harness {
             listen: "127.0.0.1:0".parse().expect("addr"),
             admin: "127.0.0.1:1".parse().expect("addr"),
             redis: None,
+            tenant_limits: Default::default(),
             streams: opts
                 .streams
                 .iter()

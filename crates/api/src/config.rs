@@ -4,7 +4,12 @@
 //! error (`streams[1].heartbeat.timeout: ...`) and returns warnings for values that work but are
 //! outside the recommended range.
 
-use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -51,10 +56,17 @@ pub struct SidecarConfig {
     /// Redis URL; absent means the in-process store (one pod only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<String>,
+    /// Per-tenant caps on streams connected at once across every pod (enforced atomically in
+    /// the store); tenants not listed get [`DEFAULT_TENANT_LIMIT`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_limits: BTreeMap<Tenant, u32>,
     /// The streams this pod may run.
     #[serde(default)]
     pub streams: Vec<StreamSpec>,
 }
+
+/// Streams of one tenant connected at once when the config names no limit.
+pub const DEFAULT_TENANT_LIMIT: u32 = 50;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7700))
@@ -320,6 +332,12 @@ impl SidecarConfig {
         if self.listen == self.admin {
             return Err(ConfigError::new("admin", "must differ from `listen`"));
         }
+        if let Some((tenant, _)) = self.tenant_limits.iter().find(|(_, n)| **n == 0) {
+            return Err(ConfigError::new(
+                format!("tenantLimits.{tenant}"),
+                "must be at least 1 (remove the stream to stop it)",
+            ));
+        }
         for (i, s) in self.streams.iter().enumerate() {
             let at = |f: &str| format!("streams[{i}].{f}");
             if !seen.insert(&s.id) {
@@ -436,6 +454,14 @@ impl SidecarConfig {
             }
         }
         Ok(warnings)
+    }
+
+    /// The cap on `tenant`'s connected streams.
+    pub fn tenant_limit(&self, tenant: &Tenant) -> u32 {
+        self.tenant_limits
+            .get(tenant)
+            .copied()
+            .unwrap_or(DEFAULT_TENANT_LIMIT)
     }
 
     /// The spec of one stream.

@@ -565,45 +565,55 @@ impl Counters {
 }
 
 /// One connection's task: the session's loop around `Upstream::next`, without the app side.
-async fn drive(mut up: Upstream, adapter: Arc<dyn Adapter>, counters: Arc<Counters>) {
-    let mut answered = false;
-    loop {
-        let tick = up.next(|seq| adapter.ping(seq)).await;
-        let now = Instant::now();
-        match tick {
-            Ok(Tick::Frame(Frame::Pong(payload))) => {
-                if let Inbound::Pong { seq } = adapter.classify_pong(&payload) {
-                    up.liveness_mut().on_pong(now, seq);
+///
+/// An `async` block, not an `async fn`: an `async fn` keeps its by-value arguments in the
+/// future twice (as arguments, then as locals; rust-lang/rust#62958), which would add the
+/// 344 B `Upstream` again to every task. The session's own `drive` borrows its `Upstream`.
+fn drive(
+    mut up: Upstream,
+    adapter: Arc<dyn Adapter>,
+    counters: Arc<Counters>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut answered = false;
+        loop {
+            let tick = up.next(|seq| adapter.ping(seq)).await;
+            let now = Instant::now();
+            match tick {
+                Ok(Tick::Frame(Frame::Pong(payload))) => {
+                    if let Inbound::Pong { seq } = adapter.classify_pong(&payload) {
+                        up.liveness_mut().on_pong(now, seq);
+                    }
+                    counters.pongs.fetch_add(1, Relaxed);
+                    if !answered {
+                        answered = true;
+                        counters.first_pong();
+                    }
                 }
-                counters.pongs.fetch_add(1, Relaxed);
-                if !answered {
-                    answered = true;
-                    counters.first_pong();
+                Ok(Tick::Frame(Frame::Close(close))) => {
+                    up.into_ws().reset();
+                    counters.end(None, Some(format!("server close {close:?}")));
+                    return;
                 }
-            }
-            Ok(Tick::Frame(Frame::Close(close))) => {
-                up.into_ws().reset();
-                counters.end(None, Some(format!("server close {close:?}")));
-                return;
-            }
-            // Data and server pings: already counted as liveness by `next`.
-            Ok(Tick::Frame(_)) => {}
-            Ok(Tick::Pinged) => {
-                counters.pings.fetch_add(1, Relaxed);
-            }
-            Ok(Tick::Degraded) => {
-                counters.degraded.fetch_add(1, Relaxed);
-            }
-            Ok(Tick::Dead { late_by, .. }) => {
-                let observed = now.saturating_duration_since(up.liveness().deadline());
-                up.into_ws().reset();
-                counters.end(Some((late_by, observed)), None);
-                return;
-            }
-            Err(err) => {
-                up.into_ws().reset();
-                counters.end(None, Some(format!("socket error: {err}")));
-                return;
+                // Data and server pings: already counted as liveness by `next`.
+                Ok(Tick::Frame(_)) => {}
+                Ok(Tick::Pinged) => {
+                    counters.pings.fetch_add(1, Relaxed);
+                }
+                Ok(Tick::Degraded) => {
+                    counters.degraded.fetch_add(1, Relaxed);
+                }
+                Ok(Tick::Dead { late_by, .. }) => {
+                    let observed = now.saturating_duration_since(up.liveness().deadline());
+                    up.into_ws().reset();
+                    counters.end(Some((late_by, observed)), None);
+                    return;
+                }
+                Err(err) => {
+                    up.into_ws().reset();
+                    counters.end(None, Some(format!("socket error: {err}")));
+                    return;
+                }
             }
         }
     }

@@ -41,6 +41,10 @@ pub struct Claim {
     pub fence: Fence,
     /// Carries a reason when the lease is lost (fenced out, DEAD heard).
     pub lost: watch::Receiver<Option<DropReason>>,
+    /// Until when this pod may act on the lease: moved on by every beat attempt. A pod that
+    /// was frozen past it must stop before it delivers anything (another pod may own the
+    /// stream by now); a pod that merely cannot reach the store keeps it moving.
+    pub valid_until: watch::Receiver<Instant>,
 }
 
 struct Held {
@@ -49,8 +53,8 @@ struct Held {
     platform: &'static str,
     status: StatusCell,
     lost: watch::Sender<Option<DropReason>>,
-    /// Last time the store confirmed the lease; the lease is safe to use until this + ttl.
-    confirmed: Instant,
+    /// Until when the lease may be acted on.
+    valid_until: watch::Sender<Instant>,
 }
 
 /// The pod's ownership manager.
@@ -182,6 +186,7 @@ impl Ownership {
                 Ok(Some(fence)) => {
                     self.mark_store(true);
                     let (tx, rx) = watch::channel(None);
+                    let (valid_tx, valid_rx) = watch::channel(Instant::now() + ttl);
                     self.held().insert(
                         key.clone(),
                         Held {
@@ -190,7 +195,7 @@ impl Ownership {
                             platform,
                             status: Arc::clone(status),
                             lost: tx,
-                            confirmed: Instant::now(),
+                            valid_until: valid_tx,
                         },
                     );
                     tracing::info!(stream = %key.stream, %fence, "lease acquired");
@@ -198,6 +203,7 @@ impl Ownership {
                         key: key.clone(),
                         fence,
                         lost: rx,
+                        valid_until: valid_rx,
                     });
                 }
                 Ok(None) => self.mark_store(true),
@@ -224,7 +230,7 @@ impl Ownership {
     pub fn confirmed(&self, key: &StreamKey, fence: Fence) -> bool {
         let held = self.held();
         held.get(key)
-            .is_some_and(|h| h.fence == fence && Instant::now() < h.confirmed + h.ttl)
+            .is_some_and(|h| h.fence == fence && Instant::now() < *h.valid_until.borrow())
     }
 
     /// Stores the last acked id under the fence; `false` when the fence is stale.
@@ -368,7 +374,7 @@ impl Ownership {
                             if let Some(h) =
                                 self.held().get_mut(key).filter(|h| h.fence == beat.fence)
                             {
-                                h.confirmed = sent_at;
+                                h.valid_until.send_replace(sent_at + h.ttl);
                             }
                         }
                         BeatOutcome::Fenced => self.lose(key, beat.fence, DropReason::OwnerLost),
@@ -378,6 +384,11 @@ impl Ownership {
             Err(e) => {
                 self.mark_store(false);
                 tracing::debug!(error = %e, "beat failed");
+                // The store is down for everyone: nobody can take these streams over, so the
+                // running ones go on. (A frozen pod makes no attempt, and its leases lapse.)
+                for h in self.held().values() {
+                    h.valid_until.send_replace(sent_at + h.ttl);
+                }
             }
         }
     }

@@ -2,15 +2,15 @@
 //! reload without touching unchanged streams), each with its hub, status, lease and session.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use serde_json::json;
 use streamkeeper_api::{
-    DropReason, Fence, PodName, SidecarConfig, StreamId, StreamSpec, StreamState,
-    config::ConfigError,
+    DropReason, Fence, PodName, SidecarConfig, StreamId, StreamSpec, StreamState, Tenant, ToApp,
+    config::{ConfigError, DEFAULT_TENANT_LIMIT},
 };
 use streamkeeper_coord::{Store, StreamKey};
 use tokio::{sync::watch, task::JoinHandle};
@@ -21,7 +21,7 @@ use crate::{
     hub::Hub,
     metrics::Metrics,
     net,
-    ownership::Ownership,
+    ownership::{Claim, Ownership},
     platforms::{Adapter, adapter_for},
     session::{self, Observer, SessionCtx, SessionEvent, StatusCell, read_status},
     token::{ClientCredentials, TokenClient, spawn_manager},
@@ -59,6 +59,8 @@ pub struct Pod {
     extra_observer: Option<Arc<dyn Observer>>,
     streams: Mutex<HashMap<StreamId, Entry>>,
     tick: watch::Sender<(Duration, Duration)>,
+    /// Per-tenant caps from the config (the store enforces them across pods).
+    limits: watch::Sender<BTreeMap<Tenant, u32>>,
 }
 
 impl std::fmt::Debug for Pod {
@@ -90,6 +92,7 @@ impl Pod {
             extra_observer,
             streams: Mutex::new(HashMap::new()),
             tick: watch::channel((Duration::from_secs(15), Duration::from_secs(35))).0,
+            limits: watch::channel(BTreeMap::new()).0,
         })
     }
 
@@ -186,6 +189,7 @@ impl Pod {
             .max()
             .unwrap_or(Duration::from_secs(35));
         self.tick.send_replace((period, stale));
+        self.limits.send_replace(config.tenant_limits.clone());
         Ok(applied)
     }
 
@@ -295,6 +299,20 @@ impl Pod {
                     tracing::warn!(stream = %spec.id, error = %e, "checkpoint unreadable; resuming from what this pod has seen")
                 }
             }
+            if !self
+                .wait_for_pool_slot(&spec, &hub, &status, &mut claim, &mut stop)
+                .await
+            {
+                let stopped = *stop.borrow();
+                if let Some(reason) = stopped {
+                    self.ownership
+                        .release(claim, StreamState::Paused, reason)
+                        .await;
+                    return;
+                }
+                self.ownership.forget(&claim);
+                continue;
+            }
             let (tokens, refresh_now, token_task) = {
                 let m = Arc::clone(&self.metrics);
                 let tenant = spec.tenant.clone();
@@ -327,11 +345,7 @@ impl Pod {
                 connect: session::connect_options(&spec, tls.clone()),
                 tokens,
                 refresh_now,
-                may_connect: {
-                    let o = Arc::clone(&self.ownership);
-                    let (k, f) = (key.clone(), claim.fence);
-                    Arc::new(move || o.confirmed(&k, f))
-                },
+                lease: claim.valid_until.clone(),
             };
             let mut session = tokio::spawn(session::run(ctx, session_stop_rx));
             let mut acked = hub.acked();
@@ -374,6 +388,60 @@ impl Pod {
             self.ownership.release(claim, last_state, reason).await;
             metrics.state(StreamState::Stopped);
             return;
+        }
+    }
+
+    /// Takes a slot in the tenant's pool before connecting, so at no instant more of the
+    /// tenant's streams are connected across all pods than its limit. While the pool is full
+    /// (or the store unreachable: no new connection is taken then) the app sees `paused`.
+    /// Returns false when the lease was lost or the stream stopped meanwhile.
+    async fn wait_for_pool_slot(
+        &self,
+        spec: &StreamSpec,
+        hub: &Hub,
+        status: &StatusCell,
+        claim: &mut Claim,
+        stop: &mut watch::Receiver<Option<DropReason>>,
+    ) -> bool {
+        let mut told = false;
+        loop {
+            let limit = self
+                .limits
+                .borrow()
+                .get(&spec.tenant)
+                .copied()
+                .unwrap_or(DEFAULT_TENANT_LIMIT);
+            match self
+                .ownership
+                .store()
+                .pool_acquire(&claim.key, claim.fence, limit)
+                .await
+            {
+                Ok(true) => {
+                    if told {
+                        hub.push_control(&ToApp::Resumed { stream: &spec.id });
+                    }
+                    return true;
+                }
+                Ok(false) | Err(_) => {
+                    if !told {
+                        told = true;
+                        tracing::info!(stream = %spec.id, tenant = %spec.tenant, limit, "tenant pool full; waiting for a slot");
+                        status.lock().unwrap_or_else(|p| p.into_inner()).state =
+                            StreamState::Paused;
+                        hub.push_control(&ToApp::Paused {
+                            stream: &spec.id,
+                            reason: "tenant_pool_full",
+                        });
+                    }
+                }
+            }
+            let retry = Duration::from_millis(500).mul_f64(0.5 + rand::random::<f64>());
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = claim.lost.changed() => return false,
+                _ = stop.changed() => return false,
+            }
         }
     }
 

@@ -159,9 +159,10 @@ pub struct SessionCtx {
     pub tokens: watch::Receiver<TokenView>,
     /// Asks the token manager for a new token.
     pub refresh_now: RefreshNow,
-    /// Whether this pod's lease is confirmed right now; a session never (re)connects on a
-    /// lease it cannot vouch for (a pod frozen past its lease must not stream).
-    pub may_connect: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Until when this pod may act on its lease. A session never (re)connects past it, and
+    /// tears the socket down the moment it passes, before reading anything more: a pod frozen
+    /// past its lease (another pod may own the stream now) must not deliver a single event.
+    pub lease: watch::Receiver<Instant>,
 }
 
 /// How the connection ended, from inside the drive loop.
@@ -290,7 +291,7 @@ impl Session {
                 Ok(t) => t,
                 Err(reason) => return reason,
             };
-            if !(self.ctx.may_connect)() {
+            if Instant::now() >= *self.ctx.lease.borrow() {
                 let why = "lease not confirmed by the store yet".to_owned();
                 if let Some(reason) = self.back_off(stop, why, None).await {
                     return reason;
@@ -474,8 +475,22 @@ impl Session {
         let mut first_pong = true;
         loop {
             let adapter = Arc::clone(&self.ctx.adapter);
+            let lease_until = *self.ctx.lease.borrow();
             tokio::select! {
                 biased;
+                // First: after a freeze the expired lease must win over buffered frames.
+                _ = tokio::time::sleep_until(lease_until) => {
+                    if Instant::now() >= *self.ctx.lease.borrow() {
+                        tracing::warn!(stream = %self.stream(), "lease not renewed in time (was this pod frozen?); terminating");
+                        return Ended {
+                            reason: DropReason::OwnerLost,
+                            abortive: true,
+                            retry_after: None,
+                            late_by: None,
+                            immediate: false,
+                        };
+                    }
+                }
                 tick = link.up.next(|seq| adapter.ping(seq)) => {
                     let now = Instant::now();
                     match tick {

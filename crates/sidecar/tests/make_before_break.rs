@@ -173,7 +173,7 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
         connect: session::connect_options(&spec, None),
         tokens,
         refresh_now,
-        may_connect: Arc::new(|| true),
+        lease: watch::channel(tokio::time::Instant::now() + Duration::from_secs(3600)).1,
     };
     let (stop, stop_rx) = watch::channel(None);
     let running = tokio::spawn(session::run(ctx, stop_rx));

@@ -112,6 +112,7 @@ fn config(emu: &Emulator, creds: &std::path::Path) -> anyhow::Result<SidecarConf
         listen: "127.0.0.1:0".parse().context("listen")?,
         admin: "127.0.0.1:1".parse().context("admin")?,
         redis: None,
+        tenant_limits: Default::default(),
         streams,
     };
     config.validate().map_err(anyhow::Error::from)?;
