@@ -569,6 +569,7 @@ impl Counters {
 /// An `async` block, not an `async fn`: an `async fn` keeps its by-value arguments in the
 /// future twice (as arguments, then as locals; rust-lang/rust#62958), which would add the
 /// 344 B `Upstream` again to every task. The session's own `drive` borrows its `Upstream`.
+#[allow(clippy::manual_async_fn, reason = "an async fn would store `up` twice")]
 fn drive(
     mut up: Upstream,
     adapter: Arc<dyn Adapter>,
@@ -709,12 +710,13 @@ struct Calibration {
     probe_task_class: Option<usize>,
 }
 
-/// The size class whose count grew by about `count`, if exactly one did.
+/// The size class (largest total growth first) whose count grew by about `count`.
 fn class_of(growth: &[(usize, isize)], count: usize) -> Option<usize> {
     let near = |c: isize| c.unsigned_abs().abs_diff(count) <= count / 20;
-    let mut classes = growth.iter().filter(|&&(_, c)| c > 0 && near(c));
-    let (size, _) = classes.next()?;
-    Some(*size)
+    growth
+        .iter()
+        .find(|&&(_, c)| c > 0 && near(c))
+        .map(|&(size, _)| size)
 }
 
 async fn calibrate(addr: SocketAddr) -> anyhow::Result<Calibration> {
@@ -732,17 +734,16 @@ async fn calibrate(addr: SocketAddr) -> anyhow::Result<Calibration> {
     let tcp_stream_class = class_of(&after.growth(&before), CALIBRATION_COUNT);
     drop(streams);
 
-    let stop = Arc::new(Notify::new());
-    let probe = |stop: Arc<Notify>| async move {
+    let probe = || async {
         let ballast = [7u8; 512];
-        stop.notified().await;
+        std::future::pending::<()>().await;
         std::hint::black_box(&ballast);
     };
-    let probe_future = size_of_val(&probe(Arc::clone(&stop)));
+    let probe_future = size_of_val(&probe());
     let mut handles = Vec::with_capacity(CALIBRATION_COUNT);
     before.take();
     for _ in 0..CALIBRATION_COUNT {
-        handles.push(tokio::spawn(probe(Arc::clone(&stop))));
+        handles.push(tokio::spawn(probe()));
     }
     after.take();
     let probe_task_class = class_of(&after.growth(&before), CALIBRATION_COUNT);
@@ -934,40 +935,46 @@ async fn run(
 // --- Optional: tokio-tungstenite on the same emulator ----------------------------------------
 
 /// One tokio-tungstenite connection: `split()`, one task pinging on a tokio interval and
-/// reading pongs.
-async fn tungstenite_drive(
+/// reading pongs. Split before the task, so its future does not also keep the unsplit stream.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store `ws` beside its halves"
+)]
+fn tungstenite_drive(
     ws: tokio_tungstenite::WebSocketStream<TcpStream>,
     interval: Duration,
     phase: Duration,
     counters: Arc<Counters>,
-) {
+) -> impl Future<Output = ()> + Send {
     let (mut sink, mut stream) = ws.split();
     let mut ticks = tokio::time::interval_at(Instant::now() + phase, interval);
-    let mut seq = 0u64;
-    let mut answered = false;
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {
-                seq += 1;
-                if sink.send(Message::Ping(seq.to_be_bytes().to_vec().into())).await.is_err() {
-                    break;
-                }
-                counters.pings.fetch_add(1, Relaxed);
-            }
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Pong(_))) => {
-                    counters.pongs.fetch_add(1, Relaxed);
-                    if !answered {
-                        answered = true;
-                        counters.first_pong();
+    async move {
+        let mut seq = 0u64;
+        let mut answered = false;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    seq += 1;
+                    if sink.send(Message::Ping(seq.to_be_bytes().to_vec().into())).await.is_err() {
+                        break;
                     }
+                    counters.pings.fetch_add(1, Relaxed);
                 }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Pong(_))) => {
+                        counters.pongs.fetch_add(1, Relaxed);
+                        if !answered {
+                            answered = true;
+                            counters.first_pong();
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
             }
         }
+        counters.end(None, None);
     }
-    counters.end(None, None);
 }
 
 async fn compare(addr: SocketAddr, token: &str, params: &Params) -> anyhow::Result<Compared> {
@@ -1111,6 +1118,10 @@ fn print_growth(growth: &[(usize, isize)], per: usize, label: impl Fn(usize) -> 
         "    {:>9} {:>10} {:>11.1}   total (by size class)",
         "", "", total
     );
+}
+
+fn class_text(class: Option<usize>) -> String {
+    class.map_or_else(|| "unclear".into(), |size| format!("{size} B"))
 }
 
 fn print_report(params: &Params, emulator: &EmulatorProcess, r: &Report) {
@@ -1333,15 +1344,10 @@ fn print_report(params: &Params, emulator: &EmulatorProcess, r: &Report) {
             return "tokio I/O registration of the TcpStream (Arc<ScheduledIo>, 128-aligned)"
                 .into();
         }
-        if let Some(c) = cal
-            && let Some(probe_class) = c.probe_task_class
-        {
-            let overhead = probe_class.saturating_sub(c.probe_future);
-            if size >= drive && size <= drive + overhead + 128 {
-                return format!(
-                    "tokio task cell: drive() future {drive} B + header/trailer, rounded to 128"
-                );
-            }
+        if size >= drive && size < drive + 256 {
+            return format!(
+                "tokio task cell: drive() future {drive} B + task header/trailer, 128-aligned"
+            );
         }
         if size <= 32 {
             return "small strings (ConnectionId \"bench-N\")".into();
@@ -1362,21 +1368,32 @@ fn print_report(params: &Params, emulator: &EmulatorProcess, r: &Report) {
         size_of::<tokio::time::Sleep>(),
         size_of::<TcpStream>()
     );
+    println!(
+        "  product note: session::run(ctx: SessionCtx, ..) moves its {} B SessionCtx into a Session held across awaits, so the stream's task future holds it twice",
+        size_of::<session::SessionCtx>()
+    );
     if let Some(c) = cal {
         println!(
-            "  calibration ({CALIBRATION_COUNT} each): bare tokio TcpStream {} heap each (class {:?}); task with a {} B future: class {:?} (overhead {} B)",
+            "  calibration ({CALIBRATION_COUNT} each): a bare tokio TcpStream holds {} of heap (size class {}); a task whose future is {} B is one {} allocation",
             bytes(c.tcp_stream_bytes),
-            c.tcp_stream_class,
+            class_text(c.tcp_stream_class),
             c.probe_future,
-            c.probe_task_class,
-            c.probe_task_class
-                .map_or(0, |class| class.saturating_sub(c.probe_future))
+            class_text(c.probe_task_class),
         );
     }
     if let Some(t) = &r.tungstenite {
         println!();
         println!("tokio-tungstenite 0.30, same N and emulator (live allocations by exact size)");
-        print_growth(&t.growth, t.connected.max(1), |_| String::new());
+        let tcp_class = cal.and_then(|c| c.tcp_stream_class);
+        print_growth(&t.growth, t.connected.max(1), |size| {
+            if Some(size) == tcp_class {
+                "tokio I/O registration of the TcpStream (as above)".into()
+            } else if size == 4096 {
+                "read buffer: 4 KiB whether read_buffer_size is 1 KiB or 4 KiB".into()
+            } else {
+                String::new()
+            }
+        });
     }
 }
 

@@ -1,6 +1,7 @@
 //! `streamkeeper`: the one binary. `main` parses flags and calls one function per subcommand.
 
 mod demo;
+mod status;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -54,6 +55,12 @@ enum Command {
         /// Print only the scorecard.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Show every stream the store knows: owner, fence, state, last pong.
+    Status {
+        /// The Redis URL (`redis://host:port` or `redis+cluster://host1:port1,host2:port2`).
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        redis: String,
     },
 }
 
@@ -117,6 +124,10 @@ fn main() -> ExitCode {
                 tokio::signal::ctrl_c().await?;
                 emu.shutdown().await;
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Status { redis } => {
+                init_tracing("warn");
+                status::run(&redis).await
             }
             Command::Demo { quiet } => {
                 init_tracing("off");

@@ -14,6 +14,9 @@ use crate::store::{Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey, 
 struct Lease {
     fence: Fence,
     expires: Instant,
+    /// Given up by its holder: free for the next acquire, and its fence (like every older one)
+    /// can no longer renew or re-assert it.
+    released: bool,
 }
 
 #[derive(Debug, Default)]
@@ -27,10 +30,20 @@ struct State {
 }
 
 impl State {
+    /// Whether `fence` holds a live lease on the stream (it is vouching for it now).
     fn holds(&self, key: &StreamKey, fence: Fence, now: Instant) -> bool {
         self.leases
             .get(key)
-            .is_some_and(|l| l.fence == fence && l.expires > now)
+            .is_some_and(|l| l.fence == fence && !l.released && l.expires > now)
+    }
+
+    /// Whether `fence` is the stream's latest grant, not given up. A lapsed lease that nobody
+    /// took still belongs to its fence: any new grant replaces it, so writes under this check
+    /// (checkpoint, publish, release, pool) can never come from a superseded owner.
+    fn owns(&self, key: &StreamKey, fence: Fence) -> bool {
+        self.leases
+            .get(key)
+            .is_some_and(|l| l.fence == fence && !l.released)
     }
 }
 
@@ -77,7 +90,11 @@ impl Store for MemoryStore {
     ) -> Result<Option<Fence>, StoreError> {
         let now = Instant::now();
         let mut st = self.lock();
-        if st.leases.get(key).is_some_and(|l| l.expires > now) {
+        if st
+            .leases
+            .get(key)
+            .is_some_and(|l| !l.released && l.expires > now)
+        {
             return Ok(None);
         }
         st.next_fence += 1;
@@ -87,6 +104,7 @@ impl Store for MemoryStore {
             Lease {
                 fence,
                 expires: now + ttl,
+                released: false,
             },
         );
         Ok(Some(fence))
@@ -98,12 +116,11 @@ impl Store for MemoryStore {
         let mut out = Vec::with_capacity(beats.len());
         for b in beats {
             let outcome = match st.leases.get_mut(&b.key) {
-                Some(l) if l.fence == b.fence && l.expires > now => {
+                Some(l) if l.fence == b.fence && !l.released && l.expires > now => {
                     l.expires = now + b.lease_ttl;
                     BeatOutcome::Renewed
                 }
-                Some(l) if l.fence != b.fence && l.expires > now => BeatOutcome::Fenced,
-                Some(l) if l.fence != b.fence => BeatOutcome::Fenced,
+                Some(l) if l.fence != b.fence || l.released => BeatOutcome::Fenced,
                 _ => {
                     // Lapsed and untaken (or the store lost it): the same owner re-asserts.
                     st.leases.insert(
@@ -111,6 +128,7 @@ impl Store for MemoryStore {
                         Lease {
                             fence: b.fence,
                             expires: now + b.lease_ttl,
+                            released: false,
                         },
                     );
                     BeatOutcome::Reasserted
@@ -138,12 +156,13 @@ impl Store for MemoryStore {
         fence: Fence,
         transition: &Transition,
     ) -> Result<bool, StoreError> {
-        let now = Instant::now();
         let held = {
             let mut st = self.lock();
-            let held = st.holds(key, fence, now);
+            let held = st.owns(key, fence);
             if held {
-                st.leases.remove(key);
+                if let Some(l) = st.leases.get_mut(key) {
+                    l.released = true;
+                }
                 st.records.remove(key);
                 if let Some(pool) = st.pools.get_mut(&key.tenant) {
                     pool.remove(key);
@@ -163,10 +182,9 @@ impl Store for MemoryStore {
         fence: Fence,
         transition: &Transition,
     ) -> Result<bool, StoreError> {
-        let now = Instant::now();
         let held = {
             let mut st = self.lock();
-            let held = st.holds(key, fence, now);
+            let held = st.owns(key, fence);
             if let Some(r) = st.records.get_mut(key).filter(|_| held) {
                 r.state = transition.to;
             }
@@ -188,9 +206,8 @@ impl Store for MemoryStore {
         fence: Fence,
         id: &EventId,
     ) -> Result<bool, StoreError> {
-        let now = Instant::now();
         let mut st = self.lock();
-        if !st.holds(key, fence, now) {
+        if !st.owns(key, fence) {
             return Ok(false);
         }
         st.checkpoints.insert(key.clone(), id.clone());
@@ -214,10 +231,7 @@ impl Store for MemoryStore {
                 .records
                 .iter()
                 .filter(|(k, r)| {
-                    &k.tenant == tenant
-                        && r.last_pong < cutoff
-                        && r.state != StreamState::Dead
-                        && !st.holds(k, r.fence, now)
+                    &k.tenant == tenant && r.last_pong < cutoff && !st.holds(k, r.fence, now)
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -225,6 +239,8 @@ impl Store for MemoryStore {
                 .into_iter()
                 .filter_map(|k| {
                     let r = st.records.remove(&k)?;
+                    // Already DEAD (its owner said so): it leaves without a second DEAD.
+                    (r.state != StreamState::Dead).then_some(())?;
                     Some(Transition {
                         stream: r.stream,
                         tenant: r.tenant,
@@ -252,6 +268,10 @@ impl Store for MemoryStore {
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut st = self.lock();
+        if !st.owns(key, fence) {
+            // A superseded (or released) fence takes no slot.
+            return Ok(false);
+        }
         let ttl = st.leases.get(key).map(|l| l.expires).unwrap_or(now);
         let pool = st.pools.entry(key.tenant.clone()).or_default();
         pool.retain(|_, (_, expires)| *expires > now);
@@ -446,5 +466,35 @@ mod tests {
             }
         }
         assert_eq!(granted, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_hands_over_at_once_and_fences_the_releaser() {
+        let s = MemoryStore::new();
+        let k = key("cc/q");
+        let ttl = Duration::from_secs(60);
+        let f1 = s
+            .acquire(&k, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        assert!(s.release(&k, f1, &dead(&k)).await.expect("ok"));
+        let beat = Beat {
+            key: k.clone(),
+            fence: f1,
+            record: record(&k, "a", f1, 1),
+            lease_ttl: ttl,
+        };
+        assert_eq!(
+            s.beat(&[beat]).await.expect("ok"),
+            vec![BeatOutcome::Fenced]
+        );
+        assert!(!s.pool_acquire(&k, f1, 5).await.expect("ok"));
+        let f2 = s
+            .acquire(&k, &pod("b"), ttl)
+            .await
+            .expect("ok")
+            .expect("no TTL to wait out");
+        assert!(f2 > f1);
     }
 }

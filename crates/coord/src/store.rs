@@ -72,8 +72,21 @@ pub enum BeatOutcome {
     Renewed,
     /// The lease is held by a newer fence (or lapsed and was taken): stop the stream now.
     Fenced,
-    /// The lease had lapsed and nobody took it: it was re-granted to the same fence.
+    /// The lease had lapsed and nobody took it, or the store had lost it (Redis restarted
+    /// empty): it was re-granted to the same fence. The tenant pool may have lost the stream's
+    /// slot with it: call [`Store::pool_acquire`] again (and stop the stream if refused).
     Reasserted,
+}
+
+/// One checkpoint to store: see [`Store::save_checkpoints`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointWrite {
+    /// The stream.
+    pub key: StreamKey,
+    /// The fence this pod holds.
+    pub fence: Fence,
+    /// The last acked event id.
+    pub id: EventId,
 }
 
 /// Transitions as they are published, in order.
@@ -81,9 +94,15 @@ pub type TransitionStream = Pin<Box<dyn Stream<Item = Transition> + Send>>;
 
 /// The coordination contract. Every state change is atomic: two pods that see the same stale
 /// entry produce one DEAD; a stale fence can neither renew, checkpoint nor publish.
+///
+/// "`fence` holds the lease" (release, publish, checkpoints, pool) means `fence` is the stream's
+/// latest grant and was not released: a lease that lapsed and that nobody took still belongs
+/// to its fence, since any new grant (a higher fence) replaces it. A released fence is done:
+/// it can neither renew nor re-assert, and the next acquire takes the lease at once.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Takes the stream's lease if nobody holds it; returns the new fence.
+    /// Takes the stream's lease if nobody holds it (or its holder released it, or let it
+    /// lapse); returns the new fence, higher than every fence granted before.
     async fn acquire(
         &self,
         key: &StreamKey,
@@ -122,6 +141,18 @@ pub trait Store: Send + Sync + 'static {
         fence: Fence,
         id: &EventId,
     ) -> Result<bool, StoreError>;
+
+    /// Stores many checkpoints, each only if its fence still holds its lease; answers in the
+    /// order of `writes`. The Redis store writes them in one round trip per batch (per tenant
+    /// on a cluster), so a pod that flushes its acked ids periodically costs O(1) commands per
+    /// flush, not O(streams).
+    async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Result<Vec<bool>, StoreError> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(self.save_checkpoint(&w.key, w.fence, &w.id).await?);
+        }
+        Ok(out)
+    }
 
     /// Declares DEAD, exactly once however many pods call it, every stream of `tenant` whose
     /// last pong is older than `stale_after` at `now_ms` AND whose lease lapsed (its owner

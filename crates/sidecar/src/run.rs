@@ -5,7 +5,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use streamkeeper_api::{PodName, SidecarConfig, config::Loaded};
-use streamkeeper_coord::{MemoryStore, Store};
+use streamkeeper_coord::{MemoryStore, RedisStore, Store};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{admin, app_server, liveness::HeartbeatPolicy, metrics::Metrics, runtime::Pod};
@@ -92,10 +92,11 @@ pub fn pod_name(config: &SidecarConfig) -> PodName {
 pub async fn store_for(config: &SidecarConfig) -> Result<Arc<dyn Store>, RunError> {
     match &config.redis {
         None => Ok(Arc::new(MemoryStore::new())),
-        Some(url) => Err(RunError::Store(format!(
-            "redis {} is configured, but this build has only the in-process store",
-            url.split('@').next_back().unwrap_or_default()
-        ))),
+        Some(url) => {
+            let store = RedisStore::connect(url).map_err(|e| RunError::Store(e.to_string()))?;
+            tracing::info!(redis = %store.target(), "using the Redis store");
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -27,6 +27,10 @@ use crate::{
     token::{ClientCredentials, TokenClient, spawn_manager},
 };
 
+/// How long a stopping stream waits for its app to ack what it was handed before the lease
+/// goes to another pod (which would deliver those events again).
+const HANDOVER_ACK_GRACE: Duration = Duration::from_millis(500);
+
 /// A running stream.
 struct Entry {
     spec: StreamSpec,
@@ -381,7 +385,20 @@ impl Pod {
                 self.ownership.forget(&claim);
                 continue;
             }
-            // The last checkpoint goes in before the lease is handed over.
+            // Nothing new reaches the app now. Give it a moment to ack what it was handed, so
+            // the next owner does not deliver those again; then the last checkpoint goes in
+            // before the lease is handed over.
+            let drained = tokio::time::timeout(HANDOVER_ACK_GRACE, async {
+                while hub.pending_events() > 0 && hub.consumers() > 0 {
+                    if acked.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::info!(stream = %spec.id, pending = hub.pending_events(), "handing over with unacked events: the next owner delivers them again");
+            }
             if let Some(id) = hub.last_acked().filter(|id| Some(id) != saved.as_ref()) {
                 let _ = self.ownership.checkpoint(&claim, &id).await;
             }

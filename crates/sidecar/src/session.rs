@@ -320,6 +320,16 @@ impl Session {
             };
             self.connections += 1;
             let id = ConnectionId(format!("{}-{}", self.ctx.pod, self.connections));
+            if let (Some(from), None, true) = (self.dropped_at_ms, &self.last_seen, plan.replays) {
+                // Dropped before the first event: there is no id to resume after.
+                self.ctx.metrics.gap();
+                self.ctx.hub.push_control(&ToApp::Gap {
+                    stream: &self.ctx.spec.id,
+                    from,
+                    to: epoch_ms(),
+                    reason: "no event seen before the drop: nothing to resume after",
+                });
+            }
             if let (Some(from), false) = (self.dropped_at_ms, plan.replays) {
                 let to = epoch_ms();
                 self.ctx.metrics.gap();

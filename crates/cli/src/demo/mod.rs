@@ -14,7 +14,7 @@ use streamkeeper_api::{
         Credentials, Endpoints, HeartbeatSpec, LimitsSpec, Platform, ReconnectSpec, TokenSpec,
     },
 };
-use streamkeeper_coord::{MemoryStore, Store};
+use streamkeeper_coord::{MemoryStore, RedisStore, Store};
 use streamkeeper_emulator::{Emulator, EmulatorConfig, Fault};
 use streamkeeper_sidecar::{
     app_server::{self, AppServerConfig, HubDirectory},
@@ -73,14 +73,14 @@ fn stream_id(name: &str) -> StreamId {
     StreamId::new("cc", name).expect("demo stream names are valid ids")
 }
 
-fn config(emu: &Emulator, creds: &std::path::Path) -> anyhow::Result<SidecarConfig> {
+fn config(emu: &Emulator, creds: &std::path::Path, tenant: &str) -> anyhow::Result<SidecarConfig> {
     let base: url::Url = emu.base_url().parse().context("emulator URL")?;
     let streams = STREAMS
         .iter()
         .map(|name| -> anyhow::Result<StreamSpec> {
             Ok(StreamSpec {
                 id: stream_id(name),
-                tenant: "acme".parse().context("tenant")?,
+                tenant: tenant.parse().context("tenant")?,
                 platform: Platform::Generic,
                 priority: 500,
                 endpoints: Endpoints {
@@ -215,11 +215,28 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     let emu = Emulator::start(emu_cfg)
         .await
         .context("start the emulator")?;
-    let config = config(&emu, &creds)?;
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-
+    // With REDIS_URL the pods coordinate through Redis (a tenant of this run's own, so runs
+    // never share leases or checkpoints); without it, through one in-process store.
+    let (store, store_name, tenant): (Arc<dyn Store>, String, String) =
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.is_empty() => {
+                let redis = RedisStore::connect(&url).context("REDIS_URL")?;
+                let name = format!("Redis at {}", redis.target());
+                (
+                    Arc::new(redis),
+                    name,
+                    format!("demo-{}", std::process::id()),
+                )
+            }
+            _ => (
+                Arc::new(MemoryStore::new()),
+                "an in-process store".into(),
+                "acme".into(),
+            ),
+        };
+    let config = config(&emu, &creds, &tenant)?;
     timeline.step(&format!(
-        "emulator on {}; {} pods of one workload share an in-process store; heartbeat {}s, timeout {}s",
+        "emulator on {}; {} pods of one workload share {store_name}; heartbeat {}s, timeout {}s",
         emu.base_url(),
         PODS.len(),
         HEARTBEAT.interval.as_secs(),
@@ -516,10 +533,15 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         gaps,
         dropped,
     } = ledger.totals();
+    let first_dups: Vec<String> = duplicates
+        .iter()
+        .take(5)
+        .map(|(s, id)| format!("{s} {id}"))
+        .collect();
     checks.add(
         duplicates.is_empty(),
         "no acked event delivered again",
-        format!("{} duplicates", duplicates.len()),
+        format!("{} duplicates {}", duplicates.len(), first_dups.join(", ")),
     );
     let first_lost = lost.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
     checks.add(
