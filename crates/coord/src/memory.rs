@@ -8,10 +8,13 @@ use futures_util::StreamExt;
 use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant, Transition};
 use tokio::{sync::broadcast, time::Instant};
 
-use crate::store::{Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey, TransitionStream};
+use crate::store::{
+    Acquired, Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey, TransitionStream,
+};
 
 #[derive(Debug)]
 struct Lease {
+    owner: PodName,
     fence: Fence,
     expires: Instant,
     /// Given up by its holder: free for the next acquire, and its fence (like every older one)
@@ -82,32 +85,35 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn acquire(
+    async fn try_acquire(
         &self,
         key: &StreamKey,
-        _owner: &PodName,
+        owner: &PodName,
         ttl: Duration,
-    ) -> Result<Option<Fence>, StoreError> {
+    ) -> Result<Acquired, StoreError> {
         let now = Instant::now();
         let mut st = self.lock();
-        if st
-            .leases
-            .get(key)
-            .is_some_and(|l| !l.released && l.expires > now)
-        {
-            return Ok(None);
-        }
+        let took_over = match st.leases.get(key) {
+            Some(l) if !l.released && l.expires > now => {
+                return Ok(Acquired::Held {
+                    expires_in: Some(l.expires - now),
+                });
+            }
+            Some(l) if !l.released => Some((l.owner.clone(), l.fence)),
+            _ => None,
+        };
         st.next_fence += 1;
         let fence = Fence(st.next_fence);
         st.leases.insert(
             key.clone(),
             Lease {
+                owner: owner.clone(),
                 fence,
                 expires: now + ttl,
                 released: false,
             },
         );
-        Ok(Some(fence))
+        Ok(Acquired::Granted { fence, took_over })
     }
 
     async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError> {
@@ -126,6 +132,7 @@ impl Store for MemoryStore {
                     st.leases.insert(
                         b.key.clone(),
                         Lease {
+                            owner: b.record.owner.clone(),
                             fence: b.fence,
                             expires: now + b.lease_ttl,
                             released: false,

@@ -78,6 +78,24 @@ pub enum BeatOutcome {
     Reasserted,
 }
 
+/// The answer to [`Store::try_acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// The lease is this pod's now.
+    Granted {
+        /// The new fence.
+        fence: Fence,
+        /// The owner and fence before, when their lease lapsed without a release (a crashed
+        /// or frozen pod): the new owner announces that pod's streams DEAD.
+        took_over: Option<(PodName, Fence)>,
+    },
+    /// Someone holds it.
+    Held {
+        /// When it lapses unless renewed; `None` when the store cannot tell yet.
+        expires_in: Option<Duration>,
+    },
+}
+
 /// One checkpoint to store: see [`Store::save_checkpoints`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointWrite {
@@ -108,7 +126,21 @@ pub trait Store: Send + Sync + 'static {
         key: &StreamKey,
         owner: &PodName,
         ttl: Duration,
-    ) -> Result<Option<Fence>, StoreError>;
+    ) -> Result<Option<Fence>, StoreError> {
+        Ok(match self.try_acquire(key, owner, ttl).await? {
+            Acquired::Granted { fence, .. } => Some(fence),
+            Acquired::Held { .. } => None,
+        })
+    }
+
+    /// [`Store::acquire`], telling a standby when to ask again and a new owner whom it took
+    /// the stream from.
+    async fn try_acquire(
+        &self,
+        key: &StreamKey,
+        owner: &PodName,
+        ttl: Duration,
+    ) -> Result<Acquired, StoreError>;
 
     /// Renews the leases of owned streams and records their liveness, in one round trip per
     /// tenant where the store allows it. Outcomes are in the order of `beats`.

@@ -8,7 +8,7 @@
 //! While the store is unreachable, running streams go on and no new ownership is taken.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -17,8 +17,11 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use streamkeeper_api::{DropReason, EventId, Fence, PodName, StreamState, Tenant, Transition};
-use streamkeeper_coord::{Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey};
+use streamkeeper_api::{
+    DropReason, EventId, Fence, PodName, StreamState, Tenant, Transition,
+    config::DEFAULT_TENANT_LIMIT,
+};
+use streamkeeper_coord::{Acquired, Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey};
 use tokio::{
     sync::{Notify, watch},
     time::Instant,
@@ -64,6 +67,8 @@ pub struct Ownership {
     held: Mutex<HashMap<StreamKey, Held>>,
     /// Tenants whose stale entries this pod sweeps.
     tenants: Mutex<BTreeSet<Tenant>>,
+    /// Per-tenant pool limits from the config.
+    limits: Mutex<BTreeMap<Tenant, u32>>,
     /// Wakes standbys when a stream is released or declared dead.
     wake: Mutex<HashMap<StreamKey, Arc<Notify>>>,
     draining: AtomicBool,
@@ -88,6 +93,7 @@ impl Ownership {
             pod,
             held: Mutex::new(HashMap::new()),
             tenants: Mutex::new(BTreeSet::new()),
+            limits: Mutex::new(BTreeMap::new()),
             wake: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             store_up: AtomicBool::new(true),
@@ -146,6 +152,21 @@ impl Ownership {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Sets the per-tenant pool limits (from the config).
+    pub fn set_limits(&self, limits: BTreeMap<Tenant, u32>) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    /// The pool limit of `tenant`.
+    pub fn limit(&self, tenant: &Tenant) -> u32 {
+        self.limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied()
+            .unwrap_or(DEFAULT_TENANT_LIMIT)
+    }
+
     /// Registers a tenant for stale sweeps.
     pub fn watch_tenant(&self, tenant: &Tenant) {
         self.tenants
@@ -182,8 +203,9 @@ impl Ownership {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.store.acquire(key, &self.pod, ttl).await {
-                Ok(Some(fence)) => {
+            let mut retry = None;
+            match self.store.try_acquire(key, &self.pod, ttl).await {
+                Ok(Acquired::Granted { fence, took_over }) => {
                     self.mark_store(true);
                     let (tx, rx) = watch::channel(None);
                     let (valid_tx, valid_rx) = watch::channel(Instant::now() + ttl);
@@ -199,6 +221,23 @@ impl Ownership {
                         },
                     );
                     tracing::info!(stream = %key.stream, %fence, "lease acquired");
+                    if let Some((owner, old)) = took_over {
+                        // The previous owner stopped vouching without a release (crashed or
+                        // frozen): announce it, so every pod (and the old owner, if it
+                        // wakes) knows that socket is gone.
+                        let mut t = self.transition(
+                            key,
+                            old,
+                            StreamState::Active,
+                            StreamState::Dead,
+                            "owner_lost",
+                        );
+                        t.owner = Some(owner);
+                        tracing::warn!(stream = %key.stream, previous = ?t.owner.as_ref().map(|p| p.as_str()), %old, "took over a lapsed lease");
+                        if let Err(e) = self.store.publish(key, fence, &t).await {
+                            tracing::debug!(error = %e, "owner_lost not published");
+                        }
+                    }
                     return Some(Claim {
                         key: key.clone(),
                         fence,
@@ -206,17 +245,25 @@ impl Ownership {
                         valid_until: valid_rx,
                     });
                 }
-                Ok(None) => self.mark_store(true),
+                Ok(Acquired::Held { expires_in }) => {
+                    self.mark_store(true);
+                    retry = expires_in;
+                }
                 Err(e) => {
                     self.mark_store(false);
                     tracing::debug!(stream = %key.stream, error = %e, "cannot contend for the lease");
                 }
             }
-            // Someone else holds it: try again when it would lapse, or at once on a handover
-            // or DEAD. The jitter keeps standbys from arriving together.
-            let retry = ttl
-                .mul_f64(0.25 + 0.25 * rand::random::<f64>())
-                .min(Duration::from_secs(5));
+            // Someone else holds it: ask again just after it would lapse (a handover or DEAD
+            // wakes us at once). The jitter keeps standbys from arriving together; one ask per
+            // lease lifetime keeps the store's load flat however many standbys there are.
+            let jitter = Duration::from_millis(50).mul_f64(1.0 + 4.0 * rand::random::<f64>());
+            let retry = match retry {
+                Some(left) => (left + jitter).min(ttl),
+                None => ttl
+                    .mul_f64(0.25 + 0.25 * rand::random::<f64>())
+                    .min(Duration::from_secs(5)),
+            };
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(retry) => {}
@@ -362,6 +409,7 @@ impl Ownership {
             return;
         }
         let sent_at = Instant::now();
+        let mut reasserted = Vec::new();
         match self.store.beat(&beats).await {
             Ok(outcomes) => {
                 self.mark_store(true);
@@ -379,6 +427,9 @@ impl Ownership {
                         }
                         BeatOutcome::Fenced => self.lose(key, beat.fence, DropReason::OwnerLost),
                     }
+                    if outcome == BeatOutcome::Reasserted {
+                        reasserted.push((key.clone(), beat.fence));
+                    }
                 }
             }
             Err(e) => {
@@ -388,6 +439,21 @@ impl Ownership {
                 // running ones go on. (A frozen pod makes no attempt, and its leases lapse.)
                 for h in self.held().values() {
                     h.valid_until.send_replace(sent_at + h.ttl);
+                }
+            }
+        }
+        // A store that lost a lease (restarted empty) lost its pool slot too: take it back, or
+        // give the stream up if the pool filled meanwhile (the limit holds at every instant).
+        for (key, fence) in reasserted {
+            match self
+                .store
+                .pool_acquire(&key, fence, self.limit(&key.tenant))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => self.lose(&key, fence, DropReason::Preempted),
+                Err(e) => {
+                    tracing::debug!(stream = %key.stream, error = %e, "pool slot not re-taken yet")
                 }
             }
         }
@@ -434,8 +500,13 @@ impl Ownership {
                 held.get(&key).map(|h| h.fence)
             };
             if let Some(fence) = ours {
-                let from_us = t.owner.as_ref() == Some(&self.pod) && t.fence == Some(fence);
-                if !from_us || t.reason == "stale" {
+                let about = t.fence.unwrap_or(Fence(0));
+                // Older fence: about an owner before us (e.g. our own takeover's owner_lost).
+                // Our fence, from us, for a socket: our own report of a reaped socket.
+                let ours_reaped = about == fence
+                    && t.owner.as_ref() == Some(&self.pod)
+                    && !matches!(t.reason.as_str(), "stale" | "owner_lost");
+                if about >= fence && !ours_reaped {
                     self.lose(&key, fence, DropReason::OwnerLost);
                 }
             }

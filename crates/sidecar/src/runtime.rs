@@ -2,15 +2,15 @@
 //! reload without touching unchanged streams), each with its hub, status, lease and session.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use serde_json::json;
 use streamkeeper_api::{
-    DropReason, Fence, PodName, SidecarConfig, StreamId, StreamSpec, StreamState, Tenant, ToApp,
-    config::{ConfigError, DEFAULT_TENANT_LIMIT},
+    DropReason, Fence, PodName, SidecarConfig, StreamId, StreamSpec, StreamState, ToApp,
+    config::ConfigError,
 };
 use streamkeeper_coord::{Store, StreamKey};
 use tokio::{sync::watch, task::JoinHandle};
@@ -63,8 +63,6 @@ pub struct Pod {
     extra_observer: Option<Arc<dyn Observer>>,
     streams: Mutex<HashMap<StreamId, Entry>>,
     tick: watch::Sender<(Duration, Duration)>,
-    /// Per-tenant caps from the config (the store enforces them across pods).
-    limits: watch::Sender<BTreeMap<Tenant, u32>>,
 }
 
 impl std::fmt::Debug for Pod {
@@ -96,7 +94,6 @@ impl Pod {
             extra_observer,
             streams: Mutex::new(HashMap::new()),
             tick: watch::channel((Duration::from_secs(15), Duration::from_secs(35))).0,
-            limits: watch::channel(BTreeMap::new()).0,
         })
     }
 
@@ -193,7 +190,7 @@ impl Pod {
             .max()
             .unwrap_or(Duration::from_secs(35));
         self.tick.send_replace((period, stale));
-        self.limits.send_replace(config.tenant_limits.clone());
+        self.ownership.set_limits(config.tenant_limits.clone());
         Ok(applied)
     }
 
@@ -422,12 +419,7 @@ impl Pod {
     ) -> bool {
         let mut told = false;
         loop {
-            let limit = self
-                .limits
-                .borrow()
-                .get(&spec.tenant)
-                .copied()
-                .unwrap_or(DEFAULT_TENANT_LIMIT);
+            let limit = self.ownership.limit(&spec.tenant);
             match self
                 .ownership
                 .store()

@@ -18,7 +18,8 @@ use super::{
     keys, scripts, subscriber,
 };
 use crate::store::{
-    Beat, BeatOutcome, CheckpointWrite, ConnRecord, Store, StoreError, StreamKey, TransitionStream,
+    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, Store, StoreError, StreamKey,
+    TransitionStream,
 };
 
 /// Streams per script call: bounds one script's run time (Redis serves nobody else meanwhile)
@@ -257,17 +258,17 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn acquire(
+    async fn try_acquire(
         &self,
         key: &StreamKey,
         owner: &PodName,
         ttl: Duration,
-    ) -> Result<Option<Fence>, StoreError> {
+    ) -> Result<Acquired, StoreError> {
         if self.conn.unavailable_within(ttl) {
             // Owners could not renew while this store could not reach Redis: they re-assert
             // first. (Answered after a PING, so a Redis still down reads as unavailable.)
             self.ping().await?;
-            return Ok(None);
+            return Ok(Acquired::Held { expires_in: None });
         }
         let mut call = scripts::ACQUIRE.call();
         call.key(keys::lease(key))
@@ -276,14 +277,38 @@ impl Store for RedisStore {
             .arg(key.stream.as_str())
             .arg(owner.as_str())
             .arg(millis(ttl).max(1));
-        let fence: Option<u64> = self
+        let reply: Vec<Value> = self
             .conn
             .run("acquire", |mut c| async move { call.invoke(&mut c).await })
             .await?;
-        if fence.is_some() {
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        let acquired = match (int(reply.first()), reply.get(1)) {
+            (Some(0), _) => Acquired::Held {
+                expires_in: int(reply.get(1)).map(Duration::from_millis),
+            },
+            (Some(fence), Some(prev)) => {
+                let prev_owner = match prev {
+                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                };
+                let took_over = prev_owner
+                    .parse::<PodName>()
+                    .ok()
+                    .zip(int(reply.get(2)).map(Fence));
+                Acquired::Granted {
+                    fence: Fence(fence),
+                    took_over,
+                }
+            }
+            _ => return Err(StoreError::Protocol(format!("acquire answered {reply:?}"))),
+        };
+        if matches!(acquired, Acquired::Granted { .. }) {
             self.register([&key.tenant]).await;
         }
-        Ok(fence.map(Fence))
+        Ok(acquired)
     }
 
     async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError> {

@@ -1,7 +1,9 @@
 -- acquire: take a stream's lease if nobody holds it.
 -- KEYS: 1 lease string, 2 the tenant's lease-expiry zset, 3 the tenant's fence counter
 -- ARGV: 1 stream, 2 owner, 3 ttl ms
--- Returns the new fence, or nil while a live lease is held by anyone.
+-- Returns {fence, previous owner, previous fence} when granted (the previous owner is '' unless
+-- the lease lapsed without a release: a crashed or frozen owner), or {0, ms left} while a live
+-- lease is held by anyone.
 -- The lease is free when absent, released, or lapsed (its expiry score is past Redis's clock,
 -- or gone). The new fence is above the counter and above the fence in the old value, so fences
 -- only grow, even after the counter was lost with an emptied Redis. SET clears any retention
@@ -10,15 +12,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cur = redis.call('GET', KEYS[1])
 local curfence = 0
+local lapsed_owner = ''
 if cur then
-  local f, rest = string.match(cur, '^(%d+):[^:]+(.*)$')
+  local f, owner, rest = string.match(cur, '^(%d+):([^:]+)(.*)$')
   if f then
     curfence = tonumber(f)
     if rest == '' then
       local exp = redis.call('ZSCORE', KEYS[2], ARGV[1])
       if exp and tonumber(exp) > now then
-        return nil
+        return {0, tonumber(exp) - now}
       end
+      lapsed_owner = owner
     end
   end
 end
@@ -29,4 +33,4 @@ if fence <= curfence then
 end
 redis.call('SET', KEYS[1], string.format('%d', fence) .. ':' .. ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-return fence
+return {fence, lapsed_owner, curfence}
