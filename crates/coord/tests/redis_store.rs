@@ -18,8 +18,8 @@ use common::{Deployment, RedisCluster, RedisServer};
 use futures_util::StreamExt;
 use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant, Transition};
 use streamkeeper_coord::{
-    Beat, BeatOutcome, CheckpointWrite, ConnRecord, RedisStore, Store, StoreError, StreamKey,
-    TransitionStream,
+    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, RedisStore, Store, StoreError,
+    StreamKey, TransitionStream,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -164,6 +164,7 @@ macro_rules! on_single_node_and_cluster {
 }
 
 on_single_node_and_cluster!(
+    a_standby_learns_when_to_ask_and_a_new_owner_whom_it_took_over,
     one_owner_renews_and_an_old_fence_is_refused,
     a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept,
     a_release_hands_over_at_once_and_fences_the_releaser,
@@ -179,6 +180,64 @@ on_single_node_and_cluster!(
 
 // ---------------------------------------------------------------------------------------------
 // scenarios
+
+async fn a_standby_learns_when_to_ask_and_a_new_owner_whom_it_took_over(d: &mut dyn Deployment) {
+    let (a, b) = (store(d), store(d));
+    let k = key("acme", "cc/takeover");
+    let ttl = Duration::from_millis(400);
+    let Acquired::Granted {
+        fence: fa,
+        took_over: None,
+    } = a.try_acquire(&k, &pod("pod-a"), ttl).await.expect("ok")
+    else {
+        panic!("a fresh lease is granted with nobody taken over");
+    };
+    match b.try_acquire(&k, &pod("pod-b"), ttl).await.expect("ok") {
+        Acquired::Held {
+            expires_in: Some(left),
+        } => {
+            assert!(
+                left <= ttl && left > Duration::ZERO,
+                "time left {left:?} within the ttl"
+            );
+        }
+        other => panic!("expected Held with the time left, got {other:?}"),
+    }
+    // pod-a stops vouching (crashed): once its lease lapses, pod-b takes over from it.
+    wait_until("the lease lapses", Duration::from_secs(3), || async {
+        lease_lapsed(d, &k)
+    })
+    .await;
+    match b.try_acquire(&k, &pod("pod-b"), ttl).await.expect("ok") {
+        Acquired::Granted { fence, took_over } => {
+            assert!(fence > fa);
+            assert_eq!(took_over, Some((pod("pod-a"), fa)));
+        }
+        other => panic!("expected a takeover, got {other:?}"),
+    }
+    // A released lease is handed over, not taken over.
+    let k2 = key("acme", "cc/released");
+    let f = a
+        .acquire(&k2, &pod("pod-a"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    assert!(
+        a.release(
+            &k2,
+            f,
+            &transition(&k2, StreamState::Stopped, "shutdown", f)
+        )
+        .await
+        .expect("ok")
+    );
+    match b.try_acquire(&k2, &pod("pod-b"), ttl).await.expect("ok") {
+        Acquired::Granted {
+            took_over: None, ..
+        } => {}
+        other => panic!("a release is a handover, not a takeover: {other:?}"),
+    }
+}
 
 async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
     let (a, b) = (store(d), store(d));
