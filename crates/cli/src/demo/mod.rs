@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use self::{
     app::{AppHandle, Ledger},
-    timeline::{Timeline, is_state},
+    timeline::{Timeline, is_dropped, is_state},
 };
 
 const STREAMS: [&str; 3] = ["queue-events", "agent-presence", "call-legs"];
@@ -276,14 +276,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     });
     let dead = timeline
         .wait_for(since, HEARTBEAT.timeout + Duration::from_secs(3), |e| {
-            e.stream == victim
-                && matches!(
-                    e.event,
-                    SessionEvent::Dropped {
-                        reason: DropReason::PongTimeout,
-                        ..
-                    }
-                )
+            is_dropped(e, &victim, DropReason::PongTimeout)
         })
         .await;
     match dead.as_ref().map(|e| &e.event) {
@@ -326,14 +319,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     });
     let seen = timeline
         .wait_for(since, Duration::from_secs(3), |e| {
-            e.stream == reset
-                && matches!(
-                    e.event,
-                    SessionEvent::Dropped {
-                        reason: DropReason::TcpError,
-                        ..
-                    }
-                )
+            is_dropped(e, &reset, DropReason::TcpError)
         })
         .await
         .is_some();
@@ -478,14 +464,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     });
     let failed = timeline
         .wait_for(since, Duration::from_secs(3), |e| {
-            e.stream == reset
-                && matches!(
-                    e.event,
-                    SessionEvent::Dropped {
-                        reason: DropReason::TcpError,
-                        ..
-                    }
-                )
+            is_dropped(e, &reset, DropReason::TcpError)
         })
         .await
         .is_some();

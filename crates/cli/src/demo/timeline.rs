@@ -191,3 +191,8 @@ impl Observer for PodObserver {
 pub fn is_state(e: &Entry, state: StreamState) -> bool {
     matches!(e.event, SessionEvent::State { to, .. } if to == state)
 }
+
+/// Whether an entry is a socket of `stream` reaped for `reason`.
+pub fn is_dropped(e: &Entry, stream: &StreamId, reason: DropReason) -> bool {
+    &e.stream == stream && matches!(e.event, SessionEvent::Dropped { reason: r, .. } if r == reason)
+}
