@@ -13,9 +13,9 @@
 //! Parameters (environment): `SK_BENCH_CONNS` (10000), `SK_BENCH_INTERVAL` (15s),
 //! `SK_BENCH_TIMEOUT` (35s), `SK_BENCH_CPU_WINDOW` (60s), `SK_BENCH_COMPARE=1` to also measure
 //! tokio-tungstenite 0.30 on the same emulator. Two knobs for experiments only:
-//! `SK_BENCH_WORKERS` (2) and `SK_BENCH_PHASE_GRID` (unset: first pings spread evenly over one
-//! interval, as the session's random phase does; e.g. `100ms`: first pings on a shared grid, so
-//! pings due together fire in one timer wakeup).
+//! `SK_BENCH_WORKERS` (2) and `SK_BENCH_PHASE_GRID` (unset: first pings as the session places
+//! them, spread over one interval on the 100 ms ping grid of `liveness::ping_phase`; e.g.
+//! `1s`: another grid step, to see what the step costs in detection latency).
 //!
 //! The emulator runs as a child process: the client and server sockets of 10,000 connections
 //! do not fit one process's 20,000 files. A counting global allocator gives live heap bytes,
@@ -39,7 +39,7 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use streamkeeper_api::{ConnectionId, StreamSpec};
 use streamkeeper_sidecar::{
-    liveness::{HeartbeatPolicy, Liveness},
+    liveness::{self, HeartbeatPolicy, Liveness},
     platforms::{Adapter, Inbound, generic::Generic},
     session,
     upstream::{Tick, Upstream},
@@ -440,6 +440,8 @@ struct Plan {
     adapter: Arc<dyn Adapter>,
     /// With `SK_BENCH_PHASE_GRID`: the grid's origin and step.
     grid: Option<(Instant, Duration)>,
+    /// The product's ping-grid origin (process-wide, like the session's).
+    origin: Instant,
 }
 
 impl Plan {
@@ -466,17 +468,24 @@ impl Plan {
             policy: HeartbeatPolicy::from(spec.heartbeat),
             adapter,
             grid: params.phase_grid.map(|step| (Instant::now(), step)),
+            origin: Instant::now(),
         })
     }
 
-    /// When connection `i` of `n`, connected now, sends its first ping: spread evenly over one
-    /// interval, or, with a grid, on the grid slot at or below that spread, the same absolute
-    /// instants for every connection.
+    /// When connection `i` of `n`, connected now, sends its first ping: as the session places
+    /// it (spread evenly over one interval, on the product's ping grid), or, with an
+    /// experimental grid, on that grid's slot at or below the spread.
     fn first_ping_after(&self, i: usize, n: usize) -> Duration {
         let interval = self.policy.interval;
         let spread = interval.mul_f64(i as f64 / n as f64);
         let Some((origin, step)) = self.grid else {
-            return spread;
+            // The product's own choice: spread over the interval, on the 100 ms grid.
+            return liveness::ping_phase(
+                self.origin,
+                Instant::now(),
+                interval,
+                i as f64 / n as f64,
+            );
         };
         let slot = u64::try_from(spread.as_nanos() / step.as_nanos() * step.as_nanos())
             .unwrap_or(u64::MAX);
@@ -1143,7 +1152,7 @@ fn print_report(params: &Params, emulator: &EmulatorProcess, r: &Report) {
             "  EXPERIMENT: first pings on a shared {step:?} grid (SK_BENCH_PHASE_GRID), not spread like the session's"
         ),
         None => println!(
-            "  first pings spread evenly over one interval (the session picks a uniformly random phase)"
+            "  first pings spread evenly over one interval, on the product's 100 ms ping grid (liveness::ping_phase)"
         ),
     }
     println!();

@@ -24,7 +24,7 @@ use crate::{
     backoff::Backoff,
     clock::epoch_ms,
     hub::{Hub, Push},
-    liveness::{Health, HeartbeatPolicy},
+    liveness::{self, Health, HeartbeatPolicy},
     metrics::{EventOutcome, StreamMetrics},
     net::SocketOptions,
     platforms::{Adapter, AdapterError, Inbound, Rotation, SocketPlan},
@@ -204,11 +204,19 @@ pub fn connect_options(
 }
 
 /// Runs the stream until `stop` carries a reason; returns that reason.
-pub async fn run(ctx: SessionCtx, mut stop: watch::Receiver<Option<DropReason>>) -> DropReason {
+///
+/// Not an `async fn`: one would keep `ctx` in its future twice (the argument and the session
+/// made from it), about 800 bytes more for every stream.
+pub fn run(
+    ctx: SessionCtx,
+    mut stop: watch::Receiver<Option<DropReason>>,
+) -> impl std::future::Future<Output = DropReason> + Send {
     let mut s = Session::new(ctx);
-    let reason = s.run(&mut stop).await;
-    s.set_state(StreamState::Stopped, Some(reason));
-    reason
+    async move {
+        let reason = s.run(&mut stop).await;
+        s.set_state(StreamState::Stopped, Some(reason));
+        reason
+    }
 }
 
 struct Session {
@@ -394,11 +402,14 @@ impl Session {
     /// The first ping goes out at a random point of the first interval, so thousands of
     /// sockets opened together do not ping together forever after.
     fn ping_phase(&self) -> Duration {
-        self.ctx
-            .spec
-            .heartbeat
-            .interval
-            .mul_f64(rand::random::<f64>())
+        static GRID_ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let origin = *GRID_ORIGIN.get_or_init(Instant::now);
+        liveness::ping_phase(
+            origin,
+            Instant::now(),
+            self.ctx.spec.heartbeat.interval,
+            rand::random::<f64>(),
+        )
     }
 
     /// Waits until the token manager holds a valid token; paused meanwhile.
