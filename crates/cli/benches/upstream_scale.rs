@@ -1377,10 +1377,6 @@ fn print_report(params: &Params, emulator: &EmulatorProcess, r: &Report) {
         size_of::<tokio::time::Sleep>(),
         size_of::<TcpStream>()
     );
-    println!(
-        "  product note: session::run(ctx: SessionCtx, ..) moves its {} B SessionCtx into a Session held across awaits, so the stream's task future holds it twice",
-        size_of::<session::SessionCtx>()
-    );
     if let Some(c) = cal {
         println!(
             "  calibration ({CALIBRATION_COUNT} each): a bare tokio TcpStream holds {} of heap (size class {}); a task whose future is {} B is one {} allocation",
