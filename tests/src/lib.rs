@@ -23,9 +23,12 @@
 //! ```
 
 pub mod app;
+pub mod fleet;
 pub mod harness;
 pub mod process;
 pub mod recorder;
+pub mod redis;
+pub mod scenarios;
 pub mod util;
 
 pub use app::{AckMode, App, FromServer};

@@ -610,13 +610,39 @@ pub fn history(lines: &[String], lease: &str, ckpt: &str) -> Vec<KeyWrite> {
     out
 }
 
+/// Checks a [`history`]: every checkpoint write was made by a script called with the fence
+/// that held the lease at that moment (the last lease write before it, not a release). Returns
+/// the writes that break it.
+pub fn fence_violations(history: &[KeyWrite]) -> Vec<String> {
+    let mut holder: Option<(u64, String, bool)> = None;
+    let mut out = Vec::new();
+    for (i, w) in history.iter().enumerate() {
+        match w {
+            KeyWrite::Lease {
+                fence,
+                owner,
+                released,
+            } => holder = Some((*fence, owner.clone(), *released)),
+            KeyWrite::Checkpoint { id, fence, client } => match (&holder, fence) {
+                (Some((held, _, false)), Some(f)) if held == f => {}
+                _ => out.push(format!(
+                    "write #{i}: checkpoint {id} by {client} with fence {fence:?} while the lease \
+                     was {holder:?}"
+                )),
+            },
+            KeyWrite::CheckpointCall { .. } => {}
+        }
+    }
+    out
+}
+
 /// The (fence, id) of our stream in a checkpoint script call `EVALSHA sha n k1..kn a1..`, whose
 /// keys come in (lease, ckpt) pairs and arguments in (fence, id) pairs.
 fn checkpoint_call(args: &[String], lease: &str, ckpt: &str) -> Option<(u64, String)> {
     let n: usize = args.get(2)?.parse().ok()?;
     let keys = args.get(3..3 + n)?;
     let argv = args.get(3 + n..)?;
-    if n % 2 != 0 || argv.len() != n {
+    if !n.is_multiple_of(2) || argv.len() != n {
         return None;
     }
     let i = keys
@@ -655,8 +681,8 @@ impl Transitions {
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {
                     let text = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
-                    let value = serde_json::from_str(&text)
-                        .unwrap_or(serde_json::Value::String(text));
+                    let value =
+                        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
                     heard
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -689,7 +715,11 @@ impl Transitions {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(hit) = self.all().into_iter().find(|(at, t)| *at >= since && pred(t)) {
+            if let Some(hit) = self
+                .all()
+                .into_iter()
+                .find(|(at, t)| *at >= since && pred(t))
+            {
                 return Some(hit);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -750,5 +780,33 @@ mod tests {
         );
         let direct = MonitorLine::parse(&lines[5]).expect("parses");
         assert_eq!(direct.args[2], "q:\"x\\y");
+        // The script write is under the holder's fence; the direct write is not.
+        let found = fence_violations(&h);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("write #3"), "{found:?}");
+    }
+
+    #[test]
+    fn a_checkpoint_under_an_old_fence_or_a_released_lease_is_a_violation() {
+        let lease = |fence, owner: &str, released| KeyWrite::Lease {
+            fence,
+            owner: owner.into(),
+            released,
+        };
+        let ckpt = |fence| KeyWrite::Checkpoint {
+            id: "q:1".into(),
+            fence: Some(fence),
+            client: "c".into(),
+        };
+        assert!(fence_violations(&[lease(1, "a", false), ckpt(1)]).is_empty());
+        assert_eq!(
+            fence_violations(&[lease(1, "a", false), lease(2, "b", false), ckpt(1)]).len(),
+            1
+        );
+        assert_eq!(
+            fence_violations(&[lease(1, "a", false), lease(1, "a", true), ckpt(1)]).len(),
+            1
+        );
+        assert_eq!(fence_violations(&[ckpt(1)]).len(), 1);
     }
 }

@@ -17,6 +17,10 @@ pub enum StoreError {
     /// The store answered something this version does not understand.
     #[error("store protocol error: {0}")]
     Protocol(String),
+    /// The store has no lease at all for the stream: it lost its data (restarted empty). Not a
+    /// fencing: the owner re-asserts with its next beat; retry after that.
+    #[error("the store has no lease for this stream (restarted empty?): retry after the next beat")]
+    LeaseMissing,
 }
 
 /// A stream's place in the store: its tenant (the hash tag) and its id.
@@ -155,7 +159,8 @@ pub trait Store: Send + Sync + 'static {
         transition: &Transition,
     ) -> Result<bool, StoreError>;
 
-    /// Publishes a state change if `fence` still holds the lease, and records the new state.
+    /// Publishes a state change if `fence` still holds the lease, and records the new state
+    /// (`false`: fenced out; [`StoreError::LeaseMissing`]: the store lost the lease).
     async fn publish(
         &self,
         key: &StreamKey,
@@ -166,7 +171,8 @@ pub trait Store: Send + Sync + 'static {
     /// The last acked event id.
     async fn checkpoint(&self, key: &StreamKey) -> Result<Option<EventId>, StoreError>;
 
-    /// Stores the last acked event id if `fence` still holds the lease.
+    /// Stores the last acked event id if `fence` still holds the lease (`false`: fenced out;
+    /// [`StoreError::LeaseMissing`]: the store lost the lease, retry after the next beat).
     async fn save_checkpoint(
         &self,
         key: &StreamKey,
@@ -175,7 +181,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Stores many checkpoints, each only if its fence still holds its lease; answers in the
-    /// order of `writes`. The Redis store writes them in one round trip per batch (per tenant
+    /// order of `writes` (a lease the store lost reads `false` here: use
+    /// [`Store::save_checkpoint`] to tell it from a fencing). The Redis store writes them in one round trip per batch (per tenant
     /// on a cluster), so a pod that flushes its acked ids periodically costs O(1) commands per
     /// flush, not O(streams).
     async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Result<Vec<bool>, StoreError> {

@@ -86,7 +86,11 @@ pub fn ping_phase(origin: Instant, now: Instant, interval: Duration, unit: f64) 
     let up = if rem == 0 { 0 } else { grid - rem };
     let phase = spread + Duration::from_nanos(u64::try_from(up).unwrap_or(0));
     // Past the interval: the slot before is within it (the interval is at least one slot).
-    if phase > interval { phase - PING_GRID } else { phase }
+    if phase > interval {
+        phase - PING_GRID
+    } else {
+        phase
+    }
 }
 
 /// Pings kept for matching pongs; older unanswered pings only matter for lateness.

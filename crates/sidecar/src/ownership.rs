@@ -308,6 +308,9 @@ impl Ownership {
                 self.mark_store(true);
                 self.lose(claim_key, fence, DropReason::OwnerLost);
             }
+            Err(StoreError::LeaseMissing) => {
+                tracing::debug!(stream = %claim_key.stream, "transition not published: the store lost the lease; the next beat re-asserts it");
+            }
             Err(e) => {
                 self.mark_store(false);
                 tracing::debug!(stream = %claim_key.stream, error = %e, "transition not published");

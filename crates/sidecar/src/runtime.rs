@@ -359,7 +359,7 @@ impl Pod {
                         let id = acked.borrow_and_update().clone();
                         if let Some(id) = id.filter(|id| Some(id) != saved.as_ref()) {
                             if let Err(e) = self.ownership.checkpoint(&claim, &id).await {
-                                tracing::debug!(stream = %spec.id, error = %e, "checkpoint deferred: store unreachable");
+                                tracing::debug!(stream = %spec.id, error = %e, "checkpoint deferred to the next ack or the handover");
                             } else {
                                 saved = Some(id);
                             }

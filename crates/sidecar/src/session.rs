@@ -327,7 +327,7 @@ impl Session {
                 }
             };
             self.connections += 1;
-            let id = ConnectionId(format!("{}-{}", self.ctx.pod, self.connections));
+            let id = self.next_connection_id();
             if let (Some(from), None, true) = (self.dropped_at_ms, &self.last_seen, plan.replays) {
                 // Dropped before the first event: there is no id to resume after.
                 self.ctx.metrics.gap();
@@ -393,6 +393,13 @@ impl Session {
                 return reason;
             }
         }
+    }
+
+    /// `{pod}-{n}`, unique for the life of the process (sessions come and go with leases).
+    fn next_connection_id(&self) -> ConnectionId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnectionId(format!("{}-{n}", self.ctx.pod))
     }
 
     fn policy(&self) -> HeartbeatPolicy {
@@ -574,7 +581,7 @@ impl Session {
                         Ok(Ok((ws, generation))) => {
                             // Make-before-break: the new socket is up; retire the old politely.
                             self.connections += 1;
-                            let id = ConnectionId(format!("{}-{}", self.ctx.pod, self.connections));
+                            let id = self.next_connection_id();
                             let mut old = link.up.replace(ws, id, self.ping_phase());
                             old.queue_close(1000, "rotated");
                             tokio::spawn(async move {

@@ -178,7 +178,7 @@ impl RedisStore {
     async fn checkpoint_chunk(
         &self,
         writes: Vec<&CheckpointWrite>,
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         let mut call = scripts::CHECKPOINT.call();
         for w in &writes {
             call.key(keys::lease(&w.key)).key(keys::ckpt(&w.key));
@@ -197,7 +197,7 @@ impl RedisStore {
                 writes.len()
             )));
         }
-        Ok(codes.into_iter().map(|c| c == 1).collect())
+        Ok(codes)
     }
 
     async fn records_of(&self, tenant: &Tenant) -> Result<Vec<ConnRecord>, StoreError> {
@@ -450,7 +450,10 @@ impl Store for RedisStore {
             .conn
             .run("publish", |mut c| async move { call.invoke(&mut c).await })
             .await?;
-        Ok(held == 1)
+        match held {
+            2 => Err(StoreError::LeaseMissing),
+            held => Ok(held == 1),
+        }
     }
 
     async fn checkpoint(&self, key: &StreamKey) -> Result<Option<EventId>, StoreError> {
@@ -473,8 +476,11 @@ impl Store for RedisStore {
             fence,
             id: id.clone(),
         };
-        let saved = self.save_checkpoints(std::slice::from_ref(&w)).await?;
-        Ok(saved.first().copied().unwrap_or(false))
+        match self.checkpoint_chunk(vec![&w]).await?.first() {
+            Some(1) => Ok(true),
+            Some(2) => Err(StoreError::LeaseMissing),
+            _ => Ok(false),
+        }
     }
 
     async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Result<Vec<bool>, StoreError> {
@@ -500,8 +506,8 @@ impl Store for RedisStore {
         .await;
         let mut out = vec![false; writes.len()];
         for (idx, res) in results {
-            for (i, saved) in idx.into_iter().zip(res?) {
-                out[i] = saved;
+            for (i, code) in idx.into_iter().zip(res?) {
+                out[i] = code == 1;
             }
         }
         Ok(out)

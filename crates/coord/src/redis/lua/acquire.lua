@@ -5,9 +5,7 @@
 -- the lease lapsed without a release: a crashed or frozen owner), or {0, ms left} while a live
 -- lease is held by anyone.
 -- The lease is free when absent, released, or lapsed (its expiry score is past Redis's clock,
--- or gone). The new fence is above the counter and above the fence in the old value, so fences
--- only grow, even after the counter was lost with an emptied Redis. SET clears any retention
--- TTL the old string carried.
+-- or gone). SET clears any retention TTL the old string carried.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cur = redis.call('GET', KEYS[1])
@@ -26,9 +24,13 @@ if cur then
     end
   end
 end
+-- Fences only grow, also when Redis lost its data (counter and leases): never below the
+-- lease's own fence, nor below Redis's clock in milliseconds, which every earlier grant was
+-- floored at too. So a grant after a wipe is newer than any grant before it.
 local fence = redis.call('INCR', KEYS[3])
-if fence <= curfence then
-  fence = curfence + 1
+local floor = math.max(curfence + 1, now)
+if fence < floor then
+  fence = floor
   redis.call('SET', KEYS[3], string.format('%d', fence))
 end
 redis.call('SET', KEYS[1], string.format('%d', fence) .. ':' .. ARGV[2])

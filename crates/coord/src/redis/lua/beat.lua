@@ -12,7 +12,8 @@
 --   no lease at all (Redis lost it)           -> re-asserted: the lease is written back
 --   stored fence <  mine                      -> re-asserted: fences are granted in order, so a
 --                                                lower one can only be a leftover of lost data
---   stored fence >  mine, or mine was released -> fenced
+--   stored fence >  mine, or mine was released,
+--   or the same fence held by another pod      -> fenced
 -- The fence counter is raised to the highest re-asserted fence, so it never goes back below a
 -- fence that was handed out. The conn hash is written only when the record changed, when the
 -- stream was not in the live index (new, or swept), or on re-assertion.
@@ -38,9 +39,9 @@ for i = 1, n do
   local stream, fence, owner = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local mine = tonumber(fence)
   local outcome, write_lease = 0, false
-  local f, rest = nil, nil
+  local f, holder, rest = nil, nil, nil
   if cur[i] then
-    f, rest = string.match(cur[i], '^(%d+):[^:]+(.*)$')
+    f, holder, rest = string.match(cur[i], '^(%d+):([^:]+)(.*)$')
   end
   if not f then
     outcome, write_lease = 1, true
@@ -48,7 +49,7 @@ for i = 1, n do
     local stored = tonumber(f)
     if stored < mine then
       outcome, write_lease = 1, true
-    elseif stored > mine or rest ~= '' then
+    elseif stored > mine or rest ~= '' or holder ~= owner then
       outcome = 2
     elseif exp[i] and tonumber(exp[i]) > now then
       outcome = 0
