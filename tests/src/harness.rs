@@ -57,6 +57,10 @@ pub struct Options {
     pub limits: LimitsSpec,
     /// Events the emulator keeps for replay.
     pub history: usize,
+    /// Lifetime of the tokens the emulator issues.
+    pub token_ttl: Duration,
+    /// The sessions' token schedule.
+    pub token: TokenSpec,
 }
 
 impl Options {
@@ -76,6 +80,11 @@ impl Options {
             },
             limits: LimitsSpec::default(),
             history: 100_000,
+            token_ttl: Duration::from_secs(3600),
+            token: TokenSpec {
+                refresh_lead: Duration::from_secs(120),
+                retry: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -110,10 +119,7 @@ pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> 
         },
         topics: Vec::new(),
         heartbeat: opts.heartbeat,
-        token: TokenSpec {
-            refresh_lead: Duration::from_secs(120),
-            retry: Duration::from_secs(1),
-        },
+        token: opts.token,
         reconnect: opts.reconnect,
         limits: opts.limits,
         tls: None,
@@ -159,6 +165,7 @@ impl Harness {
             streams: opts.streams.clone(),
             event_interval: opts.event_interval,
             history: opts.history,
+            token_ttl: opts.token_ttl,
             ..EmulatorConfig::default()
         };
         write_credentials(&emu_cfg, &creds);

@@ -179,11 +179,13 @@ struct Ended {
 /// One socket and what the session knows about it.
 struct Link {
     up: Upstream,
+    /// The token the platform knows this socket by, and its generation.
+    token: Arc<Token>,
     token_generation: u64,
 }
 
-/// A successor socket being opened for make-before-break rotation.
-type Successor = oneshot::Receiver<Result<(WsClient, u64), String>>;
+/// A successor socket being opened for make-before-break rotation, with its token.
+type Successor = oneshot::Receiver<Result<(WsClient, Arc<Token>, u64), String>>;
 
 /// Builds the connect options for a stream (socket options from its heartbeat timeout).
 pub fn connect_options(
@@ -350,6 +352,7 @@ impl Session {
             }
             let mut link = Link {
                 up: Upstream::new(ws, self.policy(), self.ping_phase(), id.clone()),
+                token: Arc::clone(&token),
                 token_generation: generation,
             };
             for f in &plan.first_frames {
@@ -372,12 +375,8 @@ impl Session {
                     resumed_after: self.last_seen.clone(),
                 },
             );
-            if self.ctx.tokens.borrow().token.is_some() {
-                self.resume();
-                self.set_state(StreamState::Active, None);
-            } else {
-                self.pause();
-            }
+            self.resume();
+            self.set_state(StreamState::Active, None);
 
             let ended = self.drive(&mut link, stop).await;
             self.reap(link, &ended);
@@ -498,7 +497,8 @@ impl Session {
         stop: &mut watch::Receiver<Option<DropReason>>,
     ) -> Ended {
         let rotation = self.ctx.adapter.rotation();
-        let mut pending_refresh: Option<u64> = None;
+        let mut pending_refresh: Option<(u64, Arc<Token>)> = None;
+        let mut tokens_open = true;
         let mut successor: Option<Successor> = None;
         let mut first_pong = true;
         loop {
@@ -546,23 +546,31 @@ impl Session {
                         Err(e) => return self.on_ws_error(e),
                     }
                 }
-                changed = self.ctx.tokens.changed() => {
+                // The socket's token expired and no new one was accepted: hold events.
+                _ = tokio::time::sleep_until(link.token.expires), if !self.ctx.hub.paused() => {
+                    tracing::warn!(stream = %self.stream(), "the socket's token expired before a new one was accepted; forwarding paused");
+                    self.pause();
+                }
+                changed = self.ctx.tokens.changed(), if tokens_open => {
                     if changed.is_err() {
-                        // Manager gone (stream stopping): stop watching tokens.
-                        let _ = stop.wait_for(Option::is_some).await;
+                        // Manager gone (stream stopping): the stop signal follows.
+                        tokens_open = false;
                         continue;
                     }
                     let view = self.ctx.tokens.borrow_and_update().clone();
                     match view.token {
-                        None => self.pause(),
+                        // No valid token right now: the socket's own token may still be good;
+                        // the expiry branch above pauses when it is not.
+                        None => {}
                         Some(token) if view.generation != link.token_generation => match rotation {
                             Rotation::InStream => {
                                 if let Some(frame) = self.ctx.adapter.refresh_frame(token.value.expose()) {
                                     link.up.ws_mut().queue_text(&frame);
-                                    pending_refresh = Some(view.generation);
+                                    pending_refresh = Some((view.generation, token));
                                 }
                             }
                             Rotation::PerMessage => {
+                                link.token = token;
                                 link.token_generation = view.generation;
                                 self.token_ok(view.generation);
                             }
@@ -578,7 +586,7 @@ impl Session {
                 next = async { match successor.as_mut() { Some(rx) => rx.await, None => std::future::pending().await } } => {
                     successor = None;
                     match next {
-                        Ok(Ok((ws, generation))) => {
+                        Ok(Ok((ws, token, generation))) => {
                             // Make-before-break: the new socket is up; retire the old politely.
                             self.connections += 1;
                             let id = self.next_connection_id();
@@ -588,6 +596,7 @@ impl Session {
                                 let _ = tokio::time::timeout(Duration::from_secs(1), old.flush()).await;
                                 old.reset();
                             });
+                            link.token = token;
                             link.token_generation = generation;
                             self.token_ok(generation);
                         }
@@ -640,7 +649,7 @@ impl Session {
                 for f in &plan.first_frames {
                     ws.queue_text(f);
                 }
-                Ok::<_, String>((ws, view.generation))
+                Ok::<_, String>((ws, token, view.generation))
             }
             .await;
             let _ = tx.send(result);
@@ -654,7 +663,7 @@ impl Session {
         link: &mut Link,
         frame: Frame,
         now: Instant,
-        pending_refresh: &mut Option<u64>,
+        pending_refresh: &mut Option<(u64, Arc<Token>)>,
         first_pong: &mut bool,
     ) -> Option<Ended> {
         let inbound = match frame {
@@ -706,7 +715,8 @@ impl Session {
             }
             Inbound::Heartbeat | Inbound::Ignored => {}
             Inbound::TokenAccepted => {
-                if let Some(generation) = pending_refresh.take() {
+                if let Some((generation, token)) = pending_refresh.take() {
+                    link.token = token;
                     link.token_generation = generation;
                     self.token_ok(generation);
                 }
