@@ -264,6 +264,15 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         "every stream runs on exactly one pod",
         "lease with fencing in the shared store",
     );
+    // Faults start once every app has its first event: the streams' starting points.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while STREAMS
+        .iter()
+        .any(|s| ledger.first_acked(&stream_id(s)).is_none())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // 2. Half-open socket.
     let victim = stream_id(STREAMS[0]);
