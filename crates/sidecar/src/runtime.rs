@@ -378,7 +378,9 @@ impl Pod {
             token_task.abort();
             *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let last_state = read_status(&status).state;
-            if reason == DropReason::OwnerLost {
+            if matches!(reason, DropReason::OwnerLost | DropReason::Preempted) {
+                // Another pod owns it now, or the tenant's pool took its slot back: stand by
+                // and contend again (the pool wait follows a new claim).
                 self.ownership.forget(&claim);
                 continue;
             }
