@@ -89,7 +89,7 @@ pub fn pod_name(config: &SidecarConfig) -> PodName {
 }
 
 /// Builds the store the config names.
-pub async fn store_for(config: &SidecarConfig) -> Result<Arc<dyn Store>, RunError> {
+pub fn store_for(config: &SidecarConfig) -> Result<Arc<dyn Store>, RunError> {
     match &config.redis {
         None => Ok(Arc::new(MemoryStore::new())),
         Some(url) => {
@@ -104,7 +104,7 @@ pub async fn store_for(config: &SidecarConfig) -> Result<Arc<dyn Store>, RunErro
 pub async fn run(path: PathBuf) -> Result<(), RunError> {
     let config = load(&path)?;
     let pod_name = pod_name(&config);
-    let store = store_for(&config).await?;
+    let store = store_for(&config)?;
     let metrics = Arc::new(Metrics::new());
     let pod = Pod::new(pod_name.clone(), store, Arc::clone(&metrics), None);
     let app_listener = TcpListener::bind(config.listen)

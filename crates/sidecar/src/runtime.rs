@@ -468,9 +468,9 @@ impl Pod {
             return None;
         };
         loop {
-            match ClientCredentials::load(&spec.credentials).and_then(|c| {
-                TokenClient::new(http.clone(), login, api, adapter.validate_path(), c)
-            }) {
+            match ClientCredentials::load(&spec.credentials)
+                .map(|c| TokenClient::new(http.clone(), login, api, adapter.validate_path(), c))
+            {
                 Ok(c) => return Some(c),
                 Err(e) => {
                     // A Secret mounted late is common: keep trying, say why.

@@ -170,10 +170,29 @@ struct Ended {
     reason: DropReason,
     /// Reset (RST) rather than a polite close.
     abortive: bool,
-    retry_after: Option<Duration>,
     late_by: Option<Duration>,
     /// Reconnect without waiting (the platform announced the close).
     immediate: bool,
+}
+
+impl Ended {
+    /// The socket is reset (RST); the next one follows a backoff.
+    fn reset(reason: DropReason) -> Self {
+        Self {
+            reason,
+            abortive: true,
+            late_by: None,
+            immediate: false,
+        }
+    }
+
+    /// The socket is closed politely (its peer is alive).
+    fn close(reason: DropReason) -> Self {
+        Self {
+            abortive: false,
+            ..Self::reset(reason)
+        }
+    }
 }
 
 /// One socket and what the session knows about it.
@@ -355,9 +374,6 @@ impl Session {
                 token: Arc::clone(&token),
                 token_generation: generation,
             };
-            for f in &plan.first_frames {
-                link.up.ws_mut().queue_text(f);
-            }
             {
                 let mut st = self.status();
                 st.connection = Some(id.clone());
@@ -388,7 +404,7 @@ impl Session {
                 continue;
             }
             let why = format!("connection dropped: {}", ended.reason);
-            if let Some(reason) = self.back_off(stop, why, ended.retry_after).await {
+            if let Some(reason) = self.back_off(stop, why, None).await {
                 return reason;
             }
         }
@@ -449,22 +465,14 @@ impl Session {
 
     /// Plans and opens one socket.
     async fn open(&self, token: &Token) -> Result<(WsClient, SocketPlan), OpenFailure> {
-        let plan = self
-            .ctx
-            .adapter
-            .plan(
-                &self.ctx.http,
-                token.value.expose(),
-                self.last_seen.as_ref(),
-            )
-            .await
-            .map_err(OpenFailure::from_adapter)?;
-        let headers: Vec<(&str, String)> =
-            plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
-        let ws = WsClient::connect(&plan.url, &headers, &self.ctx.connect)
-            .await
-            .map_err(OpenFailure::from_ws)?;
-        Ok((ws, plan))
+        open_socket(
+            self.ctx.adapter.as_ref(),
+            &self.ctx.http,
+            &self.ctx.connect,
+            token,
+            self.last_seen.as_ref(),
+        )
+        .await
     }
 
     /// Waits out a jittered backoff; returns a stop reason if stopped meanwhile.
@@ -510,13 +518,7 @@ impl Session {
                 _ = tokio::time::sleep_until(lease_until) => {
                     if Instant::now() >= *self.ctx.lease.borrow() {
                         tracing::warn!(stream = %self.stream(), "lease not renewed in time (was this pod frozen?); terminating");
-                        return Ended {
-                            reason: DropReason::OwnerLost,
-                            abortive: true,
-                            retry_after: None,
-                            late_by: None,
-                            immediate: false,
-                        };
+                        return Ended::reset(DropReason::OwnerLost);
                     }
                 }
                 tick = link.up.next(|seq| adapter.ping(seq)) => {
@@ -535,13 +537,7 @@ impl Session {
                         Ok(Tick::Pinged) => self.ctx.metrics.ping_sent(),
                         Ok(Tick::Degraded) => self.set_state(StreamState::Degraded, None),
                         Ok(Tick::Dead { late_by, .. }) => {
-                            return Ended {
-                                reason: DropReason::PongTimeout,
-                                abortive: true,
-                                retry_after: None,
-                                late_by: Some(late_by),
-                                immediate: false,
-                            };
+                            return Ended { late_by: Some(late_by), ..Ended::reset(DropReason::PongTimeout) };
                         }
                         Err(e) => return self.on_ws_error(e),
                     }
@@ -608,8 +604,11 @@ impl Session {
                 }
                 _ = stop.changed() => {
                     if let Some(reason) = *stop.borrow() {
-                        let abortive = matches!(reason, DropReason::OwnerLost | DropReason::Preempted);
-                        return Ended { reason, abortive, retry_after: None, late_by: None, immediate: false };
+                        // Another pod may stream it already: no goodbye that could race it.
+                        return match reason {
+                            DropReason::OwnerLost | DropReason::Preempted => Ended::reset(reason),
+                            _ => Ended::close(reason),
+                        };
                     }
                 }
             }
@@ -637,18 +636,10 @@ impl Session {
         tokio::spawn(async move {
             let result = async {
                 let token = view.token.ok_or("no valid token")?;
-                let plan = adapter
-                    .plan(&http, token.value.expose(), resume.as_ref())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let headers: Vec<(&str, String)> =
-                    plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
-                let mut ws = WsClient::connect(&plan.url, &headers, &connect)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for f in &plan.first_frames {
-                    ws.queue_text(f);
-                }
+                let (ws, _) =
+                    open_socket(adapter.as_ref(), &http, &connect, &token, resume.as_ref())
+                        .await
+                        .map_err(|f| f.error)?;
                 Ok::<_, String>((ws, token, view.generation))
             }
             .await;
@@ -674,13 +665,7 @@ impl Session {
             Frame::Close(close) => {
                 let (code, reason) = close.unwrap_or((1005, String::new()));
                 tracing::info!(stream = %self.stream(), code, reason = %reason, "platform closed the socket");
-                return Some(Ended {
-                    reason: DropReason::ServerClose,
-                    abortive: false,
-                    retry_after: None,
-                    late_by: None,
-                    immediate: false,
-                });
+                return Some(Ended::close(DropReason::ServerClose));
             }
         };
         self.status().last_pong_ms = epoch_ms();
@@ -729,11 +714,8 @@ impl Session {
             Inbound::Closing(why) => {
                 tracing::info!(stream = %self.stream(), reason = %why, "platform announced a close; reconnecting now");
                 return Some(Ended {
-                    reason: DropReason::ServerClose,
-                    abortive: false,
-                    retry_after: None,
-                    late_by: None,
                     immediate: true,
+                    ..Ended::close(DropReason::ServerClose)
                 });
             }
             Inbound::RateLimited(after) => {
@@ -755,13 +737,7 @@ impl Session {
         } else {
             tracing::info!(stream = %self.stream(), error = %e, "upstream socket failed");
         }
-        Ended {
-            reason: DropReason::TcpError,
-            abortive: true,
-            retry_after: None,
-            late_by: None,
-            immediate: false,
-        }
+        Ended::reset(DropReason::TcpError)
     }
 
     /// Terminates the socket and tells everyone.
@@ -811,6 +787,28 @@ impl Session {
         );
         self.set_state(StreamState::Dead, Some(ended.reason));
     }
+}
+
+/// Plans a socket (the adapter's REST calls), opens it, and queues the plan's first frames.
+async fn open_socket(
+    adapter: &dyn Adapter,
+    http: &reqwest::Client,
+    connect: &ConnectOptions,
+    token: &Token,
+    resume_after: Option<&EventId>,
+) -> Result<(WsClient, SocketPlan), OpenFailure> {
+    let plan = adapter
+        .plan(http, token.value.expose(), resume_after)
+        .await
+        .map_err(OpenFailure::from_adapter)?;
+    let headers: Vec<(&str, String)> = plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let mut ws = WsClient::connect(&plan.url, &headers, connect)
+        .await
+        .map_err(OpenFailure::from_ws)?;
+    for f in &plan.first_frames {
+        ws.queue_text(f);
+    }
+    Ok((ws, plan))
 }
 
 /// Why a socket could not be opened.

@@ -162,11 +162,11 @@ pub struct TokenClient {
     creds: ClientCredentials,
 }
 
-fn join(base: &Url, path: &str) -> Result<Url, TokenError> {
+fn join(base: &Url, path: &str) -> Url {
     let mut url = base.clone();
     let joined = format!("{}{}", base.path().trim_end_matches('/'), path);
     url.set_path(&joined);
-    Ok(url)
+    url
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
@@ -185,13 +185,13 @@ impl TokenClient {
         api: &Url,
         validate_path: &str,
         creds: ClientCredentials,
-    ) -> Result<Self, TokenError> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             http,
-            token_url: join(login, "/oauth/token")?,
-            validate_url: join(api, validate_path)?,
+            token_url: join(login, "/oauth/token"),
+            validate_url: join(api, validate_path),
             creds,
-        })
+        }
     }
 
     /// Client-credentials grant: Basic auth, form body.

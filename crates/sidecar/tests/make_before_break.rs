@@ -154,8 +154,7 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
     };
     let http = net::plain_http_client();
     let creds = ClientCredentials::load(&spec.credentials).expect("load");
-    let client =
-        TokenClient::new(http.clone(), &base, &base, "/api/v2/users/me", creds).expect("client");
+    let client = TokenClient::new(http.clone(), &base, &base, "/api/v2/users/me", creds);
     let (tokens, refresh_now, token_task) = spawn_manager(client, spec.token, Arc::new(|_| {}));
     let hub = Hub::new(spec.id.clone(), 100_000, None);
     let recorder = Arc::new(Recorder::default());
