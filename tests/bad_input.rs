@@ -175,17 +175,6 @@ async fn garbage_from_upstream_is_skipped_or_reaped_and_the_stream_recovers() {
     h.shutdown().await;
 }
 
-async fn wait_acked(h: &Harness, stream: &StreamId, id: &EventId) {
-    let mut acked = h.hub(stream).acked();
-    tokio::time::timeout(
-        Duration::from_secs(3),
-        acked.wait_for(|a| a.as_ref() == Some(id)),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("the hub never saw the ack of {id:?}"))
-    .expect("the hub is alive");
-}
-
 /// Reads until the sidecar's close frame; returns its code.
 async fn close_code(app: &mut App, what: &str) -> Option<u16> {
     let (_, closed) = app
@@ -220,7 +209,7 @@ async fn garbage_from_the_app_costs_at_most_its_own_socket_and_the_pod_keeps_ser
     let next = event_after(&mut app, event_seq(&first)).await;
     let next = EventId(format!("{name}:{next:09}"));
     app.ack(&next);
-    wait_acked(&h, &id, &next).await;
+    h.wait_acked(&id, &next).await;
     // Each was logged, naming the stream (and never echoing the frame).
     logged(lines, &id, "binary", "the binary frame").await;
     logged(lines, &id, "nack", "the unknown message type").await;

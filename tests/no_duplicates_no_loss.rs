@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use streamkeeper_api::{DropReason, EventId, StreamId, app_protocol::AppFrame};
+use streamkeeper_api::{DropReason, EventId, app_protocol::AppFrame};
 use streamkeeper_e2e::{AckMode, App, FromServer, Harness, Options, event_seq};
 use streamkeeper_emulator::Fault;
 
@@ -54,17 +54,6 @@ async fn pump(
             ),
         }
     }
-}
-
-async fn wait_acked(h: &Harness, stream: &StreamId, id: &EventId) {
-    let mut acked = h.hub(stream).acked();
-    tokio::time::timeout(
-        Duration::from_secs(3),
-        acked.wait_for(|a| a.as_ref() == Some(id)),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("the hub never saw the ack of {id:?}"))
-    .expect("the hub is alive");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +194,7 @@ async fn across_resets_and_a_blackhole_every_event_is_acked_exactly_once_and_in_
         "the app heard every drop"
     );
     let last_id = EventId(format!("{name}:{:09}", ledger.last()));
-    wait_acked(&h, &id, &last_id).await;
+    h.wait_acked(&id, &last_id).await;
     drop(app);
     h.shutdown().await;
 }
@@ -241,7 +230,7 @@ async fn an_app_that_reconnects_gets_its_unacked_events_again_and_never_an_acked
     assert_eq!(seqs(&got), (1..=10).collect::<Vec<_>>());
     // A cumulative ack of 1..=6; 7..=10 stay unacked.
     app.ack(&got[5]);
-    wait_acked(&h, &id, &got[5]).await;
+    h.wait_acked(&id, &got[5]).await;
     app.close(Duration::from_secs(3)).await;
 
     // While the app is away: more events, an upstream reset and reconnect, more events.
@@ -274,7 +263,7 @@ async fn an_app_that_reconnects_gets_its_unacked_events_again_and_never_an_acked
     let next = events(&mut app, 1).await;
     assert_eq!(seqs(&next), [21], "nothing repeated after the redelivery");
     app.ack(&next[0]);
-    wait_acked(&h, &id, &next[0]).await;
+    h.wait_acked(&id, &next[0]).await;
 
     // Gone abruptly (no close handshake) with everything acked: a new app gets only new events.
     drop(app);

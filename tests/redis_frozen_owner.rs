@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use streamkeeper_e2e::{
-    fleet::{Crash, Fleet, Ledger, Sampler, TENANT, Timers, owns, seq_of, stream_id},
+    fleet::{Crash, Fleet, Ledger, Sampler, TENANT, Timers, owns, stream_id},
     redis::{KeyWrite, Monitor, RedisServer, ckpt_key, fence_violations, lease_key},
     scenarios::CHECKPOINT_LAG,
 };
@@ -154,24 +154,7 @@ async fn a_pod_frozen_past_its_lease_tears_down_on_wake_and_never_checkpoints_wi
 
     let next_name = fleet.pods[next].name.clone();
     let frozen_name = fleet.pods[frozen].name.clone();
-    let taken = |w: &KeyWrite| matches!(w, KeyWrite::Lease { owner, fence, .. } if *owner == next_name && *fence > old_fence);
-    let history = monitor
-        .wait_history(&lease, &ckpt, Duration::from_secs(2), |h| {
-            h.iter().any(taken)
-        })
-        .await;
-    let at = history
-        .iter()
-        .position(taken)
-        .expect("the MONITOR history shows the new owner's lease");
-    let resumed = history[..at]
-        .iter()
-        .rev()
-        .find_map(|w| match w {
-            KeyWrite::Checkpoint { id, .. } => seq_of(id),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let (history, at, resumed) = monitor.takeover(&lease, &ckpt, &next_name, old_fence).await;
     let after = &history[at..];
     let stale_calls: Vec<&KeyWrite> = after
         .iter()
@@ -227,15 +210,7 @@ async fn a_pod_frozen_past_its_lease_tears_down_on_wake_and_never_checkpoints_wi
         samples.rounds,
         samples.transient_double_owners
     );
-    assert!(
-        samples.violations.is_empty(),
-        "single-owner violations: {:#?}\n{}",
-        samples.violations,
-        fleet.diagnostics()
-    );
-    if let Some(problems) = report.problems() {
-        panic!("{problems}\n{}", fleet.diagnostics());
-    }
+    fleet.assert_clean(&samples, &report);
     for t in taps {
         t.abort();
     }

@@ -133,15 +133,7 @@ async fn sigterm_hands_the_stream_to_a_standby_within_a_second_without_loss_or_d
         samples.rounds,
         samples.transient_double_owners
     );
-    assert!(
-        samples.violations.is_empty(),
-        "single-owner violations: {:#?}\n{}",
-        samples.violations,
-        fleet.diagnostics()
-    );
-    if let Some(problems) = report.problems() {
-        panic!("{problems}\n{}", fleet.diagnostics());
-    }
+    fleet.assert_clean(&samples, &report);
     for t in taps {
         t.abort();
     }

@@ -271,15 +271,7 @@ async fn streams_survive_a_30s_redis_outage_and_ownership_is_reasserted_in_an_em
         matches!(ckpt_now, Ok(Some(_))),
         "no checkpoint written after the restart: {ckpt_now:?}"
     );
-    assert!(
-        samples.violations.is_empty(),
-        "single-owner violations: {:#?}\n{}",
-        samples.violations,
-        fleet.diagnostics()
-    );
-    if let Some(problems) = report.problems() {
-        panic!("{problems}\n{}", fleet.diagnostics());
-    }
+    fleet.assert_clean(&samples, &report);
     for t in taps {
         t.abort();
     }

@@ -115,6 +115,20 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Fails the test, with the fleet's diagnostics, when the sampler saw two owners (or two
+    /// sockets) or the ledger found an event lost or delivered again.
+    pub fn assert_clean(&self, samples: &Samples, report: &LedgerReport) {
+        assert!(
+            samples.violations.is_empty(),
+            "single-owner violations: {:#?}\n{}",
+            samples.violations,
+            self.diagnostics()
+        );
+        if let Some(problems) = report.problems() {
+            panic!("{problems}\n{}", self.diagnostics());
+        }
+    }
+
     /// Starts the emulator with `streams`, one event each every `event_interval`.
     pub async fn start(
         label: &str,

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use streamkeeper_api::{
-    SidecarConfig, StreamId, StreamSpec, StreamState,
+    EventId, SidecarConfig, StreamId, StreamSpec, StreamState,
     config::{
         Credentials, Endpoints, HeartbeatSpec, LimitsSpec, Platform, ReconnectSpec, TokenSpec,
     },
@@ -240,6 +240,20 @@ impl Harness {
         self.pod
             .stream_status(id)
             .expect("the pod runs this stream")
+    }
+
+    /// Waits (bounded) until the hub's checkpoint reached `id`. Acks are cumulative and the
+    /// watch keeps only the newest, so a later ack that overtook this one counts too.
+    pub async fn wait_acked(&self, stream: &StreamId, id: &EventId) {
+        let mut acked = self.hub(stream).acked();
+        let target = crate::event_seq(id);
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            acked.wait_for(|a| a.as_ref().is_some_and(|a| crate::event_seq(a) >= target)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the hub never saw the ack of {id:?}"))
+        .expect("the hub is alive");
     }
 
     /// Waits until the stream has been ACTIVE at least once (from the start of the recording).

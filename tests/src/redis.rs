@@ -212,6 +212,35 @@ impl Monitor {
         self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Waits (bounded) until the history shows `new_owner` taking the lease with a fence above
+    /// `old_fence`; returns the history, the index of that lease write, and the event seq of
+    /// the last checkpoint written before it (0 when none): where the new owner resumed.
+    pub async fn takeover(
+        &self,
+        lease: &str,
+        ckpt: &str,
+        new_owner: &str,
+        old_fence: u64,
+    ) -> (Vec<KeyWrite>, usize, u64) {
+        let taken = |w: &KeyWrite| matches!(w, KeyWrite::Lease { owner, fence, .. } if owner == new_owner && *fence > old_fence);
+        let history = self
+            .wait_history(lease, ckpt, Duration::from_secs(2), |h| h.iter().any(taken))
+            .await;
+        let at = history
+            .iter()
+            .position(taken)
+            .expect("the MONITOR history shows the new owner's lease");
+        let resumed = history[..at]
+            .iter()
+            .rev()
+            .find_map(|w| match w {
+                KeyWrite::Checkpoint { id, .. } => crate::fleet::seq_of(id),
+                _ => None,
+            })
+            .unwrap_or(0);
+        (history, at, resumed)
+    }
+
     /// Waits at most `bound` until the history of `(lease, ckpt)` satisfies `pred`; returns it
     /// either way.
     pub async fn wait_history(

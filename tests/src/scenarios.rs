@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use crate::{
-    fleet::{Crash, Fleet, Ledger, Sampler, TENANT, Timers, seq_of, stream_id},
+    fleet::{Crash, Fleet, Ledger, Sampler, TENANT, Timers, stream_id},
     redis::{KeyWrite, Monitor, Transitions, ckpt_key, fence_violations, lease_key},
 };
 
@@ -150,24 +150,7 @@ pub async fn single_owner_then_sigkill(label: &str, redis_url: String, node_port
 
     let (lease, ckpt) = (lease_key(TENANT, &id), ckpt_key(TENANT, &id));
     let next_name = fleet.pods[next].name.clone();
-    let taken = |w: &KeyWrite| matches!(w, KeyWrite::Lease { owner, fence, .. } if *owner == next_name && *fence > old_fence);
-    let history = monitor
-        .wait_history(&lease, &ckpt, Duration::from_secs(2), |h| {
-            h.iter().any(taken)
-        })
-        .await;
-    let at = history
-        .iter()
-        .position(taken)
-        .expect("the MONITOR history shows the new owner's lease");
-    let resumed = history[..at]
-        .iter()
-        .rev()
-        .find_map(|w| match w {
-            KeyWrite::Checkpoint { id, .. } => seq_of(id),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let (history, _, resumed) = monitor.takeover(&lease, &ckpt, &next_name, old_fence).await;
     let report = ledger.check(
         last,
         Some(Crash {
@@ -194,15 +177,7 @@ pub async fn single_owner_then_sigkill(label: &str, redis_url: String, node_port
         samples.rounds,
         samples.transient_double_owners,
     );
-    assert!(
-        samples.violations.is_empty(),
-        "single-owner violations: {:#?}\n{}",
-        samples.violations,
-        fleet.diagnostics()
-    );
-    if let Some(problems) = report.problems() {
-        panic!("{problems}\n{}", fleet.diagnostics());
-    }
+    fleet.assert_clean(&samples, &report);
     assert!(
         fenced.is_empty(),
         "checkpoints outside the fence: {fenced:#?}"
