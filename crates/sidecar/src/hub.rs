@@ -200,7 +200,7 @@ impl Hub {
                     reason: &reason,
                 }
                 .to_json();
-                push_control(&mut st, gap.into());
+                append_control(&mut st, gap.into());
             }
         }
         self.notify.notify_waiters();
@@ -219,7 +219,7 @@ impl Hub {
                 ToApp::Resumed { .. } => st.paused = false,
                 _ => {}
             }
-            push_control(&mut st, frame.to_json().into());
+            append_control(&mut st, frame.to_json().into());
         }
         self.notify.notify_waiters();
     }
@@ -324,7 +324,7 @@ fn remember(st: &mut State, cap: usize, id: EventId) {
     }
 }
 
-fn push_control(st: &mut State, frame: Arc<str>) {
+fn append_control(st: &mut State, frame: Arc<str>) {
     st.seq += 1;
     let seq = st.seq;
     st.control.push_back((seq, frame));
