@@ -41,8 +41,7 @@ use streamkeeper_api::{ConnectionId, StreamSpec};
 use streamkeeper_sidecar::{
     liveness::{self, HeartbeatPolicy, Liveness},
     platforms::{Adapter, Inbound, generic::Generic},
-    session,
-    upstream::{Tick, Upstream},
+    upstream::{self, Tick, Upstream},
     ws::{ConnectOptions, Frame, ProxyMode, WsClient},
 };
 use tokio::{
@@ -458,7 +457,7 @@ impl Plan {
         spec.heartbeat.timeout = params.timeout;
         let adapter: Arc<dyn Adapter> =
             Arc::new(Generic::new(&spec).map_err(|e| anyhow::anyhow!(e))?);
-        let mut opts = session::connect_options(&spec, None);
+        let mut opts = upstream::connect_options(&spec, None);
         // Loopback: never through a proxy the environment may name.
         opts.proxy = ProxyMode::Direct;
         Ok(Self {

@@ -1,21 +1,31 @@
 //! The streamkeeper sidecar: owns the platform sockets of one pod.
 //!
-//! Pure decision logic (`liveness`, `backoff`, the token schedule in `token`) takes an injected
-//! clock; I/O lives at the edges (`net`, `ws`, `app_server`, `admin`, `run`).
+//! Pure decision logic (`liveness`, `backoff`, the token schedule in `auth`) takes an injected
+//! clock; I/O lives at the edges (`net`, `ws`, `app`, `admin`, `run`).
+//!
+//! A stream's life, in the order a reader follows it:
+//! - `run`: the sidecar process — config reload, signals, the servers
+//! - `pod/`: the pod's streams; each stream's supervisor (lease, pool slot, session, checkpoints)
+//! - `ownership`: leases with fencing in the store, beats, sweeps, transitions
+//! - `auth/`: credentials, token grants and validation, the refresh schedule
+//! - `upstream/`: the session that holds the platform socket: connect, heartbeat, reap, resume
+//! - `platforms/`: what differs per platform (generic, Genesys, CXone)
+//! - `ws/`: the RFC 6455 client; `net/`: sockets, proxies, TLS, the REST client
+//! - `liveness`, `backoff`: the pure deadline state machine and reconnect backoff
+//! - `app/`: the buffer to the app and the local WebSocket server it connects to
+//! - `admin`, `metrics`: `/metrics`, `/healthz`, `/readyz`, `/status`
 
 pub mod admin;
-pub mod app_server;
+pub mod app;
+pub mod auth;
 pub mod backoff;
 pub mod clock;
-pub mod hub;
 pub mod liveness;
 pub mod metrics;
 pub mod net;
 pub mod ownership;
 pub mod platforms;
+pub mod pod;
 pub mod run;
-pub mod runtime;
-pub mod session;
-pub mod token;
 pub mod upstream;
 pub mod ws;

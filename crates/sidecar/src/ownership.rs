@@ -29,7 +29,7 @@ use tokio::{
 
 use crate::{
     clock::epoch_ms,
-    session::{StatusCell, read_status},
+    upstream::{StatusCell, read_status},
 };
 
 /// Reports whether the store answers (to `streamkeeper_redis_up`).

@@ -8,7 +8,7 @@ use streamkeeper_api::{PodName, SidecarConfig, config::Loaded};
 use streamkeeper_coord::{MemoryStore, RedisStore, Store};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{admin, app_server, liveness::HeartbeatPolicy, metrics::Metrics, runtime::Pod};
+use crate::{admin, app, liveness::HeartbeatPolicy, metrics::Metrics, pod::Pod};
 
 /// How often the config file is checked for changes (ConfigMap updates swap a symlink, which
 /// file watchers miss; reading a small file once a second is cheap and always right).
@@ -133,7 +133,7 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
         let _ = rx.wait_for(|d| *d).await;
     };
     let loops = pod.spawn_loops(until_down(down_rx.clone()));
-    let app_cfg = app_server::AppServerConfig {
+    let app_cfg = app::server::AppServerConfig {
         max_frame: config
             .streams
             .iter()
@@ -149,9 +149,9 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
                 timeout: Duration::from_secs(35),
             }),
     };
-    let app = tokio::spawn(app_server::serve(
+    let app = tokio::spawn(app::server::serve(
         app_listener,
-        Arc::clone(&pod) as Arc<dyn app_server::HubDirectory>,
+        Arc::clone(&pod) as Arc<dyn app::server::HubDirectory>,
         app_cfg,
         until_down(down_rx.clone()),
     ));

@@ -23,12 +23,12 @@ use streamkeeper_api::{
 };
 use streamkeeper_emulator::{Emulator, EmulatorConfig};
 use streamkeeper_sidecar::{
-    hub::Hub,
+    app::Hub,
+    auth::{ClientCredentials, TokenClient, spawn_manager},
     metrics::Metrics,
     net,
     platforms::{Adapter, AdapterError, Inbound, Ping, Rotation, SocketPlan, generic::Generic},
-    session::{self, Observer, SessionCtx, SessionEvent},
-    token::{ClientCredentials, TokenClient, spawn_manager},
+    upstream::{self, Observer, SessionCtx, SessionEvent},
 };
 use tokio::sync::{Notify, watch};
 
@@ -169,13 +169,13 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
         observer: recorder.clone(),
         status: Default::default(),
         http,
-        connect: session::connect_options(&spec, None),
+        connect: upstream::connect_options(&spec, None),
         tokens,
         refresh_now,
         lease: watch::channel(tokio::time::Instant::now() + Duration::from_secs(3600)).1,
     };
     let (stop, stop_rx) = watch::channel(None);
-    let running = tokio::spawn(session::run(ctx, stop_rx));
+    let running = tokio::spawn(upstream::run(ctx, stop_rx));
 
     // Three rotations.
     let rotated = recorder

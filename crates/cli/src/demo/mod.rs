@@ -17,12 +17,12 @@ use streamkeeper_api::{
 use streamkeeper_coord::{MemoryStore, RedisStore, Store};
 use streamkeeper_emulator::{Emulator, EmulatorConfig, Fault};
 use streamkeeper_sidecar::{
-    app_server::{self, AppServerConfig, HubDirectory},
+    app::server::{self as app_server, AppServerConfig, HubDirectory},
+    auth::ClientCredentials,
     liveness::HeartbeatPolicy,
     metrics::Metrics,
-    runtime::Pod,
-    session::SessionEvent,
-    token::ClientCredentials,
+    pod::Pod,
+    upstream::SessionEvent,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;

@@ -7,7 +7,7 @@ use std::{
 };
 
 use streamkeeper_api::{DropReason, PodName, StreamId, StreamState};
-use streamkeeper_sidecar::session::{Observer, SessionEvent};
+use streamkeeper_sidecar::upstream::{Observer, SessionEvent};
 use tokio::{sync::Notify, time::Instant};
 
 /// One thing that happened, in order.

@@ -41,7 +41,7 @@ use tokio_tungstenite::{
 use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 
 use crate::{
-    hub::{Ack, Consumer, Detached, Hub},
+    app::hub::{Ack, Consumer, Detached, Hub},
     liveness::{Due, Health, HeartbeatPolicy, Liveness},
 };
 

@@ -7,10 +7,7 @@
 //! a TCP reset; every reap tells the app (`dropped`), the runtime ([`SessionEvent`]) and the
 //! metrics.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use streamkeeper_api::{
     ConnectionId, DropReason, EventId, PodName, StreamId, StreamSpec, StreamState, ToApp,
@@ -20,118 +17,21 @@ use tokio::{
     time::Instant,
 };
 
+use super::{
+    Observer, SessionEvent, StatusCell, StreamStatus,
+    connect::{OpenFailure, open_socket},
+    monitor::{Tick, Upstream},
+};
 use crate::{
+    app::hub::{Hub, Push},
+    auth::{RefreshNow, Token, TokenView},
     backoff::Backoff,
     clock::epoch_ms,
-    hub::{Hub, Push},
     liveness::{self, Health, HeartbeatPolicy},
     metrics::{EventOutcome, StreamMetrics},
-    net::SocketOptions,
-    platforms::{Adapter, AdapterError, Inbound, Rotation, SocketPlan},
-    token::{RefreshNow, Token, TokenView},
-    upstream::{Tick, Upstream},
+    platforms::{Adapter, Inbound, Rotation, SocketPlan},
     ws::{ConnectOptions, Frame, WsClient, WsError},
 };
-
-/// Something the runtime wants to know about (logs, store, timeline).
-#[derive(Debug, Clone)]
-pub enum SessionEvent {
-    /// The stream changed state.
-    State {
-        /// Before.
-        from: StreamState,
-        /// After.
-        to: StreamState,
-        /// Why, for transitions out of a live state.
-        reason: Option<DropReason>,
-    },
-    /// A socket is up.
-    Connected {
-        /// Its id.
-        connection: ConnectionId,
-        /// Failed attempts before it.
-        attempts: u32,
-        /// Resumed after this event id.
-        resumed_after: Option<EventId>,
-    },
-    /// A socket was reaped.
-    Dropped {
-        /// Its id.
-        connection: ConnectionId,
-        /// Why.
-        reason: DropReason,
-        /// For `pong_timeout`: how long after the deadline DEAD was declared.
-        late_by: Option<Duration>,
-        /// How long nothing had arrived.
-        silent_for: Duration,
-        /// Unacked bytes held for the app.
-        pending_bytes: u64,
-    },
-    /// A connect attempt failed.
-    ConnectFailed {
-        /// Why (no secrets).
-        error: String,
-        /// The delay before the next attempt.
-        retry_in: Duration,
-    },
-    /// The platform accepted a new token without a reconnect.
-    TokenRotated {
-        /// The token generation now in use.
-        generation: u64,
-    },
-    /// An inbound frame was skipped.
-    Malformed {
-        /// What was wrong (never the payload).
-        what: String,
-    },
-}
-
-/// Receives [`SessionEvent`]s.
-pub trait Observer: Send + Sync {
-    /// Called in order for every event of one stream.
-    fn observe(&self, stream: &StreamId, event: SessionEvent);
-}
-
-/// The live view of a stream, for `/status`, Redis beats and `status`.
-#[derive(Debug, Clone)]
-pub struct StreamStatus {
-    /// Current state.
-    pub state: StreamState,
-    /// The current (or last) socket.
-    pub connection: Option<ConnectionId>,
-    /// Last inbound frame, epoch ms.
-    pub last_pong_ms: u64,
-    /// Smoothed ping round trip.
-    pub rtt: Option<Duration>,
-    /// Failed attempts since the last good connection.
-    pub retry_count: u32,
-    /// Reconnects since the session started.
-    pub reconnects: u64,
-    /// The last reason a socket was dropped.
-    pub last_drop: Option<DropReason>,
-}
-
-impl Default for StreamStatus {
-    fn default() -> Self {
-        Self {
-            state: StreamState::Connecting,
-            connection: None,
-            last_pong_ms: 0,
-            rtt: None,
-            retry_count: 0,
-            reconnects: 0,
-            last_drop: None,
-        }
-    }
-}
-
-/// Shared handle to a [`StreamStatus`].
-pub type StatusCell = Arc<Mutex<StreamStatus>>;
-
-/// Reads a status cell, tolerating a poisoned lock (plain data).
-pub fn read_status(cell: &StatusCell) -> StreamStatus {
-    cell.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
 
 /// Everything a session needs.
 pub struct SessionCtx {
@@ -205,24 +105,6 @@ struct Link {
 
 /// A successor socket being opened for make-before-break rotation, with its token.
 type Successor = oneshot::Receiver<Result<(WsClient, Arc<Token>, u64), String>>;
-
-/// Builds the connect options for a stream (socket options from its heartbeat timeout).
-pub fn connect_options(
-    spec: &StreamSpec,
-    tls: Option<Arc<tokio_rustls::TlsConnector>>,
-) -> ConnectOptions {
-    let socket = SocketOptions {
-        user_timeout: spec.heartbeat.timeout,
-        ..SocketOptions::default()
-    };
-    ConnectOptions {
-        socket,
-        max_frame: spec.limits.max_frame_bytes,
-        tls,
-        handshake_timeout: spec.heartbeat.timeout,
-        ..ConnectOptions::default()
-    }
-}
 
 /// Runs the stream until `stop` carries a reason; returns that reason.
 ///
@@ -786,68 +668,5 @@ impl Session {
             },
         );
         self.set_state(StreamState::Dead, Some(ended.reason));
-    }
-}
-
-/// Plans a socket (the adapter's REST calls), opens it, and queues the plan's first frames.
-async fn open_socket(
-    adapter: &dyn Adapter,
-    http: &reqwest::Client,
-    connect: &ConnectOptions,
-    token: &Token,
-    resume_after: Option<&EventId>,
-) -> Result<(WsClient, SocketPlan), OpenFailure> {
-    let plan = adapter
-        .plan(http, token.value.expose(), resume_after)
-        .await
-        .map_err(OpenFailure::from_adapter)?;
-    let headers: Vec<(&str, String)> = plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
-    let mut ws = WsClient::connect(&plan.url, &headers, connect)
-        .await
-        .map_err(OpenFailure::from_ws)?;
-    for f in &plan.first_frames {
-        ws.queue_text(f);
-    }
-    Ok((ws, plan))
-}
-
-/// Why a socket could not be opened.
-struct OpenFailure {
-    error: String,
-    retry_after: Option<Duration>,
-    token_rejected: bool,
-}
-
-impl OpenFailure {
-    fn from_adapter(e: AdapterError) -> Self {
-        let (retry_after, token_rejected) = match &e {
-            AdapterError::RateLimited { retry_after, .. } => (*retry_after, false),
-            AdapterError::TokenRefused { .. } => (None, true),
-            AdapterError::Other { .. } => (None, false),
-        };
-        Self {
-            error: e.to_string(),
-            retry_after,
-            token_rejected,
-        }
-    }
-
-    fn from_ws(e: WsError) -> Self {
-        match &e {
-            WsError::Status {
-                status,
-                retry_after,
-                ..
-            } => Self {
-                error: format!("upgrade refused with HTTP {status}"),
-                retry_after: *retry_after,
-                token_rejected: matches!(status, 401 | 403),
-            },
-            _ => Self {
-                error: e.to_string(),
-                retry_after: None,
-                token_rejected: false,
-            },
-        }
     }
 }

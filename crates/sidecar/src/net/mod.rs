@@ -1,0 +1,27 @@
+//! TCP connections to the platforms: socket options (keepalive, `TCP_USER_TIMEOUT`, no-delay),
+//! HTTP CONNECT proxies from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, TLS, the REST client, and
+//! the abortive close (RST) that reaps a dead connection.
+//!
+//! - `socket.rs`: [`SocketOptions`], [`connect_tcp`], [`reset`]
+//! - `proxy.rs`: [`proxy_for`] (which proxy a URL uses), [`connect_via_proxy`]
+//! - `tls.rs`: root stores and connectors, [`tls_handshake`]
+//! - `http.rs`: the REST client builders
+//! - `transport.rs`: [`Transport`], plain or TLS
+//! - `error.rs`: [`NetError`]
+
+mod addr;
+mod error;
+mod http;
+mod proxy;
+mod socket;
+mod tls;
+mod transport;
+
+pub use error::NetError;
+pub use http::{http_client, plain_http_client};
+pub use proxy::{ProxyTarget, connect_via_proxy, proxy_for};
+pub use socket::{SocketOptions, connect_tcp, reset};
+pub use tls::{
+    TlsSettings, client_config, client_config_without_roots, tls_connector, tls_handshake,
+};
+pub use transport::Transport;

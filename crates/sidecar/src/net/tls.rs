@@ -1,0 +1,132 @@
+//! TLS for sockets and REST calls: rustls on the ring provider, trusting `tls.caFile` or the
+//! system roots.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{NetError, Transport, addr::bare_host};
+
+/// Where TLS trust comes from for a stream (`tls.caFile` in the sidecar config).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// A PEM file of CA certificates that replaces the system roots; `None` uses the system
+    /// roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// Builds the connector for these settings (do it once per stream and share it).
+    pub fn connector(&self) -> Result<Arc<TlsConnector>, NetError> {
+        tls_connector(self.ca_file.as_deref()).map(Arc::new)
+    }
+}
+
+/// A rustls connector (ring provider, ALPN `http/1.1`) trusting the CA certificates in
+/// `ca_file`, or the system roots when `None`. Fails when no root can be loaded.
+pub fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, NetError> {
+    let mut config = client_config(ca_file)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A rustls config that trusts nothing: for clients that only ever speak plain HTTP, so they
+/// need no root store (and never pick a process-wide crypto provider).
+pub fn client_config_without_roots() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// The rustls client config: `ca_file`'s certificates, or the system roots.
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, NetError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let ca_err = |reason: String| NetError::CaFile {
+                path: path.to_owned(),
+                reason,
+            };
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ca_err(format!("unusable certificate: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(ca_err("no PEM certificates in the file".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let detail = found
+                    .errors
+                    .first()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                return Err(NetError::Tls(format!(
+                    "no system CA certificates could be loaded{detail}; set tls.caFile"
+                )));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// Runs the TLS handshake for `host` (a DNS name or IP literal) over `tcp`.
+pub async fn tls_handshake(
+    connector: &TlsConnector,
+    host: &str,
+    tcp: TcpStream,
+) -> Result<Transport, NetError> {
+    let host = bare_host(host);
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| NetError::Tls(format!("{host:?} is not a valid server name: {e}")))?;
+    connector
+        .connect(name, tcp)
+        .await
+        .map(|tls| Transport::Tls(Box::new(tls)))
+        .map_err(|source| NetError::TlsHandshake {
+            host: host.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_file_errors_name_the_file() {
+        let missing = Path::new("/nonexistent/streamkeeper-ca.pem");
+        let err = tls_connector(Some(missing)).err().expect("missing file");
+        assert!(
+            err.to_string().contains("/nonexistent/streamkeeper-ca.pem"),
+            "{err}"
+        );
+        let not_pem = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        let err = tls_connector(Some(not_pem)).err().expect("no certificates");
+        assert!(err.to_string().contains("no PEM certificates"), "{err}");
+        let ca = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/ws/testdata/ca.pem"
+        ));
+        tls_connector(Some(ca)).expect("the test CA loads");
+    }
+}

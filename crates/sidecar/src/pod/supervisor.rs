@@ -1,0 +1,285 @@
+//! One stream's supervisor: claim the lease, take a tenant pool slot, run the session with its
+//! token manager, checkpoint acks under the fence, and hand over on stop.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use streamkeeper_api::{DropReason, Fence, StreamSpec, StreamState, ToApp};
+use streamkeeper_coord::StreamKey;
+use tokio::sync::watch;
+
+use super::{Pod, observer::StreamObserver};
+use crate::{
+    app::Hub,
+    auth::{ClientCredentials, TokenClient, spawn_manager},
+    net,
+    ownership::Claim,
+    platforms::Adapter,
+    upstream::{self, SessionCtx, StatusCell, read_status},
+};
+
+/// How long a stopping stream waits for its app to ack what it was handed before the lease
+/// goes to another pod (which would deliver those events again).
+const HANDOVER_ACK_GRACE: Duration = Duration::from_millis(500);
+
+impl Pod {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn stream_task(
+        self: Arc<Self>,
+        spec: StreamSpec,
+        adapter: Arc<dyn Adapter>,
+        hub: Arc<Hub>,
+        status: StatusCell,
+        owner: Arc<Mutex<Option<Fence>>>,
+        mut stop: watch::Receiver<Option<DropReason>>,
+    ) {
+        let key = StreamKey {
+            tenant: spec.tenant.clone(),
+            stream: spec.id.clone(),
+        };
+        let metrics = self.metrics.stream(&spec.id, &spec.tenant);
+        metrics.state(StreamState::Stopped);
+        let (tls, http) = match self.tls(&spec) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(stream = %spec.id, error = %e, "TLS settings unusable; stream not started");
+                return;
+            }
+        };
+        let Some(token_client) = self
+            .token_client(&spec, &http, adapter.as_ref(), &mut stop)
+            .await
+        else {
+            return;
+        };
+        loop {
+            let claim = self
+                .ownership
+                .claim(
+                    &key,
+                    spec.heartbeat.timeout,
+                    adapter.platform().as_str(),
+                    &status,
+                    &mut stop,
+                )
+                .await;
+            let Some(mut claim) = claim else { return };
+            *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
+            match self.ownership.store().checkpoint(&key).await {
+                Ok(ckpt) => hub.seed_checkpoint(ckpt),
+                Err(e) => {
+                    tracing::warn!(stream = %spec.id, error = %e, "checkpoint unreadable; resuming from what this pod has seen")
+                }
+            }
+            if !self
+                .wait_for_pool_slot(&spec, &hub, &status, &mut claim, &mut stop)
+                .await
+            {
+                let stopped = *stop.borrow();
+                if let Some(reason) = stopped {
+                    self.ownership
+                        .release(claim, StreamState::Paused, reason)
+                        .await;
+                    return;
+                }
+                self.ownership.forget(&claim);
+                continue;
+            }
+            let (tokens, refresh_now, token_task) = {
+                let m = Arc::clone(&self.metrics);
+                let tenant = spec.tenant.clone();
+                spawn_manager(
+                    token_client.clone(),
+                    spec.token,
+                    Arc::new(move |r| m.token_refresh(&tenant, r)),
+                )
+            };
+            let observer = Arc::new(StreamObserver {
+                ownership: Arc::clone(&self.ownership),
+                key: key.clone(),
+                fence: claim.fence,
+                extra: self.extra_observer.clone(),
+            });
+            let (session_stop, session_stop_rx) = watch::channel(None);
+            let ctx = SessionCtx {
+                spec: spec.clone(),
+                pod: self.name.clone(),
+                adapter: Arc::clone(&adapter),
+                hub: Arc::clone(&hub),
+                metrics: metrics.clone(),
+                on_reaped: {
+                    let m = Arc::clone(&self.metrics);
+                    Arc::new(move |r| m.reaped(r))
+                },
+                observer,
+                status: Arc::clone(&status),
+                http: http.clone(),
+                connect: upstream::connect_options(&spec, tls.clone()),
+                tokens,
+                refresh_now,
+                lease: claim.valid_until.clone(),
+            };
+            let mut session = tokio::spawn(upstream::run(ctx, session_stop_rx));
+            let mut acked = hub.acked();
+            let mut saved = acked.borrow_and_update().clone();
+            let reason = loop {
+                tokio::select! {
+                    r = &mut session => break r.unwrap_or(DropReason::Shutdown),
+                    changed = acked.changed() => {
+                        if changed.is_err() { continue; }
+                        let id = acked.borrow_and_update().clone();
+                        if let Some(id) = id.filter(|id| Some(id) != saved.as_ref()) {
+                            if let Err(e) = self.ownership.checkpoint(&claim, &id).await {
+                                tracing::debug!(stream = %spec.id, error = %e, "checkpoint deferred to the next ack or the handover");
+                            } else {
+                                saved = Some(id);
+                            }
+                        }
+                    }
+                    _ = claim.lost.changed() => {
+                        let reason = (*claim.lost.borrow()).unwrap_or(DropReason::OwnerLost);
+                        session_stop.send_replace(Some(reason));
+                    }
+                    _ = stop.changed() => {
+                        let reason = (*stop.borrow()).unwrap_or(DropReason::Shutdown);
+                        session_stop.send_replace(Some(reason));
+                    }
+                }
+            };
+            token_task.abort();
+            *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let last_state = read_status(&status).state;
+            if matches!(reason, DropReason::OwnerLost | DropReason::Preempted) {
+                // Another pod owns it now, or the tenant's pool took its slot back: stand by
+                // and contend again (the pool wait follows a new claim).
+                self.ownership.forget(&claim);
+                continue;
+            }
+            // Nothing new reaches the app now. Give it a moment to ack what it was handed, so
+            // the next owner does not deliver those again; then the last checkpoint goes in
+            // before the lease is handed over.
+            let drained = tokio::time::timeout(HANDOVER_ACK_GRACE, async {
+                while hub.pending_events() > 0 && hub.consumers() > 0 {
+                    if acked.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::info!(stream = %spec.id, pending = hub.pending_events(), "handing over with unacked events: the next owner delivers them again");
+            }
+            if let Some(id) = hub.last_acked().filter(|id| Some(id) != saved.as_ref()) {
+                let _ = self.ownership.checkpoint(&claim, &id).await;
+            }
+            self.ownership.release(claim, last_state, reason).await;
+            metrics.state(StreamState::Stopped);
+            return;
+        }
+    }
+
+    /// Takes a slot in the tenant's pool before connecting, so at no instant more of the
+    /// tenant's streams are connected across all pods than its limit. While the pool is full
+    /// (or the store unreachable: no new connection is taken then) the app sees `paused`.
+    /// Returns false when the lease was lost or the stream stopped meanwhile.
+    async fn wait_for_pool_slot(
+        &self,
+        spec: &StreamSpec,
+        hub: &Hub,
+        status: &StatusCell,
+        claim: &mut Claim,
+        stop: &mut watch::Receiver<Option<DropReason>>,
+    ) -> bool {
+        let mut told = false;
+        loop {
+            let limit = self.ownership.limit(&spec.tenant);
+            match self
+                .ownership
+                .store()
+                .pool_acquire(&claim.key, claim.fence, limit)
+                .await
+            {
+                Ok(true) => {
+                    if told {
+                        hub.push_control(&ToApp::Resumed { stream: &spec.id });
+                    }
+                    return true;
+                }
+                Ok(false) | Err(_) => {
+                    if !told {
+                        told = true;
+                        tracing::info!(stream = %spec.id, tenant = %spec.tenant, limit, "tenant pool full; waiting for a slot");
+                        status.lock().unwrap_or_else(|p| p.into_inner()).state =
+                            StreamState::Paused;
+                        hub.push_control(&ToApp::Paused {
+                            stream: &spec.id,
+                            reason: "tenant_pool_full",
+                        });
+                    }
+                }
+            }
+            let retry = Duration::from_millis(500).mul_f64(0.5 + rand::random::<f64>());
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = claim.lost.changed() => return false,
+                _ = stop.changed() => return false,
+            }
+        }
+    }
+
+    async fn token_client(
+        &self,
+        spec: &StreamSpec,
+        http: &reqwest::Client,
+        adapter: &dyn Adapter,
+        stop: &mut watch::Receiver<Option<DropReason>>,
+    ) -> Option<TokenClient> {
+        let (Some(login), Some(api)) = (&spec.endpoints.login, &spec.endpoints.api) else {
+            tracing::error!(stream = %spec.id, "endpoints.login and endpoints.api are required");
+            return None;
+        };
+        loop {
+            match ClientCredentials::load(&spec.credentials)
+                .map(|c| TokenClient::new(http.clone(), login, api, adapter.validate_path(), c))
+            {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    // A Secret mounted late is common: keep trying, say why.
+                    tracing::error!(stream = %spec.id, error = %e, retry_in = ?spec.token.retry, "credentials unusable");
+                    tokio::select! {
+                        _ = tokio::time::sleep(spec.token.retry) => {}
+                        _ = stop.wait_for(Option::is_some) => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stream's TLS connector (for `wss`) and REST client, trusting `tls.caFile` or the
+    /// system roots. Plain-text endpoints (the emulator) need no roots at all.
+    fn tls(
+        &self,
+        spec: &StreamSpec,
+    ) -> Result<(Option<Arc<tokio_rustls::TlsConnector>>, reqwest::Client), net::NetError> {
+        let ca = spec.tls.as_ref().map(|t| t.ca_file.as_path());
+        let e = &spec.endpoints;
+        let wss = e.stream.as_ref().is_some_and(|u| u.scheme() == "wss");
+        let https = [&e.api, &e.login]
+            .into_iter()
+            .flatten()
+            .any(|u| u.scheme() == "https");
+        let connector = if wss {
+            Some(Arc::new(net::tls_connector(ca)?))
+        } else {
+            None
+        };
+        let http = if https || ca.is_some() {
+            net::http_client(ca)?
+        } else {
+            self.http.clone()
+        };
+        Ok((connector, http))
+    }
+}

@@ -1,0 +1,50 @@
+//! The live view of a stream ([`StreamStatus`]), written by its session and read by
+//! `/status`, the store's beats and `streamkeeper status`.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use streamkeeper_api::{ConnectionId, DropReason, StreamState};
+
+/// The live view of a stream, for `/status`, Redis beats and `status`.
+#[derive(Debug, Clone)]
+pub struct StreamStatus {
+    /// Current state.
+    pub state: StreamState,
+    /// The current (or last) socket.
+    pub connection: Option<ConnectionId>,
+    /// Last inbound frame, epoch ms.
+    pub last_pong_ms: u64,
+    /// Smoothed ping round trip.
+    pub rtt: Option<Duration>,
+    /// Failed attempts since the last good connection.
+    pub retry_count: u32,
+    /// Reconnects since the session started.
+    pub reconnects: u64,
+    /// The last reason a socket was dropped.
+    pub last_drop: Option<DropReason>,
+}
+
+impl Default for StreamStatus {
+    fn default() -> Self {
+        Self {
+            state: StreamState::Connecting,
+            connection: None,
+            last_pong_ms: 0,
+            rtt: None,
+            retry_count: 0,
+            reconnects: 0,
+            last_drop: None,
+        }
+    }
+}
+
+/// Shared handle to a [`StreamStatus`].
+pub type StatusCell = Arc<Mutex<StreamStatus>>;
+
+/// Reads a status cell, tolerating a poisoned lock (plain data).
+pub fn read_status(cell: &StatusCell) -> StreamStatus {
+    cell.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
