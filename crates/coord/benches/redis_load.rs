@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant};
-use streamkeeper_coord::{Beat, CheckpointWrite, ConnRecord, RedisStore, Store, StreamKey};
+use streamkeeper_coord::{
+    Beat, BeatOutcome, CheckpointWrite, ConnRecord, RedisStore, Store, StreamKey,
+};
 
 const SIM_SECONDS: u64 = 60;
 const HEARTBEAT_MS: u64 = 15_000;
@@ -196,7 +198,7 @@ async fn streamkeeper(
                 lease_ttl: LEASE_TTL,
             })
             .collect();
-        s.beat(&beats).await.unwrap_or_else(|e| panic!("beat: {e}"));
+        assert!(s.beat(&beats).await.iter().all(BeatOutcome::confirmed));
         let w = key("warmup", p);
         if let Ok(Some(f)) = s.acquire(&w, &pod(p), LEASE_TTL).await {
             let _ = s
@@ -268,10 +270,8 @@ async fn streamkeeper(
                         }
                     })
                     .collect();
-                stores[*p]
-                    .beat(&beats)
-                    .await
-                    .unwrap_or_else(|e| panic!("beat: {e}"));
+                let out = stores[*p].beat(&beats).await;
+                assert!(out.iter().all(BeatOutcome::confirmed), "beat: {out:?}");
             }
             Op::Sweep { pod: p, tenant } => {
                 let dead = stores[*p]
@@ -442,7 +442,7 @@ async fn sweep_cost(server: &common::RedisServer, n: usize) -> ((f64, f64), (f64
                 )
             })
             .collect();
-        s.beat(&beats).await.unwrap_or_else(|e| panic!("beat: {e}"));
+        assert!(s.beat(&beats).await.iter().all(BeatOutcome::confirmed));
     }
     let now = 1_000_000_000 + STALE_AFTER.as_millis() as u64;
     let mut next_stale = n;
@@ -452,7 +452,7 @@ async fn sweep_cost(server: &common::RedisServer, n: usize) -> ((f64, f64), (f64
             .map(|i| beat(i, 1_000, Duration::from_millis(1)))
             .collect();
         next_stale += STALE;
-        s.beat(&beats).await.unwrap_or_else(|e| panic!("beat: {e}"));
+        assert!(s.beat(&beats).await.iter().all(BeatOutcome::confirmed));
         tokio::time::sleep(Duration::from_millis(3)).await; // let the 1 ms leases lapse
     };
     // Warm-up (script loaded).

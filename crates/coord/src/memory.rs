@@ -116,7 +116,7 @@ impl Store for MemoryStore {
         Ok(Acquired::Granted { fence, took_over })
     }
 
-    async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError> {
+    async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
         let now = Instant::now();
         let mut st = self.lock();
         let mut out = Vec::with_capacity(beats.len());
@@ -154,7 +154,7 @@ impl Store for MemoryStore {
             }
             out.push(outcome);
         }
-        Ok(out)
+        out
     }
 
     async fn release(
@@ -418,10 +418,7 @@ mod tests {
             record: record(&k, "a", f1, 1),
             lease_ttl: ttl,
         };
-        assert_eq!(
-            s.beat(&[beat]).await.expect("ok"),
-            vec![BeatOutcome::Fenced]
-        );
+        assert_eq!(s.beat(&[beat]).await, vec![BeatOutcome::Fenced]);
         assert!(
             !s.save_checkpoint(&k, f1, &EventId("e1".into()))
                 .await
@@ -454,7 +451,7 @@ mod tests {
             record: record(&k, "a", f, 1_000),
             lease_ttl: Duration::from_secs(60),
         };
-        s.beat(&[beat]).await.expect("ok");
+        s.beat(&[beat]).await;
         let tenant = k.tenant.clone();
         assert!(
             s.sweep_stale(&tenant, 100_000, Duration::from_secs(35))
@@ -510,10 +507,7 @@ mod tests {
             record: record(&k, "a", f1, 1),
             lease_ttl: ttl,
         };
-        assert_eq!(
-            s.beat(&[beat]).await.expect("ok"),
-            vec![BeatOutcome::Fenced]
-        );
+        assert_eq!(s.beat(&[beat]).await, vec![BeatOutcome::Fenced]);
         assert!(!s.pool_acquire(&k, f1, 5).await.expect("ok"));
         let f2 = s
             .acquire(&k, &pod("b"), ttl)
@@ -539,7 +533,7 @@ mod tests {
             record: record(&k, "a", f1, 1),
             lease_ttl: ttl,
         };
-        s.beat(std::slice::from_ref(&beat)).await.expect("ok");
+        s.beat(std::slice::from_ref(&beat)).await;
         assert!(s.pool_acquire(&k, f1, 1).await.expect("ok"));
         assert!(
             s.save_checkpoint(&k, f1, &EventId("e1".into()))
@@ -552,7 +546,7 @@ mod tests {
         assert_eq!(s.checkpoint(&k).await.expect("ok"), None);
         assert!(s.records().await.expect("ok").is_empty());
         assert_eq!(
-            s.beat(&[beat]).await.expect("ok"),
+            s.beat(&[beat]).await,
             vec![BeatOutcome::Fenced],
             "the owner still running it is fenced, not re-asserted"
         );

@@ -9,7 +9,7 @@ use streamkeeper_api::{EventId, Fence, PodName, StreamId, StreamState, Tenant, T
 
 /// A store operation that could not be carried out. The store being unreachable is
 /// [`StoreError::Unavailable`]: callers keep running streams and take no new ownership.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached (connection refused, timed out, cluster down).
     #[error("store unavailable: {0}")]
@@ -69,17 +69,34 @@ pub struct Beat {
     pub lease_ttl: Duration,
 }
 
-/// The answer to a [`Beat`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The answer to one [`Beat`]: each lease gets its own, since the beats of one call go to
+/// the store in several round trips (one per tenant, which on a Redis Cluster are different
+/// nodes) and each of them may fail alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BeatOutcome {
-    /// Lease renewed, liveness recorded.
+    /// Lease renewed, liveness recorded: the store confirmed the lease for another TTL,
+    /// counted from when the beat was sent.
     Renewed,
-    /// The lease is held by a newer fence (or lapsed and was taken): stop the stream now.
+    /// The lease is held by a newer fence (or lapsed and was taken, or was released or
+    /// removed): stop the stream now, whatever the other beats of the call answered.
     Fenced,
     /// The lease had lapsed and nobody took it, or the store had lost it (Redis restarted
-    /// empty): it was re-granted to the same fence. The tenant pool may have lost the stream's
-    /// slot with it: call [`Store::pool_acquire`] again (and stop the stream if refused).
+    /// empty): it was re-granted to the same fence, for another TTL as [`BeatOutcome::Renewed`].
+    /// The tenant pool may have lost the stream's slot with it: call [`Store::pool_acquire`]
+    /// again (and stop the stream if refused).
     Reasserted,
+    /// This beat's round trip failed (the store, or the cluster node serving its tenant, did
+    /// not answer in time, or answered nonsense). Nothing is known of the lease and nothing
+    /// was confirmed: it may have lapsed, and another pod may hold it by now.
+    Failed(StoreError),
+}
+
+impl BeatOutcome {
+    /// Whether the store confirmed the lease for another TTL ([`BeatOutcome::Renewed`] or
+    /// [`BeatOutcome::Reasserted`]).
+    pub fn confirmed(&self) -> bool {
+        matches!(self, Self::Renewed | Self::Reasserted)
+    }
 }
 
 /// The answer to [`Store::try_acquire`].
@@ -147,8 +164,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Acquired, StoreError>;
 
     /// Renews the leases of owned streams and records their liveness, in one round trip per
-    /// tenant where the store allows it. Outcomes are in the order of `beats`.
-    async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError>;
+    /// tenant where the store allows it. One outcome per beat, in the order of `beats` (a
+    /// stream beaten twice gets the outcome of its last beat twice). A round trip that fails
+    /// makes [`BeatOutcome::Failed`] of its own beats only: the others still tell what the
+    /// store did, a [`BeatOutcome::Fenced`] above all.
+    async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome>;
 
     /// Gives the lease up (handover at shutdown, or the stream was removed), publishing
     /// `transition` if the fence still holds. Returns whether it held.

@@ -256,15 +256,11 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
         "one owner"
     );
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
     assert_eq!(
-        b.beat(&[beat(&k, "pod-b", Fence(0), now_ms())])
-            .await
-            .expect("ok"),
+        b.beat(&[beat(&k, "pod-b", Fence(0), now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
 
@@ -289,9 +285,7 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
         .expect("taken");
     assert!(f_new > f_old, "fences grow: {f_new} > {f_old}");
     assert_eq!(
-        a.beat(&[beat(&k2, "pod-a", f_old, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k2, "pod-a", f_old, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
     assert!(
@@ -319,9 +313,7 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
     );
     assert!(!a.pool_acquire(&k2, f_old, 10).await.expect("ok"));
     assert_eq!(
-        b.beat(&[beat(&k2, "pod-b", f_new, now_ms())])
-            .await
-            .expect("ok"),
+        b.beat(&[beat(&k2, "pod-b", f_new, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
     assert!(
@@ -348,9 +340,7 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
     )
     .await;
     assert_eq!(
-        a.beat(&[beat(&k3, "pod-a", f3, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k3, "pod-a", f3, now_ms())]).await,
         vec![BeatOutcome::Reasserted]
     );
     assert_eq!(
@@ -380,7 +370,7 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
         .collect();
     beats.push(beat(&ks[4], "pod-b", Fence(fences[4].0 - 1), now_ms())); // an old fence, later in the call
     beats.push(beat(&k2, "pod-a", f_old, now_ms()));
-    let out = a.beat(&beats).await.expect("ok");
+    let out = a.beat(&beats).await;
     assert_eq!(out.len(), beats.len());
     assert!(
         out[..30]
@@ -407,9 +397,7 @@ async fn a_release_hands_over_at_once_and_fences_the_releaser(d: &mut dyn Deploy
         .await
         .expect("ok")
         .expect("granted");
-    a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-        .await
-        .expect("ok");
+    a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await;
     assert!(a.pool_acquire(&k, fa, 1).await.expect("ok"));
     assert!(
         a.save_checkpoint(&k, fa, &EventId("e7".into()))
@@ -456,9 +444,7 @@ async fn a_release_hands_over_at_once_and_fences_the_releaser(d: &mut dyn Deploy
         .expect("ok")
     );
     assert_eq!(
-        a.beat(&[beat(&k2, "pod-a", f2, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k2, "pod-a", f2, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
     assert!(
@@ -481,9 +467,7 @@ async fn a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept(d: &mut dyn
         .await
         .expect("ok")
         .expect("granted");
-    a.beat(&[last_beat(&k, "pod-a", fa, 1_000)])
-        .await
-        .expect("ok"); // then pod-a is SIGKILLed
+    a.beat(&[last_beat(&k, "pod-a", fa, 1_000)]).await; // then pod-a is SIGKILLed
     let d: &dyn Deployment = d;
     wait_until("pod-a's lease lapses", Duration::from_secs(5), || async {
         lease_lapsed(d, &k)
@@ -504,9 +488,7 @@ async fn a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept(d: &mut dyn
             .is_empty()
     );
     assert_eq!(
-        b.beat(&[beat(&k, "pod-b", fb, now_ms())])
-            .await
-            .expect("ok"),
+        b.beat(&[beat(&k, "pod-b", fb, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
     let recs = b.records().await.expect("ok");
@@ -515,9 +497,7 @@ async fn a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept(d: &mut dyn
         (1, pod("pod-b"), fb)
     );
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Fenced],
         "the old owner, back from the dead, is fenced"
     );
@@ -572,7 +552,7 @@ async fn one_dead_per_stale_entry_however_many_pods_sweep(d: &mut dyn Deployment
             } else {
                 last_beat(key, "pod-a", fence, last_pong)
             };
-            owner.beat(&[b]).await.expect("ok");
+            owner.beat(&[b]).await;
             if key == &k {
                 f = fence;
             }
@@ -861,18 +841,14 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
         .expect("granted");
     assert!(fa.0 >= 6);
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
 
     d.flushall(); // Redis restarted empty
 
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Reasserted]
     );
     assert_eq!(
@@ -896,9 +872,7 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
         "the fence counter never goes back below a fence handed out: {fresh} > {fa}"
     );
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
     assert!(
@@ -928,9 +902,7 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
         .expect("granted");
     assert!(fb > fa, "fences only grow, also across a wipe: {fb} > {fa}");
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
     assert!(
@@ -939,9 +911,7 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
             .expect("ok")
     );
     assert_eq!(
-        b.beat(&[beat(&k, "pod-b", fb, now_ms())])
-            .await
-            .expect("ok"),
+        b.beat(&[beat(&k, "pod-b", fb, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
 }
@@ -967,7 +937,10 @@ async fn unavailable_is_fast_and_the_store_recovers_on_restart(d: &mut dyn Deplo
 
         let t = Instant::now();
         let r = s.beat(&[beat(&k, "pod-a", f, now_ms())]).await;
-        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        assert!(
+            matches!(r[..], [BeatOutcome::Failed(StoreError::Unavailable(_))]),
+            "{r:?}"
+        );
         assert!(t.elapsed() < bound, "beat took {:?}", t.elapsed());
 
         // No new ownership while Redis is away, and nobody is judged stale.
@@ -1012,7 +985,7 @@ async fn unavailable_is_fast_and_the_store_recovers_on_restart(d: &mut dyn Deplo
     )
     .await;
     assert_eq!(
-        s.beat(&[beat(&k, "pod-a", f, now_ms())]).await.expect("ok"),
+        s.beat(&[beat(&k, "pod-a", f, now_ms())]).await,
         vec![BeatOutcome::Reasserted]
     );
     // Right after an outage a store takes no lease for `ttl` (owners re-assert first) and
@@ -1128,12 +1101,10 @@ async fn status_lists_streams_with_last_pong_from_the_index(d: &mut dyn Deployme
         .expect("ok")
         .expect("granted");
     s.beat(&[beat(&k1, "pod-a", f1, 1_000), beat(&k2, "pod-b", f2, 2_000)])
-        .await
-        .expect("ok");
+        .await;
     // Unchanged records: only lastPong moves, in the index; status merges it.
     s.beat(&[beat(&k1, "pod-a", f1, 5_000), beat(&k2, "pod-b", f2, 6_000)])
-        .await
-        .expect("ok");
+        .await;
     let recs = s.records().await.expect("ok");
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert_eq!(recs[0], record(&k1, "pod-a", f1, 5_000));
@@ -1152,7 +1123,7 @@ async fn status_lists_streams_with_last_pong_from_the_index(d: &mut dyn Deployme
         s.records().await.expect("ok")[0].state,
         StreamState::Degraded
     );
-    s.beat(&[beat(&k1, "pod-a", f1, 7_000)]).await.expect("ok");
+    s.beat(&[beat(&k1, "pod-a", f1, 7_000)]).await;
     assert_eq!(
         s.records().await.expect("ok")[0],
         record(&k1, "pod-a", f1, 7_000)
@@ -1180,9 +1151,7 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
         .await
         .expect("ok")
         .expect("granted");
-    a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-        .await
-        .expect("ok");
+    a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await;
     assert!(a.pool_acquire(&k, fa, 1).await.expect("ok"));
     assert!(
         a.save_checkpoint(&k, fa, &EventId("e1".into()))
@@ -1196,9 +1165,7 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
         .await
         .expect("ok")
         .expect("granted");
-    a.beat(&[beat(&n, "pod-a", fnb, now_ms())])
-        .await
-        .expect("ok");
+    a.beat(&[beat(&n, "pod-a", fnb, now_ms())]).await;
     assert!(
         a.save_checkpoint(&n, fnb, &EventId("n1".into()))
             .await
@@ -1258,9 +1225,7 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
 
     // The owner that still runs it is fenced everywhere; it re-asserts nothing.
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
     assert!(
@@ -1287,9 +1252,7 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
     }
     // The neighbour was not touched.
     assert_eq!(
-        a.beat(&[beat(&n, "pod-a", fnb, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&n, "pod-a", fnb, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
     assert_eq!(
@@ -1340,9 +1303,7 @@ async fn a_sweep_costs_its_stale_entries_not_the_streams() {
     let s = store(&server);
     // Load the sweep script (the first call of a script on a server sends its source once).
     let w = key("warmup", "cc/w");
-    s.beat(&[last_beat(&w, "pod-a", Fence(1), 1)])
-        .await
-        .expect("ok");
+    s.beat(&[last_beat(&w, "pod-a", Fence(1), 1)]).await;
     wait_until("the lease lapses", Duration::from_secs(5), || async {
         lease_lapsed(&server, &w)
     })
@@ -1377,7 +1338,6 @@ async fn a_sweep_costs_its_stale_entries_not_the_streams() {
         assert!(
             s.beat(&beats)
                 .await
-                .expect("ok")
                 .iter()
                 .all(|o| *o == BeatOutcome::Reasserted)
         );
@@ -1439,7 +1399,7 @@ async fn a_beat_costs_a_few_commands_per_tenant_and_rewrites_only_changed_record
         .enumerate()
         .map(|(i, k)| beat(k, "pod-a", Fence(i as u64 + 1), 1))
         .collect();
-    s.beat(&beats).await.expect("ok");
+    s.beat(&beats).await;
 
     for b in &mut beats {
         b.record.last_pong = 2;
@@ -1448,7 +1408,6 @@ async fn a_beat_costs_a_few_commands_per_tenant_and_rewrites_only_changed_record
     assert!(
         s.beat(&beats)
             .await
-            .expect("ok")
             .iter()
             .all(|o| *o == BeatOutcome::Renewed)
     );
@@ -1462,7 +1421,7 @@ async fn a_beat_costs_a_few_commands_per_tenant_and_rewrites_only_changed_record
         b.record.last_pong = 3;
     }
     reset_stats(&server);
-    s.beat(&beats).await.expect("ok");
+    s.beat(&beats).await;
     assert_eq!(
         commands(&server).get("hset"),
         Some(&10),
@@ -1498,7 +1457,10 @@ async fn unavailable_is_bounded_when_redis_hangs() {
             let r = s
                 .beat(&[beat(&key("acme", "cc/q"), "pod-a", Fence(1), 1)])
                 .await;
-            assert!(matches!(r, Err(StoreError::Unavailable(_))), "{url}: {r:?}");
+            assert!(
+                matches!(r[..], [BeatOutcome::Failed(StoreError::Unavailable(_))]),
+                "{url}: {r:?}"
+            );
             assert!(
                 t.elapsed() < Duration::from_secs(3),
                 "{url}: took {:?}",
@@ -1552,4 +1514,131 @@ async fn passwords_never_appear_in_errors_or_debug() {
     server.stop();
     let err = good.ping().await.expect_err("down").to_string();
     assert!(!err.contains(secret), "{err}");
+}
+
+/// Tenants whose keys live on three different masters of `cluster`, in node order.
+fn one_tenant_per_node(cluster: &RedisCluster) -> Vec<(Tenant, u16)> {
+    let mut picked: Vec<(Tenant, u16)> = Vec::new();
+    for i in 0..64 {
+        let t: Tenant = format!("tenant-{i}").parse().expect("tenant");
+        let port = cluster.node_of(&format!("sk:{{{t}}}:live"));
+        if picked.iter().all(|(_, p)| *p != port) {
+            picked.push((t, port));
+        }
+        if picked.len() == 3 {
+            return picked;
+        }
+    }
+    panic!("64 tenants did not cover three masters: {picked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_cluster_node_down_each_lease_gets_its_own_beat_outcome() {
+    let mut cluster = RedisCluster::start();
+    let (a, b) = (store(&cluster), store(&cluster));
+    let nodes = one_tenant_per_node(&cluster);
+    let (renewed, fenced, down) = (
+        StreamKey {
+            tenant: nodes[0].0.clone(),
+            stream: "cc/renewed".parse().expect("id"),
+        },
+        StreamKey {
+            tenant: nodes[1].0.clone(),
+            stream: "cc/fenced".parse().expect("id"),
+        },
+        StreamKey {
+            tenant: nodes[2].0.clone(),
+            stream: "cc/down".parse().expect("id"),
+        },
+    );
+    let ttl = Duration::from_secs(60);
+    let f_renewed = a
+        .acquire(&renewed, &pod("pod-a"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    let f_down = a
+        .acquire(&down, &pod("pod-a"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    // pod-a's lease on the second node lapses and pod-b takes it there.
+    let f_fenced = a
+        .acquire(&fenced, &pod("pod-a"), Duration::from_millis(200))
+        .await
+        .expect("ok")
+        .expect("granted");
+    wait_until("the short lease lapses", Duration::from_secs(5), || async {
+        lease_lapsed(&cluster, &fenced)
+    })
+    .await;
+    assert!(
+        b.acquire(&fenced, &pod("pod-b"), ttl)
+            .await
+            .expect("ok")
+            .is_some()
+    );
+
+    cluster.stop_node(nodes[2].1);
+    let beats = [
+        beat(&down, "pod-a", f_down, now_ms()),
+        beat(&fenced, "pod-a", f_fenced, now_ms()),
+        beat(&renewed, "pod-a", f_renewed, now_ms()),
+    ];
+    let t = Instant::now();
+    let out = a.beat(&beats).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "bounded by the operation timeout: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        matches!(
+            out[..],
+            [
+                BeatOutcome::Failed(StoreError::Unavailable(_)),
+                BeatOutcome::Fenced,
+                BeatOutcome::Renewed,
+            ]
+        ),
+        "one outcome per lease, whatever the other nodes did: {out:?}"
+    );
+    // The renewal on the live node really happened: its lease has most of a TTL left.
+    let leases = format!("sk:{{{}}}:leases", renewed.tenant);
+    let left = common::value_text(
+        cluster
+            .command_for(Some(&leases), &["ZSCORE", &leases, renewed.stream.as_str()])
+            .expect("ZSCORE"),
+    )
+    .parse::<f64>()
+    .expect("a score");
+    let time = match cluster.command_for(Some(&leases), &["TIME"]) {
+        Ok(redis::Value::Array(t)) => {
+            common::value_text(t[0].clone())
+                .parse::<f64>()
+                .expect("secs")
+                * 1000.0
+        }
+        other => panic!("TIME: {other:?}"),
+    };
+    assert!(left - time > 50_000.0, "renewed for a TTL: {}", left - time);
+
+    // The node comes back empty: its lease is re-asserted; the others answer as before.
+    cluster.restart_node(nodes[2].1);
+    wait_until(
+        "the restarted node serves its tenant",
+        Duration::from_secs(20),
+        || async {
+            let out = a.beat(&beats).await;
+            matches!(
+                out[..],
+                [
+                    BeatOutcome::Reasserted,
+                    BeatOutcome::Fenced,
+                    BeatOutcome::Renewed
+                ]
+            )
+        },
+    )
+    .await;
 }

@@ -109,7 +109,7 @@ impl RedisStore {
         let members = missing.clone();
         let res = self
             .conn
-            .run("register tenants", |mut c| async move {
+            .run_aside("register tenants", |mut c| async move {
                 c.sadd::<_, _, i64>(keys::TENANTS, members).await
             })
             .await;
@@ -162,17 +162,17 @@ impl RedisStore {
                 beats.len()
             )));
         }
-        codes
+        Ok(codes
             .into_iter()
             .map(|c| match c {
-                0 => Ok(BeatOutcome::Renewed),
-                1 => Ok(BeatOutcome::Reasserted),
-                2 => Ok(BeatOutcome::Fenced),
-                other => Err(StoreError::Protocol(format!(
+                0 => BeatOutcome::Renewed,
+                1 => BeatOutcome::Reasserted,
+                2 => BeatOutcome::Fenced,
+                other => BeatOutcome::Failed(StoreError::Protocol(format!(
                     "beat: unknown outcome {other}"
                 ))),
             })
-            .collect()
+            .collect())
     }
 
     async fn checkpoint_chunk(
@@ -311,7 +311,7 @@ impl Store for RedisStore {
         Ok(acquired)
     }
 
-    async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError> {
+    async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
         // The last beat of a stream wins; a tenant's beats go in one script per BATCH streams.
         let mut last: HashMap<&StreamKey, usize> = HashMap::with_capacity(beats.len());
         for (i, b) in beats.iter().enumerate() {
@@ -339,15 +339,21 @@ impl Store for RedisStore {
                 }
             }
         }
-        let results = futures_util::future::join_all(
-            chunks.into_iter().map(|(tenant, idx, items)| async move {
-                (tenant, idx, self.beat_chunk(tenant, items).await)
-            }),
+        // The registry (for `status`) is updated beside the beats, so a cluster node that is
+        // down for it delays no beat.
+        let (results, ()) = futures_util::future::join(
+            futures_util::future::join_all(chunks.into_iter().map(
+                |(tenant, idx, items)| async move {
+                    (tenant, idx, self.beat_chunk(tenant, items).await)
+                },
+            )),
+            self.register(by_tenant.keys().copied()),
         )
         .await;
 
+        // Each chunk answers for its own beats: a failed one (a cluster node down) hides
+        // nothing another chunk learnt, a fencing above all.
         let mut outcome: Vec<Option<BeatOutcome>> = vec![None; beats.len()];
-        let mut first_err = None;
         let mut reasserted: Vec<&Tenant> = Vec::new();
         {
             let mut written = lock(&self.written);
@@ -356,10 +362,13 @@ impl Store for RedisStore {
                     Ok(codes) => {
                         for (i, o) in idx.into_iter().zip(codes) {
                             let b = &beats[i];
-                            if o == BeatOutcome::Fenced {
-                                written.remove(&b.key);
-                            } else {
-                                written.insert(b.key.clone(), digest(b));
+                            match &o {
+                                BeatOutcome::Renewed | BeatOutcome::Reasserted => {
+                                    written.insert(b.key.clone(), digest(b));
+                                }
+                                BeatOutcome::Fenced | BeatOutcome::Failed(_) => {
+                                    written.remove(&b.key);
+                                }
                             }
                             if o == BeatOutcome::Reasserted {
                                 reasserted.push(tenant);
@@ -371,33 +380,31 @@ impl Store for RedisStore {
                         // What this chunk wrote is unknown: write its records in full next time.
                         for i in idx {
                             written.remove(&beats[i].key);
+                            outcome[i] = Some(BeatOutcome::Failed(e.clone()));
                         }
-                        first_err.get_or_insert(e);
                     }
                 }
             }
         }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
         if !reasserted.is_empty() {
-            // Redis may have lost everything, the registry included.
-            let mut reg = lock(&self.registered);
-            for t in &reasserted {
-                reg.remove(*t);
+            // Redis may have lost everything, the registry included (perhaps after this call
+            // registered them above).
+            {
+                let mut reg = lock(&self.registered);
+                for t in &reasserted {
+                    reg.remove(*t);
+                }
             }
+            self.register(reasserted).await;
         }
-        self.register(by_tenant.keys().copied()).await;
         beats
             .iter()
             .enumerate()
             .map(|(i, b)| {
                 let j = last.get(&b.key).copied().unwrap_or(i);
-                outcome
-                    .get(j)
-                    .copied()
-                    .flatten()
-                    .ok_or_else(|| StoreError::Protocol("beat: a stream got no answer".into()))
+                outcome.get(j).cloned().flatten().unwrap_or_else(|| {
+                    BeatOutcome::Failed(StoreError::Protocol("beat: a stream got no answer".into()))
+                })
             })
             .collect()
     }
