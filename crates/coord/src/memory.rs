@@ -5,11 +5,12 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant, Transition};
+use streamkeeper_api::{EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition};
 use tokio::{sync::broadcast, time::Instant};
 
 use crate::store::{
-    Acquired, Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey, TransitionStream,
+    Acquired, Beat, BeatOutcome, ConnRecord, LeaseView, Store, StoreError, StreamKey,
+    TransitionStream,
 };
 
 #[derive(Debug)]
@@ -114,6 +115,32 @@ impl Store for MemoryStore {
             },
         );
         Ok(Acquired::Granted { fence, took_over })
+    }
+
+    async fn lease_expiries(
+        &self,
+        tenant: &Tenant,
+        streams: &[StreamId],
+    ) -> Result<Vec<LeaseView>, StoreError> {
+        let now = Instant::now();
+        let st = self.lock();
+        Ok(streams
+            .iter()
+            .map(|stream| {
+                let key = StreamKey {
+                    tenant: tenant.clone(),
+                    stream: stream.clone(),
+                };
+                match st.leases.get(&key) {
+                    Some(l) if l.released => LeaseView::Free,
+                    Some(l) if l.expires > now => LeaseView::Held {
+                        expires_in: l.expires - now,
+                    },
+                    Some(_) => LeaseView::Lapsed,
+                    None => LeaseView::Free,
+                }
+            })
+            .collect())
     }
 
     async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
@@ -567,5 +594,60 @@ mod tests {
             }
             other => panic!("a removed stream is free: {other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lease_expiries_tell_held_lapsed_and_free() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(10);
+        let (held, lapsing, released, never) = (
+            key("cc/held"),
+            key("cc/lapsing"),
+            key("cc/released"),
+            key("cc/never"),
+        );
+        s.acquire(&held, &pod("a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+        s.acquire(&lapsing, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        let fr = s
+            .acquire(&released, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        assert!(
+            s.release(&released, fr, &dead(&released))
+                .await
+                .expect("ok")
+        );
+        let streams = [held, lapsing, released, never].map(|k| k.stream);
+        let tenant = key("cc/x").tenant;
+        assert_eq!(
+            s.lease_expiries(&tenant, &streams).await.expect("ok"),
+            vec![
+                LeaseView::Held {
+                    expires_in: Duration::from_secs(60)
+                },
+                LeaseView::Held { expires_in: ttl },
+                LeaseView::Free,
+                LeaseView::Free,
+            ]
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(
+            s.lease_expiries(&tenant, &streams).await.expect("ok"),
+            vec![
+                LeaseView::Held {
+                    expires_in: Duration::from_secs(49)
+                },
+                LeaseView::Lapsed,
+                LeaseView::Free,
+                LeaseView::Free,
+            ]
+        );
     }
 }

@@ -117,6 +117,23 @@ pub enum Acquired {
     },
 }
 
+/// One stream's lease as the store sees it on its own clock: see [`Store::lease_expiries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseView {
+    /// A live lease: it lapses in `expires_in` (on the store's clock) unless its owner renews
+    /// it. Nothing to do before then.
+    Held {
+        /// The time left.
+        expires_in: Duration,
+    },
+    /// Granted and never given up, but not renewed in time: its owner stopped vouching
+    /// (crashed, frozen, cut off). [`Store::try_acquire`] takes it over.
+    Lapsed,
+    /// Nobody holds it: never granted, released, removed, or lost with the store's data.
+    /// [`Store::try_acquire`] takes it at once.
+    Free,
+}
+
 /// One checkpoint to store: see [`Store::save_checkpoints`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointWrite {
@@ -162,6 +179,19 @@ pub trait Store: Send + Sync + 'static {
         owner: &PodName,
         ttl: Duration,
     ) -> Result<Acquired, StoreError>;
+
+    /// How the leases of `streams` (all of `tenant`) stand, in their order: a standby's one
+    /// question per beat tick for every stream it stands by for, so that it calls
+    /// [`Store::try_acquire`] only for the ones that are [`LeaseView::Free`] or
+    /// [`LeaseView::Lapsed`] (which still decides, and right after an outage waits for owners
+    /// to re-assert). Read-only. On Redis: one script per tenant (per 500 streams) of four
+    /// commands (EVALSHA, TIME, MGET of the leases, ZMSCORE of the expiry index), whatever the
+    /// number of streams.
+    async fn lease_expiries(
+        &self,
+        tenant: &Tenant,
+        streams: &[StreamId],
+    ) -> Result<Vec<LeaseView>, StoreError>;
 
     /// Renews the leases of owned streams and records their liveness, in one round trip per
     /// tenant where the store allows it. One outcome per beat, in the order of `beats` (a

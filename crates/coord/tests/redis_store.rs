@@ -16,10 +16,10 @@ use std::{
 
 use common::{Deployment, RedisCluster, RedisServer};
 use futures_util::StreamExt;
-use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant, Transition};
+use streamkeeper_api::{EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition};
 use streamkeeper_coord::{
-    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, RedisStore, Store, StoreError,
-    StreamKey, TransitionStream,
+    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, LeaseView, RedisStore, Store,
+    StoreError, StreamKey, TransitionStream,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -177,6 +177,7 @@ on_single_node_and_cluster!(
     a_malformed_message_is_skipped,
     status_lists_streams_with_last_pong_from_the_index,
     a_removed_stream_leaves_nothing_behind_and_fences_its_owner,
+    lease_expiries_tell_a_standby_when_to_ask,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1267,6 +1268,106 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
     assert_eq!(next(&mut sub, Duration::from_secs(5)).await, marker);
 }
 
+async fn lease_expiries_tell_a_standby_when_to_ask(d: &mut dyn Deployment) {
+    let (a, b) = (store(d), store(d));
+    let k = |name: &str| key("acme", &format!("cc/{name}"));
+    let (held, lapsing, released, removed, never) = (
+        k("held"),
+        k("lapsing"),
+        k("released"),
+        k("removed"),
+        k("never"),
+    );
+    let long = Duration::from_secs(60);
+    let fh = a
+        .acquire(&held, &pod("pod-a"), long)
+        .await
+        .expect("ok")
+        .expect("granted");
+    let fl = a
+        .acquire(&lapsing, &pod("pod-a"), Duration::from_millis(300))
+        .await
+        .expect("ok")
+        .expect("granted");
+    for k in [&released, &removed] {
+        let f = a
+            .acquire(k, &pod("pod-a"), long)
+            .await
+            .expect("ok")
+            .expect("granted");
+        if k == &released {
+            assert!(
+                a.release(k, f, &transition(k, StreamState::Stopped, "handover", f))
+                    .await
+                    .expect("ok")
+            );
+        }
+    }
+    assert!(b.remove_stream(&removed).await.expect("ok"));
+    let streams: Vec<StreamId> = [&held, &lapsing, &released, &removed, &never]
+        .iter()
+        .map(|k| k.stream.clone())
+        .collect();
+    let tenant = held.tenant.clone();
+    let view = b.lease_expiries(&tenant, &streams).await.expect("ok");
+    match view[..] {
+        [
+            LeaseView::Held { expires_in: h },
+            LeaseView::Held { expires_in: l },
+            LeaseView::Free,
+            LeaseView::Free,
+            LeaseView::Free,
+        ] => {
+            assert!(h <= long && h > long - Duration::from_secs(10), "{h:?}");
+            assert!(l <= Duration::from_millis(300), "{l:?}");
+        }
+        _ => panic!("held, held, free, free, free: {view:?}"),
+    }
+    assert_eq!(
+        b.lease_expiries(&tenant, &[]).await.expect("ok"),
+        vec![],
+        "nothing asked, nothing answered"
+    );
+
+    // The short lease lapses: the standby learns it, also after a sweep handled it.
+    let d: &dyn Deployment = d;
+    wait_until("the short lease lapses", Duration::from_secs(5), || async {
+        lease_lapsed(d, &lapsing)
+    })
+    .await;
+    let lapsed = || async {
+        b.lease_expiries(&tenant, std::slice::from_ref(&lapsing.stream))
+            .await
+            .expect("ok")
+    };
+    assert_eq!(lapsed().await, vec![LeaseView::Lapsed]);
+    b.sweep_stale(&tenant, now_ms(), Duration::from_millis(1))
+        .await
+        .expect("ok");
+    assert_eq!(lapsed().await, vec![LeaseView::Lapsed], "after a sweep too");
+    // It asks, and takes it over; then the others see it held.
+    match b
+        .try_acquire(&lapsing, &pod("pod-b"), long)
+        .await
+        .expect("ok")
+    {
+        Acquired::Granted { took_over, .. } => {
+            assert_eq!(took_over, Some((pod("pod-a"), fl)))
+        }
+        other => panic!("a lapsed lease is taken over: {other:?}"),
+    }
+    assert!(matches!(lapsed().await[..], [LeaseView::Held { .. }]));
+    // Renewals move the time left.
+    assert_eq!(
+        a.beat(&[beat(&held, "pod-a", fh, now_ms())]).await,
+        vec![BeatOutcome::Renewed]
+    );
+    match a.lease_expiries(&tenant, &streams[..1]).await.expect("ok")[..] {
+        [LeaseView::Held { expires_in }] => assert!(expires_in > long - Duration::from_secs(10)),
+        ref other => panic!("{other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // single node: costs as Redis counts them (INFO commandstats counts commands run inside Lua
 // scripts too), and secrets
@@ -1426,6 +1527,42 @@ async fn a_beat_costs_a_few_commands_per_tenant_and_rewrites_only_changed_record
         commands(&server).get("hset"),
         Some(&10),
         "only the changed records are written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_tick_costs_four_commands_per_tenant() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    let tenant: Tenant = "acme".parse().expect("tenant");
+    let streams: Vec<StreamId> = (0..50)
+        .map(|i| format!("cc/e{i}").parse().expect("id"))
+        .collect();
+    for st in &streams[..25] {
+        let k = StreamKey {
+            tenant: tenant.clone(),
+            stream: st.clone(),
+        };
+        s.acquire(&k, &pod("pod-a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+    }
+    // (The first call sends the script's source.)
+    s.lease_expiries(&tenant, &streams).await.expect("ok");
+    reset_stats(&server);
+    let view = s.lease_expiries(&tenant, &streams).await.expect("ok");
+    assert_eq!(
+        view.iter()
+            .filter(|v| matches!(v, LeaseView::Held { .. }))
+            .count(),
+        25
+    );
+    let c = commands(&server);
+    assert_eq!(
+        c.values().sum::<u64>(),
+        4,
+        "EVALSHA, TIME, MGET, ZMSCORE: {c:?}"
     );
 }
 

@@ -10,7 +10,8 @@ use std::{
 use ::redis::{AsyncCommands, Value};
 use async_trait::async_trait;
 use streamkeeper_api::{
-    EventId, Fence, PodName, StreamState, Tenant, Transition, transition::TRANSITIONS_CHANNEL,
+    EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition,
+    transition::TRANSITIONS_CHANNEL,
 };
 
 use super::{
@@ -18,8 +19,8 @@ use super::{
     keys, scripts, subscriber,
 };
 use crate::store::{
-    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, Store, StoreError, StreamKey,
-    TransitionStream,
+    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, LeaseView, Store, StoreError,
+    StreamKey, TransitionStream,
 };
 
 /// Streams per script call: bounds one script's run time (Redis serves nobody else meanwhile)
@@ -309,6 +310,46 @@ impl Store for RedisStore {
             self.register([&key.tenant]).await;
         }
         Ok(acquired)
+    }
+
+    async fn lease_expiries(
+        &self,
+        tenant: &Tenant,
+        streams: &[StreamId],
+    ) -> Result<Vec<LeaseView>, StoreError> {
+        let mut out = Vec::with_capacity(streams.len());
+        for part in streams.chunks(BATCH) {
+            let mut call = scripts::LEASE_EXPIRIES.call();
+            call.key(keys::leases(tenant));
+            for stream in part {
+                let key = StreamKey {
+                    tenant: tenant.clone(),
+                    stream: stream.clone(),
+                };
+                call.key(keys::lease(&key)).arg(stream.as_str());
+            }
+            let codes: Vec<i64> = self
+                .conn
+                .run("read lease expiries", |mut c| async move {
+                    call.invoke(&mut c).await
+                })
+                .await?;
+            if codes.len() != part.len() {
+                return Err(StoreError::Protocol(format!(
+                    "lease expiries: {} answers for {} streams",
+                    codes.len(),
+                    part.len()
+                )));
+            }
+            out.extend(codes.into_iter().map(|c| match c {
+                -2 => LeaseView::Lapsed,
+                ms if ms > 0 => LeaseView::Held {
+                    expires_in: Duration::from_millis(ms.unsigned_abs()),
+                },
+                _ => LeaseView::Free,
+            }));
+        }
+        Ok(out)
     }
 
     async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
