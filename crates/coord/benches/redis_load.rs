@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant};
 use streamkeeper_coord::{
-    Beat, BeatOutcome, CheckpointWrite, ConnRecord, RedisStore, Store, StreamKey,
+    AckSeq, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, RedisStore, Store,
+    StreamKey,
 };
 
 const SIM_SECONDS: u64 = 60;
@@ -209,7 +210,14 @@ async fn streamkeeper(
                     lease_ttl: LEASE_TTL,
                 }])
                 .await;
-            let _ = s.save_checkpoint(&w, f, &EventId("0".into())).await;
+            let _ = s
+                .save_checkpoint(&CheckpointWrite {
+                    key: w.clone(),
+                    fence: f,
+                    seq: AckSeq(1),
+                    id: EventId("0".into()),
+                })
+                .await;
             let _ = s.sweep_stale(&w.tenant, 1_000_000, STALE_AFTER).await;
         }
     }
@@ -289,15 +297,13 @@ async fn streamkeeper(
                         CheckpointWrite {
                             key: o.key.clone(),
                             fence: o.fence,
+                            seq: AckSeq(event_no),
                             id: EventId(event_no.to_string()),
                         }
                     })
                     .collect();
-                let saved = stores[*p]
-                    .save_checkpoints(&writes)
-                    .await
-                    .unwrap_or_else(|e| panic!("checkpoints: {e}"));
-                assert!(saved.iter().all(|s| *s));
+                let saved = stores[*p].save_checkpoints(&writes).await;
+                assert!(saved.iter().all(|s| *s == CheckpointOutcome::Saved));
             }
         }
     }

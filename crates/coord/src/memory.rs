@@ -9,8 +9,8 @@ use streamkeeper_api::{EventId, Fence, PodName, StreamId, StreamState, Tenant, T
 use tokio::{sync::broadcast, time::Instant};
 
 use crate::store::{
-    Acquired, Beat, BeatOutcome, ConnRecord, LeaseView, Store, StoreError, StreamKey,
-    TransitionStream,
+    AckSeq, Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView,
+    Store, StoreError, StreamKey, TransitionStream,
 };
 
 #[derive(Debug)]
@@ -23,12 +23,20 @@ struct Lease {
     released: bool,
 }
 
+/// A stored checkpoint and the write that stored it (the guard against going back).
+#[derive(Debug)]
+struct Checkpoint {
+    id: EventId,
+    fence: Fence,
+    seq: AckSeq,
+}
+
 #[derive(Debug, Default)]
 struct State {
     next_fence: u64,
     leases: HashMap<StreamKey, Lease>,
     records: HashMap<StreamKey, ConnRecord>,
-    checkpoints: HashMap<StreamKey, EventId>,
+    checkpoints: HashMap<StreamKey, Checkpoint>,
     /// Pool slots per tenant: stream key -> (fence, expiry).
     pools: HashMap<Tenant, HashMap<StreamKey, (Fence, Instant)>>,
 }
@@ -231,21 +239,38 @@ impl Store for MemoryStore {
     }
 
     async fn checkpoint(&self, key: &StreamKey) -> Result<Option<EventId>, StoreError> {
-        Ok(self.lock().checkpoints.get(key).cloned())
+        Ok(self.lock().checkpoints.get(key).map(|c| c.id.clone()))
     }
 
-    async fn save_checkpoint(
-        &self,
-        key: &StreamKey,
-        fence: Fence,
-        id: &EventId,
-    ) -> Result<bool, StoreError> {
+    async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Vec<CheckpointOutcome> {
         let mut st = self.lock();
-        if !st.owns(key, fence) {
-            return Ok(false);
-        }
-        st.checkpoints.insert(key.clone(), id.clone());
-        Ok(true)
+        writes
+            .iter()
+            .map(|w| {
+                if !st.leases.contains_key(&w.key) {
+                    return CheckpointOutcome::LeaseMissing;
+                }
+                if !st.owns(&w.key, w.fence) {
+                    return CheckpointOutcome::Fenced;
+                }
+                if st
+                    .checkpoints
+                    .get(&w.key)
+                    .is_some_and(|c| c.fence == w.fence && c.seq >= w.seq)
+                {
+                    return CheckpointOutcome::Superseded;
+                }
+                st.checkpoints.insert(
+                    w.key.clone(),
+                    Checkpoint {
+                        id: w.id.clone(),
+                        fence: w.fence,
+                        seq: w.seq,
+                    },
+                );
+                CheckpointOutcome::Saved
+            })
+            .collect()
     }
 
     async fn sweep_stale(
@@ -406,6 +431,19 @@ mod tests {
         }
     }
 
+    /// Stores a checkpoint with the next sequence number.
+    async fn save(s: &dyn Store, k: &StreamKey, fence: Fence, id: &str) -> CheckpointOutcome {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = AckSeq(SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+        s.save_checkpoint(&CheckpointWrite {
+            key: k.clone(),
+            fence,
+            seq,
+            id: EventId(id.into()),
+        })
+        .await
+    }
+
     fn dead(k: &StreamKey) -> Transition {
         Transition {
             stream: k.stream.clone(),
@@ -446,17 +484,9 @@ mod tests {
             lease_ttl: ttl,
         };
         assert_eq!(s.beat(&[beat]).await, vec![BeatOutcome::Fenced]);
-        assert!(
-            !s.save_checkpoint(&k, f1, &EventId("e1".into()))
-                .await
-                .expect("ok")
-        );
+        assert_eq!(save(&s, &k, f1, "e1").await, CheckpointOutcome::Fenced);
         assert!(!s.publish(&k, f1, &dead(&k)).await.expect("ok"));
-        assert!(
-            s.save_checkpoint(&k, f2, &EventId("e2".into()))
-                .await
-                .expect("ok")
-        );
+        assert_eq!(save(&s, &k, f2, "e2").await, CheckpointOutcome::Saved);
         assert_eq!(
             s.checkpoint(&k).await.expect("ok"),
             Some(EventId("e2".into()))
@@ -562,11 +592,7 @@ mod tests {
         };
         s.beat(std::slice::from_ref(&beat)).await;
         assert!(s.pool_acquire(&k, f1, 1).await.expect("ok"));
-        assert!(
-            s.save_checkpoint(&k, f1, &EventId("e1".into()))
-                .await
-                .expect("ok")
-        );
+        assert_eq!(save(&s, &k, f1, "e1").await, CheckpointOutcome::Saved);
 
         assert!(s.remove_stream(&k).await.expect("ok"));
         assert!(!s.remove_stream(&k).await.expect("ok"), "nothing left");
@@ -648,6 +674,40 @@ mod tests {
                 LeaseView::Free,
                 LeaseView::Free,
             ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_never_moves_back_within_a_fence() {
+        let s = MemoryStore::new();
+        let k = key("cc/m");
+        let f = s
+            .acquire(&k, &pod("a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+        let w = |seq: u64, id: &str| CheckpointWrite {
+            key: k.clone(),
+            fence: f,
+            seq: AckSeq(seq),
+            id: EventId(id.into()),
+        };
+        assert_eq!(
+            s.save_checkpoints(&[w(2, "e2"), w(1, "e1"), w(2, "again")])
+                .await,
+            vec![
+                CheckpointOutcome::Saved,
+                CheckpointOutcome::Superseded,
+                CheckpointOutcome::Superseded
+            ]
+        );
+        assert_eq!(
+            s.checkpoint(&k).await.expect("ok"),
+            Some(EventId("e2".into()))
+        );
+        assert_eq!(
+            save(&s, &key("cc/none"), f, "x").await,
+            CheckpointOutcome::LeaseMissing
         );
     }
 }

@@ -134,6 +134,19 @@ pub enum LeaseView {
     Free,
 }
 
+/// Where an acked event stands in its stream's delivery order, as the owner counts it under
+/// one fence: a checkpoint carries it so that the store keeps the newest one whatever order
+/// the writes arrive in (a late ack never moves a checkpoint back). Compared only within one
+/// fence: a new owner counts afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AckSeq(pub u64);
+
+impl std::fmt::Display for AckSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// One checkpoint to store: see [`Store::save_checkpoints`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointWrite {
@@ -141,8 +154,29 @@ pub struct CheckpointWrite {
     pub key: StreamKey,
     /// The fence this pod holds.
     pub fence: Fence,
+    /// The acked event's place under `fence`: higher is newer.
+    pub seq: AckSeq,
     /// The last acked event id.
     pub id: EventId,
+}
+
+/// The answer to one [`CheckpointWrite`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointOutcome {
+    /// Stored: it is the stream's checkpoint now.
+    Saved,
+    /// Not stored, and nothing to do: this fence already stored this checkpoint or a newer
+    /// one (an equal or higher [`AckSeq`]), which stands.
+    Superseded,
+    /// Refused: another fence holds the lease (or it was released or removed). This pod no
+    /// longer owns the stream.
+    Fenced,
+    /// Refused: the store has no lease at all for the stream (it lost its data). Not a
+    /// fencing: the owner re-asserts with its next beat; write again after it.
+    LeaseMissing,
+    /// The round trip failed: whether it was stored is unknown. Write again (the newest write
+    /// wins, so a repeat is harmless).
+    Failed(StoreError),
 }
 
 /// Transitions as they are published, in order.
@@ -221,27 +255,24 @@ pub trait Store: Send + Sync + 'static {
     /// The last acked event id.
     async fn checkpoint(&self, key: &StreamKey) -> Result<Option<EventId>, StoreError>;
 
-    /// Stores the last acked event id if `fence` still holds the lease (`false`: fenced out;
-    /// [`StoreError::LeaseMissing`]: the store lost the lease, retry after the next beat).
-    async fn save_checkpoint(
-        &self,
-        key: &StreamKey,
-        fence: Fence,
-        id: &EventId,
-    ) -> Result<bool, StoreError>;
-
-    /// Stores many checkpoints, each only if its fence still holds its lease; answers in the
-    /// order of `writes` (a lease the store lost reads `false` here: use
-    /// [`Store::save_checkpoint`] to tell it from a fencing). The Redis store writes them in one round trip per batch (per tenant
-    /// on a cluster), so a pod that flushes its acked ids periodically costs O(1) commands per
-    /// flush, not O(streams).
-    async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Result<Vec<bool>, StoreError> {
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
-            out.push(self.save_checkpoint(&w.key, w.fence, &w.id).await?);
-        }
-        Ok(out)
+    /// Stores one checkpoint: [`Store::save_checkpoints`] of one write.
+    async fn save_checkpoint(&self, write: &CheckpointWrite) -> CheckpointOutcome {
+        self.save_checkpoints(std::slice::from_ref(write))
+            .await
+            .pop()
+            .unwrap_or_else(|| {
+                CheckpointOutcome::Failed(StoreError::Protocol("checkpoint: no answer".into()))
+            })
     }
+
+    /// Stores the last acked event id of many streams, each only if its fence still holds its
+    /// lease and it is newer (a higher [`AckSeq`]) than what that fence stored before, so a
+    /// late or repeated write never moves a checkpoint back. One outcome per write, in the
+    /// order of `writes`. Meant for a pod that flushes its acked ids per tenant every so
+    /// often: the Redis store writes a whole tenant's batch (up to 1,000 streams) in one
+    /// script of three commands (EVALSHA, MGET, MSET), and on a single node every tenant's in
+    /// that one script; a stream written twice in one batch costs one write.
+    async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Vec<CheckpointOutcome>;
 
     /// Declares DEAD, exactly once however many pods call it, every stream of `tenant` whose
     /// last pong is older than `stale_after` at `now_ms` AND whose lease lapsed (its owner

@@ -9,7 +9,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -18,8 +18,8 @@ use common::{Deployment, RedisCluster, RedisServer};
 use futures_util::StreamExt;
 use streamkeeper_api::{EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition};
 use streamkeeper_coord::{
-    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, LeaseView, RedisStore, Store,
-    StoreError, StreamKey, TransitionStream,
+    AckSeq, Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView,
+    RedisStore, Store, StoreError, StreamKey, TransitionStream,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -69,6 +69,22 @@ fn last_beat(k: &StreamKey, owner: &str, fence: Fence, last_pong: u64) -> Beat {
         lease_ttl: Duration::from_millis(1),
         ..beat(k, owner, fence, last_pong)
     }
+}
+
+/// A checkpoint write with the next sequence number (they only grow, as an owner's do).
+fn write(k: &StreamKey, fence: Fence, id: &str) -> CheckpointWrite {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    CheckpointWrite {
+        key: k.clone(),
+        fence,
+        seq: AckSeq(SEQ.fetch_add(1, Ordering::Relaxed) + 1),
+        id: EventId(id.into()),
+    }
+}
+
+/// Stores a checkpoint with the next sequence number.
+async fn save(s: &dyn Store, k: &StreamKey, fence: Fence, id: &str) -> CheckpointOutcome {
+    s.save_checkpoint(&write(k, fence, id)).await
 }
 
 fn transition(k: &StreamKey, to: StreamState, reason: &str, fence: Fence) -> Transition {
@@ -178,6 +194,7 @@ on_single_node_and_cluster!(
     status_lists_streams_with_last_pong_from_the_index,
     a_removed_stream_leaves_nothing_behind_and_fences_its_owner,
     lease_expiries_tell_a_standby_when_to_ask,
+    a_checkpoint_never_moves_back_within_a_fence,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -289,10 +306,9 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
         a.beat(&[beat(&k2, "pod-a", f_old, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
-    assert!(
-        !a.save_checkpoint(&k2, f_old, &EventId("e-old".into()))
-            .await
-            .expect("ok")
+    assert_eq!(
+        save(&a, &k2, f_old, "e-old").await,
+        CheckpointOutcome::Fenced
     );
     assert!(
         !a.publish(
@@ -317,10 +333,9 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
         b.beat(&[beat(&k2, "pod-b", f_new, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
-    assert!(
-        b.save_checkpoint(&k2, f_new, &EventId("e-new".into()))
-            .await
-            .expect("ok")
+    assert_eq!(
+        save(&b, &k2, f_new, "e-new").await,
+        CheckpointOutcome::Saved
     );
     assert_eq!(
         a.checkpoint(&k2).await.expect("ok"),
@@ -400,11 +415,7 @@ async fn a_release_hands_over_at_once_and_fences_the_releaser(d: &mut dyn Deploy
         .expect("granted");
     a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await;
     assert!(a.pool_acquire(&k, fa, 1).await.expect("ok"));
-    assert!(
-        a.save_checkpoint(&k, fa, &EventId("e7".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "e7").await, CheckpointOutcome::Saved);
     let handover = transition(&k, StreamState::Stopped, "handover", fa);
     assert!(a.release(&k, fa, &handover).await.expect("ok"));
     assert_eq!(
@@ -452,11 +463,7 @@ async fn a_release_hands_over_at_once_and_fences_the_releaser(d: &mut dyn Deploy
         !a.release(&k2, f2, &handover).await.expect("ok"),
         "released once"
     );
-    assert!(
-        !a.save_checkpoint(&k2, f2, &EventId("late".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k2, f2, "late").await, CheckpointOutcome::Fenced);
 }
 
 async fn a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept(d: &mut dyn Deployment) {
@@ -748,11 +755,7 @@ async fn a_checkpoint_is_refused_for_an_old_fence(d: &mut dyn Deployment) {
         .await
         .expect("ok")
         .expect("granted");
-    assert!(
-        a.save_checkpoint(&k, fa, &EventId("e1".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "e1").await, CheckpointOutcome::Saved);
     assert!(
         a.release(
             &k,
@@ -767,11 +770,7 @@ async fn a_checkpoint_is_refused_for_an_old_fence(d: &mut dyn Deployment) {
         .await
         .expect("ok")
         .expect("granted");
-    assert!(
-        !a.save_checkpoint(&k, fa, &EventId("e-stale".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "e-stale").await, CheckpointOutcome::Fenced);
     assert_eq!(
         b.checkpoint(&k).await.expect("ok"),
         Some(EventId("e1".into())),
@@ -785,30 +784,19 @@ async fn a_checkpoint_is_refused_for_an_old_fence(d: &mut dyn Deployment) {
         .expect("ok")
         .expect("granted");
     let writes = vec![
-        CheckpointWrite {
-            key: k.clone(),
-            fence: fa,
-            id: EventId("x".into()),
-        },
-        CheckpointWrite {
-            key: k.clone(),
-            fence: fb,
-            id: EventId("e2".into()),
-        },
-        CheckpointWrite {
-            key: k2.clone(),
-            fence: f2,
-            id: EventId("o1".into()),
-        },
-        CheckpointWrite {
-            key: key("other", "cc/nobody"),
-            fence: f2,
-            id: EventId("n".into()),
-        },
+        write(&k, fa, "x"),
+        write(&k, fb, "e2"),
+        write(&k2, f2, "o1"),
+        write(&key("other", "cc/nobody"), f2, "n"),
     ];
     assert_eq!(
-        b.save_checkpoints(&writes).await.expect("ok"),
-        vec![false, true, true, false]
+        b.save_checkpoints(&writes).await,
+        vec![
+            CheckpointOutcome::Fenced,
+            CheckpointOutcome::Saved,
+            CheckpointOutcome::Saved,
+            CheckpointOutcome::LeaseMissing,
+        ]
     );
     assert_eq!(
         a.checkpoint(&k).await.expect("ok"),
@@ -876,11 +864,7 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
         a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
-    assert!(
-        a.save_checkpoint(&k, fa, &EventId("after".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "after").await, CheckpointOutcome::Saved);
     assert_eq!(
         a.records()
             .await
@@ -893,7 +877,7 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
     );
 
     // Data lost again and another pod grabbed the stream before its owner beat. Fences never
-    // go back, even with the counter lost (they are floored at Redis's clock in ms), so the
+    // go back, even with the counter lost (they are floored at Redis's clock in µs), so the
     // newcomer's grant is the newest: it wins and the old owner is fenced. One owner, always.
     d.flushall();
     let fb = b
@@ -906,11 +890,7 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
         a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
-    assert!(
-        !a.save_checkpoint(&k, fa, &EventId("x".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "x").await, CheckpointOutcome::Fenced);
     assert_eq!(
         b.beat(&[beat(&k, "pod-b", fb, now_ms())]).await,
         vec![BeatOutcome::Renewed]
@@ -970,8 +950,11 @@ async fn unavailable_is_fast_and_the_store_recovers_on_restart(d: &mut dyn Deplo
         assert!(t.elapsed() < bound, "sweep took {:?}", t.elapsed());
 
         let t = Instant::now();
-        let r = s.save_checkpoint(&k, f, &EventId("e".into())).await;
-        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        let r = save(&s, &k, f, "e").await;
+        assert!(
+            matches!(r, CheckpointOutcome::Failed(StoreError::Unavailable(_))),
+            "{r:?}"
+        );
         assert!(t.elapsed() < bound, "checkpoint took {:?}", t.elapsed());
     }
     // A store made while Redis is down is fine; it fails like the others.
@@ -1154,11 +1137,7 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
         .expect("granted");
     a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await;
     assert!(a.pool_acquire(&k, fa, 1).await.expect("ok"));
-    assert!(
-        a.save_checkpoint(&k, fa, &EventId("e1".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "e1").await, CheckpointOutcome::Saved);
     // A neighbour of the same tenant keeps everything.
     let n = key("acme", "cc/neighbour");
     let fnb = a
@@ -1167,11 +1146,7 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
         .expect("ok")
         .expect("granted");
     a.beat(&[beat(&n, "pod-a", fnb, now_ms())]).await;
-    assert!(
-        a.save_checkpoint(&n, fnb, &EventId("n1".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &n, fnb, "n1").await, CheckpointOutcome::Saved);
 
     // The controller (any store, not the owner) removes it.
     assert!(b.remove_stream(&k).await.expect("ok"));
@@ -1229,11 +1204,7 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
         a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
-    assert!(
-        !a.save_checkpoint(&k, fa, &EventId("late".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "late").await, CheckpointOutcome::Fenced);
     assert!(!a.pool_acquire(&k, fa, 5).await.expect("ok"));
     assert_eq!(b.checkpoint(&k).await.expect("ok"), None);
     // The slot is free, and the stream can be created again: taken at once, newer fence.
@@ -1366,6 +1337,121 @@ async fn lease_expiries_tell_a_standby_when_to_ask(d: &mut dyn Deployment) {
         [LeaseView::Held { expires_in }] => assert!(expires_in > long - Duration::from_secs(10)),
         ref other => panic!("{other:?}"),
     }
+}
+
+async fn a_checkpoint_never_moves_back_within_a_fence(d: &mut dyn Deployment) {
+    let (a, b) = (store(d), store(d));
+    let k = key("acme", "cc/monotonic");
+    let ttl = Duration::from_secs(60);
+    let fa = a
+        .acquire(&k, &pod("pod-a"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    let w = |fence: Fence, seq: u64, id: &str| CheckpointWrite {
+        key: k.clone(),
+        fence,
+        seq: AckSeq(seq),
+        id: EventId(id.into()),
+    };
+    let ckpt = || async { a.checkpoint(&k).await.expect("ok").map(|e| e.0) };
+    assert_eq!(
+        a.save_checkpoint(&w(fa, 5, "e5")).await,
+        CheckpointOutcome::Saved
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, 3, "e3")).await,
+        CheckpointOutcome::Superseded,
+        "a late ack"
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, 5, "e5")).await,
+        CheckpointOutcome::Superseded,
+        "a repeat"
+    );
+    assert_eq!(ckpt().await.as_deref(), Some("e5"));
+    // One batch with the same stream thrice, out of order: the newest is stored, the others
+    // are superseded by it.
+    assert_eq!(
+        a.save_checkpoints(&[w(fa, 9, "e9"), w(fa, 10, "e10"), w(fa, 8, "e8")])
+            .await,
+        vec![
+            CheckpointOutcome::Superseded,
+            CheckpointOutcome::Saved,
+            CheckpointOutcome::Superseded
+        ]
+    );
+    assert_eq!(ckpt().await.as_deref(), Some("e10"));
+    // Writes racing from many tasks, arriving in any order: the newest one stands.
+    let a = Arc::new(a);
+    let mut seqs: Vec<u64> = (11..=60).collect();
+    seqs.reverse();
+    seqs.rotate_left(17);
+    let tasks: Vec<_> = seqs
+        .into_iter()
+        .map(|seq| {
+            let (a, write) = (a.clone(), w(fa, seq, &format!("e{seq}")));
+            tokio::spawn(async move { a.save_checkpoint(&write).await })
+        })
+        .collect();
+    for t in tasks {
+        let o = t.await.expect("task");
+        assert!(
+            matches!(o, CheckpointOutcome::Saved | CheckpointOutcome::Superseded),
+            "{o:?}"
+        );
+    }
+    assert_eq!(
+        a.checkpoint(&k).await.expect("ok").map(|e| e.0).as_deref(),
+        Some("e60")
+    );
+    // Sequences compare exactly across the whole u64 range (Lua's numbers would not).
+    let big = 1u64 << 53;
+    assert_eq!(
+        a.save_checkpoint(&w(fa, big, "big")).await,
+        CheckpointOutcome::Saved
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, big + 1, "big+1")).await,
+        CheckpointOutcome::Saved
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, big, "big")).await,
+        CheckpointOutcome::Superseded
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, u64::MAX, "max")).await,
+        CheckpointOutcome::Saved
+    );
+
+    // A new owner counts afresh: its first write wins over the old fence's high one; the old
+    // fence is refused whatever its sequence.
+    assert!(
+        a.release(
+            &k,
+            fa,
+            &transition(&k, StreamState::Stopped, "handover", fa)
+        )
+        .await
+        .expect("ok")
+    );
+    let fb = b
+        .acquire(&k, &pod("pod-b"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    assert_eq!(
+        b.save_checkpoint(&w(fb, 1, "b1")).await,
+        CheckpointOutcome::Saved
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, u64::MAX, "late")).await,
+        CheckpointOutcome::Fenced
+    );
+    assert_eq!(
+        b.checkpoint(&k).await.expect("ok").map(|e| e.0).as_deref(),
+        Some("b1")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1564,6 +1650,109 @@ async fn a_standby_tick_costs_four_commands_per_tenant() {
         4,
         "EVALSHA, TIME, MGET, ZMSCORE: {c:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_flush_costs_three_commands_per_script() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    let mut writes = Vec::new();
+    for t in 0..20 {
+        for i in 0..10 {
+            let k = key(&format!("tenant-{t}"), &format!("cc/c{i}"));
+            let f = s
+                .acquire(&k, &pod("pod-a"), Duration::from_secs(60))
+                .await
+                .expect("ok")
+                .expect("granted");
+            // Three acks of the stream since the last flush: one write.
+            for n in 0..3 {
+                writes.push(write(&k, f, &format!("e{n}")));
+            }
+        }
+    }
+    // (The first call sends the script's source.)
+    let w = key("warmup", "cc/w");
+    let fw = s
+        .acquire(&w, &pod("pod-a"), Duration::from_secs(60))
+        .await
+        .expect("ok")
+        .expect("granted");
+    save(&s, &w, fw, "0").await;
+    reset_stats(&server);
+    let out = s.save_checkpoints(&writes).await;
+    assert_eq!(
+        out.iter()
+            .filter(|o| **o == CheckpointOutcome::Saved)
+            .count(),
+        200,
+        "one per stream"
+    );
+    let c = commands(&server);
+    assert_eq!(
+        c.values().sum::<u64>(),
+        3,
+        "a single node: one script for every tenant (EVALSHA, MGET, MSET): {c:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_checkpoint_flush_costs_three_commands_per_tenant() {
+    let cluster = RedisCluster::start();
+    let s = store(&cluster);
+    let tenants = one_tenant_per_node(&cluster);
+    let mut writes = Vec::new();
+    for (t, _) in &tenants {
+        for i in 0..10 {
+            let k = StreamKey {
+                tenant: t.clone(),
+                stream: format!("cc/c{i}").parse().expect("id"),
+            };
+            let f = s
+                .acquire(&k, &pod("pod-a"), Duration::from_secs(60))
+                .await
+                .expect("ok")
+                .expect("granted");
+            writes.push(write(&k, f, "e1"));
+            writes.push(write(&k, f, "e2"));
+        }
+    }
+    // (The first call sends the script's source to each node.)
+    let mut first = Vec::new();
+    for (t, _) in &tenants {
+        let k = StreamKey {
+            tenant: t.clone(),
+            stream: "cc/warmup".parse().expect("id"),
+        };
+        let f = s
+            .acquire(&k, &pod("pod-a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+        first.push(write(&k, f, "e0"));
+    }
+    assert!(
+        s.save_checkpoints(&first)
+            .await
+            .iter()
+            .all(|o| *o == CheckpointOutcome::Saved)
+    );
+    for n in &cluster.nodes {
+        common::text(n.port, &["CONFIG", "RESETSTAT"]);
+    }
+    let out = s.save_checkpoints(&writes).await;
+    assert_eq!(
+        out.iter()
+            .filter(|o| **o == CheckpointOutcome::Saved)
+            .count(),
+        30
+    );
+    let total: u64 = cluster
+        .nodes
+        .iter()
+        .map(|n| commands(n).values().sum::<u64>())
+        .sum();
+    assert_eq!(total, 3 * 3, "EVALSHA, MGET, MSET per tenant");
 }
 
 /// A "Redis" that accepts connections and never answers (a blackholed or frozen server).

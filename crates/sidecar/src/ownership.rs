@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -21,7 +21,10 @@ use streamkeeper_api::{
     DropReason, EventId, Fence, PodName, StreamState, Tenant, Transition,
     config::DEFAULT_TENANT_LIMIT,
 };
-use streamkeeper_coord::{Acquired, Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey};
+use streamkeeper_coord::{
+    AckSeq, Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, Store,
+    StoreError, StreamKey,
+};
 use tokio::{
     sync::{Notify, watch},
     time::Instant,
@@ -74,6 +77,8 @@ pub struct Ownership {
     draining: AtomicBool,
     store_up: AtomicBool,
     on_store_up: StoreUpHook,
+    /// The last checkpoint write's [`AckSeq`].
+    ack_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Ownership {
@@ -98,6 +103,7 @@ impl Ownership {
             draining: AtomicBool::new(false),
             store_up: AtomicBool::new(true),
             on_store_up,
+            ack_seq: AtomicU64::new(0),
         })
     }
 
@@ -282,14 +288,24 @@ impl Ownership {
 
     /// Stores the last acked id under the fence; `false` when the fence is stale.
     pub async fn checkpoint(&self, claim: &Claim, id: &EventId) -> Result<bool, StoreError> {
-        let ok = self
-            .store
-            .save_checkpoint(&claim.key, claim.fence, id)
-            .await?;
-        if !ok {
-            self.lose(&claim.key, claim.fence, DropReason::OwnerLost);
+        // Numbered in the order of the calls, so a write that arrives late cannot move the
+        // checkpoint back (one counter for the pod: it grows within every fence).
+        let seq = AckSeq(self.ack_seq.fetch_add(1, Ordering::Relaxed) + 1);
+        let write = CheckpointWrite {
+            key: claim.key.clone(),
+            fence: claim.fence,
+            seq,
+            id: id.clone(),
+        };
+        match self.store.save_checkpoint(&write).await {
+            CheckpointOutcome::Saved | CheckpointOutcome::Superseded => Ok(true),
+            CheckpointOutcome::Fenced => {
+                self.lose(&claim.key, claim.fence, DropReason::OwnerLost);
+                Ok(false)
+            }
+            CheckpointOutcome::LeaseMissing => Err(StoreError::LeaseMissing),
+            CheckpointOutcome::Failed(e) => Err(e),
         }
-        Ok(ok)
     }
 
     /// Publishes a state change of a stream this pod runs.
