@@ -10,7 +10,8 @@ use tokio::{sync::broadcast, time::Instant};
 
 use crate::store::{
     AckSeq, Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView,
-    Store, StoreError, StreamKey, TransitionStream,
+    Store, StoreError, StreamKey, TransitionStream, answering_beats, answering_writes,
+    outcome_beside,
 };
 
 #[derive(Debug)]
@@ -37,16 +38,17 @@ struct State {
     leases: HashMap<StreamKey, Lease>,
     records: HashMap<StreamKey, ConnRecord>,
     checkpoints: HashMap<StreamKey, Checkpoint>,
-    /// Pool slots per tenant: stream key -> (fence, expiry).
-    pools: HashMap<Tenant, HashMap<StreamKey, (Fence, Instant)>>,
+    /// Pool slots per tenant: stream key -> the fence that took the slot. A slot lives while
+    /// its stream's lease does (as on Redis).
+    pools: HashMap<Tenant, HashMap<StreamKey, Fence>>,
 }
 
 impl State {
-    /// Whether `fence` holds a live lease on the stream (it is vouching for it now).
-    fn holds(&self, key: &StreamKey, fence: Fence, now: Instant) -> bool {
+    /// Whether anybody holds a live lease on the stream (someone is vouching for it now).
+    fn live(&self, key: &StreamKey, now: Instant) -> bool {
         self.leases
             .get(key)
-            .is_some_and(|l| l.fence == fence && !l.released && l.expires > now)
+            .is_some_and(|l| !l.released && l.expires > now)
     }
 
     /// Whether `fence` is the stream's latest grant, not given up. A lapsed lease that nobody
@@ -56,6 +58,73 @@ impl State {
         self.leases
             .get(key)
             .is_some_and(|l| l.fence == fence && !l.released)
+    }
+
+    /// What a fence-checked write finds: `Ok(true)` the fence holds, `Ok(false)` fenced out,
+    /// `Err` no lease at all (never granted here; on Redis also "lost with its data").
+    fn check(&self, key: &StreamKey, fence: Fence) -> Result<bool, StoreError> {
+        match self.leases.get(key) {
+            None => Err(StoreError::LeaseMissing),
+            Some(_) => Ok(self.owns(key, fence)),
+        }
+    }
+
+    /// One beat, as the Redis beat script judges it.
+    fn beat(&mut self, b: &Beat, now: Instant) -> BeatOutcome {
+        let outcome = match self.leases.get_mut(&b.key) {
+            // A lower fence than the beat's can only be a leftover of lost data on Redis: it
+            // is re-asserted there, and here alike (below).
+            Some(l) if l.fence < b.fence => BeatOutcome::Reasserted,
+            Some(l) if l.fence > b.fence || l.released || l.owner != b.record.owner => {
+                return BeatOutcome::Fenced;
+            }
+            Some(l) if l.expires > now => {
+                l.expires = now + b.lease_ttl;
+                BeatOutcome::Renewed
+            }
+            _ => BeatOutcome::Reasserted,
+        };
+        if outcome == BeatOutcome::Reasserted {
+            // Lapsed and untaken (or never stored): the same owner re-asserts, and fences
+            // never fall below one handed out.
+            self.next_fence = self.next_fence.max(b.fence.0);
+            self.leases.insert(
+                b.key.clone(),
+                Lease {
+                    owner: b.record.owner.clone(),
+                    fence: b.fence,
+                    expires: now + b.lease_ttl,
+                    released: false,
+                },
+            );
+        }
+        self.records.insert(b.key.clone(), b.record.clone());
+        outcome
+    }
+
+    /// One checkpoint write, as the Redis checkpoint script judges it.
+    fn save_checkpoint(&mut self, w: &CheckpointWrite) -> CheckpointOutcome {
+        match self.check(&w.key, w.fence) {
+            Err(_) => return CheckpointOutcome::LeaseMissing,
+            Ok(false) => return CheckpointOutcome::Fenced,
+            Ok(true) => {}
+        }
+        if self
+            .checkpoints
+            .get(&w.key)
+            .is_some_and(|c| c.fence == w.fence && c.seq >= w.seq)
+        {
+            return CheckpointOutcome::Superseded;
+        }
+        self.checkpoints.insert(
+            w.key.clone(),
+            Checkpoint {
+                id: w.id.clone(),
+                fence: w.fence,
+                seq: w.seq,
+            },
+        );
+        CheckpointOutcome::Saved
     }
 }
 
@@ -154,42 +223,17 @@ impl Store for MemoryStore {
     async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
         let now = Instant::now();
         let mut st = self.lock();
-        let mut out = Vec::with_capacity(beats.len());
-        for b in beats {
-            let outcome = match st.leases.get_mut(&b.key) {
-                Some(l) if l.fence == b.fence && !l.released && l.expires > now => {
-                    l.expires = now + b.lease_ttl;
-                    BeatOutcome::Renewed
-                }
-                Some(l) if l.fence != b.fence || l.released => BeatOutcome::Fenced,
-                _ => {
-                    // Lapsed and untaken (or the store lost it): the same owner re-asserts.
-                    st.leases.insert(
-                        b.key.clone(),
-                        Lease {
-                            owner: b.record.owner.clone(),
-                            fence: b.fence,
-                            expires: now + b.lease_ttl,
-                            released: false,
-                        },
-                    );
-                    BeatOutcome::Reasserted
-                }
-            };
-            if outcome != BeatOutcome::Fenced {
-                st.records.insert(b.key.clone(), b.record.clone());
-                if let Some(slot) = st
-                    .pools
-                    .get_mut(&b.key.tenant)
-                    .and_then(|p| p.get_mut(&b.key))
-                    .filter(|slot| slot.0 == b.fence)
-                {
-                    slot.1 = now + b.lease_ttl;
-                }
+        let answer = answering_beats(beats);
+        let mut out: Vec<Option<BeatOutcome>> = vec![None; beats.len()];
+        for (i, b) in beats.iter().enumerate() {
+            if answer[i] == i {
+                out[i] = Some(st.beat(b, now));
             }
-            out.push(outcome);
         }
-        out
+        answer
+            .iter()
+            .map(|&j| out[j].clone().unwrap_or(BeatOutcome::Fenced))
+            .collect()
     }
 
     async fn release(
@@ -206,7 +250,9 @@ impl Store for MemoryStore {
                     l.released = true;
                 }
                 st.records.remove(key);
-                if let Some(pool) = st.pools.get_mut(&key.tenant) {
+                if let Some(pool) = st.pools.get_mut(&key.tenant)
+                    && pool.get(key) == Some(&fence)
+                {
                     pool.remove(key);
                 }
             }
@@ -226,7 +272,7 @@ impl Store for MemoryStore {
     ) -> Result<bool, StoreError> {
         let held = {
             let mut st = self.lock();
-            let held = st.owns(key, fence);
+            let held = st.check(key, fence)?;
             if let Some(r) = st.records.get_mut(key).filter(|_| held) {
                 r.state = transition.to;
             }
@@ -244,31 +290,19 @@ impl Store for MemoryStore {
 
     async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Vec<CheckpointOutcome> {
         let mut st = self.lock();
-        writes
+        let answer = answering_writes(writes);
+        let mut out: Vec<Option<CheckpointOutcome>> = vec![None; writes.len()];
+        for (i, w) in writes.iter().enumerate() {
+            if answer[i] == i {
+                out[i] = Some(st.save_checkpoint(w));
+            }
+        }
+        answer
             .iter()
-            .map(|w| {
-                if !st.leases.contains_key(&w.key) {
-                    return CheckpointOutcome::LeaseMissing;
-                }
-                if !st.owns(&w.key, w.fence) {
-                    return CheckpointOutcome::Fenced;
-                }
-                if st
-                    .checkpoints
-                    .get(&w.key)
-                    .is_some_and(|c| c.fence == w.fence && c.seq >= w.seq)
-                {
-                    return CheckpointOutcome::Superseded;
-                }
-                st.checkpoints.insert(
-                    w.key.clone(),
-                    Checkpoint {
-                        id: w.id.clone(),
-                        fence: w.fence,
-                        seq: w.seq,
-                    },
-                );
-                CheckpointOutcome::Saved
+            .enumerate()
+            .map(|(i, &j)| {
+                let o = out[j].clone().unwrap_or(CheckpointOutcome::LeaseMissing);
+                if i == j { o } else { outcome_beside(&o) }
             })
             .collect()
     }
@@ -284,16 +318,16 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let dead: Vec<Transition> = {
             let mut st = self.lock();
-            // Stale means the owner stopped vouching: its lease lapsed too. A live owner whose
-            // socket is down (reconnecting) keeps its lease and is not swept.
-            let stale: Vec<StreamKey> = st
+            // Stale means nobody vouches for the stream: its lease lapsed too. A live owner
+            // whose socket is down (reconnecting) keeps its lease and is not swept, and a new
+            // owner's lease covers the old owner's record until its first beat replaces it.
+            let mut stale: Vec<StreamKey> = st
                 .records
                 .iter()
-                .filter(|(k, r)| {
-                    &k.tenant == tenant && r.last_pong < cutoff && !st.holds(k, r.fence, now)
-                })
+                .filter(|(k, r)| &k.tenant == tenant && r.last_pong < cutoff && !st.live(k, now))
                 .map(|(k, _)| k.clone())
                 .collect();
+            stale.sort();
             stale
                 .into_iter()
                 .filter_map(|k| {
@@ -328,25 +362,24 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut st = self.lock();
         if !st.owns(key, fence) {
-            // A superseded (or released) fence takes no slot.
+            // A superseded (or released) fence, or none at all, takes no slot.
             return Ok(false);
         }
-        let ttl = st.leases.get(key).map(|l| l.expires).unwrap_or(now);
-        let pool = st.pools.entry(key.tenant.clone()).or_default();
-        pool.retain(|_, (_, expires)| *expires > now);
-        if pool.contains_key(key) || pool.len() < limit as usize {
-            pool.insert(key.clone(), (fence, ttl.max(now + Duration::from_secs(1))));
-            return Ok(true);
+        // Holders whose lease lapsed are evicted, so a crashed pod's slots come back.
+        let mut pool = st.pools.remove(&key.tenant).unwrap_or_default();
+        pool.retain(|k, _| st.live(k, now));
+        let granted = pool.contains_key(key) || pool.len() < limit as usize;
+        if granted {
+            pool.insert(key.clone(), fence);
         }
-        Ok(false)
+        st.pools.insert(key.tenant.clone(), pool);
+        Ok(granted)
     }
 
     async fn pool_release(&self, key: &StreamKey, fence: Fence) -> Result<(), StoreError> {
         let mut st = self.lock();
-        if let Some(pool) = st
-            .pools
-            .get_mut(&key.tenant)
-            .filter(|p| p.get(key).is_some_and(|(f, _)| *f == fence))
+        if let Some(pool) = st.pools.get_mut(&key.tenant)
+            && pool.get(key) == Some(&fence)
         {
             pool.remove(key);
         }
@@ -379,7 +412,7 @@ impl Store for MemoryStore {
 
     async fn records(&self) -> Result<Vec<ConnRecord>, StoreError> {
         let mut v: Vec<ConnRecord> = self.lock().records.values().cloned().collect();
-        v.sort_by(|a, b| a.stream.cmp(&b.stream));
+        v.sort_by(|a, b| (&a.stream, &a.tenant).cmp(&(&b.stream, &b.tenant)));
         Ok(v)
     }
 

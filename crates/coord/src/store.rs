@@ -1,6 +1,6 @@
 //! The [`Store`] trait and the records it keeps.
 
-use std::{pin::Pin, time::Duration};
+use std::{collections::HashMap, pin::Pin, time::Duration};
 
 use async_trait::async_trait;
 use futures_util::Stream;
@@ -177,6 +177,52 @@ pub enum CheckpointOutcome {
     /// The round trip failed: whether it was stored is unknown. Write again (the newest write
     /// wins, so a repeat is harmless).
     Failed(StoreError),
+}
+
+/// For each beat, the one that answers for it: the last beat of its stream (both stores apply
+/// only that one).
+pub(crate) fn answering_beats(beats: &[Beat]) -> Vec<usize> {
+    let mut last: HashMap<&StreamKey, usize> = HashMap::with_capacity(beats.len());
+    for (i, b) in beats.iter().enumerate() {
+        last.insert(&b.key, i);
+    }
+    beats
+        .iter()
+        .enumerate()
+        .map(|(i, b)| last.get(&b.key).copied().unwrap_or(i))
+        .collect()
+}
+
+/// For each checkpoint write, the one that answers for it: the newest write (the highest
+/// [`AckSeq`], the first of equals) of its stream under its fence. Both stores store only that
+/// one; see [`outcome_beside`] for the others.
+pub(crate) fn answering_writes(writes: &[CheckpointWrite]) -> Vec<usize> {
+    let mut newest: HashMap<(&StreamKey, Fence), usize> = HashMap::with_capacity(writes.len());
+    for (i, w) in writes.iter().enumerate() {
+        newest
+            .entry((&w.key, w.fence))
+            .and_modify(|j| {
+                if w.seq > writes[*j].seq {
+                    *j = i;
+                }
+            })
+            .or_insert(i);
+    }
+    writes
+        .iter()
+        .enumerate()
+        .map(|(i, w)| newest.get(&(&w.key, w.fence)).copied().unwrap_or(i))
+        .collect()
+}
+
+/// The answer to a write that was not sent because a newer one of its stream and fence was
+/// (`newest`, which answered `outcome`): superseded by it where it was stored or found stale,
+/// else the same refusal or failure.
+pub(crate) fn outcome_beside(outcome: &CheckpointOutcome) -> CheckpointOutcome {
+    match outcome {
+        CheckpointOutcome::Saved | CheckpointOutcome::Superseded => CheckpointOutcome::Superseded,
+        other => other.clone(),
+    }
 }
 
 /// Transitions as they are published, in order.

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::store::{
     Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView, Store,
-    StoreError, StreamKey, TransitionStream,
+    StoreError, StreamKey, TransitionStream, answering_beats, answering_writes, outcome_beside,
 };
 
 /// Streams per script call: bounds one script's run time (Redis serves nobody else meanwhile)
@@ -370,13 +370,10 @@ impl Store for RedisStore {
 
     async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
         // The last beat of a stream wins; a tenant's beats go in one script per BATCH streams.
-        let mut last: HashMap<&StreamKey, usize> = HashMap::with_capacity(beats.len());
-        for (i, b) in beats.iter().enumerate() {
-            last.insert(&b.key, i);
-        }
+        let answer = answering_beats(beats);
         let mut by_tenant: BTreeMap<&Tenant, Vec<usize>> = BTreeMap::new();
         for (i, b) in beats.iter().enumerate() {
-            if last.get(&b.key) == Some(&i) {
+            if answer[i] == i {
                 by_tenant.entry(&b.key.tenant).or_default().push(i);
             }
         }
@@ -454,11 +451,9 @@ impl Store for RedisStore {
             }
             self.register(reasserted).await;
         }
-        beats
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let j = last.get(&b.key).copied().unwrap_or(i);
+        answer
+            .into_iter()
+            .map(|j| {
                 outcome.get(j).cloned().flatten().unwrap_or_else(|| {
                     BeatOutcome::Failed(StoreError::Protocol("beat: a stream got no answer".into()))
                 })
@@ -532,24 +527,14 @@ impl Store for RedisStore {
     async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Vec<CheckpointOutcome> {
         // Of the writes of one stream under one fence only the newest goes to Redis (a flush
         // costs its streams, not its acks); the others answer from it.
-        let mut newest: HashMap<(&StreamKey, Fence), usize> = HashMap::new();
-        for (i, w) in writes.iter().enumerate() {
-            newest
-                .entry((&w.key, w.fence))
-                .and_modify(|j| {
-                    if w.seq > writes[*j].seq {
-                        *j = i;
-                    }
-                })
-                .or_insert(i);
-        }
+        let answer = answering_writes(writes);
         // A script may only touch one hash slot in a cluster: one call per tenant there. A single
         // node has no slots, and the checkpoint script names every key it touches, so all
         // tenants go in one call (the cost is then O(1) per flush, not O(tenants)).
         let cluster = self.conn.endpoints.cluster;
         let mut groups: BTreeMap<Option<&Tenant>, Vec<usize>> = BTreeMap::new();
         for (i, w) in writes.iter().enumerate() {
-            if newest.get(&(&w.key, w.fence)) == Some(&i) {
+            if answer[i] == i {
                 groups
                     .entry(cluster.then_some(&w.key.tenant))
                     .or_default()
@@ -580,25 +565,16 @@ impl Store for RedisStore {
                 }
             }
         }
-        writes
+        answer
             .iter()
             .enumerate()
-            .map(|(i, w)| {
-                let j = newest.get(&(&w.key, w.fence)).copied().unwrap_or(i);
+            .map(|(i, &j)| {
                 let o = sent.get(j).cloned().flatten().unwrap_or_else(|| {
                     CheckpointOutcome::Failed(StoreError::Protocol(
                         "save checkpoints: a write got no answer".into(),
                     ))
                 });
-                match o {
-                    // An older write than the one stored (or found newer) is superseded by it.
-                    CheckpointOutcome::Saved | CheckpointOutcome::Superseded
-                        if w.seq < writes[j].seq =>
-                    {
-                        CheckpointOutcome::Superseded
-                    }
-                    o => o,
-                }
+                if i == j { o } else { outcome_beside(&o) }
             })
             .collect()
     }
