@@ -496,6 +496,31 @@ async fn with_one_cluster_node_down_each_lease_gets_its_own_beat_outcome() {
         other => panic!("TIME: {other:?}"),
     };
     assert!(left - time > 50_000.0, "renewed for a TTL: {}", left - time);
+    // The store keeps serving the live nodes while one is down (a failure makes it build its
+    // cluster connection afresh), beat after beat.
+    for round in 0..3 {
+        let out = a.beat(&beats).await;
+        assert!(
+            matches!(
+                out[..],
+                [
+                    BeatOutcome::Failed(StoreError::Unavailable(_)),
+                    BeatOutcome::Fenced,
+                    BeatOutcome::Renewed,
+                ]
+            ),
+            "round {round}: {out:?}"
+        );
+    }
+    let other = StreamKey {
+        tenant: nodes[0].0.clone(),
+        stream: "cc/other".parse().expect("id"),
+    };
+    let r = a.acquire(&other, &pod("pod-a"), ttl).await;
+    assert!(
+        matches!(r, Ok(None) | Err(StoreError::Unavailable(_))),
+        "no new ownership right after a failure (owners may not have renewed): {r:?}"
+    );
 
     // The node comes back empty: its lease is re-asserted; the others answer as before.
     cluster.restart_node(nodes[2].1);

@@ -24,6 +24,23 @@ use streamkeeper_coord::{
     StoreError, StreamKey,
 };
 
+/// The tests of one scenario on a fresh Redis node and a fresh Redis Cluster.
+macro_rules! on_redis {
+    ($scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn redis_node() {
+            let mut d = super::RedisServer::start();
+            super::$scenario(&mut d).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn redis_cluster() {
+            let mut d = super::RedisCluster::start();
+            super::$scenario(&mut d).await;
+        }
+    };
+}
+
 /// Runs each scenario on a fresh deployment of every kind: `everywhere` on the in-process
 /// store, a Redis node and a Redis Cluster; `redis_only` on a node and a cluster, and lists it
 /// for the in-process store as ignored, saying why.
@@ -37,17 +54,7 @@ macro_rules! contract {
                     super::$scenario(&mut d).await;
                 }
 
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn redis_node() {
-                    let mut d = super::RedisServer::start();
-                    super::$scenario(&mut d).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn redis_cluster() {
-                    let mut d = super::RedisCluster::start();
-                    super::$scenario(&mut d).await;
-                }
+                on_redis!($scenario);
             }
         )*
         $(
@@ -56,17 +63,7 @@ macro_rules! contract {
                 #[ignore = "needs a real Redis: the in-process store cannot be stopped, restarted or wiped, nor be sent a foreign message"]
                 fn memory() {}
 
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn redis_node() {
-                    let mut d = super::RedisServer::start();
-                    super::$redis(&mut d).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn redis_cluster() {
-                    let mut d = super::RedisCluster::start();
-                    super::$redis(&mut d).await;
-                }
+                on_redis!($redis);
             }
         )*
     };
