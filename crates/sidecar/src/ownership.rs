@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -21,7 +21,10 @@ use streamkeeper_api::{
     DropReason, EventId, Fence, PodName, StreamState, Tenant, Transition,
     config::DEFAULT_TENANT_LIMIT,
 };
-use streamkeeper_coord::{Acquired, Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey};
+use streamkeeper_coord::{
+    AckSeq, Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, Store,
+    StoreError, StreamKey,
+};
 use tokio::{
     sync::{Notify, watch},
     time::Instant,
@@ -74,6 +77,8 @@ pub struct Ownership {
     draining: AtomicBool,
     store_up: AtomicBool,
     on_store_up: StoreUpHook,
+    /// The last checkpoint write's [`AckSeq`].
+    ack_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Ownership {
@@ -98,6 +103,7 @@ impl Ownership {
             draining: AtomicBool::new(false),
             store_up: AtomicBool::new(true),
             on_store_up,
+            ack_seq: AtomicU64::new(0),
         })
     }
 
@@ -282,14 +288,24 @@ impl Ownership {
 
     /// Stores the last acked id under the fence; `false` when the fence is stale.
     pub async fn checkpoint(&self, claim: &Claim, id: &EventId) -> Result<bool, StoreError> {
-        let ok = self
-            .store
-            .save_checkpoint(&claim.key, claim.fence, id)
-            .await?;
-        if !ok {
-            self.lose(&claim.key, claim.fence, DropReason::OwnerLost);
+        // Numbered in the order of the calls, so a write that arrives late cannot move the
+        // checkpoint back (one counter for the pod: it grows within every fence).
+        let seq = AckSeq(self.ack_seq.fetch_add(1, Ordering::Relaxed) + 1);
+        let write = CheckpointWrite {
+            key: claim.key.clone(),
+            fence: claim.fence,
+            seq,
+            id: id.clone(),
+        };
+        match self.store.save_checkpoint(&write).await {
+            CheckpointOutcome::Saved | CheckpointOutcome::Superseded => Ok(true),
+            CheckpointOutcome::Fenced => {
+                self.lose(&claim.key, claim.fence, DropReason::OwnerLost);
+                Ok(false)
+            }
+            CheckpointOutcome::LeaseMissing => Err(StoreError::LeaseMissing),
+            CheckpointOutcome::Failed(e) => Err(e),
         }
-        Ok(ok)
     }
 
     /// Publishes a state change of a stream this pod runs.
@@ -378,6 +394,13 @@ impl Ownership {
         }
     }
 
+    /// Moves the lease's validity to one TTL after `sent_at`, if `fence` still holds it here.
+    fn extend(&self, key: &StreamKey, fence: Fence, sent_at: Instant) {
+        if let Some(h) = self.held().get_mut(key).filter(|h| h.fence == fence) {
+            h.valid_until.send_replace(sent_at + h.ttl);
+        }
+    }
+
     /// One renewal round: every held lease, one batched store call.
     pub async fn beat_once(&self) {
         let (keys, beats): (Vec<StreamKey>, Vec<Beat>) = {
@@ -413,37 +436,37 @@ impl Ownership {
         }
         let sent_at = Instant::now();
         let mut reasserted = Vec::new();
-        match self.store.beat(&beats).await {
-            Ok(outcomes) => {
-                self.mark_store(true);
-                for ((key, beat), outcome) in keys.iter().zip(&beats).zip(outcomes) {
-                    match outcome {
-                        BeatOutcome::Renewed | BeatOutcome::Reasserted => {
-                            if outcome == BeatOutcome::Reasserted {
-                                tracing::info!(stream = %key.stream, fence = %beat.fence, "lease re-asserted after the store lost it");
-                            }
-                            if let Some(h) =
-                                self.held().get_mut(key).filter(|h| h.fence == beat.fence)
-                            {
-                                h.valid_until.send_replace(sent_at + h.ttl);
-                            }
-                        }
-                        BeatOutcome::Fenced => self.lose(key, beat.fence, DropReason::OwnerLost),
-                    }
+        let outcomes = self.store.beat(&beats).await;
+        let failed = outcomes
+            .iter()
+            .filter(|o| matches!(o, BeatOutcome::Failed(_)))
+            .count();
+        let mut first_error = None;
+        for ((key, beat), outcome) in keys.iter().zip(&beats).zip(outcomes) {
+            match outcome {
+                BeatOutcome::Renewed | BeatOutcome::Reasserted => {
                     if outcome == BeatOutcome::Reasserted {
+                        tracing::info!(stream = %key.stream, fence = %beat.fence, "lease re-asserted after the store lost it");
                         reasserted.push((key.clone(), beat.fence));
                     }
+                    self.extend(key, beat.fence, sent_at);
+                }
+                // Another chunk's failure hides no fencing.
+                BeatOutcome::Fenced => self.lose(key, beat.fence, DropReason::OwnerLost),
+                BeatOutcome::Failed(e) => {
+                    // The store is down for everyone: nobody can take this stream over, so it
+                    // goes on. (A frozen pod makes no attempt, and its leases lapse.)
+                    self.extend(key, beat.fence, sent_at);
+                    first_error.get_or_insert(e);
                 }
             }
-            Err(e) => {
+        }
+        match first_error {
+            Some(e) => {
                 self.mark_store(false);
-                tracing::debug!(error = %e, "beat failed");
-                // The store is down for everyone: nobody can take these streams over, so the
-                // running ones go on. (A frozen pod makes no attempt, and its leases lapse.)
-                for h in self.held().values() {
-                    h.valid_until.send_replace(sent_at + h.ttl);
-                }
+                tracing::debug!(error = %e, failed, of = beats.len(), "beat failed");
             }
+            None => self.mark_store(true),
         }
         // A store that lost a lease (restarted empty) lost its pool slot too: take it back, or
         // give the stream up if the pool filled meanwhile (the limit holds at every instant).
@@ -699,5 +722,77 @@ mod tests {
                 .expect("store up")
         );
         assert_eq!(*claim_a.lost.borrow(), Some(DropReason::OwnerLost));
+    }
+
+    /// Each lease gets its beat's own outcome: on a real three-master Redis Cluster with one
+    /// node stopped, a lease fenced on a live node ends at once although another node's
+    /// chunk failed, and the lease on the live node is renewed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_chunk_hides_no_fencing_on_another_node() {
+        use streamkeeper_coord::RedisStore;
+        use streamkeeper_testkit::redis::RedisCluster;
+
+        let mut cluster = RedisCluster::start();
+        // One tenant per master.
+        let mut tenants: Vec<(Tenant, u16)> = Vec::new();
+        for i in 0..64 {
+            let t: Tenant = format!("tenant-{i}").parse().expect("tenant");
+            let port = cluster.node_of(&format!("sk:{{{t}}}:live"));
+            if tenants.iter().all(|(_, p)| *p != port) {
+                tenants.push((t, port));
+            }
+        }
+        assert!(tenants.len() >= 3, "{tenants:?}");
+        let store = |_: ()| -> Arc<dyn Store> {
+            Arc::new(RedisStore::connect(&cluster.url()).expect("url"))
+        };
+        let a = Ownership::new(store(()), "pod-a".parse().expect("pod"), Arc::new(|_| {}));
+        let b = Ownership::new(store(()), "pod-b".parse().expect("pod"), Arc::new(|_| {}));
+        let key = |i: usize| StreamKey {
+            tenant: tenants[i].0.clone(),
+            stream: format!("cc/s{i}").parse().expect("id"),
+        };
+        let status: StatusCell = Default::default();
+        let (_tx, mut stop) = watch::channel(None);
+        let long = Duration::from_secs(60);
+        let renewed = a
+            .claim(&key(0), long, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
+        let short = Duration::from_millis(300);
+        let fenced = a
+            .claim(&key(1), short, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
+        let down = a
+            .claim(&key(2), long, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
+        // pod-b takes the second stream over once pod-a's short lease lapses.
+        let _taken = tokio::time::timeout(
+            Duration::from_secs(10),
+            b.claim(&key(1), long, "generic", &status, &mut stop),
+        )
+        .await
+        .expect("b takes over within the bound")
+        .expect("b owns");
+
+        cluster.stop_node(tenants[2].1);
+        let before = *down.valid_until.borrow();
+        a.beat_once().await;
+        assert_eq!(
+            *fenced.lost.borrow(),
+            Some(DropReason::OwnerLost),
+            "the fenced lease ends although another chunk failed"
+        );
+        assert_eq!(*renewed.lost.borrow(), None);
+        assert!(a.confirmed(&key(0), renewed.fence));
+        // A failed chunk keeps today's behaviour for now: the stream goes on.
+        assert_eq!(*down.lost.borrow(), None);
+        assert!(*down.valid_until.borrow() > before);
+        assert!(
+            !a.store_up(),
+            "a failed chunk reads as the store being down"
+        );
     }
 }
