@@ -301,6 +301,24 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn remove_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
+        let mut st = self.lock();
+        // A lease given up before (released or removed) is not "something held": a second
+        // remove finds nothing.
+        let mut found = false;
+        if let Some(l) = st.leases.get_mut(key) {
+            found |= !l.released;
+            // The tombstone keeps fencing the old owner, and the next grant is newer.
+            l.released = true;
+        }
+        found |= st.records.remove(key).is_some();
+        found |= st.checkpoints.remove(key).is_some();
+        if let Some(pool) = st.pools.get_mut(&key.tenant) {
+            found |= pool.remove(key).is_some();
+        }
+        Ok(found)
+    }
+
     async fn subscribe(&self) -> Result<TransitionStream, StoreError> {
         let rx = self.events.subscribe();
         let stream = tokio_stream_from(rx);
@@ -503,5 +521,57 @@ mod tests {
             .expect("ok")
             .expect("no TTL to wait out");
         assert!(f2 > f1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_stream_leaves_nothing_and_its_owner_is_fenced() {
+        let s = MemoryStore::new();
+        let k = key("cc/gone");
+        let ttl = Duration::from_secs(60);
+        let f1 = s
+            .acquire(&k, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        let beat = Beat {
+            key: k.clone(),
+            fence: f1,
+            record: record(&k, "a", f1, 1),
+            lease_ttl: ttl,
+        };
+        s.beat(std::slice::from_ref(&beat)).await.expect("ok");
+        assert!(s.pool_acquire(&k, f1, 1).await.expect("ok"));
+        assert!(
+            s.save_checkpoint(&k, f1, &EventId("e1".into()))
+                .await
+                .expect("ok")
+        );
+
+        assert!(s.remove_stream(&k).await.expect("ok"));
+        assert!(!s.remove_stream(&k).await.expect("ok"), "nothing left");
+        assert_eq!(s.checkpoint(&k).await.expect("ok"), None);
+        assert!(s.records().await.expect("ok").is_empty());
+        assert_eq!(
+            s.beat(&[beat]).await.expect("ok"),
+            vec![BeatOutcome::Fenced],
+            "the owner still running it is fenced, not re-asserted"
+        );
+        let other = key("cc/other");
+        let fo = s
+            .acquire(&other, &pod("b"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        assert!(
+            s.pool_acquire(&other, fo, 1).await.expect("ok"),
+            "the slot is free"
+        );
+        match s.try_acquire(&k, &pod("b"), ttl).await.expect("ok") {
+            Acquired::Granted { fence, took_over } => {
+                assert!(fence > f1);
+                assert_eq!(took_over, None, "a removal is no takeover");
+            }
+            other => panic!("a removed stream is free: {other:?}"),
+        }
     }
 }

@@ -215,6 +215,18 @@ pub trait Store: Send + Sync + 'static {
     /// Frees the stream's slot in its tenant's pool.
     async fn pool_release(&self, key: &StreamKey, fence: Fence) -> Result<(), StoreError>;
 
+    /// Forgets a stream that was deleted (the controller's finalizer): its lease and lease
+    /// expiry, connection record, liveness entry, checkpoint and pool slot, in one atomic step,
+    /// whoever holds it. Publishes nothing. Returns whether the store held anything for it
+    /// (`false` on a second call), so it is safe to repeat.
+    ///
+    /// The lease is not merely deleted: it is left as a removal tombstone (like a release, it
+    /// expires after the store's retention), so a pod that still runs the stream is fenced at
+    /// its next beat and cannot checkpoint, instead of re-asserting a lease it believes the
+    /// store lost. The next [`Store::try_acquire`] takes the stream at once with a higher
+    /// fence, as after a release (a stream created again under the same name starts afresh).
+    async fn remove_stream(&self, key: &StreamKey) -> Result<bool, StoreError>;
+
     /// Every transition published from now on.
     async fn subscribe(&self) -> Result<TransitionStream, StoreError>;
 

@@ -176,6 +176,7 @@ on_single_node_and_cluster!(
     the_subscription_survives_a_restart,
     a_malformed_message_is_skipped,
     status_lists_streams_with_last_pong_from_the_index,
+    a_removed_stream_leaves_nothing_behind_and_fences_its_owner,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1167,6 +1168,140 @@ async fn status_lists_streams_with_last_pong_from_the_index(d: &mut dyn Deployme
         .expect("ok")
     );
     assert_eq!(s.records().await.expect("ok").len(), 1);
+}
+
+async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn Deployment) {
+    let (a, b) = (store(d), store(d));
+    let mut sub = b.subscribe().await.expect("subscribed");
+    let k = key("acme", "cc/removed");
+    let ttl = Duration::from_secs(60);
+    let fa = a
+        .acquire(&k, &pod("pod-a"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    a.beat(&[beat(&k, "pod-a", fa, now_ms())])
+        .await
+        .expect("ok");
+    assert!(a.pool_acquire(&k, fa, 1).await.expect("ok"));
+    assert!(
+        a.save_checkpoint(&k, fa, &EventId("e1".into()))
+            .await
+            .expect("ok")
+    );
+    // A neighbour of the same tenant keeps everything.
+    let n = key("acme", "cc/neighbour");
+    let fnb = a
+        .acquire(&n, &pod("pod-a"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    a.beat(&[beat(&n, "pod-a", fnb, now_ms())])
+        .await
+        .expect("ok");
+    assert!(
+        a.save_checkpoint(&n, fnb, &EventId("n1".into()))
+            .await
+            .expect("ok")
+    );
+
+    // The controller (any store, not the owner) removes it.
+    assert!(b.remove_stream(&k).await.expect("ok"));
+    assert!(
+        !b.remove_stream(&k).await.expect("ok"),
+        "a second remove finds nothing"
+    );
+    assert_eq!(b.checkpoint(&k).await.expect("ok"), None);
+    let streams: Vec<String> = b
+        .records()
+        .await
+        .expect("ok")
+        .iter()
+        .map(|r| r.stream.to_string())
+        .collect();
+    assert_eq!(streams, vec!["cc/neighbour".to_string()]);
+    // Redis's own view: only the lease tombstone is left, and it expires.
+    let tag = format!("sk:{{{}}}:", k.tenant);
+    let at = |key: &str, args: &[&str]| {
+        d.command_for(Some(&format!("{tag}{key}")), args)
+            .expect("command")
+    };
+    let (lease, conn, ckpt) = (
+        format!("{tag}lease:{}", k.stream),
+        format!("{tag}conn:{}", k.stream),
+        format!("{tag}ckpt:{}", k.stream),
+    );
+    assert_eq!(at("live", &["EXISTS", &conn, &ckpt]), redis::Value::Int(0));
+    for (zset, what) in [("leases", "lease expiry"), ("live", "live entry")] {
+        assert_eq!(
+            at(
+                zset,
+                &["ZSCORE", &format!("{tag}{zset}"), k.stream.as_str()]
+            ),
+            redis::Value::Nil,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        at(
+            "pool",
+            &["HEXISTS", &format!("{tag}pool"), k.stream.as_str()]
+        ),
+        redis::Value::Int(0)
+    );
+    let tombstone = common::value_text(at("live", &["GET", &lease]));
+    assert!(tombstone.ends_with(":removed"), "{tombstone}");
+    match at("live", &["PTTL", &lease]) {
+        redis::Value::Int(ms) => assert!(ms > 0, "the tombstone expires: {ms}"),
+        other => panic!("PTTL: {other:?}"),
+    }
+
+    // The owner that still runs it is fenced everywhere; it re-asserts nothing.
+    assert_eq!(
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
+            .await
+            .expect("ok"),
+        vec![BeatOutcome::Fenced]
+    );
+    assert!(
+        !a.save_checkpoint(&k, fa, &EventId("late".into()))
+            .await
+            .expect("ok")
+    );
+    assert!(!a.pool_acquire(&k, fa, 5).await.expect("ok"));
+    assert_eq!(b.checkpoint(&k).await.expect("ok"), None);
+    // The slot is free, and the stream can be created again: taken at once, newer fence.
+    let other = key("acme", "cc/other");
+    let fo = b
+        .acquire(&other, &pod("pod-b"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    assert!(b.pool_acquire(&other, fo, 1).await.expect("ok"));
+    match b.try_acquire(&k, &pod("pod-b"), ttl).await.expect("ok") {
+        Acquired::Granted {
+            fence,
+            took_over: None,
+        } => assert!(fence > fa),
+        other => panic!("a removed stream is free, and no takeover: {other:?}"),
+    }
+    // The neighbour was not touched.
+    assert_eq!(
+        a.beat(&[beat(&n, "pod-a", fnb, now_ms())])
+            .await
+            .expect("ok"),
+        vec![BeatOutcome::Renewed]
+    );
+    assert_eq!(
+        b.checkpoint(&n).await.expect("ok"),
+        Some(EventId("n1".into()))
+    );
+    // Nothing was published: the next message is ours.
+    let fk = b.acquire(&k, &pod("pod-b"), ttl).await.expect("ok");
+    assert_eq!(fk, None, "pod-b holds it now");
+    let marker = transition(&n, StreamState::Active, "marker", fnb);
+    assert!(a.publish(&n, fnb, &marker).await.expect("ok"));
+    assert_eq!(next(&mut sub, Duration::from_secs(5)).await, marker);
 }
 
 // ---------------------------------------------------------------------------------------------

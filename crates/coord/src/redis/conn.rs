@@ -31,8 +31,8 @@ pub struct RedisOptions {
     pub op_timeout: Duration,
     /// How long a DEAD record (`sk:{T}:conn:{stream}`) stays readable after it was declared.
     pub dead_retention: Duration,
-    /// How long a released lease (a tombstone) or a lapsed one that the sweep handled keeps
-    /// fencing its old owner before Redis forgets it.
+    /// How long a released or removed lease (a tombstone) or a lapsed one that the sweep
+    /// handled keeps fencing its old owner before Redis forgets it.
     pub lease_retention: Duration,
 }
 

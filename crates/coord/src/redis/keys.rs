@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `sk:{T}:conn:{stream}` | hash | socketId, lastPong, platform, tenant, state, retryCount, owner, fence; written when it changes (not at every pong: lastPong lives in the live index); no TTL while the stream is live, a retention TTL once it is DEAD |
 //! | `sk:{T}:live` | sorted set | stream by lastPong (epoch ms, the owner's clock) |
-//! | `sk:{T}:lease:{stream}` | string | `{fence}:{owner}` while granted; `{fence}:{owner}:released` after a release (a tombstone with a retention TTL) |
+//! | `sk:{T}:lease:{stream}` | string | `{fence}:{owner}` while granted; `{fence}:{owner}:released` after a release, `{fence}:{owner}:removed` after the stream was removed (tombstones with a retention TTL) |
 //! | `sk:{T}:leases` | sorted set | stream by lease expiry (epoch ms, Redis's clock): renewing N leases is one ZADD, and lapsed leases are found in O(log N) |
 //! | `sk:{T}:fence` | string | the tenant's fence counter (INCR), raised by re-assertions so it never falls below a fence handed out |
 //! | `sk:{T}:pool` | hash | stream -> fence of each pool slot holder; a slot lives while its stream's lease does |

@@ -97,6 +97,9 @@ pub(crate) static CHECKPOINT: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(include_str!("lua/checkpoint.lua")));
 /// Declares stale streams DEAD once, see `lua/sweep.lua`.
 pub(crate) static SWEEP: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/sweep.lua")));
+/// Forgets a deleted stream, see `lua/remove.lua`.
+pub(crate) static REMOVE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("lua/remove.lua")));
 /// Takes a pool slot, see `lua/pool_acquire.lua`.
 pub(crate) static POOL_ACQUIRE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(include_str!("lua/pool_acquire.lua")));

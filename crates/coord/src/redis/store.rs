@@ -623,6 +623,27 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn remove_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
+        let mut call = scripts::REMOVE.call();
+        call.key(keys::lease(key))
+            .key(keys::leases(&key.tenant))
+            .key(keys::conn(key))
+            .key(keys::live(&key.tenant))
+            .key(keys::ckpt(key))
+            .key(keys::pool(&key.tenant))
+            .arg(key.stream.as_str())
+            .arg(millis(self.conn.opts.lease_retention).max(1));
+        let found: i64 = self
+            .conn
+            .run(
+                "remove stream",
+                |mut c| async move { call.invoke(&mut c).await },
+            )
+            .await?;
+        lock(&self.written).remove(key);
+        Ok(found == 1)
+    }
+
     async fn subscribe(&self) -> Result<TransitionStream, StoreError> {
         Ok(
             subscriber::subscribe(self.conn.endpoints.clone(), self.conn.opts.connect_timeout)
