@@ -176,6 +176,8 @@ impl Harness {
             admin: "127.0.0.1:1".parse().expect("addr"),
             redis: None,
             tenant_limits: Default::default(),
+            checkpoint_window: streamkeeper_api::config::DEFAULT_CHECKPOINT_WINDOW,
+            max_app_connections: streamkeeper_api::config::DEFAULT_MAX_APP_CONNECTIONS,
             streams: opts
                 .streams
                 .iter()
@@ -206,6 +208,7 @@ impl Harness {
             AppServerConfig {
                 max_frame: opts.limits.max_frame_bytes,
                 heartbeat: HeartbeatPolicy::from(opts.app_heartbeat.unwrap_or(opts.heartbeat)),
+                ..AppServerConfig::default()
             },
             until(stop_rx.clone()),
         ));

@@ -3,9 +3,23 @@
 //! A stream task [`claim`](Ownership::claim)s its stream before it connects; standby pods wait
 //! for the lease to lapse (or for a handover or DEAD transition, which wakes them at once). One
 //! pod-wide loop renews every held lease and records liveness in one batched store call per
-//! tick, sweeps stale entries (jittered), and listens to the transitions channel: a pod that
-//! hears DEAD for a stream it still runs, under another fence or declared stale, terminates it.
-//! While the store is unreachable, running streams go on and no new ownership is taken.
+//! tick, sweeps stale entries (jittered), flushes acked ids as checkpoints in one batch per
+//! window, publishes transitions in order from one queue, and listens to the transitions
+//! channel: a pod that hears DEAD for a stream it still runs, under another fence or declared
+//! stale, terminates it.
+//!
+//! The lease rule ([`crate::lease`]): a lease may be acted on only until its last renewal that
+//! the store confirmed, plus the TTL, minus a safety margin, counted from when that renewal was
+//! sent. A failed renewal confirms nothing, so a pod cut off from the store stops streaming
+//! before another pod can take over. While the store is unreachable no new ownership is taken;
+//! once it answers again, standbys give the owners one TTL to re-assert their leases before
+//! they contend for what an emptied store calls free.
+//!
+//! - `checkpoints.rs`: acked ids waiting for the next flush, one per stream
+//! - `publisher.rs`: the ordered, bounded queue of transitions to publish
+
+mod checkpoints;
+mod publisher;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -19,7 +33,7 @@ use std::{
 use futures_util::StreamExt;
 use streamkeeper_api::{
     DropReason, EventId, Fence, PodName, StreamState, Tenant, Transition,
-    config::DEFAULT_TENANT_LIMIT,
+    config::{DEFAULT_CHECKPOINT_WINDOW, DEFAULT_TENANT_LIMIT},
 };
 use streamkeeper_coord::{Acquired, Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey};
 use tokio::{
@@ -27,13 +41,20 @@ use tokio::{
     time::Instant,
 };
 
+pub use checkpoints::PendingCheckpoints;
+pub use publisher::{Publisher, Pushed, Queue, Queued};
+
 use crate::{
     clock::epoch_ms,
+    lease::LeaseTerm,
     upstream::{StatusCell, read_status},
 };
 
 /// Reports whether the store answers (to `streamkeeper_redis_up`).
 pub type StoreUpHook = Arc<dyn Fn(bool) + Send + Sync>;
+
+/// How long a release waits for the stream's queued transitions to go out first.
+const RELEASE_ORDER_BOUND: Duration = Duration::from_secs(1);
 
 /// A held lease.
 #[derive(Debug)]
@@ -44,20 +65,27 @@ pub struct Claim {
     pub fence: Fence,
     /// Carries a reason when the lease is lost (fenced out, DEAD heard).
     pub lost: watch::Receiver<Option<DropReason>>,
-    /// Until when this pod may act on the lease: moved on by every beat attempt. A pod that
-    /// was frozen past it must stop before it delivers anything (another pod may own the
-    /// stream by now); a pod that merely cannot reach the store keeps it moving.
+    /// Until when this pod may act on the lease ([`crate::lease`]): moved on only by renewals
+    /// the store confirmed. Past it the pod stops forwarding and resets the socket; when a
+    /// renewal is confirmed again (the store is back and nobody took the lease) it moves on.
     pub valid_until: watch::Receiver<Instant>,
 }
 
 struct Held {
     fence: Fence,
-    ttl: Duration,
+    term: LeaseTerm,
     platform: &'static str,
     status: StatusCell,
     lost: watch::Sender<Option<DropReason>>,
     /// Until when the lease may be acted on.
     valid_until: watch::Sender<Instant>,
+}
+
+/// Whether the store answers, and since when it answers again after an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoreHealth {
+    up: bool,
+    back_at: Option<Instant>,
 }
 
 /// The pod's ownership manager.
@@ -69,11 +97,15 @@ pub struct Ownership {
     tenants: Mutex<BTreeSet<Tenant>>,
     /// Per-tenant pool limits from the config.
     limits: Mutex<BTreeMap<Tenant, u32>>,
-    /// Wakes standbys when a stream is released or declared dead.
-    wake: Mutex<HashMap<StreamKey, Arc<Notify>>>,
+    /// The streams this pod stands by for (one entry per waiting claim, removed when the
+    /// claim returns): a release or DEAD heard wakes them at once.
+    standbys: Mutex<HashMap<StreamKey, Arc<Notify>>>,
     draining: AtomicBool,
-    store_up: AtomicBool,
+    health: watch::Sender<StoreHealth>,
     on_store_up: StoreUpHook,
+    publisher: Publisher,
+    checkpoints: Mutex<PendingCheckpoints>,
+    checkpoint_window: watch::Sender<Duration>,
 }
 
 impl std::fmt::Debug for Ownership {
@@ -81,6 +113,18 @@ impl std::fmt::Debug for Ownership {
         f.debug_struct("Ownership")
             .field("pod", &self.pod)
             .finish_non_exhaustive()
+    }
+}
+
+/// Removes a claim's standby entry when the claim returns (however it returns).
+struct StandbyGuard<'a> {
+    ownership: &'a Ownership,
+    key: &'a StreamKey,
+}
+
+impl Drop for StandbyGuard<'_> {
+    fn drop(&mut self) {
+        self.ownership.standbys().remove(self.key);
     }
 }
 
@@ -94,10 +138,17 @@ impl Ownership {
             held: Mutex::new(HashMap::new()),
             tenants: Mutex::new(BTreeSet::new()),
             limits: Mutex::new(BTreeMap::new()),
-            wake: Mutex::new(HashMap::new()),
+            standbys: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
-            store_up: AtomicBool::new(true),
+            health: watch::channel(StoreHealth {
+                up: true,
+                back_at: None,
+            })
+            .0,
             on_store_up,
+            publisher: Publisher::new(),
+            checkpoints: Mutex::new(PendingCheckpoints::default()),
+            checkpoint_window: watch::channel(DEFAULT_CHECKPOINT_WINDOW).0,
         })
     }
 
@@ -115,18 +166,36 @@ impl Ownership {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn waker(&self, key: &StreamKey) -> Arc<Notify> {
-        let mut w = self.wake.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(w.entry(key.clone()).or_default())
+    fn standbys(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Arc<Notify>>> {
+        self.standbys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingCheckpoints> {
+        self.checkpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Streams this pod stands by for right now.
+    pub fn standby_count(&self) -> usize {
+        self.standbys().len()
     }
 
     fn mark_store(&self, up: bool) {
-        if self.store_up.swap(up, Ordering::Relaxed) != up {
+        let changed = self.health.send_if_modified(|h| {
+            if h.up == up {
+                return false;
+            }
+            *h = StoreHealth {
+                up,
+                back_at: if up { Some(Instant::now()) } else { h.back_at },
+            };
+            true
+        });
+        if changed {
             if up {
                 tracing::info!("store reachable again; re-asserting ownership");
             } else {
                 tracing::warn!(
-                    "store unreachable; running streams continue, no new ownership is taken"
+                    "store unreachable; streams stop when their leases lapse, no new ownership is taken"
                 );
             }
             (self.on_store_up)(up);
@@ -135,14 +204,13 @@ impl Ownership {
 
     /// Whether the store answered the last call.
     pub fn store_up(&self) -> bool {
-        self.store_up.load(Ordering::Relaxed)
+        self.health.borrow().up
     }
 
     /// Stops taking ownership (SIGTERM): waiting claims give up.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        let w = self.wake.lock().unwrap_or_else(|p| p.into_inner());
-        for n in w.values() {
+        for n in self.standbys().values() {
             n.notify_waiters();
         }
     }
@@ -155,6 +223,12 @@ impl Ownership {
     /// Sets the per-tenant pool limits (from the config).
     pub fn set_limits(&self, limits: BTreeMap<Tenant, u32>) {
         *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    /// Sets how long acked ids wait before they are checkpointed (from the config).
+    pub fn set_checkpoint_window(&self, window: Duration) {
+        self.checkpoint_window
+            .send_if_modified(|w| std::mem::replace(w, window) != window);
     }
 
     /// The pool limit of `tenant`.
@@ -186,7 +260,11 @@ impl Ownership {
         stop: &mut watch::Receiver<Option<DropReason>>,
     ) -> Option<Claim> {
         self.watch_tenant(&key.tenant);
-        let wake = self.waker(key);
+        let wake = Arc::clone(self.standbys().entry(key.clone()).or_default());
+        let _standby = StandbyGuard {
+            ownership: self,
+            key,
+        };
         // Pods that start together do not all ask at the same instant, which also spreads
         // a workload's streams over its pods.
         let first = ttl
@@ -203,57 +281,32 @@ impl Ownership {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut retry = None;
-            match self.store.try_acquire(key, &self.pod, ttl).await {
-                Ok(Acquired::Granted { fence, took_over }) => {
+            let health = *self.health.borrow();
+            let retry = if !health.up {
+                // Nothing can be taken while the store is unreachable: ask it only whether it
+                // answers again (cheap, and no standby grabs a lease in its first answer).
+                if self.store.ping().await.is_ok() {
                     self.mark_store(true);
-                    let (tx, rx) = watch::channel(None);
-                    let (valid_tx, valid_rx) = watch::channel(Instant::now() + ttl);
-                    self.held().insert(
-                        key.clone(),
-                        Held {
-                            fence,
-                            ttl,
-                            platform,
-                            status: Arc::clone(status),
-                            lost: tx,
-                            valid_until: valid_tx,
-                        },
-                    );
-                    tracing::info!(stream = %key.stream, %fence, "lease acquired");
-                    if let Some((owner, old)) = took_over {
-                        // The previous owner stopped vouching without a release (crashed or
-                        // frozen): announce it, so every pod (and the old owner, if it
-                        // wakes) knows that socket is gone.
-                        let mut t = self.transition(
-                            key,
-                            old,
-                            StreamState::Active,
-                            StreamState::Dead,
-                            "owner_lost",
-                        );
-                        t.owner = Some(owner);
-                        tracing::warn!(stream = %key.stream, previous = ?t.owner.as_ref().map(|p| p.as_str()), %old, "took over a lapsed lease");
-                        if let Err(e) = self.store.publish(key, fence, &t).await {
-                            tracing::debug!(error = %e, "owner_lost not published");
-                        }
-                    }
-                    return Some(Claim {
-                        key: key.clone(),
-                        fence,
-                        lost: rx,
-                        valid_until: valid_rx,
-                    });
+                    continue;
                 }
-                Ok(Acquired::Held { expires_in }) => {
-                    self.mark_store(true);
-                    retry = expires_in;
+                self.mark_store(false);
+                None
+            } else if let Some(grace_end) = health
+                .back_at
+                .map(|at| at + ttl)
+                .filter(|end| Instant::now() < *end)
+            {
+                // The store is back, perhaps empty: its owners re-assert their leases with
+                // their next beat. A standby that asked now would find an empty store's
+                // leases free and take streams their owners still hold in memory.
+                Some(grace_end - Instant::now())
+            } else {
+                match self.try_acquire(key, ttl, platform, status).await {
+                    Attempt::Granted(claim) => return Some(claim),
+                    Attempt::Held(expires_in) => expires_in,
+                    Attempt::Failed => None,
                 }
-                Err(e) => {
-                    self.mark_store(false);
-                    tracing::debug!(stream = %key.stream, error = %e, "cannot contend for the lease");
-                }
-            }
+            };
             // Someone else holds it: ask again just after it would lapse (a handover or DEAD
             // wakes us at once). The jitter keeps standbys from arriving together; one ask per
             // lease lifetime keeps the store's load flat however many standbys there are.
@@ -272,16 +325,84 @@ impl Ownership {
         }
     }
 
-    /// Whether the lease is known good at `now` (confirmed within its ttl). A session checks
-    /// this before it reconnects, so a pod that was frozen past its lease does not stream.
+    /// One ask for the lease.
+    async fn try_acquire(
+        &self,
+        key: &StreamKey,
+        ttl: Duration,
+        platform: &'static str,
+        status: &StatusCell,
+    ) -> Attempt {
+        let sent_at = Instant::now();
+        match self.store.try_acquire(key, &self.pod, ttl).await {
+            Ok(Acquired::Granted { fence, took_over }) => {
+                self.mark_store(true);
+                let term = LeaseTerm::granted(ttl, sent_at);
+                let (tx, rx) = watch::channel(None);
+                let (valid_tx, valid_rx) = watch::channel(term.until());
+                self.held().insert(
+                    key.clone(),
+                    Held {
+                        fence,
+                        term,
+                        platform,
+                        status: Arc::clone(status),
+                        lost: tx,
+                        valid_until: valid_tx,
+                    },
+                );
+                tracing::info!(stream = %key.stream, %fence, "lease acquired");
+                if let Some((owner, old)) = took_over {
+                    // The previous owner stopped vouching without a release (crashed, frozen
+                    // or cut off): announce it, so every pod (and the old owner, if it wakes)
+                    // knows that socket is gone. Queued ahead of this pod's own transitions.
+                    let mut t = self.transition(
+                        key,
+                        old,
+                        StreamState::Active,
+                        StreamState::Dead,
+                        "owner_lost",
+                    );
+                    t.owner = Some(owner);
+                    tracing::warn!(stream = %key.stream, previous = ?t.owner.as_ref().map(|p| p.as_str()), %old, "took over a lapsed lease");
+                    self.publisher.push(key.clone(), fence, t);
+                }
+                Attempt::Granted(Claim {
+                    key: key.clone(),
+                    fence,
+                    lost: rx,
+                    valid_until: valid_rx,
+                })
+            }
+            Ok(Acquired::Held { expires_in }) => {
+                self.mark_store(true);
+                Attempt::Held(expires_in)
+            }
+            Err(e) => {
+                self.mark_store(false);
+                tracing::debug!(stream = %key.stream, error = %e, "cannot contend for the lease");
+                Attempt::Failed
+            }
+        }
+    }
+
+    /// Whether the lease may be acted on now (confirmed, within its term).
     pub fn confirmed(&self, key: &StreamKey, fence: Fence) -> bool {
         let held = self.held();
         held.get(key)
-            .is_some_and(|h| h.fence == fence && Instant::now() < *h.valid_until.borrow())
+            .is_some_and(|h| h.fence == fence && h.term.valid_at(Instant::now()))
     }
 
-    /// Stores the last acked id under the fence; `false` when the fence is stale.
+    /// Records the newest acked id of a held stream; it reaches the store with the next flush
+    /// (at most one checkpoint window later). Never waits.
+    pub fn record_ack(&self, claim: &Claim, id: EventId) {
+        self.pending().record(&claim.key, claim.fence, id);
+    }
+
+    /// Stores the last acked id under the fence now (a handover), replacing what waited for
+    /// the next flush; `false` when the fence is stale.
     pub async fn checkpoint(&self, claim: &Claim, id: &EventId) -> Result<bool, StoreError> {
+        self.pending().take_one(&claim.key);
         let ok = self
             .store
             .save_checkpoint(&claim.key, claim.fence, id)
@@ -292,28 +413,71 @@ impl Ownership {
         Ok(ok)
     }
 
-    /// Publishes a state change of a stream this pod runs.
-    pub async fn publish(
+    /// Writes every waiting checkpoint, one batch (one round trip per tenant). A write the
+    /// store refused because the fence is stale ends that lease; one that could not be made
+    /// waits for the next flush, unless a newer ack replaced it or the lease is gone.
+    pub async fn flush_checkpoints(&self) {
+        let writes = self.pending().take();
+        if writes.is_empty() {
+            return;
+        }
+        let results = match self.store.save_checkpoints(&writes).await {
+            Ok(r) => {
+                self.mark_store(true);
+                r
+            }
+            Err(e) => {
+                self.mark_store(false);
+                tracing::debug!(error = %e, writes = writes.len(), "checkpoints deferred to the next flush");
+                vec![false; writes.len()]
+            }
+        };
+        for (w, ok) in writes.into_iter().zip(results) {
+            if ok {
+                continue;
+            }
+            // Refused, or not made: tell a fencing from a lost lease or an outage.
+            match self.store.save_checkpoint(&w.key, w.fence, &w.id).await {
+                Ok(true) => {}
+                Ok(false) => self.lose(&w.key, w.fence, DropReason::OwnerLost),
+                Err(_) if self.holds(&w.key, w.fence) => self.pending().requeue(w),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn holds(&self, key: &StreamKey, fence: Fence) -> bool {
+        self.held().get(key).is_some_and(|h| h.fence == fence)
+    }
+
+    /// Queues a state change of a stream this pod runs, to be published in order. Never
+    /// waits.
+    pub fn publish(
         &self,
-        claim_key: &StreamKey,
+        key: &StreamKey,
         fence: Fence,
         from: StreamState,
         to: StreamState,
         reason: &str,
     ) {
-        let t = self.transition(claim_key, fence, from, to, reason);
-        match self.store.publish(claim_key, fence, &t).await {
+        let t = self.transition(key, fence, from, to, reason);
+        self.publisher.push(key.clone(), fence, t);
+    }
+
+    /// Publishes one queued transition (the publisher worker).
+    async fn publish_now(&self, q: &Queued) {
+        match self.store.publish(&q.key, q.fence, &q.transition).await {
             Ok(true) => self.mark_store(true),
             Ok(false) => {
                 self.mark_store(true);
-                self.lose(claim_key, fence, DropReason::OwnerLost);
+                self.lose(&q.key, q.fence, DropReason::OwnerLost);
             }
             Err(StoreError::LeaseMissing) => {
-                tracing::debug!(stream = %claim_key.stream, "transition not published: the store lost the lease; the next beat re-asserts it");
+                tracing::debug!(stream = %q.key.stream, "transition not published: the store lost the lease; the next beat re-asserts it");
             }
             Err(e) => {
                 self.mark_store(false);
-                tracing::debug!(stream = %claim_key.stream, error = %e, "transition not published");
+                tracing::debug!(stream = %q.key.stream, error = %e, "transition not published");
             }
         }
     }
@@ -338,12 +502,15 @@ impl Ownership {
         }
     }
 
-    /// Gives the lease up and publishes the handover, so a standby takes over at once.
+    /// Gives the lease up and publishes the handover, so a standby takes over at once. The
+    /// stream's queued transitions go out first.
     pub async fn release(&self, claim: Claim, from: StreamState, reason: DropReason) {
+        self.pending().forget(&claim.key, claim.fence);
         let held = self.held().remove(&claim.key);
         if held.is_none() {
             return;
         }
+        self.publisher.drained(RELEASE_ORDER_BOUND).await;
         let t = self.transition(
             &claim.key,
             claim.fence,
@@ -360,8 +527,9 @@ impl Ownership {
         }
     }
 
-    /// Forgets a claim without releasing it (the lease was lost).
+    /// Forgets a claim without releasing it (the lease was lost), with its waiting checkpoint.
     pub fn forget(&self, claim: &Claim) {
+        self.pending().forget(&claim.key, claim.fence);
         let mut held = self.held();
         if held.get(&claim.key).is_some_and(|h| h.fence == claim.fence) {
             held.remove(&claim.key);
@@ -378,8 +546,22 @@ impl Ownership {
         }
     }
 
-    /// One renewal round: every held lease, one batched store call.
-    pub async fn beat_once(&self) {
+    /// The store confirmed the lease with a renewal sent at `sent_at`: its term moves on.
+    fn confirm(&self, key: &StreamKey, fence: Fence, sent_at: Instant) {
+        if let Some(h) = self.held().get_mut(key).filter(|h| h.fence == fence) {
+            let until = h.term.confirmed(sent_at);
+            h.valid_until.send_if_modified(|v| {
+                let moved = *v != until;
+                *v = until;
+                moved
+            });
+        }
+    }
+
+    /// One renewal round: every held lease, one batched store call. Only what the store
+    /// confirmed moves on; a lease it fenced ends at once. Returns whether every lease was
+    /// confirmed or ended (`false`: some beats failed, try again soon).
+    pub async fn beat_once(&self) -> bool {
         let (keys, beats): (Vec<StreamKey>, Vec<Beat>) = {
             let held = self.held();
             held.iter()
@@ -402,49 +584,41 @@ impl Ownership {
                             key: k.clone(),
                             fence: h.fence,
                             record,
-                            lease_ttl: h.ttl,
+                            lease_ttl: h.term.ttl(),
                         },
                     )
                 })
                 .unzip()
         };
         if beats.is_empty() {
-            return;
+            return true;
         }
         let sent_at = Instant::now();
         let mut reasserted = Vec::new();
-        match self.store.beat(&beats).await {
+        let all_answered = match self.store.beat(&beats).await {
             Ok(outcomes) => {
                 self.mark_store(true);
                 for ((key, beat), outcome) in keys.iter().zip(&beats).zip(outcomes) {
                     match outcome {
-                        BeatOutcome::Renewed | BeatOutcome::Reasserted => {
-                            if outcome == BeatOutcome::Reasserted {
-                                tracing::info!(stream = %key.stream, fence = %beat.fence, "lease re-asserted after the store lost it");
-                            }
-                            if let Some(h) =
-                                self.held().get_mut(key).filter(|h| h.fence == beat.fence)
-                            {
-                                h.valid_until.send_replace(sent_at + h.ttl);
-                            }
+                        BeatOutcome::Renewed => self.confirm(key, beat.fence, sent_at),
+                        BeatOutcome::Reasserted => {
+                            tracing::info!(stream = %key.stream, fence = %beat.fence, "lease re-asserted after the store lost it");
+                            self.confirm(key, beat.fence, sent_at);
+                            reasserted.push((key.clone(), beat.fence));
                         }
                         BeatOutcome::Fenced => self.lose(key, beat.fence, DropReason::OwnerLost),
                     }
-                    if outcome == BeatOutcome::Reasserted {
-                        reasserted.push((key.clone(), beat.fence));
-                    }
                 }
+                true
             }
             Err(e) => {
+                // Confirms nothing: this pod cannot tell "the store is down for everyone"
+                // from "I alone am cut off", so its leases run out on their own terms.
                 self.mark_store(false);
                 tracing::debug!(error = %e, "beat failed");
-                // The store is down for everyone: nobody can take these streams over, so the
-                // running ones go on. (A frozen pod makes no attempt, and its leases lapse.)
-                for h in self.held().values() {
-                    h.valid_until.send_replace(sent_at + h.ttl);
-                }
+                false
             }
-        }
+        };
         // A store that lost a lease (restarted empty) lost its pool slot too: take it back, or
         // give the stream up if the pool filled meanwhile (the limit holds at every instant).
         for (key, fence) in reasserted {
@@ -460,6 +634,7 @@ impl Ownership {
                 }
             }
         }
+        all_answered
     }
 
     /// One sweep of every watched tenant for stale entries (crashed pods' streams).
@@ -478,6 +653,7 @@ impl Ownership {
                 .await
             {
                 Ok(dead) => {
+                    self.mark_store(true);
                     for t in dead {
                         tracing::warn!(stream = %t.stream, owner = ?t.owner.as_ref().map(|p| p.as_str()), "stale stream declared DEAD");
                     }
@@ -515,12 +691,17 @@ impl Ownership {
             }
         }
         if matches!(t.to, StreamState::Dead | StreamState::Stopped) {
-            self.waker(&key).notify_waiters();
+            // Only a standby of this pod is woken: a DEAD about a stream nobody here waits
+            // for leaves nothing behind.
+            if let Some(n) = self.standbys().get(&key) {
+                n.notify_waiters();
+            }
         }
     }
 
-    /// Runs the beat, sweep and subscription loops until `shutdown` resolves. `tick` is the
-    /// beat period (the shortest heartbeat interval); `stale_after` the sweep's threshold.
+    /// Runs the beat, sweep, checkpoint, publish and subscription loops until `shutdown`
+    /// resolves. `tick` is the beat period (the shortest heartbeat interval) and the sweep's
+    /// threshold.
     pub async fn run(
         self: Arc<Self>,
         tick: watch::Receiver<(Duration, Duration)>,
@@ -530,14 +711,41 @@ impl Ownership {
             let me = Arc::clone(&self);
             tokio::spawn(async move { me.listen().await })
         };
+        let publisher = {
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                loop {
+                    let q = me.publisher.next().await;
+                    me.publish_now(&q).await;
+                    me.publisher.finished(q.seq);
+                }
+            })
+        };
+        let flusher = {
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                let mut window = me.checkpoint_window.subscribe();
+                loop {
+                    let w = *window.borrow_and_update();
+                    tokio::select! {
+                        _ = tokio::time::sleep(w) => me.flush_checkpoints().await,
+                        // A shorter window takes effect now.
+                        _ = window.changed() => {}
+                    }
+                }
+            })
+        };
         let beats = {
             let me = Arc::clone(&self);
             let mut tick = tick;
             async move {
+                let mut answered = true;
                 loop {
                     let (period, stale_after) = *tick.borrow_and_update();
-                    // ±10 % jitter: pods started together do not sweep together.
-                    let jittered = period.mul_f64(0.9 + 0.2 * rand::random::<f64>());
+                    // ±10 % jitter: pods started together do not sweep together. After a failed
+                    // beat, try again sooner: the leases are running out.
+                    let base = if answered { period } else { period / 4 };
+                    let jittered = base.mul_f64(0.9 + 0.2 * rand::random::<f64>());
                     tokio::select! {
                         _ = tokio::time::sleep(jittered) => {}
                         // A new config may shorten the period: start over with it.
@@ -548,8 +756,10 @@ impl Ownership {
                             tokio::time::sleep(jittered).await;
                         }
                     }
-                    me.beat_once().await;
-                    me.sweep_once(stale_after).await;
+                    answered = me.beat_once().await;
+                    if answered {
+                        me.sweep_once(stale_after).await;
+                    }
                 }
             }
         };
@@ -558,6 +768,8 @@ impl Ownership {
             _ = shutdown => {}
         }
         subscriber.abort();
+        publisher.abort();
+        flusher.abort();
     }
 
     async fn listen(&self) {
@@ -579,6 +791,14 @@ impl Ownership {
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+/// What one ask for a lease brought.
+enum Attempt {
+    Granted(Claim),
+    /// Someone holds it; it lapses in this long, if the store could tell.
+    Held(Option<Duration>),
+    Failed,
 }
 
 #[cfg(test)]
