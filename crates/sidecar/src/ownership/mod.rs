@@ -803,9 +803,328 @@ enum Attempt {
 
 #[cfg(test)]
 mod tests {
-    use streamkeeper_coord::MemoryStore;
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+    use streamkeeper_coord::{CheckpointWrite, MemoryStore, TransitionStream};
 
     use super::*;
+
+    /// The real in-process store as one pod sees it through a network that can be cut: while
+    /// `cut`, every call from this pod fails as a timed-out Redis call would, while other pods
+    /// (on the inner store directly) still reach it. Nothing else can cut one pod off an
+    /// in-process store; the e2e tests cut a real Redis with a TCP relay.
+    struct CutOff {
+        inner: Arc<MemoryStore>,
+        cut: AtomicBool,
+    }
+
+    impl CutOff {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.cut.load(Ordering::Relaxed) {
+                Err(StoreError::Unavailable("timed out (cut off)".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Store for CutOff {
+        async fn try_acquire(
+            &self,
+            key: &StreamKey,
+            owner: &PodName,
+            ttl: Duration,
+        ) -> Result<Acquired, StoreError> {
+            self.check()?;
+            self.inner.try_acquire(key, owner, ttl).await
+        }
+        async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError> {
+            self.check()?;
+            self.inner.beat(beats).await
+        }
+        async fn release(
+            &self,
+            key: &StreamKey,
+            fence: Fence,
+            t: &Transition,
+        ) -> Result<bool, StoreError> {
+            self.check()?;
+            self.inner.release(key, fence, t).await
+        }
+        async fn publish(
+            &self,
+            key: &StreamKey,
+            fence: Fence,
+            t: &Transition,
+        ) -> Result<bool, StoreError> {
+            self.check()?;
+            self.inner.publish(key, fence, t).await
+        }
+        async fn checkpoint(&self, key: &StreamKey) -> Result<Option<EventId>, StoreError> {
+            self.check()?;
+            self.inner.checkpoint(key).await
+        }
+        async fn save_checkpoint(
+            &self,
+            key: &StreamKey,
+            fence: Fence,
+            id: &EventId,
+        ) -> Result<bool, StoreError> {
+            self.check()?;
+            self.inner.save_checkpoint(key, fence, id).await
+        }
+        async fn save_checkpoints(
+            &self,
+            writes: &[CheckpointWrite],
+        ) -> Result<Vec<bool>, StoreError> {
+            self.check()?;
+            self.inner.save_checkpoints(writes).await
+        }
+        async fn sweep_stale(
+            &self,
+            tenant: &Tenant,
+            now_ms: u64,
+            stale_after: Duration,
+        ) -> Result<Vec<Transition>, StoreError> {
+            self.check()?;
+            self.inner.sweep_stale(tenant, now_ms, stale_after).await
+        }
+        async fn pool_acquire(
+            &self,
+            key: &StreamKey,
+            fence: Fence,
+            limit: u32,
+        ) -> Result<bool, StoreError> {
+            self.check()?;
+            self.inner.pool_acquire(key, fence, limit).await
+        }
+        async fn pool_release(&self, key: &StreamKey, fence: Fence) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.pool_release(key, fence).await
+        }
+        async fn subscribe(&self) -> Result<TransitionStream, StoreError> {
+            self.check()?;
+            self.inner.subscribe().await
+        }
+        async fn records(&self) -> Result<Vec<ConnRecord>, StoreError> {
+            self.check()?;
+            self.inner.records().await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.check()
+        }
+        async fn remove_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
+            self.check()?;
+            self.inner.remove_stream(key).await
+        }
+    }
+
+    fn cut_off(store: &Arc<MemoryStore>) -> Arc<CutOff> {
+        Arc::new(CutOff {
+            inner: Arc::clone(store),
+            cut: AtomicBool::new(false),
+        })
+    }
+
+    fn manager_on(store: Arc<dyn Store>, pod: &str) -> Arc<Ownership> {
+        Ownership::new(store, pod.parse().expect("pod"), Arc::new(|_| {}))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_cut_off_from_the_store_stops_before_another_can_take_over() {
+        let store = Arc::new(MemoryStore::new());
+        let link = cut_off(&store);
+        let a = manager_on(link.clone(), "pod-a");
+        let b = manager(&store, "pod-b");
+        let status: StatusCell = Default::default();
+        let (_tx, mut stop) = watch::channel(None);
+        let ttl = Duration::from_secs(3);
+        let claim = a
+            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
+        // Beats confirmed every second keep the lease valid.
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(a.beat_once().await);
+            assert!(a.confirmed(&key(), claim.fence));
+        }
+        let last_confirmed = Instant::now();
+        assert_eq!(
+            *claim.valid_until.borrow(),
+            last_confirmed + ttl - crate::lease::safety_margin(ttl)
+        );
+        // Cut: every beat fails and none moves the lease on.
+        link.cut.store(true, Ordering::Relaxed);
+        let mut stopped_at = None;
+        let mut taken_at = None;
+        let mut stop_b = stop.clone();
+        let b_claim = {
+            let b = Arc::clone(&b);
+            let status = Arc::clone(&status);
+            tokio::spawn(async move {
+                let c = b.claim(&key(), ttl, "generic", &status, &mut stop_b).await;
+                (c.map(|c| c.fence), Instant::now())
+            })
+        };
+        for _ in 0..50 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            assert!(!a.beat_once().await, "a cut-off beat reads failed");
+            if stopped_at.is_none() && !a.confirmed(&key(), claim.fence) {
+                stopped_at = Some(Instant::now());
+            }
+            if b_claim.is_finished() && taken_at.is_none() {
+                taken_at = Some(Instant::now());
+            }
+        }
+        let (fence_b, b_at) = b_claim.await.expect("task");
+        assert!(fence_b.is_some_and(|f| f > claim.fence), "b took over");
+        let stopped_at = stopped_at.expect("a stopped acting on its lease");
+        assert!(
+            stopped_at <= last_confirmed + ttl - crate::lease::safety_margin(ttl),
+            "a stopped at its deadline"
+        );
+        assert!(
+            b_at >= last_confirmed + ttl,
+            "b could not take over before the store's lease expired: {:?} after the last beat",
+            b_at - last_confirmed
+        );
+        assert!(stopped_at < b_at, "a stopped before b took over");
+        assert!(!a.store_up());
+        // The link heals: a's beat is fenced, and its lease ends at once.
+        link.cut.store(false, Ordering::Relaxed);
+        assert!(a.beat_once().await);
+        assert_eq!(*claim.lost.borrow(), Some(DropReason::OwnerLost));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_outage_shorter_than_the_lease_keeps_it_and_a_longer_one_resumes_it_unfenced()
+    {
+        let store = Arc::new(MemoryStore::new());
+        let link = cut_off(&store);
+        let a = manager_on(link.clone(), "pod-a");
+        let status: StatusCell = Default::default();
+        let (_tx, mut stop) = watch::channel(None);
+        let ttl = Duration::from_secs(4);
+        let claim = a
+            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(a.beat_once().await);
+        link.cut.store(true, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!a.beat_once().await);
+        assert!(a.confirmed(&key(), claim.fence), "2 s into a 4 s lease");
+        link.cut.store(false, Ordering::Relaxed);
+        assert!(a.beat_once().await);
+        assert!(a.confirmed(&key(), claim.fence));
+        // Longer than the lease: not confirmed, then confirmed again under the same fence
+        // (nobody took it), with nothing lost.
+        link.cut.store(true, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!a.beat_once().await);
+        assert!(!a.confirmed(&key(), claim.fence));
+        let mut valid = claim.valid_until.clone();
+        valid.borrow_and_update();
+        link.cut.store(false, Ordering::Relaxed);
+        assert!(a.beat_once().await);
+        assert!(a.confirmed(&key(), claim.fence));
+        assert!(valid.has_changed().expect("open"), "the session is told");
+        assert_eq!(*claim.lost.borrow(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn standbys_give_owners_a_lease_after_the_store_returns() {
+        let store = Arc::new(MemoryStore::new());
+        let link = cut_off(&store);
+        let b = manager_on(link.clone(), "pod-b");
+        let status: StatusCell = Default::default();
+        let (_tx, mut stop) = watch::channel(None);
+        let ttl = Duration::from_secs(2);
+        // b heard nothing from the store for a while (it is empty: an owner still has the
+        // stream in memory and re-asserts it with its next beat).
+        link.cut.store(true, Ordering::Relaxed);
+        b.watch_tenant(&key().tenant);
+        b.sweep_once(ttl).await;
+        assert!(!b.store_up());
+        let standby = {
+            let b = Arc::clone(&b);
+            let status = Arc::clone(&status);
+            tokio::spawn(async move {
+                b.claim(&key(), ttl, "generic", &status, &mut stop)
+                    .await
+                    .map(|_| Instant::now())
+            })
+        };
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let back = Instant::now();
+        link.cut.store(false, Ordering::Relaxed);
+        let granted = standby.await.expect("task").expect("b owns in the end");
+        assert!(
+            granted >= back + ttl,
+            "b took the free lease {:?} after the store returned",
+            granted - back
+        );
+        assert_eq!(b.standby_count(), 0, "the standby entry went with the claim");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_heard_for_streams_nobody_here_waits_for_leaves_nothing_behind() {
+        let store = Arc::new(MemoryStore::new());
+        let a = manager(&store, "pod-a");
+        for n in 0..100 {
+            a.on_transition(&Transition {
+                stream: format!("cc/s{n}").parse().expect("id"),
+                tenant: "acme".parse().expect("tenant"),
+                from: StreamState::Active,
+                to: StreamState::Dead,
+                reason: "stale".into(),
+                owner: None,
+                fence: Some(Fence(1)),
+                at: 0,
+            });
+        }
+        assert_eq!(a.standby_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acks_reach_the_store_with_the_next_flush_and_a_fenced_flush_ends_the_lease() {
+        let store = Arc::new(MemoryStore::new());
+        let a = manager(&store, "pod-a");
+        let b = manager(&store, "pod-b");
+        let status: StatusCell = Default::default();
+        let (_tx, mut stop) = watch::channel(None);
+        let ttl = Duration::from_secs(2);
+        let claim = a
+            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
+        for n in 1..=3 {
+            a.record_ack(&claim, EventId(format!("e{n}")));
+        }
+        assert_eq!(store.checkpoint(&key()).await.expect("read"), None);
+        a.flush_checkpoints().await;
+        assert_eq!(
+            store.checkpoint(&key()).await.expect("read"),
+            Some(EventId("e3".into()))
+        );
+        // a freezes; b takes over; a's late flush is refused and ends its lease.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let _b = b
+            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .await
+            .expect("b owns");
+        a.record_ack(&claim, EventId("e4".into()));
+        a.flush_checkpoints().await;
+        assert_eq!(
+            store.checkpoint(&key()).await.expect("read"),
+            Some(EventId("e3".into()))
+        );
+        assert_eq!(*claim.lost.borrow(), Some(DropReason::OwnerLost));
+    }
 
     fn key() -> StreamKey {
         StreamKey {
