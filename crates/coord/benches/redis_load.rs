@@ -29,7 +29,10 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant};
-use streamkeeper_coord::{Beat, CheckpointWrite, ConnRecord, RedisStore, Store, StreamKey};
+use streamkeeper_coord::{
+    AckSeq, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, RedisStore, Store,
+    StreamKey,
+};
 
 const SIM_SECONDS: u64 = 60;
 const HEARTBEAT_MS: u64 = 15_000;
@@ -196,7 +199,7 @@ async fn streamkeeper(
                 lease_ttl: LEASE_TTL,
             })
             .collect();
-        s.beat(&beats).await.unwrap_or_else(|e| panic!("beat: {e}"));
+        assert!(s.beat(&beats).await.iter().all(BeatOutcome::confirmed));
         let w = key("warmup", p);
         if let Ok(Some(f)) = s.acquire(&w, &pod(p), LEASE_TTL).await {
             let _ = s
@@ -207,7 +210,14 @@ async fn streamkeeper(
                     lease_ttl: LEASE_TTL,
                 }])
                 .await;
-            let _ = s.save_checkpoint(&w, f, &EventId("0".into())).await;
+            let _ = s
+                .save_checkpoint(&CheckpointWrite {
+                    key: w.clone(),
+                    fence: f,
+                    seq: AckSeq(1),
+                    id: EventId("0".into()),
+                })
+                .await;
             let _ = s.sweep_stale(&w.tenant, 1_000_000, STALE_AFTER).await;
         }
     }
@@ -268,10 +278,8 @@ async fn streamkeeper(
                         }
                     })
                     .collect();
-                stores[*p]
-                    .beat(&beats)
-                    .await
-                    .unwrap_or_else(|e| panic!("beat: {e}"));
+                let out = stores[*p].beat(&beats).await;
+                assert!(out.iter().all(BeatOutcome::confirmed), "beat: {out:?}");
             }
             Op::Sweep { pod: p, tenant } => {
                 let dead = stores[*p]
@@ -289,15 +297,13 @@ async fn streamkeeper(
                         CheckpointWrite {
                             key: o.key.clone(),
                             fence: o.fence,
+                            seq: AckSeq(event_no),
                             id: EventId(event_no.to_string()),
                         }
                     })
                     .collect();
-                let saved = stores[*p]
-                    .save_checkpoints(&writes)
-                    .await
-                    .unwrap_or_else(|e| panic!("checkpoints: {e}"));
-                assert!(saved.iter().all(|s| *s));
+                let saved = stores[*p].save_checkpoints(&writes).await;
+                assert!(saved.iter().all(|s| *s == CheckpointOutcome::Saved));
             }
         }
     }
@@ -442,7 +448,7 @@ async fn sweep_cost(server: &common::RedisServer, n: usize) -> ((f64, f64), (f64
                 )
             })
             .collect();
-        s.beat(&beats).await.unwrap_or_else(|e| panic!("beat: {e}"));
+        assert!(s.beat(&beats).await.iter().all(BeatOutcome::confirmed));
     }
     let now = 1_000_000_000 + STALE_AFTER.as_millis() as u64;
     let mut next_stale = n;
@@ -452,7 +458,7 @@ async fn sweep_cost(server: &common::RedisServer, n: usize) -> ((f64, f64), (f64
             .map(|i| beat(i, 1_000, Duration::from_millis(1)))
             .collect();
         next_stale += STALE;
-        s.beat(&beats).await.unwrap_or_else(|e| panic!("beat: {e}"));
+        assert!(s.beat(&beats).await.iter().all(BeatOutcome::confirmed));
         tokio::time::sleep(Duration::from_millis(3)).await; // let the 1 ms leases lapse
     };
     // Warm-up (script loaded).

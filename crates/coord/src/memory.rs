@@ -5,11 +5,12 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant, Transition};
+use streamkeeper_api::{EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition};
 use tokio::{sync::broadcast, time::Instant};
 
 use crate::store::{
-    Acquired, Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey, TransitionStream,
+    AckSeq, Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView,
+    Store, StoreError, StreamKey, TransitionStream,
 };
 
 #[derive(Debug)]
@@ -22,12 +23,20 @@ struct Lease {
     released: bool,
 }
 
+/// A stored checkpoint and the write that stored it (the guard against going back).
+#[derive(Debug)]
+struct Checkpoint {
+    id: EventId,
+    fence: Fence,
+    seq: AckSeq,
+}
+
 #[derive(Debug, Default)]
 struct State {
     next_fence: u64,
     leases: HashMap<StreamKey, Lease>,
     records: HashMap<StreamKey, ConnRecord>,
-    checkpoints: HashMap<StreamKey, EventId>,
+    checkpoints: HashMap<StreamKey, Checkpoint>,
     /// Pool slots per tenant: stream key -> (fence, expiry).
     pools: HashMap<Tenant, HashMap<StreamKey, (Fence, Instant)>>,
 }
@@ -116,7 +125,33 @@ impl Store for MemoryStore {
         Ok(Acquired::Granted { fence, took_over })
     }
 
-    async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError> {
+    async fn lease_expiries(
+        &self,
+        tenant: &Tenant,
+        streams: &[StreamId],
+    ) -> Result<Vec<LeaseView>, StoreError> {
+        let now = Instant::now();
+        let st = self.lock();
+        Ok(streams
+            .iter()
+            .map(|stream| {
+                let key = StreamKey {
+                    tenant: tenant.clone(),
+                    stream: stream.clone(),
+                };
+                match st.leases.get(&key) {
+                    Some(l) if l.released => LeaseView::Free,
+                    Some(l) if l.expires > now => LeaseView::Held {
+                        expires_in: l.expires - now,
+                    },
+                    Some(_) => LeaseView::Lapsed,
+                    None => LeaseView::Free,
+                }
+            })
+            .collect())
+    }
+
+    async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
         let now = Instant::now();
         let mut st = self.lock();
         let mut out = Vec::with_capacity(beats.len());
@@ -154,7 +189,7 @@ impl Store for MemoryStore {
             }
             out.push(outcome);
         }
-        Ok(out)
+        out
     }
 
     async fn release(
@@ -204,21 +239,38 @@ impl Store for MemoryStore {
     }
 
     async fn checkpoint(&self, key: &StreamKey) -> Result<Option<EventId>, StoreError> {
-        Ok(self.lock().checkpoints.get(key).cloned())
+        Ok(self.lock().checkpoints.get(key).map(|c| c.id.clone()))
     }
 
-    async fn save_checkpoint(
-        &self,
-        key: &StreamKey,
-        fence: Fence,
-        id: &EventId,
-    ) -> Result<bool, StoreError> {
+    async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Vec<CheckpointOutcome> {
         let mut st = self.lock();
-        if !st.owns(key, fence) {
-            return Ok(false);
-        }
-        st.checkpoints.insert(key.clone(), id.clone());
-        Ok(true)
+        writes
+            .iter()
+            .map(|w| {
+                if !st.leases.contains_key(&w.key) {
+                    return CheckpointOutcome::LeaseMissing;
+                }
+                if !st.owns(&w.key, w.fence) {
+                    return CheckpointOutcome::Fenced;
+                }
+                if st
+                    .checkpoints
+                    .get(&w.key)
+                    .is_some_and(|c| c.fence == w.fence && c.seq >= w.seq)
+                {
+                    return CheckpointOutcome::Superseded;
+                }
+                st.checkpoints.insert(
+                    w.key.clone(),
+                    Checkpoint {
+                        id: w.id.clone(),
+                        fence: w.fence,
+                        seq: w.seq,
+                    },
+                );
+                CheckpointOutcome::Saved
+            })
+            .collect()
     }
 
     async fn sweep_stale(
@@ -379,6 +431,19 @@ mod tests {
         }
     }
 
+    /// Stores a checkpoint with the next sequence number.
+    async fn save(s: &dyn Store, k: &StreamKey, fence: Fence, id: &str) -> CheckpointOutcome {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = AckSeq(SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+        s.save_checkpoint(&CheckpointWrite {
+            key: k.clone(),
+            fence,
+            seq,
+            id: EventId(id.into()),
+        })
+        .await
+    }
+
     fn dead(k: &StreamKey) -> Transition {
         Transition {
             stream: k.stream.clone(),
@@ -418,21 +483,10 @@ mod tests {
             record: record(&k, "a", f1, 1),
             lease_ttl: ttl,
         };
-        assert_eq!(
-            s.beat(&[beat]).await.expect("ok"),
-            vec![BeatOutcome::Fenced]
-        );
-        assert!(
-            !s.save_checkpoint(&k, f1, &EventId("e1".into()))
-                .await
-                .expect("ok")
-        );
+        assert_eq!(s.beat(&[beat]).await, vec![BeatOutcome::Fenced]);
+        assert_eq!(save(&s, &k, f1, "e1").await, CheckpointOutcome::Fenced);
         assert!(!s.publish(&k, f1, &dead(&k)).await.expect("ok"));
-        assert!(
-            s.save_checkpoint(&k, f2, &EventId("e2".into()))
-                .await
-                .expect("ok")
-        );
+        assert_eq!(save(&s, &k, f2, "e2").await, CheckpointOutcome::Saved);
         assert_eq!(
             s.checkpoint(&k).await.expect("ok"),
             Some(EventId("e2".into()))
@@ -454,7 +508,7 @@ mod tests {
             record: record(&k, "a", f, 1_000),
             lease_ttl: Duration::from_secs(60),
         };
-        s.beat(&[beat]).await.expect("ok");
+        s.beat(&[beat]).await;
         let tenant = k.tenant.clone();
         assert!(
             s.sweep_stale(&tenant, 100_000, Duration::from_secs(35))
@@ -510,10 +564,7 @@ mod tests {
             record: record(&k, "a", f1, 1),
             lease_ttl: ttl,
         };
-        assert_eq!(
-            s.beat(&[beat]).await.expect("ok"),
-            vec![BeatOutcome::Fenced]
-        );
+        assert_eq!(s.beat(&[beat]).await, vec![BeatOutcome::Fenced]);
         assert!(!s.pool_acquire(&k, f1, 5).await.expect("ok"));
         let f2 = s
             .acquire(&k, &pod("b"), ttl)
@@ -539,20 +590,16 @@ mod tests {
             record: record(&k, "a", f1, 1),
             lease_ttl: ttl,
         };
-        s.beat(std::slice::from_ref(&beat)).await.expect("ok");
+        s.beat(std::slice::from_ref(&beat)).await;
         assert!(s.pool_acquire(&k, f1, 1).await.expect("ok"));
-        assert!(
-            s.save_checkpoint(&k, f1, &EventId("e1".into()))
-                .await
-                .expect("ok")
-        );
+        assert_eq!(save(&s, &k, f1, "e1").await, CheckpointOutcome::Saved);
 
         assert!(s.remove_stream(&k).await.expect("ok"));
         assert!(!s.remove_stream(&k).await.expect("ok"), "nothing left");
         assert_eq!(s.checkpoint(&k).await.expect("ok"), None);
         assert!(s.records().await.expect("ok").is_empty());
         assert_eq!(
-            s.beat(&[beat]).await.expect("ok"),
+            s.beat(&[beat]).await,
             vec![BeatOutcome::Fenced],
             "the owner still running it is fenced, not re-asserted"
         );
@@ -573,5 +620,94 @@ mod tests {
             }
             other => panic!("a removed stream is free: {other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lease_expiries_tell_held_lapsed_and_free() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(10);
+        let (held, lapsing, released, never) = (
+            key("cc/held"),
+            key("cc/lapsing"),
+            key("cc/released"),
+            key("cc/never"),
+        );
+        s.acquire(&held, &pod("a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+        s.acquire(&lapsing, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        let fr = s
+            .acquire(&released, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        assert!(
+            s.release(&released, fr, &dead(&released))
+                .await
+                .expect("ok")
+        );
+        let streams = [held, lapsing, released, never].map(|k| k.stream);
+        let tenant = key("cc/x").tenant;
+        assert_eq!(
+            s.lease_expiries(&tenant, &streams).await.expect("ok"),
+            vec![
+                LeaseView::Held {
+                    expires_in: Duration::from_secs(60)
+                },
+                LeaseView::Held { expires_in: ttl },
+                LeaseView::Free,
+                LeaseView::Free,
+            ]
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(
+            s.lease_expiries(&tenant, &streams).await.expect("ok"),
+            vec![
+                LeaseView::Held {
+                    expires_in: Duration::from_secs(49)
+                },
+                LeaseView::Lapsed,
+                LeaseView::Free,
+                LeaseView::Free,
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_never_moves_back_within_a_fence() {
+        let s = MemoryStore::new();
+        let k = key("cc/m");
+        let f = s
+            .acquire(&k, &pod("a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+        let w = |seq: u64, id: &str| CheckpointWrite {
+            key: k.clone(),
+            fence: f,
+            seq: AckSeq(seq),
+            id: EventId(id.into()),
+        };
+        assert_eq!(
+            s.save_checkpoints(&[w(2, "e2"), w(1, "e1"), w(2, "again")])
+                .await,
+            vec![
+                CheckpointOutcome::Saved,
+                CheckpointOutcome::Superseded,
+                CheckpointOutcome::Superseded
+            ]
+        );
+        assert_eq!(
+            s.checkpoint(&k).await.expect("ok"),
+            Some(EventId("e2".into()))
+        );
+        assert_eq!(
+            save(&s, &key("cc/none"), f, "x").await,
+            CheckpointOutcome::LeaseMissing
+        );
     }
 }

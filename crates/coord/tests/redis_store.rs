@@ -9,17 +9,17 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use common::{Deployment, RedisCluster, RedisServer};
 use futures_util::StreamExt;
-use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant, Transition};
+use streamkeeper_api::{EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition};
 use streamkeeper_coord::{
-    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, RedisStore, Store, StoreError,
-    StreamKey, TransitionStream,
+    AckSeq, Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView,
+    RedisStore, Store, StoreError, StreamKey, TransitionStream,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -69,6 +69,22 @@ fn last_beat(k: &StreamKey, owner: &str, fence: Fence, last_pong: u64) -> Beat {
         lease_ttl: Duration::from_millis(1),
         ..beat(k, owner, fence, last_pong)
     }
+}
+
+/// A checkpoint write with the next sequence number (they only grow, as an owner's do).
+fn write(k: &StreamKey, fence: Fence, id: &str) -> CheckpointWrite {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    CheckpointWrite {
+        key: k.clone(),
+        fence,
+        seq: AckSeq(SEQ.fetch_add(1, Ordering::Relaxed) + 1),
+        id: EventId(id.into()),
+    }
+}
+
+/// Stores a checkpoint with the next sequence number.
+async fn save(s: &dyn Store, k: &StreamKey, fence: Fence, id: &str) -> CheckpointOutcome {
+    s.save_checkpoint(&write(k, fence, id)).await
 }
 
 fn transition(k: &StreamKey, to: StreamState, reason: &str, fence: Fence) -> Transition {
@@ -177,6 +193,8 @@ on_single_node_and_cluster!(
     a_malformed_message_is_skipped,
     status_lists_streams_with_last_pong_from_the_index,
     a_removed_stream_leaves_nothing_behind_and_fences_its_owner,
+    lease_expiries_tell_a_standby_when_to_ask,
+    a_checkpoint_never_moves_back_within_a_fence,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -256,15 +274,11 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
         "one owner"
     );
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
     assert_eq!(
-        b.beat(&[beat(&k, "pod-b", Fence(0), now_ms())])
-            .await
-            .expect("ok"),
+        b.beat(&[beat(&k, "pod-b", Fence(0), now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
 
@@ -289,15 +303,12 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
         .expect("taken");
     assert!(f_new > f_old, "fences grow: {f_new} > {f_old}");
     assert_eq!(
-        a.beat(&[beat(&k2, "pod-a", f_old, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k2, "pod-a", f_old, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
-    assert!(
-        !a.save_checkpoint(&k2, f_old, &EventId("e-old".into()))
-            .await
-            .expect("ok")
+    assert_eq!(
+        save(&a, &k2, f_old, "e-old").await,
+        CheckpointOutcome::Fenced
     );
     assert!(
         !a.publish(
@@ -319,15 +330,12 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
     );
     assert!(!a.pool_acquire(&k2, f_old, 10).await.expect("ok"));
     assert_eq!(
-        b.beat(&[beat(&k2, "pod-b", f_new, now_ms())])
-            .await
-            .expect("ok"),
+        b.beat(&[beat(&k2, "pod-b", f_new, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
-    assert!(
-        b.save_checkpoint(&k2, f_new, &EventId("e-new".into()))
-            .await
-            .expect("ok")
+    assert_eq!(
+        save(&b, &k2, f_new, "e-new").await,
+        CheckpointOutcome::Saved
     );
     assert_eq!(
         a.checkpoint(&k2).await.expect("ok"),
@@ -348,9 +356,7 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
     )
     .await;
     assert_eq!(
-        a.beat(&[beat(&k3, "pod-a", f3, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k3, "pod-a", f3, now_ms())]).await,
         vec![BeatOutcome::Reasserted]
     );
     assert_eq!(
@@ -380,7 +386,7 @@ async fn one_owner_renews_and_an_old_fence_is_refused(d: &mut dyn Deployment) {
         .collect();
     beats.push(beat(&ks[4], "pod-b", Fence(fences[4].0 - 1), now_ms())); // an old fence, later in the call
     beats.push(beat(&k2, "pod-a", f_old, now_ms()));
-    let out = a.beat(&beats).await.expect("ok");
+    let out = a.beat(&beats).await;
     assert_eq!(out.len(), beats.len());
     assert!(
         out[..30]
@@ -407,15 +413,9 @@ async fn a_release_hands_over_at_once_and_fences_the_releaser(d: &mut dyn Deploy
         .await
         .expect("ok")
         .expect("granted");
-    a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-        .await
-        .expect("ok");
+    a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await;
     assert!(a.pool_acquire(&k, fa, 1).await.expect("ok"));
-    assert!(
-        a.save_checkpoint(&k, fa, &EventId("e7".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "e7").await, CheckpointOutcome::Saved);
     let handover = transition(&k, StreamState::Stopped, "handover", fa);
     assert!(a.release(&k, fa, &handover).await.expect("ok"));
     assert_eq!(
@@ -456,20 +456,14 @@ async fn a_release_hands_over_at_once_and_fences_the_releaser(d: &mut dyn Deploy
         .expect("ok")
     );
     assert_eq!(
-        a.beat(&[beat(&k2, "pod-a", f2, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k2, "pod-a", f2, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
     assert!(
         !a.release(&k2, f2, &handover).await.expect("ok"),
         "released once"
     );
-    assert!(
-        !a.save_checkpoint(&k2, f2, &EventId("late".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k2, f2, "late").await, CheckpointOutcome::Fenced);
 }
 
 async fn a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept(d: &mut dyn Deployment) {
@@ -481,9 +475,7 @@ async fn a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept(d: &mut dyn
         .await
         .expect("ok")
         .expect("granted");
-    a.beat(&[last_beat(&k, "pod-a", fa, 1_000)])
-        .await
-        .expect("ok"); // then pod-a is SIGKILLed
+    a.beat(&[last_beat(&k, "pod-a", fa, 1_000)]).await; // then pod-a is SIGKILLed
     let d: &dyn Deployment = d;
     wait_until("pod-a's lease lapses", Duration::from_secs(5), || async {
         lease_lapsed(d, &k)
@@ -504,9 +496,7 @@ async fn a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept(d: &mut dyn
             .is_empty()
     );
     assert_eq!(
-        b.beat(&[beat(&k, "pod-b", fb, now_ms())])
-            .await
-            .expect("ok"),
+        b.beat(&[beat(&k, "pod-b", fb, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
     let recs = b.records().await.expect("ok");
@@ -515,9 +505,7 @@ async fn a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept(d: &mut dyn
         (1, pod("pod-b"), fb)
     );
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Fenced],
         "the old owner, back from the dead, is fenced"
     );
@@ -572,7 +560,7 @@ async fn one_dead_per_stale_entry_however_many_pods_sweep(d: &mut dyn Deployment
             } else {
                 last_beat(key, "pod-a", fence, last_pong)
             };
-            owner.beat(&[b]).await.expect("ok");
+            owner.beat(&[b]).await;
             if key == &k {
                 f = fence;
             }
@@ -767,11 +755,7 @@ async fn a_checkpoint_is_refused_for_an_old_fence(d: &mut dyn Deployment) {
         .await
         .expect("ok")
         .expect("granted");
-    assert!(
-        a.save_checkpoint(&k, fa, &EventId("e1".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "e1").await, CheckpointOutcome::Saved);
     assert!(
         a.release(
             &k,
@@ -786,11 +770,7 @@ async fn a_checkpoint_is_refused_for_an_old_fence(d: &mut dyn Deployment) {
         .await
         .expect("ok")
         .expect("granted");
-    assert!(
-        !a.save_checkpoint(&k, fa, &EventId("e-stale".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "e-stale").await, CheckpointOutcome::Fenced);
     assert_eq!(
         b.checkpoint(&k).await.expect("ok"),
         Some(EventId("e1".into())),
@@ -804,30 +784,19 @@ async fn a_checkpoint_is_refused_for_an_old_fence(d: &mut dyn Deployment) {
         .expect("ok")
         .expect("granted");
     let writes = vec![
-        CheckpointWrite {
-            key: k.clone(),
-            fence: fa,
-            id: EventId("x".into()),
-        },
-        CheckpointWrite {
-            key: k.clone(),
-            fence: fb,
-            id: EventId("e2".into()),
-        },
-        CheckpointWrite {
-            key: k2.clone(),
-            fence: f2,
-            id: EventId("o1".into()),
-        },
-        CheckpointWrite {
-            key: key("other", "cc/nobody"),
-            fence: f2,
-            id: EventId("n".into()),
-        },
+        write(&k, fa, "x"),
+        write(&k, fb, "e2"),
+        write(&k2, f2, "o1"),
+        write(&key("other", "cc/nobody"), f2, "n"),
     ];
     assert_eq!(
-        b.save_checkpoints(&writes).await.expect("ok"),
-        vec![false, true, true, false]
+        b.save_checkpoints(&writes).await,
+        vec![
+            CheckpointOutcome::Fenced,
+            CheckpointOutcome::Saved,
+            CheckpointOutcome::Saved,
+            CheckpointOutcome::LeaseMissing,
+        ]
     );
     assert_eq!(
         a.checkpoint(&k).await.expect("ok"),
@@ -861,18 +830,14 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
         .expect("granted");
     assert!(fa.0 >= 6);
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
 
     d.flushall(); // Redis restarted empty
 
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Reasserted]
     );
     assert_eq!(
@@ -896,16 +861,10 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
         "the fence counter never goes back below a fence handed out: {fresh} > {fa}"
     );
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
-    assert!(
-        a.save_checkpoint(&k, fa, &EventId("after".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "after").await, CheckpointOutcome::Saved);
     assert_eq!(
         a.records()
             .await
@@ -918,7 +877,7 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
     );
 
     // Data lost again and another pod grabbed the stream before its owner beat. Fences never
-    // go back, even with the counter lost (they are floored at Redis's clock in ms), so the
+    // go back, even with the counter lost (they are floored at Redis's clock in µs), so the
     // newcomer's grant is the newest: it wins and the old owner is fenced. One owner, always.
     d.flushall();
     let fb = b
@@ -928,20 +887,12 @@ async fn beat_reasserts_after_redis_lost_everything(d: &mut dyn Deployment) {
         .expect("granted");
     assert!(fb > fa, "fences only grow, also across a wipe: {fb} > {fa}");
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
-    assert!(
-        !a.save_checkpoint(&k, fa, &EventId("x".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "x").await, CheckpointOutcome::Fenced);
     assert_eq!(
-        b.beat(&[beat(&k, "pod-b", fb, now_ms())])
-            .await
-            .expect("ok"),
+        b.beat(&[beat(&k, "pod-b", fb, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
 }
@@ -967,7 +918,10 @@ async fn unavailable_is_fast_and_the_store_recovers_on_restart(d: &mut dyn Deplo
 
         let t = Instant::now();
         let r = s.beat(&[beat(&k, "pod-a", f, now_ms())]).await;
-        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        assert!(
+            matches!(r[..], [BeatOutcome::Failed(StoreError::Unavailable(_))]),
+            "{r:?}"
+        );
         assert!(t.elapsed() < bound, "beat took {:?}", t.elapsed());
 
         // No new ownership while Redis is away, and nobody is judged stale.
@@ -996,8 +950,11 @@ async fn unavailable_is_fast_and_the_store_recovers_on_restart(d: &mut dyn Deplo
         assert!(t.elapsed() < bound, "sweep took {:?}", t.elapsed());
 
         let t = Instant::now();
-        let r = s.save_checkpoint(&k, f, &EventId("e".into())).await;
-        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        let r = save(&s, &k, f, "e").await;
+        assert!(
+            matches!(r, CheckpointOutcome::Failed(StoreError::Unavailable(_))),
+            "{r:?}"
+        );
         assert!(t.elapsed() < bound, "checkpoint took {:?}", t.elapsed());
     }
     // A store made while Redis is down is fine; it fails like the others.
@@ -1012,7 +969,7 @@ async fn unavailable_is_fast_and_the_store_recovers_on_restart(d: &mut dyn Deplo
     )
     .await;
     assert_eq!(
-        s.beat(&[beat(&k, "pod-a", f, now_ms())]).await.expect("ok"),
+        s.beat(&[beat(&k, "pod-a", f, now_ms())]).await,
         vec![BeatOutcome::Reasserted]
     );
     // Right after an outage a store takes no lease for `ttl` (owners re-assert first) and
@@ -1128,12 +1085,10 @@ async fn status_lists_streams_with_last_pong_from_the_index(d: &mut dyn Deployme
         .expect("ok")
         .expect("granted");
     s.beat(&[beat(&k1, "pod-a", f1, 1_000), beat(&k2, "pod-b", f2, 2_000)])
-        .await
-        .expect("ok");
+        .await;
     // Unchanged records: only lastPong moves, in the index; status merges it.
     s.beat(&[beat(&k1, "pod-a", f1, 5_000), beat(&k2, "pod-b", f2, 6_000)])
-        .await
-        .expect("ok");
+        .await;
     let recs = s.records().await.expect("ok");
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert_eq!(recs[0], record(&k1, "pod-a", f1, 5_000));
@@ -1152,7 +1107,7 @@ async fn status_lists_streams_with_last_pong_from_the_index(d: &mut dyn Deployme
         s.records().await.expect("ok")[0].state,
         StreamState::Degraded
     );
-    s.beat(&[beat(&k1, "pod-a", f1, 7_000)]).await.expect("ok");
+    s.beat(&[beat(&k1, "pod-a", f1, 7_000)]).await;
     assert_eq!(
         s.records().await.expect("ok")[0],
         record(&k1, "pod-a", f1, 7_000)
@@ -1180,15 +1135,9 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
         .await
         .expect("ok")
         .expect("granted");
-    a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-        .await
-        .expect("ok");
+    a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await;
     assert!(a.pool_acquire(&k, fa, 1).await.expect("ok"));
-    assert!(
-        a.save_checkpoint(&k, fa, &EventId("e1".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "e1").await, CheckpointOutcome::Saved);
     // A neighbour of the same tenant keeps everything.
     let n = key("acme", "cc/neighbour");
     let fnb = a
@@ -1196,14 +1145,8 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
         .await
         .expect("ok")
         .expect("granted");
-    a.beat(&[beat(&n, "pod-a", fnb, now_ms())])
-        .await
-        .expect("ok");
-    assert!(
-        a.save_checkpoint(&n, fnb, &EventId("n1".into()))
-            .await
-            .expect("ok")
-    );
+    a.beat(&[beat(&n, "pod-a", fnb, now_ms())]).await;
+    assert_eq!(save(&a, &n, fnb, "n1").await, CheckpointOutcome::Saved);
 
     // The controller (any store, not the owner) removes it.
     assert!(b.remove_stream(&k).await.expect("ok"));
@@ -1258,16 +1201,10 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
 
     // The owner that still runs it is fenced everywhere; it re-asserts nothing.
     assert_eq!(
-        a.beat(&[beat(&k, "pod-a", fa, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&k, "pod-a", fa, now_ms())]).await,
         vec![BeatOutcome::Fenced]
     );
-    assert!(
-        !a.save_checkpoint(&k, fa, &EventId("late".into()))
-            .await
-            .expect("ok")
-    );
+    assert_eq!(save(&a, &k, fa, "late").await, CheckpointOutcome::Fenced);
     assert!(!a.pool_acquire(&k, fa, 5).await.expect("ok"));
     assert_eq!(b.checkpoint(&k).await.expect("ok"), None);
     // The slot is free, and the stream can be created again: taken at once, newer fence.
@@ -1287,9 +1224,7 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
     }
     // The neighbour was not touched.
     assert_eq!(
-        a.beat(&[beat(&n, "pod-a", fnb, now_ms())])
-            .await
-            .expect("ok"),
+        a.beat(&[beat(&n, "pod-a", fnb, now_ms())]).await,
         vec![BeatOutcome::Renewed]
     );
     assert_eq!(
@@ -1302,6 +1237,221 @@ async fn a_removed_stream_leaves_nothing_behind_and_fences_its_owner(d: &mut dyn
     let marker = transition(&n, StreamState::Active, "marker", fnb);
     assert!(a.publish(&n, fnb, &marker).await.expect("ok"));
     assert_eq!(next(&mut sub, Duration::from_secs(5)).await, marker);
+}
+
+async fn lease_expiries_tell_a_standby_when_to_ask(d: &mut dyn Deployment) {
+    let (a, b) = (store(d), store(d));
+    let k = |name: &str| key("acme", &format!("cc/{name}"));
+    let (held, lapsing, released, removed, never) = (
+        k("held"),
+        k("lapsing"),
+        k("released"),
+        k("removed"),
+        k("never"),
+    );
+    let long = Duration::from_secs(60);
+    let fh = a
+        .acquire(&held, &pod("pod-a"), long)
+        .await
+        .expect("ok")
+        .expect("granted");
+    let fl = a
+        .acquire(&lapsing, &pod("pod-a"), Duration::from_millis(300))
+        .await
+        .expect("ok")
+        .expect("granted");
+    for k in [&released, &removed] {
+        let f = a
+            .acquire(k, &pod("pod-a"), long)
+            .await
+            .expect("ok")
+            .expect("granted");
+        if k == &released {
+            assert!(
+                a.release(k, f, &transition(k, StreamState::Stopped, "handover", f))
+                    .await
+                    .expect("ok")
+            );
+        }
+    }
+    assert!(b.remove_stream(&removed).await.expect("ok"));
+    let streams: Vec<StreamId> = [&held, &lapsing, &released, &removed, &never]
+        .iter()
+        .map(|k| k.stream.clone())
+        .collect();
+    let tenant = held.tenant.clone();
+    let view = b.lease_expiries(&tenant, &streams).await.expect("ok");
+    match view[..] {
+        [
+            LeaseView::Held { expires_in: h },
+            LeaseView::Held { expires_in: l },
+            LeaseView::Free,
+            LeaseView::Free,
+            LeaseView::Free,
+        ] => {
+            assert!(h <= long && h > long - Duration::from_secs(10), "{h:?}");
+            assert!(l <= Duration::from_millis(300), "{l:?}");
+        }
+        _ => panic!("held, held, free, free, free: {view:?}"),
+    }
+    assert_eq!(
+        b.lease_expiries(&tenant, &[]).await.expect("ok"),
+        vec![],
+        "nothing asked, nothing answered"
+    );
+
+    // The short lease lapses: the standby learns it, also after a sweep handled it.
+    let d: &dyn Deployment = d;
+    wait_until("the short lease lapses", Duration::from_secs(5), || async {
+        lease_lapsed(d, &lapsing)
+    })
+    .await;
+    let lapsed = || async {
+        b.lease_expiries(&tenant, std::slice::from_ref(&lapsing.stream))
+            .await
+            .expect("ok")
+    };
+    assert_eq!(lapsed().await, vec![LeaseView::Lapsed]);
+    b.sweep_stale(&tenant, now_ms(), Duration::from_millis(1))
+        .await
+        .expect("ok");
+    assert_eq!(lapsed().await, vec![LeaseView::Lapsed], "after a sweep too");
+    // It asks, and takes it over; then the others see it held.
+    match b
+        .try_acquire(&lapsing, &pod("pod-b"), long)
+        .await
+        .expect("ok")
+    {
+        Acquired::Granted { took_over, .. } => {
+            assert_eq!(took_over, Some((pod("pod-a"), fl)))
+        }
+        other => panic!("a lapsed lease is taken over: {other:?}"),
+    }
+    assert!(matches!(lapsed().await[..], [LeaseView::Held { .. }]));
+    // Renewals move the time left.
+    assert_eq!(
+        a.beat(&[beat(&held, "pod-a", fh, now_ms())]).await,
+        vec![BeatOutcome::Renewed]
+    );
+    match a.lease_expiries(&tenant, &streams[..1]).await.expect("ok")[..] {
+        [LeaseView::Held { expires_in }] => assert!(expires_in > long - Duration::from_secs(10)),
+        ref other => panic!("{other:?}"),
+    }
+}
+
+async fn a_checkpoint_never_moves_back_within_a_fence(d: &mut dyn Deployment) {
+    let (a, b) = (store(d), store(d));
+    let k = key("acme", "cc/monotonic");
+    let ttl = Duration::from_secs(60);
+    let fa = a
+        .acquire(&k, &pod("pod-a"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    let w = |fence: Fence, seq: u64, id: &str| CheckpointWrite {
+        key: k.clone(),
+        fence,
+        seq: AckSeq(seq),
+        id: EventId(id.into()),
+    };
+    let ckpt = || async { a.checkpoint(&k).await.expect("ok").map(|e| e.0) };
+    assert_eq!(
+        a.save_checkpoint(&w(fa, 5, "e5")).await,
+        CheckpointOutcome::Saved
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, 3, "e3")).await,
+        CheckpointOutcome::Superseded,
+        "a late ack"
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, 5, "e5")).await,
+        CheckpointOutcome::Superseded,
+        "a repeat"
+    );
+    assert_eq!(ckpt().await.as_deref(), Some("e5"));
+    // One batch with the same stream thrice, out of order: the newest is stored, the others
+    // are superseded by it.
+    assert_eq!(
+        a.save_checkpoints(&[w(fa, 9, "e9"), w(fa, 10, "e10"), w(fa, 8, "e8")])
+            .await,
+        vec![
+            CheckpointOutcome::Superseded,
+            CheckpointOutcome::Saved,
+            CheckpointOutcome::Superseded
+        ]
+    );
+    assert_eq!(ckpt().await.as_deref(), Some("e10"));
+    // Writes racing from many tasks, arriving in any order: the newest one stands.
+    let a = Arc::new(a);
+    let mut seqs: Vec<u64> = (11..=60).collect();
+    seqs.reverse();
+    seqs.rotate_left(17);
+    let tasks: Vec<_> = seqs
+        .into_iter()
+        .map(|seq| {
+            let (a, write) = (a.clone(), w(fa, seq, &format!("e{seq}")));
+            tokio::spawn(async move { a.save_checkpoint(&write).await })
+        })
+        .collect();
+    for t in tasks {
+        let o = t.await.expect("task");
+        assert!(
+            matches!(o, CheckpointOutcome::Saved | CheckpointOutcome::Superseded),
+            "{o:?}"
+        );
+    }
+    assert_eq!(
+        a.checkpoint(&k).await.expect("ok").map(|e| e.0).as_deref(),
+        Some("e60")
+    );
+    // Sequences compare exactly across the whole u64 range (Lua's numbers would not).
+    let big = 1u64 << 53;
+    assert_eq!(
+        a.save_checkpoint(&w(fa, big, "big")).await,
+        CheckpointOutcome::Saved
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, big + 1, "big+1")).await,
+        CheckpointOutcome::Saved
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, big, "big")).await,
+        CheckpointOutcome::Superseded
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, u64::MAX, "max")).await,
+        CheckpointOutcome::Saved
+    );
+
+    // A new owner counts afresh: its first write wins over the old fence's high one; the old
+    // fence is refused whatever its sequence.
+    assert!(
+        a.release(
+            &k,
+            fa,
+            &transition(&k, StreamState::Stopped, "handover", fa)
+        )
+        .await
+        .expect("ok")
+    );
+    let fb = b
+        .acquire(&k, &pod("pod-b"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    assert_eq!(
+        b.save_checkpoint(&w(fb, 1, "b1")).await,
+        CheckpointOutcome::Saved
+    );
+    assert_eq!(
+        a.save_checkpoint(&w(fa, u64::MAX, "late")).await,
+        CheckpointOutcome::Fenced
+    );
+    assert_eq!(
+        b.checkpoint(&k).await.expect("ok").map(|e| e.0).as_deref(),
+        Some("b1")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1340,9 +1490,7 @@ async fn a_sweep_costs_its_stale_entries_not_the_streams() {
     let s = store(&server);
     // Load the sweep script (the first call of a script on a server sends its source once).
     let w = key("warmup", "cc/w");
-    s.beat(&[last_beat(&w, "pod-a", Fence(1), 1)])
-        .await
-        .expect("ok");
+    s.beat(&[last_beat(&w, "pod-a", Fence(1), 1)]).await;
     wait_until("the lease lapses", Duration::from_secs(5), || async {
         lease_lapsed(&server, &w)
     })
@@ -1377,7 +1525,6 @@ async fn a_sweep_costs_its_stale_entries_not_the_streams() {
         assert!(
             s.beat(&beats)
                 .await
-                .expect("ok")
                 .iter()
                 .all(|o| *o == BeatOutcome::Reasserted)
         );
@@ -1439,7 +1586,7 @@ async fn a_beat_costs_a_few_commands_per_tenant_and_rewrites_only_changed_record
         .enumerate()
         .map(|(i, k)| beat(k, "pod-a", Fence(i as u64 + 1), 1))
         .collect();
-    s.beat(&beats).await.expect("ok");
+    s.beat(&beats).await;
 
     for b in &mut beats {
         b.record.last_pong = 2;
@@ -1448,7 +1595,6 @@ async fn a_beat_costs_a_few_commands_per_tenant_and_rewrites_only_changed_record
     assert!(
         s.beat(&beats)
             .await
-            .expect("ok")
             .iter()
             .all(|o| *o == BeatOutcome::Renewed)
     );
@@ -1462,12 +1608,151 @@ async fn a_beat_costs_a_few_commands_per_tenant_and_rewrites_only_changed_record
         b.record.last_pong = 3;
     }
     reset_stats(&server);
-    s.beat(&beats).await.expect("ok");
+    s.beat(&beats).await;
     assert_eq!(
         commands(&server).get("hset"),
         Some(&10),
         "only the changed records are written"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_tick_costs_four_commands_per_tenant() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    let tenant: Tenant = "acme".parse().expect("tenant");
+    let streams: Vec<StreamId> = (0..50)
+        .map(|i| format!("cc/e{i}").parse().expect("id"))
+        .collect();
+    for st in &streams[..25] {
+        let k = StreamKey {
+            tenant: tenant.clone(),
+            stream: st.clone(),
+        };
+        s.acquire(&k, &pod("pod-a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+    }
+    // (The first call sends the script's source.)
+    s.lease_expiries(&tenant, &streams).await.expect("ok");
+    reset_stats(&server);
+    let view = s.lease_expiries(&tenant, &streams).await.expect("ok");
+    assert_eq!(
+        view.iter()
+            .filter(|v| matches!(v, LeaseView::Held { .. }))
+            .count(),
+        25
+    );
+    let c = commands(&server);
+    assert_eq!(
+        c.values().sum::<u64>(),
+        4,
+        "EVALSHA, TIME, MGET, ZMSCORE: {c:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_flush_costs_three_commands_per_script() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    let mut writes = Vec::new();
+    for t in 0..20 {
+        for i in 0..10 {
+            let k = key(&format!("tenant-{t}"), &format!("cc/c{i}"));
+            let f = s
+                .acquire(&k, &pod("pod-a"), Duration::from_secs(60))
+                .await
+                .expect("ok")
+                .expect("granted");
+            // Three acks of the stream since the last flush: one write.
+            for n in 0..3 {
+                writes.push(write(&k, f, &format!("e{n}")));
+            }
+        }
+    }
+    // (The first call sends the script's source.)
+    let w = key("warmup", "cc/w");
+    let fw = s
+        .acquire(&w, &pod("pod-a"), Duration::from_secs(60))
+        .await
+        .expect("ok")
+        .expect("granted");
+    save(&s, &w, fw, "0").await;
+    reset_stats(&server);
+    let out = s.save_checkpoints(&writes).await;
+    assert_eq!(
+        out.iter()
+            .filter(|o| **o == CheckpointOutcome::Saved)
+            .count(),
+        200,
+        "one per stream"
+    );
+    let c = commands(&server);
+    assert_eq!(
+        c.values().sum::<u64>(),
+        3,
+        "a single node: one script for every tenant (EVALSHA, MGET, MSET): {c:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_checkpoint_flush_costs_three_commands_per_tenant() {
+    let cluster = RedisCluster::start();
+    let s = store(&cluster);
+    let tenants = one_tenant_per_node(&cluster);
+    let mut writes = Vec::new();
+    for (t, _) in &tenants {
+        for i in 0..10 {
+            let k = StreamKey {
+                tenant: t.clone(),
+                stream: format!("cc/c{i}").parse().expect("id"),
+            };
+            let f = s
+                .acquire(&k, &pod("pod-a"), Duration::from_secs(60))
+                .await
+                .expect("ok")
+                .expect("granted");
+            writes.push(write(&k, f, "e1"));
+            writes.push(write(&k, f, "e2"));
+        }
+    }
+    // (The first call sends the script's source to each node.)
+    let mut first = Vec::new();
+    for (t, _) in &tenants {
+        let k = StreamKey {
+            tenant: t.clone(),
+            stream: "cc/warmup".parse().expect("id"),
+        };
+        let f = s
+            .acquire(&k, &pod("pod-a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+        first.push(write(&k, f, "e0"));
+    }
+    assert!(
+        s.save_checkpoints(&first)
+            .await
+            .iter()
+            .all(|o| *o == CheckpointOutcome::Saved)
+    );
+    for n in &cluster.nodes {
+        common::text(n.port, &["CONFIG", "RESETSTAT"]);
+    }
+    let out = s.save_checkpoints(&writes).await;
+    assert_eq!(
+        out.iter()
+            .filter(|o| **o == CheckpointOutcome::Saved)
+            .count(),
+        30
+    );
+    let total: u64 = cluster
+        .nodes
+        .iter()
+        .map(|n| commands(n).values().sum::<u64>())
+        .sum();
+    assert_eq!(total, 3 * 3, "EVALSHA, MGET, MSET per tenant");
 }
 
 /// A "Redis" that accepts connections and never answers (a blackholed or frozen server).
@@ -1498,7 +1783,10 @@ async fn unavailable_is_bounded_when_redis_hangs() {
             let r = s
                 .beat(&[beat(&key("acme", "cc/q"), "pod-a", Fence(1), 1)])
                 .await;
-            assert!(matches!(r, Err(StoreError::Unavailable(_))), "{url}: {r:?}");
+            assert!(
+                matches!(r[..], [BeatOutcome::Failed(StoreError::Unavailable(_))]),
+                "{url}: {r:?}"
+            );
             assert!(
                 t.elapsed() < Duration::from_secs(3),
                 "{url}: took {:?}",
@@ -1552,4 +1840,131 @@ async fn passwords_never_appear_in_errors_or_debug() {
     server.stop();
     let err = good.ping().await.expect_err("down").to_string();
     assert!(!err.contains(secret), "{err}");
+}
+
+/// Tenants whose keys live on three different masters of `cluster`, in node order.
+fn one_tenant_per_node(cluster: &RedisCluster) -> Vec<(Tenant, u16)> {
+    let mut picked: Vec<(Tenant, u16)> = Vec::new();
+    for i in 0..64 {
+        let t: Tenant = format!("tenant-{i}").parse().expect("tenant");
+        let port = cluster.node_of(&format!("sk:{{{t}}}:live"));
+        if picked.iter().all(|(_, p)| *p != port) {
+            picked.push((t, port));
+        }
+        if picked.len() == 3 {
+            return picked;
+        }
+    }
+    panic!("64 tenants did not cover three masters: {picked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_cluster_node_down_each_lease_gets_its_own_beat_outcome() {
+    let mut cluster = RedisCluster::start();
+    let (a, b) = (store(&cluster), store(&cluster));
+    let nodes = one_tenant_per_node(&cluster);
+    let (renewed, fenced, down) = (
+        StreamKey {
+            tenant: nodes[0].0.clone(),
+            stream: "cc/renewed".parse().expect("id"),
+        },
+        StreamKey {
+            tenant: nodes[1].0.clone(),
+            stream: "cc/fenced".parse().expect("id"),
+        },
+        StreamKey {
+            tenant: nodes[2].0.clone(),
+            stream: "cc/down".parse().expect("id"),
+        },
+    );
+    let ttl = Duration::from_secs(60);
+    let f_renewed = a
+        .acquire(&renewed, &pod("pod-a"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    let f_down = a
+        .acquire(&down, &pod("pod-a"), ttl)
+        .await
+        .expect("ok")
+        .expect("granted");
+    // pod-a's lease on the second node lapses and pod-b takes it there.
+    let f_fenced = a
+        .acquire(&fenced, &pod("pod-a"), Duration::from_millis(200))
+        .await
+        .expect("ok")
+        .expect("granted");
+    wait_until("the short lease lapses", Duration::from_secs(5), || async {
+        lease_lapsed(&cluster, &fenced)
+    })
+    .await;
+    assert!(
+        b.acquire(&fenced, &pod("pod-b"), ttl)
+            .await
+            .expect("ok")
+            .is_some()
+    );
+
+    cluster.stop_node(nodes[2].1);
+    let beats = [
+        beat(&down, "pod-a", f_down, now_ms()),
+        beat(&fenced, "pod-a", f_fenced, now_ms()),
+        beat(&renewed, "pod-a", f_renewed, now_ms()),
+    ];
+    let t = Instant::now();
+    let out = a.beat(&beats).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "bounded by the operation timeout: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        matches!(
+            out[..],
+            [
+                BeatOutcome::Failed(StoreError::Unavailable(_)),
+                BeatOutcome::Fenced,
+                BeatOutcome::Renewed,
+            ]
+        ),
+        "one outcome per lease, whatever the other nodes did: {out:?}"
+    );
+    // The renewal on the live node really happened: its lease has most of a TTL left.
+    let leases = format!("sk:{{{}}}:leases", renewed.tenant);
+    let left = common::value_text(
+        cluster
+            .command_for(Some(&leases), &["ZSCORE", &leases, renewed.stream.as_str()])
+            .expect("ZSCORE"),
+    )
+    .parse::<f64>()
+    .expect("a score");
+    let time = match cluster.command_for(Some(&leases), &["TIME"]) {
+        Ok(redis::Value::Array(t)) => {
+            common::value_text(t[0].clone())
+                .parse::<f64>()
+                .expect("secs")
+                * 1000.0
+        }
+        other => panic!("TIME: {other:?}"),
+    };
+    assert!(left - time > 50_000.0, "renewed for a TTL: {}", left - time);
+
+    // The node comes back empty: its lease is re-asserted; the others answer as before.
+    cluster.restart_node(nodes[2].1);
+    wait_until(
+        "the restarted node serves its tenant",
+        Duration::from_secs(20),
+        || async {
+            let out = a.beat(&beats).await;
+            matches!(
+                out[..],
+                [
+                    BeatOutcome::Reasserted,
+                    BeatOutcome::Fenced,
+                    BeatOutcome::Renewed
+                ]
+            )
+        },
+    )
+    .await;
 }

@@ -2,56 +2,75 @@
 //! store in one batch every checkpoint window (one round trip per tenant), so the store's load
 //! follows the pods and the window, not the event rate.
 //!
-//! The id of a stream only moves forward here: a newer ack replaces the waiting one; a write
-//! that failed goes back only if nothing newer arrived meanwhile; a fence that lost its lease
-//! is forgotten. (The store refuses a stale fence as well, and orders writes within a fence.)
+//! The id of a stream only moves forward here: each ack is numbered ([`AckSeq`], one counter
+//! for the pod, so it grows within every fence) and a newer ack replaces the waiting one; a
+//! write that failed goes back only if nothing newer arrived meanwhile; a fence that lost its
+//! lease is forgotten. The store keeps the newest [`AckSeq`] of a fence whatever order writes
+//! arrive in, and refuses a stale fence.
 
 use std::collections::HashMap;
 
 use streamkeeper_api::{EventId, Fence};
-use streamkeeper_coord::{CheckpointWrite, StreamKey};
+use streamkeeper_coord::{AckSeq, CheckpointWrite, StreamKey};
 
 /// The waiting checkpoints of one pod.
 #[derive(Debug, Default)]
 pub struct PendingCheckpoints {
-    waiting: HashMap<StreamKey, (Fence, EventId)>,
+    next_seq: u64,
+    waiting: HashMap<StreamKey, CheckpointWrite>,
 }
 
 impl PendingCheckpoints {
+    /// The number of the next ack, higher than every one before.
+    pub fn next_seq(&mut self) -> AckSeq {
+        self.next_seq += 1;
+        AckSeq(self.next_seq)
+    }
+
     /// Records the newest acked id of `key` under `fence`.
     pub fn record(&mut self, key: &StreamKey, fence: Fence, id: EventId) {
+        let seq = self.next_seq();
         match self.waiting.get_mut(key) {
             // An ack under an older fence never replaces one under the current fence.
-            Some((f, _)) if *f > fence => {}
-            Some(slot) => *slot = (fence, id),
+            Some(w) if w.fence > fence => {}
+            Some(w) => {
+                w.fence = fence;
+                w.seq = seq;
+                w.id = id;
+            }
             None => {
-                self.waiting.insert(key.clone(), (fence, id));
+                self.waiting.insert(
+                    key.clone(),
+                    CheckpointWrite {
+                        key: key.clone(),
+                        fence,
+                        seq,
+                        id,
+                    },
+                );
             }
         }
     }
 
     /// Takes every waiting checkpoint, for one flush.
     pub fn take(&mut self) -> Vec<CheckpointWrite> {
-        self.waiting
-            .drain()
-            .map(|(key, (fence, id))| CheckpointWrite { key, fence, id })
-            .collect()
+        self.waiting.drain().map(|(_, w)| w).collect()
     }
 
     /// Takes the waiting checkpoint of `key` (a handover writes it at once).
-    pub fn take_one(&mut self, key: &StreamKey) -> Option<(Fence, EventId)> {
+    pub fn take_one(&mut self, key: &StreamKey) -> Option<CheckpointWrite> {
         self.waiting.remove(key)
     }
 
     /// Puts back a write that did not go through, unless a newer one is waiting.
     pub fn requeue(&mut self, w: CheckpointWrite) {
-        self.waiting.entry(w.key).or_insert((w.fence, w.id));
+        self.waiting.entry(w.key.clone()).or_insert(w);
     }
 
     /// Forgets what waits for `key` under `fence` (the lease is gone: the write would be
     /// refused, and the next owner resumes from the store's checkpoint).
     pub fn forget(&mut self, key: &StreamKey, fence: Fence) {
-        if self.waiting.get(key).is_some_and(|(f, _)| *f == fence) {
+        if self.waiting.get(key).is_some_and(|w| w.fence == fence) {
             self.waiting.remove(key);
         }
     }
@@ -107,10 +126,14 @@ mod tests {
         for w in failed {
             p.requeue(w);
         }
-        assert_eq!(p.take_one(&key("a")), Some((Fence(1), id(2))));
+        let w = p.take_one(&key("a")).expect("waiting");
+        assert_eq!((w.fence, w.id), (Fence(1), id(2)));
         p.record(&key("a"), Fence(3), id(7));
+        let seq = p.waiting[&key("a")].seq;
         p.record(&key("a"), Fence(2), id(8));
-        assert_eq!(p.take_one(&key("a")), Some((Fence(3), id(7))));
+        let w = p.take_one(&key("a")).expect("waiting");
+        assert_eq!((w.fence, w.id, w.seq), (Fence(3), id(7), seq));
+        assert!(p.next_seq() > seq, "numbers only grow");
         p.record(&key("a"), Fence(3), id(9));
         p.forget(&key("a"), Fence(2));
         assert_eq!(p.len(), 1, "another fence's loss forgets nothing");

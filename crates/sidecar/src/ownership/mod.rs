@@ -35,7 +35,10 @@ use streamkeeper_api::{
     DropReason, EventId, Fence, PodName, StreamState, Tenant, Transition,
     config::{DEFAULT_CHECKPOINT_WINDOW, DEFAULT_TENANT_LIMIT},
 };
-use streamkeeper_coord::{Acquired, Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey};
+use streamkeeper_coord::{
+    Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView, Store,
+    StoreError, StreamKey,
+};
 use tokio::{
     sync::{Notify, watch},
     time::Instant,
@@ -98,8 +101,9 @@ pub struct Ownership {
     /// Per-tenant pool limits from the config.
     limits: Mutex<BTreeMap<Tenant, u32>>,
     /// The streams this pod stands by for (one entry per waiting claim, removed when the
-    /// claim returns): a release or DEAD heard wakes them at once.
-    standbys: Mutex<HashMap<StreamKey, Arc<Notify>>>,
+    /// claim returns): a release or DEAD heard wakes them at once; the beat tick's look at
+    /// their leases tells them when to ask.
+    standbys: Mutex<HashMap<StreamKey, Standby>>,
     draining: AtomicBool,
     health: watch::Sender<StoreHealth>,
     on_store_up: StoreUpHook,
@@ -114,6 +118,16 @@ impl std::fmt::Debug for Ownership {
             .field("pod", &self.pod)
             .finish_non_exhaustive()
     }
+}
+
+/// One stream this pod stands by for.
+#[derive(Debug, Default)]
+struct Standby {
+    /// A release or DEAD of the stream was heard.
+    wake: Arc<Notify>,
+    /// When to ask for the lease, from the last look at it (its expiry on the store's clock;
+    /// now, when it is free or lapsed).
+    due: watch::Sender<Option<Instant>>,
 }
 
 /// Removes a claim's standby entry when the claim returns (however it returns).
@@ -166,7 +180,7 @@ impl Ownership {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn standbys(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Arc<Notify>>> {
+    fn standbys(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Standby>> {
         self.standbys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -210,8 +224,8 @@ impl Ownership {
     /// Stops taking ownership (SIGTERM): waiting claims give up.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        for n in self.standbys().values() {
-            n.notify_waiters();
+        for s in self.standbys().values() {
+            s.wake.notify_waiters();
         }
     }
 
@@ -260,7 +274,11 @@ impl Ownership {
         stop: &mut watch::Receiver<Option<DropReason>>,
     ) -> Option<Claim> {
         self.watch_tenant(&key.tenant);
-        let wake = Arc::clone(self.standbys().entry(key.clone()).or_default());
+        let (wake, mut due) = {
+            let mut standbys = self.standbys();
+            let s = standbys.entry(key.clone()).or_default();
+            (Arc::clone(&s.wake), s.due.subscribe())
+        };
         let _standby = StandbyGuard {
             ownership: self,
             key,
@@ -281,8 +299,16 @@ impl Ownership {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            due.borrow_and_update();
             let health = *self.health.borrow();
-            let retry = if !health.up {
+            let now = Instant::now();
+            // A slow retry for when nothing better is known (the store is down, or did not
+            // say when the lease lapses).
+            let fallback = now
+                + ttl
+                    .mul_f64(0.25 + 0.25 * rand::random::<f64>())
+                    .min(Duration::from_secs(5));
+            let mut ask_at = if !health.up {
                 // Nothing can be taken while the store is unreachable: ask it only whether it
                 // answers again (cheap, and no standby grabs a lease in its first answer).
                 if self.store.ping().await.is_ok() {
@@ -290,37 +316,75 @@ impl Ownership {
                     continue;
                 }
                 self.mark_store(false);
-                None
-            } else if let Some(grace_end) = health
-                .back_at
-                .map(|at| at + ttl)
-                .filter(|end| Instant::now() < *end)
+                fallback
+            } else if let Some(grace_end) =
+                health.back_at.map(|at| at + ttl).filter(|end| now < *end)
             {
                 // The store is back, perhaps empty: its owners re-assert their leases with
                 // their next beat. A standby that asked now would find an empty store's
                 // leases free and take streams their owners still hold in memory.
-                Some(grace_end - Instant::now())
+                grace_end
             } else {
                 match self.try_acquire(key, ttl, platform, status).await {
                     Attempt::Granted(claim) => return Some(claim),
-                    Attempt::Held(expires_in) => expires_in,
-                    Attempt::Failed => None,
+                    // Ask again just after it would lapse; the beat tick's look at the lease
+                    // moves that on while its owner renews it, so a standby asks once per
+                    // lapse, not once per lease lifetime. A handover or DEAD wakes us at once.
+                    Attempt::Held(Some(left)) => Instant::now() + left + standby_jitter(),
+                    Attempt::Held(None) | Attempt::Failed => fallback,
                 }
             };
-            // Someone else holds it: ask again just after it would lapse (a handover or DEAD
-            // wakes us at once). The jitter keeps standbys from arriving together; one ask per
-            // lease lifetime keeps the store's load flat however many standbys there are.
-            let jitter = Duration::from_millis(50).mul_f64(1.0 + 4.0 * rand::random::<f64>());
-            let retry = match retry {
-                Some(left) => (left + jitter).min(ttl),
-                None => ttl
-                    .mul_f64(0.25 + 0.25 * rand::random::<f64>())
-                    .min(Duration::from_secs(5)),
-            };
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(retry) => {}
-                _ = stop.changed() => {}
+            loop {
+                tokio::select! {
+                    _ = &mut notified => break,
+                    _ = tokio::time::sleep_until(ask_at) => break,
+                    changed = due.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        if let Some(at) = *due.borrow_and_update() {
+                            ask_at = at;
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+    }
+
+    /// One look, per tenant, at the leases of every stream this pod stands by for, telling
+    /// each standby when to ask: just after its lease lapses, or now when it is free or
+    /// lapsed. One read-only call per tenant per beat tick, however many streams.
+    pub async fn look_at_standby_leases(&self) {
+        let mut by_tenant: BTreeMap<Tenant, Vec<StreamKey>> = BTreeMap::new();
+        for key in self.standbys().keys() {
+            by_tenant
+                .entry(key.tenant.clone())
+                .or_default()
+                .push(key.clone());
+        }
+        for (tenant, keys) in by_tenant {
+            let streams: Vec<_> = keys.iter().map(|k| k.stream.clone()).collect();
+            match self.store.lease_expiries(&tenant, &streams).await {
+                Ok(views) => {
+                    self.mark_store(true);
+                    let now = Instant::now();
+                    let standbys = self.standbys();
+                    for (key, view) in keys.iter().zip(views) {
+                        let at = match view {
+                            LeaseView::Held { expires_in } => now + expires_in + standby_jitter(),
+                            LeaseView::Lapsed | LeaseView::Free => now,
+                        };
+                        if let Some(s) = standbys.get(key) {
+                            s.due.send_replace(Some(at));
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.mark_store(false);
+                    tracing::debug!(error = %e, %tenant, "cannot look at the standby leases");
+                    return;
+                }
             }
         }
     }
@@ -402,47 +466,62 @@ impl Ownership {
     /// Stores the last acked id under the fence now (a handover), replacing what waited for
     /// the next flush; `false` when the fence is stale.
     pub async fn checkpoint(&self, claim: &Claim, id: &EventId) -> Result<bool, StoreError> {
-        self.pending().take_one(&claim.key);
-        let ok = self
-            .store
-            .save_checkpoint(&claim.key, claim.fence, id)
-            .await?;
-        if !ok {
-            self.lose(&claim.key, claim.fence, DropReason::OwnerLost);
+        let write = {
+            let mut pending = self.pending();
+            pending.take_one(&claim.key);
+            CheckpointWrite {
+                key: claim.key.clone(),
+                fence: claim.fence,
+                seq: pending.next_seq(),
+                id: id.clone(),
+            }
+        };
+        match self.store.save_checkpoint(&write).await {
+            CheckpointOutcome::Saved | CheckpointOutcome::Superseded => Ok(true),
+            CheckpointOutcome::Fenced => {
+                self.lose(&claim.key, claim.fence, DropReason::OwnerLost);
+                Ok(false)
+            }
+            CheckpointOutcome::LeaseMissing => Err(StoreError::LeaseMissing),
+            CheckpointOutcome::Failed(e) => Err(e),
         }
-        Ok(ok)
     }
 
-    /// Writes every waiting checkpoint, one batch (one round trip per tenant). A write the
-    /// store refused because the fence is stale ends that lease; one that could not be made
-    /// waits for the next flush, unless a newer ack replaced it or the lease is gone.
+    /// Writes every waiting checkpoint, one batch (one script per tenant, or one for all on a
+    /// single node). A write the store refused because the fence is stale ends that lease;
+    /// one that could not be made waits for the next flush, unless a newer ack replaced it or
+    /// the lease is gone.
     pub async fn flush_checkpoints(&self) {
         let writes = self.pending().take();
         if writes.is_empty() {
             return;
         }
-        let results = match self.store.save_checkpoints(&writes).await {
-            Ok(r) => {
-                self.mark_store(true);
-                r
+        let outcomes = self.store.save_checkpoints(&writes).await;
+        let mut failed = None;
+        for (w, outcome) in writes.into_iter().zip(outcomes) {
+            match outcome {
+                CheckpointOutcome::Saved | CheckpointOutcome::Superseded => {}
+                CheckpointOutcome::Fenced => self.lose(&w.key, w.fence, DropReason::OwnerLost),
+                // The store lost the lease (restarted empty): the next beat re-asserts it.
+                CheckpointOutcome::LeaseMissing => self.requeue(w),
+                CheckpointOutcome::Failed(e) => {
+                    failed.get_or_insert(e);
+                    self.requeue(w);
+                }
             }
-            Err(e) => {
+        }
+        match failed {
+            Some(e) => {
                 self.mark_store(false);
-                tracing::debug!(error = %e, writes = writes.len(), "checkpoints deferred to the next flush");
-                vec![false; writes.len()]
+                tracing::debug!(error = %e, "checkpoints deferred to the next flush");
             }
-        };
-        for (w, ok) in writes.into_iter().zip(results) {
-            if ok {
-                continue;
-            }
-            // Refused, or not made: tell a fencing from a lost lease or an outage.
-            match self.store.save_checkpoint(&w.key, w.fence, &w.id).await {
-                Ok(true) => {}
-                Ok(false) => self.lose(&w.key, w.fence, DropReason::OwnerLost),
-                Err(_) if self.holds(&w.key, w.fence) => self.pending().requeue(w),
-                Err(_) => {}
-            }
+            None => self.mark_store(true),
+        }
+    }
+
+    fn requeue(&self, w: CheckpointWrite) {
+        if self.holds(&w.key, w.fence) {
+            self.pending().requeue(w);
         }
     }
 
@@ -595,28 +674,36 @@ impl Ownership {
         }
         let sent_at = Instant::now();
         let mut reasserted = Vec::new();
-        let all_answered = match self.store.beat(&beats).await {
-            Ok(outcomes) => {
-                self.mark_store(true);
-                for ((key, beat), outcome) in keys.iter().zip(&beats).zip(outcomes) {
-                    match outcome {
-                        BeatOutcome::Renewed => self.confirm(key, beat.fence, sent_at),
-                        BeatOutcome::Reasserted => {
-                            tracing::info!(stream = %key.stream, fence = %beat.fence, "lease re-asserted after the store lost it");
-                            self.confirm(key, beat.fence, sent_at);
-                            reasserted.push((key.clone(), beat.fence));
-                        }
-                        BeatOutcome::Fenced => self.lose(key, beat.fence, DropReason::OwnerLost),
-                    }
+        let outcomes = self.store.beat(&beats).await;
+        let mut first_error = None;
+        let mut failed = 0usize;
+        for ((key, beat), outcome) in keys.iter().zip(&beats).zip(outcomes) {
+            match outcome {
+                BeatOutcome::Renewed => self.confirm(key, beat.fence, sent_at),
+                BeatOutcome::Reasserted => {
+                    tracing::info!(stream = %key.stream, fence = %beat.fence, "lease re-asserted after the store lost it");
+                    self.confirm(key, beat.fence, sent_at);
+                    reasserted.push((key.clone(), beat.fence));
                 }
-                true
-            }
-            Err(e) => {
+                // Whatever the other chunks did: another pod holds the lease.
+                BeatOutcome::Fenced => self.lose(key, beat.fence, DropReason::OwnerLost),
                 // Confirms nothing: this pod cannot tell "the store is down for everyone"
-                // from "I alone am cut off", so its leases run out on their own terms.
+                // from "I alone am cut off", so the lease runs out on its own term.
+                BeatOutcome::Failed(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let all_answered = match first_error {
+            Some(e) => {
                 self.mark_store(false);
-                tracing::debug!(error = %e, "beat failed");
+                tracing::debug!(error = %e, failed, of = beats.len(), "beat failed");
                 false
+            }
+            None => {
+                self.mark_store(true);
+                true
             }
         };
         // A store that lost a lease (restarted empty) lost its pool slot too: take it back, or
@@ -693,8 +780,8 @@ impl Ownership {
         if matches!(t.to, StreamState::Dead | StreamState::Stopped) {
             // Only a standby of this pod is woken: a DEAD about a stream nobody here waits
             // for leaves nothing behind.
-            if let Some(n) = self.standbys().get(&key) {
-                n.notify_waiters();
+            if let Some(s) = self.standbys().get(&key) {
+                s.wake.notify_waiters();
             }
         }
     }
@@ -759,6 +846,7 @@ impl Ownership {
                     answered = me.beat_once().await;
                     if answered {
                         me.sweep_once(stale_after).await;
+                        me.look_at_standby_leases().await;
                     }
                 }
             }
@@ -793,6 +881,12 @@ impl Ownership {
     }
 }
 
+/// Spreads standbys that ask about the same lapse over 50..250 ms, so they do not arrive
+/// together.
+fn standby_jitter() -> Duration {
+    Duration::from_millis(50).mul_f64(1.0 + 4.0 * rand::random::<f64>())
+}
+
 /// What one ask for a lease brought.
 enum Attempt {
     Granted(Claim),
@@ -806,7 +900,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use async_trait::async_trait;
-    use streamkeeper_coord::{CheckpointWrite, MemoryStore, TransitionStream};
+    use streamkeeper_coord::{MemoryStore, TransitionStream};
 
     use super::*;
 
@@ -840,9 +934,19 @@ mod tests {
             self.check()?;
             self.inner.try_acquire(key, owner, ttl).await
         }
-        async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError> {
+        async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
+            match self.check() {
+                Ok(()) => self.inner.beat(beats).await,
+                Err(e) => vec![BeatOutcome::Failed(e); beats.len()],
+            }
+        }
+        async fn lease_expiries(
+            &self,
+            tenant: &Tenant,
+            streams: &[streamkeeper_api::StreamId],
+        ) -> Result<Vec<LeaseView>, StoreError> {
             self.check()?;
-            self.inner.beat(beats).await
+            self.inner.lease_expiries(tenant, streams).await
         }
         async fn release(
             &self,
@@ -866,21 +970,11 @@ mod tests {
             self.check()?;
             self.inner.checkpoint(key).await
         }
-        async fn save_checkpoint(
-            &self,
-            key: &StreamKey,
-            fence: Fence,
-            id: &EventId,
-        ) -> Result<bool, StoreError> {
-            self.check()?;
-            self.inner.save_checkpoint(key, fence, id).await
-        }
-        async fn save_checkpoints(
-            &self,
-            writes: &[CheckpointWrite],
-        ) -> Result<Vec<bool>, StoreError> {
-            self.check()?;
-            self.inner.save_checkpoints(writes).await
+        async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Vec<CheckpointOutcome> {
+            match self.check() {
+                Ok(()) => self.inner.save_checkpoints(writes).await,
+                Err(e) => vec![CheckpointOutcome::Failed(e); writes.len()],
+            }
         }
         async fn sweep_stale(
             &self,
@@ -1000,8 +1094,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_store_outage_shorter_than_the_lease_keeps_it_and_a_longer_one_resumes_it_unfenced()
-    {
+    async fn a_store_outage_shorter_than_the_lease_keeps_it_and_a_longer_one_resumes_it_unfenced() {
         let store = Arc::new(MemoryStore::new());
         let link = cut_off(&store);
         let a = manager_on(link.clone(), "pod-a");
@@ -1068,7 +1161,11 @@ mod tests {
             "b took the free lease {:?} after the store returned",
             granted - back
         );
-        assert_eq!(b.standby_count(), 0, "the standby entry went with the claim");
+        assert_eq!(
+            b.standby_count(),
+            0,
+            "the standby entry went with the claim"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1238,5 +1335,78 @@ mod tests {
                 .expect("store up")
         );
         assert_eq!(*claim_a.lost.borrow(), Some(DropReason::OwnerLost));
+    }
+
+    /// Each lease gets its beat's own outcome: on a real three-master Redis Cluster with one
+    /// node stopped, a lease fenced on a live node ends at once although another node's
+    /// chunk failed, and the lease on the live node is renewed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_chunk_hides_no_fencing_on_another_node() {
+        use streamkeeper_coord::RedisStore;
+        use streamkeeper_testkit::redis::RedisCluster;
+
+        let mut cluster = RedisCluster::start();
+        // One tenant per master.
+        let mut tenants: Vec<(Tenant, u16)> = Vec::new();
+        for i in 0..64 {
+            let t: Tenant = format!("tenant-{i}").parse().expect("tenant");
+            let port = cluster.node_of(&format!("sk:{{{t}}}:live"));
+            if tenants.iter().all(|(_, p)| *p != port) {
+                tenants.push((t, port));
+            }
+        }
+        assert!(tenants.len() >= 3, "{tenants:?}");
+        let store = |_: ()| -> Arc<dyn Store> {
+            Arc::new(RedisStore::connect(&cluster.url()).expect("url"))
+        };
+        let a = Ownership::new(store(()), "pod-a".parse().expect("pod"), Arc::new(|_| {}));
+        let b = Ownership::new(store(()), "pod-b".parse().expect("pod"), Arc::new(|_| {}));
+        let key = |i: usize| StreamKey {
+            tenant: tenants[i].0.clone(),
+            stream: format!("cc/s{i}").parse().expect("id"),
+        };
+        let status: StatusCell = Default::default();
+        let (_tx, mut stop) = watch::channel(None);
+        let long = Duration::from_secs(60);
+        let renewed = a
+            .claim(&key(0), long, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
+        let short = Duration::from_millis(300);
+        let fenced = a
+            .claim(&key(1), short, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
+        let down = a
+            .claim(&key(2), long, "generic", &status, &mut stop)
+            .await
+            .expect("a owns");
+        // pod-b takes the second stream over once pod-a's short lease lapses.
+        let _taken = tokio::time::timeout(
+            Duration::from_secs(10),
+            b.claim(&key(1), long, "generic", &status, &mut stop),
+        )
+        .await
+        .expect("b takes over within the bound")
+        .expect("b owns");
+
+        cluster.stop_node(tenants[2].1);
+        let before = *down.valid_until.borrow();
+        assert!(!a.beat_once().await, "one chunk failed");
+        assert_eq!(
+            *fenced.lost.borrow(),
+            Some(DropReason::OwnerLost),
+            "the fenced lease ends although another chunk failed"
+        );
+        assert_eq!(*renewed.lost.borrow(), None);
+        assert!(a.confirmed(&key(0), renewed.fence));
+        // A failed chunk confirms nothing: the lease is not moved on (it runs out on its term,
+        // and the stream stops then), but it is not lost either.
+        assert_eq!(*down.lost.borrow(), None);
+        assert_eq!(*down.valid_until.borrow(), before);
+        assert!(
+            !a.store_up(),
+            "a failed chunk reads as the store being down"
+        );
     }
 }

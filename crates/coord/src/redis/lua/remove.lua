@@ -1,7 +1,7 @@
 -- remove: forget a deleted stream, whoever holds it: its lease and lease expiry, conn hash,
 -- live entry, checkpoint and pool slot, in one step. Publishes nothing.
 -- KEYS: 1 lease string, 2 lease-expiry zset, 3 conn hash, 4 live zset, 5 checkpoint string,
---       6 pool hash
+--       6 its guard, 7 pool hash
 -- ARGV: 1 stream, 2 retention ms of the tombstone
 -- Returns 1 when Redis held anything for the stream (a removal tombstone aside), else 0.
 -- The lease string becomes `{fence}:{owner}:removed` (expiring after the retention), not
@@ -20,6 +20,6 @@ if cur then
   end
 end
 found = found + redis.call('ZREM', KEYS[2], ARGV[1]) + redis.call('ZREM', KEYS[4], ARGV[1])
-  + redis.call('DEL', KEYS[3], KEYS[5]) + redis.call('HDEL', KEYS[6], ARGV[1])
+  + redis.call('DEL', KEYS[3], KEYS[5], KEYS[6]) + redis.call('HDEL', KEYS[7], ARGV[1])
 if found > 0 then return 1 end
 return 0
