@@ -28,6 +28,7 @@ pub mod harness;
 pub mod process;
 pub mod recorder;
 pub mod redis;
+pub mod relay;
 pub mod scenarios;
 pub mod util;
 

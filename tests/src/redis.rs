@@ -372,19 +372,17 @@ pub fn fence_violations(history: &[KeyWrite]) -> Vec<String> {
     out
 }
 
-/// The (fence, id) of our stream in a checkpoint script call `EVALSHA sha n k1..kn a1..`, whose
-/// keys come in (lease, ckpt) pairs and arguments in (fence, id) pairs.
+/// The (fence, id) of our stream in a checkpoint script call `EVALSHA sha n k1..kn a1..`,
+/// whose keys come in (lease, ckpt, guard) triples and arguments in (fence, seq, id) triples.
 fn checkpoint_call(args: &[String], lease: &str, ckpt: &str) -> Option<(u64, String)> {
     let n: usize = args.get(2)?.parse().ok()?;
     let keys = args.get(3..3 + n)?;
     let argv = args.get(3 + n..)?;
-    if !n.is_multiple_of(2) || argv.len() != n {
+    if !n.is_multiple_of(3) || argv.len() != n {
         return None;
     }
-    let i = keys
-        .chunks(2)
-        .position(|pair| pair[0] == lease && pair[1] == ckpt)?;
-    Some((argv[2 * i].parse().ok()?, argv[2 * i + 1].clone()))
+    let i = keys.chunks(3).position(|t| t[0] == lease && t[1] == ckpt)?;
+    Some((argv[3 * i].parse().ok()?, argv[3 * i + 2].clone()))
 }
 
 /// Transitions heard on `streamkeeper:transitions`, with when they were heard.
