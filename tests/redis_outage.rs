@@ -236,7 +236,9 @@ async fn an_outage_longer_than_the_lease_stops_the_stream_and_it_resumes_without
     let reasserted = wait_lease(&s, &expected, up_at).await;
     let resumed = s
         .ledger
-        .wait(TTL + Duration::from_secs(2), |d| d.iter().any(|x| x.at >= up_at))
+        .wait(TTL + Duration::from_secs(2), |d| {
+            d.iter().any(|x| x.at >= up_at)
+        })
         .await;
     let first_after = s
         .ledger
@@ -276,8 +278,7 @@ async fn an_outage_longer_than_the_lease_stops_the_stream_and_it_resumes_without
         s.fleet.diagnostics()
     );
     assert_eq!(
-        during_late,
-        0,
+        during_late, 0,
         "events reached an app after the lease ran out, with Redis down"
     );
     assert!(

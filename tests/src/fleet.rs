@@ -109,6 +109,8 @@ pub struct Fleet {
     pub timers: Timers,
     /// `tenantLimits.acme`, when set.
     pub tenant_limit: Option<u32>,
+    /// The tenant of a stream, by emulator stream name, where it is not [`TENANT`].
+    pub tenants: std::collections::HashMap<String, String>,
     /// `checkpointWindow` of every pod (250 ms here: a SIGKILL redelivers at most what was
     /// acked within it, well inside [`crate::scenarios::CHECKPOINT_LAG`]).
     pub checkpoint_window: Duration,
@@ -158,6 +160,7 @@ impl Fleet {
             timers,
             tenant_limit: None,
             checkpoint_window: Duration::from_millis(250),
+            tenants: Default::default(),
             dir,
             creds,
             ports: HashSet::new(),
@@ -194,13 +197,14 @@ impl Fleet {
         y.push_str("streams:\n");
         for s in streams {
             y.push_str(&format!(
-                "  - id: {id}\n    tenant: {TENANT}\n    platform: generic\n    \
+                "  - id: {id}\n    tenant: {tenant}\n    platform: generic\n    \
                  endpoints: {{api: \"{base}\", login: \"{base}\", stream: \"{url}\"}}\n    \
                  credentials: {{dir: \"{creds}\"}}\n    \
                  heartbeat: {{interval: {iv}, timeout: {to}}}\n    \
                  token: {{refreshLead: 120s, retry: 1s}}\n    \
                  reconnect: {{initial: {rc}, max: 1s}}\n",
                 id = stream_id(s),
+                tenant = self.tenants.get(*s).map_or(TENANT, String::as_str),
                 url = self.emu.stream_url(s),
                 creds = self.creds.display(),
                 iv = yaml_duration(self.timers.interval),

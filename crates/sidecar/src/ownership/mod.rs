@@ -105,7 +105,11 @@ pub struct Ownership {
     /// their leases tells them when to ask.
     standbys: Mutex<HashMap<StreamKey, Standby>>,
     draining: AtomicBool,
-    health: watch::Sender<StoreHealth>,
+    /// Whether the store answered the last call (the `streamkeeper_redis_up` gauge).
+    store_up: AtomicBool,
+    /// Per tenant (on a Redis Cluster each tenant's slot is on one node, which may be down
+    /// alone): whether it answers, and since when again. Absent: up.
+    tenant_health: Mutex<HashMap<Tenant, StoreHealth>>,
     on_store_up: StoreUpHook,
     publisher: Publisher,
     checkpoints: Mutex<PendingCheckpoints>,
@@ -154,11 +158,8 @@ impl Ownership {
             limits: Mutex::new(BTreeMap::new()),
             standbys: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
-            health: watch::channel(StoreHealth {
-                up: true,
-                back_at: None,
-            })
-            .0,
+            store_up: AtomicBool::new(true),
+            tenant_health: Mutex::new(HashMap::new()),
             on_store_up,
             publisher: Publisher::new(),
             checkpoints: Mutex::new(PendingCheckpoints::default()),
@@ -194,17 +195,7 @@ impl Ownership {
     }
 
     fn mark_store(&self, up: bool) {
-        let changed = self.health.send_if_modified(|h| {
-            if h.up == up {
-                return false;
-            }
-            *h = StoreHealth {
-                up,
-                back_at: if up { Some(Instant::now()) } else { h.back_at },
-            };
-            true
-        });
-        if changed {
+        if self.store_up.swap(up, Ordering::Relaxed) != up {
             if up {
                 tracing::info!("store reachable again; re-asserting ownership");
             } else {
@@ -216,9 +207,37 @@ impl Ownership {
         }
     }
 
+    /// Records whether a call about `tenant` reached the store (and the store as a whole).
+    fn mark_tenant(&self, tenant: &Tenant, up: bool) {
+        self.mark_store(up);
+        let mut health = self.tenant_health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = health.entry(tenant.clone()).or_insert(StoreHealth {
+            up: true,
+            back_at: None,
+        });
+        if h.up != up {
+            h.up = up;
+            if up {
+                h.back_at = Some(Instant::now());
+            }
+        }
+    }
+
+    fn health_of(&self, tenant: &Tenant) -> StoreHealth {
+        self.tenant_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied()
+            .unwrap_or(StoreHealth {
+                up: true,
+                back_at: None,
+            })
+    }
+
     /// Whether the store answered the last call.
     pub fn store_up(&self) -> bool {
-        self.health.borrow().up
+        self.store_up.load(Ordering::Relaxed)
     }
 
     /// Stops taking ownership (SIGTERM): waiting claims give up.
@@ -300,7 +319,7 @@ impl Ownership {
             tokio::pin!(notified);
             notified.as_mut().enable();
             due.borrow_and_update();
-            let health = *self.health.borrow();
+            let health = self.health_of(&key.tenant);
             let now = Instant::now();
             // A slow retry for when nothing better is known (the store is down, or did not
             // say when the lease lapses).
@@ -309,13 +328,17 @@ impl Ownership {
                     .mul_f64(0.25 + 0.25 * rand::random::<f64>())
                     .min(Duration::from_secs(5));
             let mut ask_at = if !health.up {
-                // Nothing can be taken while the store is unreachable: ask it only whether it
-                // answers again (cheap, and no standby grabs a lease in its first answer).
-                if self.store.ping().await.is_ok() {
-                    self.mark_store(true);
+                // Nothing can be taken while the tenant's store is unreachable: ask it only
+                // whether it answers again (a read-only look at this lease on the tenant's
+                // node), so no standby grabs a lease in the store's first answer.
+                let look = self
+                    .store
+                    .lease_expiries(&key.tenant, std::slice::from_ref(&key.stream))
+                    .await;
+                self.mark_tenant(&key.tenant, look.is_ok());
+                if look.is_ok() {
                     continue;
                 }
-                self.mark_store(false);
                 fallback
             } else if let Some(grace_end) =
                 health.back_at.map(|at| at + ttl).filter(|end| now < *end)
@@ -367,7 +390,7 @@ impl Ownership {
             let streams: Vec<_> = keys.iter().map(|k| k.stream.clone()).collect();
             match self.store.lease_expiries(&tenant, &streams).await {
                 Ok(views) => {
-                    self.mark_store(true);
+                    self.mark_tenant(&tenant, true);
                     let now = Instant::now();
                     let standbys = self.standbys();
                     for (key, view) in keys.iter().zip(views) {
@@ -381,9 +404,8 @@ impl Ownership {
                     }
                 }
                 Err(e) => {
-                    self.mark_store(false);
+                    self.mark_tenant(&tenant, false);
                     tracing::debug!(error = %e, %tenant, "cannot look at the standby leases");
-                    return;
                 }
             }
         }
@@ -400,7 +422,7 @@ impl Ownership {
         let sent_at = Instant::now();
         match self.store.try_acquire(key, &self.pod, ttl).await {
             Ok(Acquired::Granted { fence, took_over }) => {
-                self.mark_store(true);
+                self.mark_tenant(&key.tenant, true);
                 let term = LeaseTerm::granted(ttl, sent_at);
                 let (tx, rx) = watch::channel(None);
                 let (valid_tx, valid_rx) = watch::channel(term.until());
@@ -439,11 +461,11 @@ impl Ownership {
                 })
             }
             Ok(Acquired::Held { expires_in }) => {
-                self.mark_store(true);
+                self.mark_tenant(&key.tenant, true);
                 Attempt::Held(expires_in)
             }
             Err(e) => {
-                self.mark_store(false);
+                self.mark_tenant(&key.tenant, false);
                 tracing::debug!(stream = %key.stream, error = %e, "cannot contend for the lease");
                 Attempt::Failed
             }
@@ -678,6 +700,7 @@ impl Ownership {
         let mut first_error = None;
         let mut failed = 0usize;
         for ((key, beat), outcome) in keys.iter().zip(&beats).zip(outcomes) {
+            self.mark_tenant(&key.tenant, !matches!(outcome, BeatOutcome::Failed(_)));
             match outcome {
                 BeatOutcome::Renewed => self.confirm(key, beat.fence, sent_at),
                 BeatOutcome::Reasserted => {
@@ -697,14 +720,10 @@ impl Ownership {
         }
         let all_answered = match first_error {
             Some(e) => {
-                self.mark_store(false);
                 tracing::debug!(error = %e, failed, of = beats.len(), "beat failed");
                 false
             }
-            None => {
-                self.mark_store(true);
-                true
-            }
+            None => true,
         };
         // A store that lost a lease (restarted empty) lost its pool slot too: take it back, or
         // give the stream up if the pool filled meanwhile (the limit holds at every instant).
@@ -740,15 +759,15 @@ impl Ownership {
                 .await
             {
                 Ok(dead) => {
-                    self.mark_store(true);
+                    self.mark_tenant(&tenant, true);
                     for t in dead {
                         tracing::warn!(stream = %t.stream, owner = ?t.owner.as_ref().map(|p| p.as_str()), "stale stream declared DEAD");
                     }
                 }
                 Err(e) => {
-                    self.mark_store(false);
-                    tracing::debug!(error = %e, "sweep failed");
-                    return;
+                    // On a cluster only this tenant's node may be down: sweep the others.
+                    self.mark_tenant(&tenant, false);
+                    tracing::debug!(error = %e, %tenant, "sweep failed");
                 }
             }
         }
