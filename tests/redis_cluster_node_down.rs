@@ -132,7 +132,10 @@ async fn a_stopped_master_stops_only_its_tenants_streams_and_they_resume_when_it
         down.dropped(),
         fleet.diagnostics()
     );
-    assert_eq!(delivered_unserved, 0, "events delivered while its slot was unserved");
+    assert_eq!(
+        delivered_unserved, 0,
+        "events delivered while its slot was unserved"
+    );
     assert!(
         resumed && back_after.is_some_and(|d| d <= TTL + Duration::from_secs(1)),
         "`{}` did not stream again once its slot was served: {back_after:?}\n{}",

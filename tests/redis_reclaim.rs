@@ -59,9 +59,7 @@ async fn a_reclaimed_stream_resumes_from_the_checkpoint_and_drops_what_it_held()
     sleep(Duration::from_secs(1)).await;
     let cut_at = Instant::now();
     relay.blackhole();
-    fleet
-        .wait_owner(&[second], name, timers.timeout * 3)
-        .await;
+    fleet.wait_owner(&[second], name, timers.timeout * 3).await;
     let held = fleet
         .status(first)
         .await
@@ -108,7 +106,10 @@ async fn a_reclaimed_stream_resumes_from_the_checkpoint_and_drops_what_it_held()
         report.redelivered,
         report.lost
     );
-    assert!(held > 0, "the first pod held no stale events: the test proves nothing");
+    assert!(
+        held > 0,
+        "the first pod held no stale events: the test proves nothing"
+    );
     fleet.assert_clean(&samples, &report);
     tap_second.abort();
     tap_again.abort();
