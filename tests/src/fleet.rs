@@ -109,6 +109,11 @@ pub struct Fleet {
     pub timers: Timers,
     /// `tenantLimits.acme`, when set.
     pub tenant_limit: Option<u32>,
+    /// The tenant of a stream, by emulator stream name, where it is not [`TENANT`].
+    pub tenants: std::collections::HashMap<String, String>,
+    /// `checkpointWindow` of every pod (250 ms here: a SIGKILL redelivers at most what was
+    /// acked within it, well inside [`crate::scenarios::CHECKPOINT_LAG`]).
+    pub checkpoint_window: Duration,
     dir: TempDir,
     creds: PathBuf,
     ports: HashSet<u16>,
@@ -154,6 +159,8 @@ impl Fleet {
             admins: Arc::default(),
             timers,
             tenant_limit: None,
+            checkpoint_window: Duration::from_millis(250),
+            tenants: Default::default(),
             dir,
             creds,
             ports: HashSet::new(),
@@ -169,12 +176,20 @@ impl Fleet {
         }
     }
 
-    /// The config file of a pod running `streams`.
-    fn yaml(&self, name: &str, listen: SocketAddr, admin: SocketAddr, streams: &[&str]) -> String {
+    /// The config file of a pod running `streams` on the store at `redis_url`.
+    fn yaml(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        streams: &[&str],
+        redis_url: &str,
+    ) -> String {
         let base = self.emu.base_url();
         let mut y = format!(
-            "pod: {name}\nlisten: {listen}\nadmin: {admin}\nredis: \"{}\"\n",
-            self.redis_url
+            "pod: {name}\nlisten: {listen}\nadmin: {admin}\nredis: \"{redis_url}\"\n\
+             checkpointWindow: {}\n",
+            yaml_duration(self.checkpoint_window)
         );
         if let Some(n) = self.tenant_limit {
             y.push_str(&format!("tenantLimits: {{{TENANT}: {n}}}\n"));
@@ -182,13 +197,14 @@ impl Fleet {
         y.push_str("streams:\n");
         for s in streams {
             y.push_str(&format!(
-                "  - id: {id}\n    tenant: {TENANT}\n    platform: generic\n    \
+                "  - id: {id}\n    tenant: {tenant}\n    platform: generic\n    \
                  endpoints: {{api: \"{base}\", login: \"{base}\", stream: \"{url}\"}}\n    \
                  credentials: {{dir: \"{creds}\"}}\n    \
                  heartbeat: {{interval: {iv}, timeout: {to}}}\n    \
                  token: {{refreshLead: 120s, retry: 1s}}\n    \
                  reconnect: {{initial: {rc}, max: 1s}}\n",
                 id = stream_id(s),
+                tenant = self.tenants.get(*s).map_or(TENANT, String::as_str),
                 url = self.emu.stream_url(s),
                 creds = self.creds.display(),
                 iv = yaml_duration(self.timers.interval),
@@ -202,12 +218,22 @@ impl Fleet {
     /// Starts pod `pod-{n}` running `streams` and waits until its admin endpoint answers;
     /// returns its index.
     pub async fn add_pod(&mut self, streams: &[&str]) -> usize {
+        let url = self.redis_url.clone();
+        self.add_pod_via(streams, &url).await
+    }
+
+    /// [`Fleet::add_pod`], reaching the store at `redis_url` (e.g. through a [`crate::relay`]
+    /// that can cut this pod alone off Redis).
+    pub async fn add_pod_via(&mut self, streams: &[&str], redis_url: &str) -> usize {
         let i = self.pods.len();
         let name = format!("pod-{i}");
         let listen: SocketAddr = ([127, 0, 0, 1], self.port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], self.port()).into();
         let config = self.dir.path().join(format!("{name}.yaml"));
-        write_atomically(&config, &self.yaml(&name, listen, admin, streams));
+        write_atomically(
+            &config,
+            &self.yaml(&name, listen, admin, streams, redis_url),
+        );
         let proc = spawn(&config);
         self.pods.push(Sidecar {
             name,
@@ -405,6 +431,9 @@ pub struct Samples {
     pub max_sockets: usize,
     /// Snapshots with exactly the allowed number of sockets open.
     pub at_limit: u64,
+    /// The longest stretch during which more than one socket was open on the watched streams
+    /// (the upstream holding sockets of two pods at once).
+    pub longest_multi: Duration,
     /// `/status` rounds taken.
     pub rounds: u64,
     /// Rounds in which two pods said they owned the stream (a handover seen mid-way); a
@@ -455,6 +484,7 @@ impl Sampler {
             let shared = Arc::clone(&shared);
             let emu = Arc::clone(&fleet.emu);
             tasks.push(tokio::spawn(async move {
+                let mut multi_since: Option<Instant> = None;
                 while !shared.stop.load(Ordering::Relaxed) {
                     let stats = emu.stats();
                     let per: Vec<(String, usize)> = names
@@ -469,6 +499,13 @@ impl Sampler {
                         s.max_sockets = s.max_sockets.max(total);
                         if total == allowed {
                             s.at_limit += 1;
+                        }
+                        let now = Instant::now();
+                        if total > 1 {
+                            let since = *multi_since.get_or_insert(now);
+                            s.longest_multi = s.longest_multi.max(now - since);
+                        } else {
+                            multi_since = None;
                         }
                         if total > allowed {
                             let at = shared.started.elapsed();

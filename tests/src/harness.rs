@@ -11,13 +11,15 @@ use streamkeeper_api::{
 use streamkeeper_coord::MemoryStore;
 use streamkeeper_emulator::{Emulator, EmulatorConfig};
 use streamkeeper_sidecar::{
-    app_server::{self, AppServerConfig, HubDirectory},
-    hub::Hub,
+    app::{
+        Hub,
+        server::{self as app_server, AppServerConfig, HubDirectory},
+    },
+    auth::ClientCredentials,
     liveness::HeartbeatPolicy,
     metrics::Metrics,
-    runtime::Pod,
-    session::{Observer, StreamStatus},
-    token::ClientCredentials,
+    pod::Pod,
+    upstream::{Observer, StreamStatus},
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
@@ -176,6 +178,8 @@ impl Harness {
             admin: "127.0.0.1:1".parse().expect("addr"),
             redis: None,
             tenant_limits: Default::default(),
+            checkpoint_window: streamkeeper_api::config::DEFAULT_CHECKPOINT_WINDOW,
+            max_app_connections: streamkeeper_api::config::DEFAULT_MAX_APP_CONNECTIONS,
             streams: opts
                 .streams
                 .iter()
@@ -206,6 +210,7 @@ impl Harness {
             AppServerConfig {
                 max_frame: opts.limits.max_frame_bytes,
                 heartbeat: HeartbeatPolicy::from(opts.app_heartbeat.unwrap_or(opts.heartbeat)),
+                ..AppServerConfig::default()
             },
             until(stop_rx.clone()),
         ));

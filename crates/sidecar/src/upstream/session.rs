@@ -202,10 +202,17 @@ impl Session {
                 Ok(t) => t,
                 Err(reason) => return reason,
             };
-            if Instant::now() >= *self.ctx.lease.borrow() {
-                let why = "lease not confirmed by the store yet".to_owned();
-                if let Some(reason) = self.back_off(stop, why, None).await {
-                    return reason;
+            if Instant::now() >= *self.ctx.lease.borrow_and_update() {
+                // Past the lease (the store confirmed no renewal in time): connect only once
+                // it confirms one again, at once then; the supervisor stops us if it was lost.
+                self.set_state(StreamState::Backoff, None);
+                tokio::select! {
+                    changed = self.ctx.lease.changed() => {
+                        if changed.is_err() {
+                            let _ = stop.wait_for(Option::is_some).await;
+                        }
+                    }
+                    _ = stop.changed() => {}
                 }
                 continue;
             }
@@ -282,7 +289,8 @@ impl Session {
                 return reason;
             }
             self.ctx.metrics.reconnect(ended.reason.as_str());
-            if ended.immediate {
+            // The lease ran out: the top of the loop waits for the store, not a backoff.
+            if ended.immediate || ended.reason == DropReason::OwnerLost {
                 continue;
             }
             let why = format!("connection dropped: {}", ended.reason);
@@ -399,7 +407,7 @@ impl Session {
                 // First: after a freeze the expired lease must win over buffered frames.
                 _ = tokio::time::sleep_until(lease_until) => {
                     if Instant::now() >= *self.ctx.lease.borrow() {
-                        tracing::warn!(stream = %self.stream(), "lease not renewed in time (was this pod frozen?); terminating");
+                        tracing::warn!(stream = %self.stream(), "lease not confirmed in time (store unreachable, or this pod was frozen); terminating");
                         return Ended::reset(DropReason::OwnerLost);
                     }
                 }
