@@ -55,8 +55,8 @@
 //! * `POST /oauth/token`, Basic `base64(clientId:clientSecret)` of a configured Genesys client,
 //!   form `grant_type=client_credentials` → 200
 //!   `{"access_token":T,"token_type":"bearer","expires_in":SECS}` (SECS =
-//!   [`GenesysConfig::token_ttl`], default 86,400); wrong credentials or grant → 401
-//!   `{"error":"invalid_client","description":"...","error_description":"..."}`. Every client
+//!   [`GenesysConfig::token_ttl`], default 86,400); wrong credentials or grant, or an armed
+//!   `refuse-token` fault → 401 `{"error":"invalid_client"}`. Every client
 //!   id is its own OAuth client: its own tokens, channels and 20-channel limit.
 //! * `GET /api/v2/tokens/me`, Bearer → 200
 //!   `{"name":..,"homeOrganization":{"id":..},"OAuthClient":{"id":CLIENT_ID,"name":..},"authorizedScope":[..],"expiresIn":SECS}`
@@ -218,19 +218,31 @@
 //! acknowledges TCP segments, so it models a hung peer application. A network-level half-open
 //! peer (no ACKs at all) needs a blackholing proxy or network namespace.
 
+mod auth;
 mod config;
+mod cxone;
 mod emulator;
 mod fault;
+mod feed;
 mod frame;
+mod generic;
+mod genesys;
 mod http;
 mod socket;
 mod state;
 mod stats;
 mod stream;
+mod tls;
 mod tokens;
+mod transport;
 mod util;
 
-pub use config::EmulatorConfig;
+pub use config::{Credential, CxoneConfig, EmulatorConfig, GenesysConfig, TlsConfig};
 pub use emulator::Emulator;
-pub use fault::{Fault, FaultReport, GarbageKind};
-pub use stats::{Stats, StreamStats};
+pub use fault::{
+    AahFault, CxoneFault, DfoFault, Fault, FaultReport, GarbageKind, GenesysFault, GrantKind,
+};
+pub use stats::{
+    AahMessage, AahSocketStats, AahStats, ChannelStats, ClientTokenStats, DfoStats, FeedStats,
+    GenesysClientStats, GenesysStats, Stats, StreamStats,
+};
