@@ -111,7 +111,9 @@
 //! * A channel stops when it reaches its expiry, when the token it was created with expires
 //!   or is revoked, when it is replaced by a 21st channel, or by the `expire-channel` fault.
 //!   A stopped channel gets 404 everywhere, receives no events, and its socket is closed with
-//!   1000 and reason `channel expired`, `token expired` or `channel replaced`.
+//!   1000 and reason `channel expired`, `token expired` or `channel replaced` (after
+//!   [`GenesysConfig::stop_grace`], zero by default, during which it is silent and answers
+//!   socket subscribes with `"result":"404"`).
 //!
 //! # Wire contract: NICE CXone authentication (shared by `cxone-dfo` and `cxone-aah`)
 //! * `GET /.well-known/openid-configuration` →
@@ -170,7 +172,7 @@
 //!   `UNSUBSCRIBE` → `UNSUBSCRIBED`, same shape. SUBSCRIBE or UNSUBSCRIBE before CONNECT →
 //!   ERROR `NOT_CONNECTED`; an unknown command → ERROR `UNKNOWN_COMMAND`; not JSON → ERROR
 //!   `BAD_REQUEST`.
-//! * Events: `{"command":"MESSAGE","headers":{"connectionId":ID,"topic":CONTACT_ID,"messageId":UUID},"body":{"seq":N,"topic":CONTACT_ID,"at":MS}}`
+//! * Events: `{"command":"MESSAGE","headers":{"topic":CONTACT_ID,"messageId":UUID},"body":{"seq":N,"topic":CONTACT_ID,"at":MS}}`
 //!   (no `messageId` when [`CxoneConfig::aah_message_ids`] is off), one every
 //!   [`CxoneConfig::event_interval`] per contact id from its first SUBSCRIBE on, to every socket
 //!   subscribed at that moment; no replay.

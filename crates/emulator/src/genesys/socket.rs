@@ -62,6 +62,7 @@ pub(crate) fn upgrade(
         next_heartbeat: (!heartbeat.is_zero()).then(|| deadline_after(now, heartbeat)),
         stop_at: conn.stop_at,
         closing: None,
+        stopped: None,
     };
     let wr = Writer::new(pong, g.pongs.clone());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -83,6 +84,8 @@ struct GenesysSocket {
     stop_at: Instant,
     /// After `socket_closing`: when to close, and with which code.
     closing: Option<(Instant, u16)>,
+    /// The channel stopped: when to close, and why.
+    stopped: Option<(Instant, &'static str)>,
 }
 
 impl Drop for GenesysSocket {
@@ -156,6 +159,9 @@ impl Dialect for GenesysSocket {
     }
 
     fn deadline(&self) -> Option<Instant> {
+        if let Some((at, _)) = self.stopped {
+            return Some(at);
+        }
         let mut at = self.stop_at;
         if let Some(h) = self.next_heartbeat {
             at = at.min(h);
@@ -168,6 +174,9 @@ impl Dialect for GenesysSocket {
 
     fn on_deadline(&mut self, wr: &mut Writer) -> Action {
         let now = Instant::now();
+        if let Some((_, why)) = self.stopped {
+            return Action::Close(CLOSE_NORMAL, why.into());
+        }
         if let Some((at, code)) = self.closing
             && at <= now
         {
@@ -177,8 +186,11 @@ impl Dialect for GenesysSocket {
             let shared = self.shared.clone();
             match shared.genesys.stop_at(&shared, &self.channel) {
                 Some(at) => self.stop_at = at,
-                // The stop order is on its way; close now all the same.
-                None => return Action::Close(CLOSE_NORMAL, super::EXPIRED.into()),
+                // The stop order is on its way and will close the socket.
+                None => {
+                    self.stop_at = deadline_after(now, Duration::from_secs(3600));
+                    return Action::Continue;
+                }
             }
         }
         if let Some(h) = self.next_heartbeat
@@ -215,7 +227,14 @@ impl Dialect for GenesysSocket {
 
     fn on_order(&mut self, order: Order, wr: &mut Writer) -> Action {
         match order {
-            Order::Stop(why) => Action::Close(CLOSE_NORMAL, why.into()),
+            Order::Stop(why) => {
+                let grace = self.shared.genesys.cfg().stop_grace;
+                if grace.is_zero() {
+                    return Action::Close(CLOSE_NORMAL, why.into());
+                }
+                self.stopped = Some((deadline_after(Instant::now(), grace), why));
+                Action::Continue
+            }
             Order::SocketClosing { close_after, code } => {
                 self.shared
                     .genesys
