@@ -415,6 +415,38 @@ fn yes() -> bool {
 }
 
 impl Fault {
+    /// This fault with any token it names replaced by `<redacted>`, for logs.
+    pub fn redacted(&self) -> Fault {
+        let hide = |t: &Option<String>| t.as_ref().map(|_| "<redacted>".to_string());
+        match self {
+            Fault::Genesys(GenesysFault::ExpireToken { client, token }) => {
+                Fault::Genesys(GenesysFault::ExpireToken {
+                    client: client.clone(),
+                    token: hide(token),
+                })
+            }
+            Fault::Genesys(GenesysFault::RevokeToken { client, token }) => {
+                Fault::Genesys(GenesysFault::RevokeToken {
+                    client: client.clone(),
+                    token: hide(token),
+                })
+            }
+            Fault::Cxone(CxoneFault::ExpireToken { client, token }) => {
+                Fault::Cxone(CxoneFault::ExpireToken {
+                    client: client.clone(),
+                    token: hide(token),
+                })
+            }
+            Fault::Cxone(CxoneFault::RevokeToken { client, token }) => {
+                Fault::Cxone(CxoneFault::RevokeToken {
+                    client: client.clone(),
+                    token: hide(token),
+                })
+            }
+            other => other.clone(),
+        }
+    }
+
     /// The stream this fault is scoped to, if any.
     pub fn stream(&self) -> Option<&str> {
         match self {
@@ -521,6 +553,50 @@ mod tests {
                 .expect("round trip");
             assert_eq!(back, want);
         }
+    }
+
+    #[test]
+    fn platform_faults_nest_under_their_action_and_hide_tokens_in_logs() {
+        let f: Fault = serde_json::from_str(
+            r#"{"action":"cxone","fault":"expire-token","token":"secret-token"}"#,
+        )
+        .expect("nested");
+        assert_eq!(
+            f,
+            Fault::Cxone(CxoneFault::ExpireToken {
+                client: None,
+                token: Some("secret-token".into())
+            })
+        );
+        let logged = serde_json::to_string(&f.redacted()).expect("ser");
+        assert!(!logged.contains("secret-token"), "{logged}");
+        let back: Fault =
+            serde_json::from_str(&serde_json::to_string(&f).expect("ser")).expect("round trip");
+        assert_eq!(back, f);
+        let f: Fault = serde_json::from_str(
+            r#"{"action":"cxone-aah","fault":"delay-pongs","socket":3,"delayMs":50}"#,
+        )
+        .expect("aah");
+        assert_eq!(
+            f,
+            Fault::CxoneAah(AahFault::DelayPongs {
+                socket: Some(3),
+                topic: None,
+                delay_ms: 50
+            })
+        );
+        let f: Fault =
+            serde_json::from_str(r#"{"action":"cxone-dfo","fault":"rate-limit-exceeded"}"#)
+                .expect("defaults");
+        assert_eq!(
+            f,
+            Fault::CxoneDfo(DfoFault::RateLimitExceeded {
+                tenant_id: None,
+                user_id: None,
+                count: 0,
+                close: true
+            })
+        );
     }
 
     #[test]

@@ -470,7 +470,7 @@ impl Shared {
 
     /// Apply one fault (the body of `POST /faults`).
     pub fn apply(&self, fault: Fault) -> FaultReport {
-        let what = serde_json::to_string(&fault).unwrap_or_default();
+        let what = serde_json::to_string(&fault.redacted()).unwrap_or_default();
         let applied = match fault {
             Fault::Genesys(f) => self.apply_genesys(f),
             Fault::CxoneDfo(f) => self.apply_dfo(f),

@@ -33,6 +33,16 @@ impl Platform {
     }
 }
 
+/// A token kept by another structure; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Held(pub String);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<token>")
+    }
+}
+
 /// What a valid token is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TokenInfo {
@@ -73,14 +83,24 @@ pub(crate) struct TokenSelector {
     pub token: Option<String>,
 }
 
-/// Every token issued and not yet pruned.
-#[derive(Debug, Default)]
+/// Every token issued and not yet pruned. `Debug` shows counts, never tokens.
+#[derive(Default)]
 pub(crate) struct Tokens {
     by_token: HashMap<String, Issued>,
     refresh: HashMap<String, Refresh>,
     next_serial: u64,
     /// Size of the maps after the last prune; the next prune runs when one has doubled.
     pruned_at: usize,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("access", &self.by_token.len())
+            .field("refresh", &self.refresh.len())
+            .field("issued", &self.next_serial)
+            .finish()
+    }
 }
 
 /// A fresh random token string.
@@ -234,6 +254,8 @@ mod tests {
             Some("key".to_string())
         );
         assert!(tokens.check(&g, None).is_some(), "any platform");
+        let shown = format!("{tokens:?}");
+        assert!(!shown.contains(&g) && !shown.contains(&c), "{shown}");
     }
 
     #[tokio::test(start_paused = true)]

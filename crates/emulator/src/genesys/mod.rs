@@ -16,7 +16,7 @@ use crate::config::GenesysConfig;
 use crate::feed::{Feeds, Outlet, Shape};
 use crate::state::{Ctl, Order, Shared};
 use crate::stats::{ChannelStats, GenesysClientStats, GenesysStats};
-use crate::tokens::Platform;
+use crate::tokens::{Held, Platform};
 use crate::util::{deadline_after, epoch_ms, iso8601_ms, lock};
 
 /// Longest topic name the platform takes.
@@ -63,7 +63,7 @@ struct Channel {
     serial: u64,
     client: String,
     /// The token that created it: the channel lives only as long as it does.
-    token: String,
+    token: Held,
     token_serial: u64,
     expires: Instant,
     expires_ms: u64,
@@ -183,7 +183,7 @@ impl Genesys {
             Channel {
                 serial,
                 client: client.to_string(),
-                token: token.to_string(),
+                token: Held(token.to_string()),
                 token_serial,
                 expires,
                 expires_ms,
@@ -425,7 +425,7 @@ fn live(shared: &Shared, feeds: &Feeds, chans: &mut Channels, id: &str) -> Optio
     if ch.stopped.is_some() {
         return None;
     }
-    let token = lock(&shared.tokens).check(&ch.token, Some(Platform::Genesys));
+    let token = lock(&shared.tokens).check(&ch.token.0, Some(Platform::Genesys));
     let now = Instant::now();
     let why = match token {
         None => Some(TOKEN_EXPIRED),
