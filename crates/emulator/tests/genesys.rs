@@ -848,3 +848,47 @@ async fn close_frame_within(
         }
     }
 }
+
+#[tokio::test]
+async fn topics_produce_at_their_rate_with_nobody_connected_and_a_late_socket_starts_mid_sequence()
+{
+    let emu = start(|c| {
+        two_clients(c);
+        c.genesys.event_interval = Duration::from_millis(20);
+        c.genesys.topics = vec!["v2.users.pre.presence".into()];
+    })
+    .await;
+    eventually("the configured topic produces", || {
+        emu.stats()
+            .genesys
+            .topics
+            .get("v2.users.pre.presence")
+            .is_some_and(|t| t.generated >= 3)
+    })
+    .await;
+    let t = Target::plain(&emu);
+    let token = genesys_token(&t, ID, SECRET).await;
+    let (id, uri) = channel(&t, &token).await;
+    let topic = "v2.users.pre.presence".to_string();
+    t.send_json(
+        Method::PUT,
+        &subs(&id),
+        &token,
+        &topic_body(std::slice::from_ref(&topic)),
+    )
+    .await;
+    let st = &emu.stats().genesys.topics[&topic];
+    assert_eq!(st.sent, 0, "nobody was connected");
+    let mut ws = t.ws(&uri).await.expect("socket");
+    let first = next_json(&mut ws).await["eventBody"]["seq"]
+        .as_u64()
+        .expect("seq");
+    assert!(
+        first >= 3,
+        "events before the connect are not replayed: {first}"
+    );
+    for want in first + 1..first + 5 {
+        assert_eq!(next_json(&mut ws).await["eventBody"]["seq"], want);
+    }
+    emu.shutdown().await;
+}
