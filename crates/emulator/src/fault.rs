@@ -502,12 +502,42 @@ impl GarbageKind {
     }
 }
 
-/// What a fault did: `{"applied": N}`, the number of sockets affected (socket and pong
-/// faults) or of requests armed to fail (request faults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a fault did: `{"applied": N, "hit": [...]}`: the sockets, channels or tokens it hit
+/// (named `genesys:CHANNEL#SOCKET`, `cxone-dfo:TENANT/USER#SOCKET`, `cxone-aah:#SOCKET`,
+/// `generic:STREAM#SOCKET`, `channel:ID`, `token#SERIAL`), and `applied` = how many, plus the
+/// requests armed to fail (request faults name nothing). The original (generic) actions report
+/// the count only, as they always have.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultReport {
-    /// Sockets affected, or requests armed.
+    /// Things hit plus requests armed.
     pub applied: u64,
+    /// What was hit, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hit: Vec<String>,
+}
+
+impl FaultReport {
+    /// A report naming what was hit.
+    pub(crate) fn hit(hit: Vec<String>) -> Self {
+        Self {
+            applied: hit.len() as u64,
+            hit,
+        }
+    }
+
+    /// A report of `count` requests armed.
+    pub(crate) fn armed(count: u64) -> Self {
+        Self {
+            applied: count,
+            hit: Vec::new(),
+        }
+    }
+
+    /// This report plus `count` requests armed.
+    pub(crate) fn plus_armed(mut self, count: u64) -> Self {
+        self.applied += count;
+        self
+    }
 }
 
 #[cfg(test)]

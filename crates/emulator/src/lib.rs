@@ -214,7 +214,8 @@
 //! | `cxone` | `refuse-token` | `client` | `grant` (`access-key`, `refresh-token`, `any`), `count` |
 //! | `cxone` | `rate-limit` | `path`, `method` | `count`, `retryAfterSecs` |
 //!
-//! A report's `applied` counts the sockets, channels or tokens hit, or the requests armed.
+//! A report (`{"applied":N,"hit":[..]}`) names the sockets, channels or tokens a platform
+//! fault hit, and counts them plus the requests armed; the original actions report the count only.
 //!
 //! The `blackhole` fault stops the emulator's own reading and writing: the kernel still
 //! acknowledges TCP segments, so it models a hung peer application. A network-level half-open

@@ -200,8 +200,8 @@ impl Tokens {
     }
 
     /// Make the selected live tokens expire now; with `revoke` also mark them revoked and drop
-    /// the refresh tokens issued with them. Returns how many were hit.
-    pub fn expire(&mut self, sel: &TokenSelector, revoke: bool) -> u64 {
+    /// the refresh tokens issued with them. Returns the serials of those hit.
+    pub fn expire(&mut self, sel: &TokenSelector, revoke: bool) -> Vec<u64> {
         let now = Instant::now();
         let mut hit = Vec::new();
         for (token, t) in &mut self.by_token {
@@ -212,13 +212,16 @@ impl Tokens {
             if live && chosen {
                 t.info.expires = now;
                 t.revoked |= revoke;
-                hit.push(token.clone());
+                hit.push((token.clone(), t.info.serial));
             }
         }
         if revoke {
-            self.refresh.retain(|_, r| !hit.contains(&r.access));
+            self.refresh
+                .retain(|_, r| !hit.iter().any(|(t, _)| *t == r.access));
         }
-        hit.len() as u64
+        let mut serials: Vec<u64> = hit.into_iter().map(|(_, s)| s).collect();
+        serials.sort_unstable();
+        serials
     }
 }
 
@@ -269,15 +272,15 @@ mod tests {
             client: Some("k1".into()),
             ..TokenSelector::default()
         };
-        assert_eq!(tokens.expire(&sel, false), 1);
+        assert_eq!(tokens.expire(&sel, false), [1]);
         assert!(tokens.check(&a, None).is_none());
         assert!(tokens.check(&b, None).is_some());
-        assert_eq!(tokens.expire(&sel, false), 0, "already expired");
+        assert!(tokens.expire(&sel, false).is_empty(), "already expired");
         let sel = TokenSelector {
             token: Some(b.clone()),
             ..TokenSelector::default()
         };
-        assert_eq!(tokens.expire(&sel, true), 1);
+        assert_eq!(tokens.expire(&sel, true), [2]);
         assert_eq!(tokens.redeem_refresh(&rb), None, "revoked with its token");
         assert_eq!(tokens.redeem_refresh(&ra).as_deref(), Some("k1"));
         assert_eq!(tokens.redeem_refresh(&ra), None, "used up");

@@ -33,6 +33,25 @@ async fn channel(t: &Target, token: &str) -> (String, String) {
     )
 }
 
+/// PUT or POST `topics` on channel `id`.
+async fn subscribe(t: &Target, method: Method, id: &str, token: &str, topics: &[String]) -> Reply {
+    t.send_json(method, &subs(id), token, &topic_body(topics))
+        .await
+}
+
+/// The status of `HEAD` on channel `id`.
+async fn head(t: &Target, id: &str, token: &str) -> StatusCode {
+    let auth = format!("Bearer {token}");
+    t.http(
+        Method::HEAD,
+        &format!("{CHANNELS}/{id}"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .status
+}
+
 fn subs(id: &str) -> String {
     format!("{CHANNELS}/{id}/subscriptions")
 }
@@ -139,45 +158,22 @@ async fn a_channel_is_created_subscribed_and_connected_without_auth_and_delivers
     );
     let expires = v["expires"].as_str().expect("expires");
     assert!(expires.ends_with('Z') && expires.len() == 24, "{expires}");
-    let head = t
-        .http(
-            Method::HEAD,
-            &format!("{CHANNELS}/{id}"),
-            &[("authorization", &format!("Bearer {token}"))],
-            "",
-        )
-        .await;
-    assert_eq!(head.status, StatusCode::OK);
-    let head = t
-        .http(
-            Method::HEAD,
-            &format!("{CHANNELS}/nope"),
-            &[("authorization", &format!("Bearer {token}"))],
-            "",
-        )
-        .await;
-    assert_eq!(head.status, StatusCode::NOT_FOUND);
+    assert_eq!(head(&t, &id, &token).await, StatusCode::OK);
+    assert_eq!(head(&t, "nope", &token).await, StatusCode::NOT_FOUND);
 
     let presence = "v2.users.u1.presence".to_string();
     let queue = "v2.routing.queues.q1.conversations".to_string();
-    let put = t
-        .send_json(
-            Method::PUT,
-            &subs(&id),
-            &token,
-            &topic_body(std::slice::from_ref(&presence)),
-        )
-        .await;
+    let put = subscribe(
+        &t,
+        Method::PUT,
+        &id,
+        &token,
+        std::slice::from_ref(&presence),
+    )
+    .await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.body);
     assert_eq!(put.json(), json!({"entities": [{"id": presence}]}));
-    let post = t
-        .send_json(
-            Method::POST,
-            &subs(&id),
-            &token,
-            &topic_body(std::slice::from_ref(&queue)),
-        )
-        .await;
+    let post = subscribe(&t, Method::POST, &id, &token, std::slice::from_ref(&queue)).await;
     assert_eq!(post.json()["entities"].as_array().map(Vec::len), Some(2));
     let get = t.get(&subs(&id), &token).await;
     assert_eq!(get.json()["entities"].as_array().map(Vec::len), Some(2));
@@ -275,13 +271,7 @@ async fn two_channels_on_one_topic_both_get_each_event_and_a_disconnected_one_lo
     let (a, a_uri) = channel(&t, &token).await;
     let (b, b_uri) = channel(&t, &token).await;
     for id in [&a, &b] {
-        t.send_json(
-            Method::PUT,
-            &subs(id),
-            &token,
-            &topic_body(std::slice::from_ref(&topic)),
-        )
-        .await;
+        subscribe(&t, Method::PUT, id, &token, std::slice::from_ref(&topic)).await;
     }
     let mut wa = t.ws(&a_uri).await.expect("a");
     let mut wb = t.ws(&b_uri).await.expect("b");
@@ -298,6 +288,10 @@ async fn two_channels_on_one_topic_both_get_each_event_and_a_disconnected_one_lo
         !emu.stats().genesys.channels[&b].connected
     })
     .await;
+    let st = emu.stats();
+    let (ca, cb) = (&st.genesys.channels[&a], &st.genesys.channels[&b]);
+    assert!(ca.disconnected_at_ms.is_none() && ca.connected_at_ms.is_some());
+    assert!(cb.connected_at_ms.is_some() && cb.disconnected_at_ms >= cb.connected_at_ms);
     emu.emit_genesys(&topic, 1); // seq 2: lost for b
     assert_eq!(next_json(&mut wa).await["eventBody"]["seq"], 2);
     let mut wb = t.ws(&b_uri).await.expect("b again");
@@ -321,13 +315,7 @@ async fn a_second_socket_on_a_channel_drops_the_first() {
     let token = genesys_token(&t, ID, SECRET).await;
     let (id, uri) = channel(&t, &token).await;
     let topic = "v2.users.u1.presence".to_string();
-    t.send_json(
-        Method::PUT,
-        &subs(&id),
-        &token,
-        &topic_body(std::slice::from_ref(&topic)),
-    )
-    .await;
+    subscribe(&t, Method::PUT, &id, &token, std::slice::from_ref(&topic)).await;
     let mut first = t.ws(&uri).await.expect("first");
     let mut second = t.ws(&uri).await.expect("second");
     let frame = close_frame(&mut first).await.expect("a close frame");
@@ -355,27 +343,13 @@ async fn the_twenty_first_channel_replaces_the_oldest_one_without_a_socket() {
     // The oldest has a socket, so the second oldest is the one to go.
     let mut ws = t.ws(&ids[0].1).await.expect("socket on the oldest");
     let (newest, _) = channel(&t, &token).await;
-    let head = |id: String| {
-        let t = t.clone();
-        let token = token.clone();
-        async move {
-            t.http(
-                Method::HEAD,
-                &format!("{CHANNELS}/{id}"),
-                &[("authorization", &format!("Bearer {token}"))],
-                "",
-            )
-            .await
-            .status
-        }
-    };
     assert_eq!(
-        head(ids[1].0.clone()).await,
+        head(&t, &ids[1].0, &token).await,
         StatusCode::NOT_FOUND,
         "replaced"
     );
-    assert_eq!(head(ids[0].0.clone()).await, StatusCode::OK);
-    assert_eq!(head(newest.clone()).await, StatusCode::OK);
+    assert_eq!(head(&t, &ids[0].0, &token).await, StatusCode::OK);
+    assert_eq!(head(&t, &newest, &token).await, StatusCode::OK);
     let list = t.get(CHANNELS, &token).await.json();
     assert_eq!(list["entities"].as_array().map(Vec::len), Some(20));
     let st = emu.stats();
@@ -413,14 +387,7 @@ async fn a_thousand_topics_fit_a_channel_and_one_more_is_refused_with_400() {
     let t = Target::plain(&emu);
     let token = genesys_token(&t, ID, SECRET).await;
     let (id, uri) = channel(&t, &token).await;
-    let too_many = t
-        .send_json(
-            Method::PUT,
-            &subs(&id),
-            &token,
-            &topic_body(&topics("a", 1001)),
-        )
-        .await;
+    let too_many = subscribe(&t, Method::PUT, &id, &token, &topics("a", 1001)).await;
     assert_eq!(too_many.status, StatusCode::BAD_REQUEST);
     let v = too_many.json();
     assert_eq!(
@@ -440,32 +407,11 @@ async fn a_thousand_topics_fit_a_channel_and_one_more_is_refused_with_400() {
         "nothing changed"
     );
 
-    let full = t
-        .send_json(
-            Method::PUT,
-            &subs(&id),
-            &token,
-            &topic_body(&topics("a", 1000)),
-        )
-        .await;
+    let full = subscribe(&t, Method::PUT, &id, &token, &topics("a", 1000)).await;
     assert_eq!(full.status, StatusCode::OK);
-    let one_more = t
-        .send_json(
-            Method::POST,
-            &subs(&id),
-            &token,
-            &topic_body(&topics("b", 1)),
-        )
-        .await;
+    let one_more = subscribe(&t, Method::POST, &id, &token, &topics("b", 1)).await;
     assert_eq!(one_more.status, StatusCode::BAD_REQUEST);
-    let again = t
-        .send_json(
-            Method::POST,
-            &subs(&id),
-            &token,
-            &topic_body(&topics("a", 3)),
-        )
-        .await;
+    let again = subscribe(&t, Method::POST, &id, &token, &topics("a", 3)).await;
     assert_eq!(
         again.status,
         StatusCode::OK,
@@ -585,13 +531,7 @@ async fn a_channel_is_bound_to_its_token_when_the_token_expires_the_channel_stop
     let token = genesys_token(&t, ID, SECRET).await;
     let (id, uri) = channel(&t, &token).await;
     let topic = "v2.users.u1.presence".to_string();
-    t.send_json(
-        Method::PUT,
-        &subs(&id),
-        &token,
-        &topic_body(std::slice::from_ref(&topic)),
-    )
-    .await;
+    subscribe(&t, Method::PUT, &id, &token, std::slice::from_ref(&topic)).await;
     let mut ws = t.ws(&uri).await.expect("socket");
     // Wait (bounded) for the first token's expiry to stop the channel.
     eventually("the channel stopped", || {
@@ -614,24 +554,8 @@ async fn a_channel_is_bound_to_its_token_when_the_token_expires_the_channel_stop
     );
     // A new token of the same client does not bring the old channel back.
     let fresh = genesys_token(&t, ID, SECRET).await;
-    let auth = format!("Bearer {fresh}");
-    let head = t
-        .http(
-            Method::HEAD,
-            &format!("{CHANNELS}/{id}"),
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
-    assert_eq!(head.status, StatusCode::NOT_FOUND);
-    let put = t
-        .send_json(
-            Method::PUT,
-            &subs(&id),
-            &fresh,
-            &topic_body(std::slice::from_ref(&topic)),
-        )
-        .await;
+    assert_eq!(head(&t, &id, &fresh).await, StatusCode::NOT_FOUND);
+    let put = subscribe(&t, Method::PUT, &id, &fresh, std::slice::from_ref(&topic)).await;
     assert_eq!(put.status, StatusCode::NOT_FOUND);
     assert!(t.ws(&uri).await.is_err(), "no socket on a stopped channel");
     assert_eq!(
@@ -657,6 +581,8 @@ async fn revoking_a_token_or_expiring_a_channel_stops_it_and_closes_its_socket()
         token: None,
     }));
     assert_eq!(report.applied, 1);
+    assert_eq!(report.hit.len(), 1);
+    assert!(report.hit[0].starts_with("token#"), "{:?}", report.hit);
     let frame = close_frame(&mut wa).await.expect("closed");
     assert_eq!(
         (u16::from(frame.code), frame.reason.as_str()),
@@ -670,7 +596,7 @@ async fn revoking_a_token_or_expiring_a_channel_stops_it_and_closes_its_socket()
         channel: Some(b.clone()),
         client: None,
     }));
-    assert_eq!(report.applied, 1);
+    assert_eq!(report.hit, [format!("channel:{b}")]);
     let frame = close_frame(&mut wb).await.expect("closed");
     assert_eq!(
         (u16::from(frame.code), frame.reason.as_str()),
@@ -711,13 +637,7 @@ async fn a_channel_expires_at_its_lifetime_and_subscribing_extends_it() {
         streamkeeper_emulator_now_ms() > iso_ms(&before) - 2000 + 5
     })
     .await;
-    t.send_json(
-        Method::PUT,
-        &subs(&id),
-        &token,
-        &topic_body(&topics("a", 1)),
-    )
-    .await;
+    subscribe(&t, Method::PUT, &id, &token, &topics("a", 1)).await;
     let after = expires(t.get(CHANNELS, &token).await.json());
     assert!(
         after > before,
@@ -870,13 +790,7 @@ async fn topics_produce_at_their_rate_with_nobody_connected_and_a_late_socket_st
     let token = genesys_token(&t, ID, SECRET).await;
     let (id, uri) = channel(&t, &token).await;
     let topic = "v2.users.pre.presence".to_string();
-    t.send_json(
-        Method::PUT,
-        &subs(&id),
-        &token,
-        &topic_body(std::slice::from_ref(&topic)),
-    )
-    .await;
+    subscribe(&t, Method::PUT, &id, &token, std::slice::from_ref(&topic)).await;
     let st = &emu.stats().genesys.topics[&topic];
     assert_eq!(st.sent, 0, "nobody was connected");
     let mut ws = t.ws(&uri).await.expect("socket");

@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::{ChannelError, SubMode};
+use crate::feed::Inbox;
 use crate::frame;
 use crate::http::{Body, empty, switching, websocket_accept};
 use crate::socket::{self, Action, Dialect, Writer};
@@ -57,7 +56,6 @@ pub(crate) fn upgrade(
         channel: id.to_string(),
         socket: reg.id,
         events: conn.events,
-        pending: None,
         heartbeat,
         next_heartbeat: (!heartbeat.is_zero()).then(|| deadline_after(now, heartbeat)),
         stop_at: conn.stop_at,
@@ -75,9 +73,7 @@ struct GenesysSocket {
     shared: Arc<Shared>,
     channel: String,
     socket: u64,
-    events: mpsc::Receiver<Bytes>,
-    /// An event received by `wake` and not yet queued.
-    pending: Option<Bytes>,
+    events: Inbox,
     heartbeat: Duration,
     next_heartbeat: Option<Instant>,
     /// When the channel stops unless extended (checked again then).
@@ -207,22 +203,11 @@ impl Dialect for GenesysSocket {
     }
 
     async fn wake(&mut self) {
-        if self.pending.is_none() {
-            match self.events.recv().await {
-                Some(e) => self.pending = Some(e),
-                None => std::future::pending::<()>().await,
-            }
-        }
+        self.events.ready().await;
     }
 
     fn fill(&mut self, wr: &mut Writer) {
-        while wr.has_room() {
-            let next = self.pending.take().or_else(|| self.events.try_recv().ok());
-            match next {
-                Some(e) => wr.push(e),
-                None => return,
-            }
-        }
+        self.events.drain_into(wr);
     }
 
     fn on_order(&mut self, order: Order, wr: &mut Writer) -> Action {
