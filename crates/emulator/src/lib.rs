@@ -64,7 +64,7 @@
 //! * `GET /api/v2/users/me` with a Genesys (client-credentials) token → 403
 //!   `not.authorized.no.user` (as the real one); generic tokens keep their 200.
 //! * `POST /api/v2/notifications/channels`, Bearer → 200
-//!   `{"connectUri":"ws://HOST:PORT/channels/{id}","id":"streaming-0-<hex>","expires":"<ISO 8601 UTC, ms>"}`
+//!   `{"connectUri":"ws://HOST:PORT/channels/{id}","id":"streaming-0-<26 a-z0-9>","expires":"<ISO 8601 UTC, ms>"}`
 //!   (`wss://` with TLS). The channel is bound to the token that created it and to that
 //!   token's client. A client's 21st live channel replaces its oldest one that has no socket
 //!   (else its oldest one): that channel stops (below).
@@ -82,7 +82,8 @@
 //!   400 `bad.request`; more than [`GenesysConfig::max_topics`] (1,000) topics on the channel →
 //!   400 `{"message":"The channel would have N topics; a channel allows at most 1000.","code":"bad.request","status":400,...}`
 //!   and nothing changes. An unknown, stopped, or other client's channel → 404 `not.found`.
-//! * Any Genesys REST call: no or unknown token → 401 `bad.credentials`; an expired token →
+//! * Any Genesys REST call: no or unknown token (a generic or CXone one too) → 401
+//!   `bad.credentials`; an expired token →
 //!   401 `bad.credentials`; an armed `rate-limit` fault → 429
 //!   `{"message":"Rate limit exceeded the maximum [300] requests within [60] seconds. Retry the request in [N] seconds","code":"too.many.requests.retry.after","status":429,...}`
 //!   with `Retry-After: N`.
@@ -186,6 +187,13 @@
 //! port; [`Emulator::base_url`] and the socket URLs say `https`/`wss`. With
 //! [`TlsConfig::untrusted`] the server certificate is signed by a different CA than the one
 //! exposed, so a client trusting only [`Emulator::ca_pem`] must refuse it.
+//!
+//! # Rust API for tests
+//! [`Emulator::base_url`] (every platform's API and login base), [`Emulator::stream_url`],
+//! [`Emulator::dfo_url`], [`Emulator::aah_url`], [`Emulator::ca_pem`];
+//! [`Emulator::emit`], [`Emulator::emit_genesys`], [`Emulator::emit_dfo`],
+//! [`Emulator::emit_aah`] produce events now; [`Emulator::stats`], [`Emulator::fault`] and
+//! [`Emulator::token_serial`] (to match a token you hold with the serials stats show).
 //!
 //! # Control endpoints
 //! `POST /faults` with a [`Fault`] as JSON → 200 [`FaultReport`], or 400
