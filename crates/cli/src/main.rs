@@ -1,9 +1,10 @@
 //! `streamkeeper`: the one binary. `main` parses flags and calls one function per subcommand.
 
 mod demo;
+mod emulate;
 mod status;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -23,32 +24,9 @@ enum Command {
         #[arg(long, short = 'c', env = "STREAMKEEPER_CONFIG")]
         config: PathBuf,
     },
-    /// Run the platform emulator (generic dialect) with its fault API, for tests and benchmarks.
-    Emulate {
-        /// Address to listen on (HTTP, WebSocket and the fault API share it).
-        #[arg(long, default_value = "127.0.0.1:9000")]
-        listen: SocketAddr,
-        /// Streams that exist from the start (others are created on first connect).
-        #[arg(long = "stream", default_value = "queue-events")]
-        streams: Vec<String>,
-        /// One event per stream this often (e.g. 200ms; 0s for none).
-        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
-        event_interval: Duration,
-        /// Lifetime of issued tokens.
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
-        token_ttl: Duration,
-        /// OAuth client id the emulator accepts.
-        #[arg(long, default_value = "streamkeeper")]
-        client_id: String,
-        /// OAuth client secret the emulator accepts.
-        #[arg(
-            long,
-            env = "EMULATOR_CLIENT_SECRET",
-            default_value = "streamkeeper-secret",
-            hide_default_value = true
-        )]
-        client_secret: String,
-    },
+    /// Run the platform emulator (generic, Genesys, CXone DFO and AAH, optionally over TLS)
+    /// with its fault API, for tests and benchmarks.
+    Emulate(Box<emulate::EmulateArgs>),
     /// The newcomer's tour: an emulator, three sidecar pods and their apps in one process, a
     /// scripted fault scenario, a live timeline and a scorecard. Exits 0 when every check holds.
     Demo {
@@ -62,10 +40,6 @@ enum Command {
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis: String,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    streamkeeper_api::duration::parse(s)
 }
 
 fn init_tracing(default: &str) {
@@ -98,32 +72,9 @@ fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Emulate {
-                listen,
-                streams,
-                event_interval,
-                token_ttl,
-                client_id,
-                client_secret,
-            } => {
+            Command::Emulate(args) => {
                 init_tracing("info");
-                let cfg = streamkeeper_emulator::EmulatorConfig {
-                    listen,
-                    streams,
-                    event_interval,
-                    token_ttl,
-                    client_id,
-                    client_secret,
-                    ..Default::default()
-                };
-                let emu = streamkeeper_emulator::Emulator::start(cfg).await?;
-                eprintln!(
-                    "emulator listening on {} (POST /faults, GET /stats)",
-                    emu.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-                emu.shutdown().await;
-                Ok(ExitCode::SUCCESS)
+                emulate::run(*args).await
             }
             Command::Status { redis } => {
                 init_tracing("warn");
