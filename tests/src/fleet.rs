@@ -950,7 +950,10 @@ mod tests {
         let other = Crash { pod: 1, ..crash };
         let r = l.check(6, Some(other));
         assert_eq!(r.redelivered, vec![4, 5]);
-        assert_eq!(r.redelivered_detail[0].1, [(0, "-100ms".into()), (1, "+1100ms".into())]);
+        assert_eq!(
+            r.redelivered_detail[0].1,
+            [(0, "-100ms".into()), (1, "+1100ms".into())]
+        );
         // Ids never delivered up to the last emitted are lost.
         assert_eq!(l.check(8, None).lost, vec![7, 8]);
     }
