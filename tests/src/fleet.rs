@@ -617,6 +617,15 @@ struct LedgerState {
     ended: Vec<(usize, String, Instant)>,
 }
 
+/// What an app heard that ends its stream on its pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A `dropped` frame with this reason.
+    Dropped(String),
+    /// Its socket ended (a close frame, a reset, the end of the stream): why.
+    Ended(String),
+}
+
 /// Every event delivered to every app of one stream, across pods, with when.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -627,11 +636,21 @@ pub struct Ledger {
 /// A crash of the owner (SIGKILL or SIGSTOP): acks the app sent just before it may never have
 /// reached that pod, so those events come again from the next owner (at-least-once is all a
 /// crash allows). Only such ids may come twice: above the checkpoint the next owner resumed
-/// from, and acked within `lag` before the crash.
+/// from, first delivered by the crashed pod (before [`until`](Self::until)) and acked within
+/// `lag` before the crash, then once by another pod after it.
 #[derive(Debug, Clone, Copy)]
 pub struct Crash {
-    /// When the owner was killed or frozen.
+    /// The pod that was killed or frozen.
+    pub pod: usize,
+    /// When the owner was killed or frozen: taken just before the signal, so the pod may still
+    /// have handed events to its app in the moment `kill(1)` took to start.
     pub at: Instant,
+    /// The crashed pod can have sent nothing its app read after this: the instant its app's
+    /// socket ended (SIGKILL: every byte sent before the death is read before the end), or the
+    /// instant SIGCONT was sent (SIGSTOP: a stopped pod sends nothing, and a delivery after the
+    /// wake is one the woken pod must not make). Its app may read events after
+    /// [`at`](Self::at) that it sent before the signal took effect.
+    pub until: Instant,
     /// The sequence number of the checkpoint the next owner resumed from.
     pub checkpoint: u64,
     /// How far behind the app's acks the checkpoint may be.
@@ -647,6 +666,9 @@ pub struct LedgerReport {
     pub deliveries: usize,
     /// Ids delivered again although acked before (violations).
     pub redelivered: Vec<u64>,
+    /// Every delivery of the first few `redelivered` ids: (seq, [(pod, when, relative to the
+    /// crash or to the first delivery)]), for the failure message.
+    pub redelivered_detail: Vec<(u64, Vec<(usize, String)>)>,
     /// Ids delivered again because their ack was in flight at a crash (allowed, listed).
     pub in_flight: Vec<u64>,
     /// Ids never delivered (violations).
@@ -664,9 +686,10 @@ impl LedgerReport {
         if !self.redelivered.is_empty() {
             let _ = writeln!(
                 out,
-                "{} acked ids delivered again: {:?}",
+                "{} acked ids delivered again: {:?}; their deliveries (pod, when): {:?}",
                 self.redelivered.len(),
-                first_few(&self.redelivered)
+                first_few(&self.redelivered),
+                self.redelivered_detail
             );
         }
         if !self.lost.is_empty() {
@@ -767,16 +790,67 @@ impl Ledger {
 
     /// Waits until `pred` holds of the deliveries, at most `bound`; whether it did.
     pub async fn wait(&self, bound: Duration, pred: impl Fn(&[Delivery]) -> bool) -> bool {
+        self.wait_until(bound, |st| pred(&st.deliveries).then_some(()))
+            .await
+            .is_some()
+    }
+
+    /// Waits, at most `bound`, for the first thing pod `pod`'s app heard at or after `since`
+    /// that ends its stream there: a `dropped` frame or the end of its socket (whichever came
+    /// first), with when the app read it.
+    pub async fn wait_heard(
+        &self,
+        pod: usize,
+        since: Instant,
+        bound: Duration,
+    ) -> Option<(Heard, Instant)> {
+        self.wait_until(bound, |st| {
+            let dropped = st
+                .dropped
+                .iter()
+                .find(|(p, _, at)| *p == pod && *at >= since)
+                .map(|(_, reason, at)| (Heard::Dropped(reason.clone()), *at));
+            let ended = st
+                .ended
+                .iter()
+                .find(|(p, _, at)| *p == pod && *at >= since)
+                .map(|(_, why, at)| (Heard::Ended(why.clone()), *at));
+            match (dropped, ended) {
+                (Some(d), Some(e)) => Some(if d.1 <= e.1 { d } else { e }),
+                (d, e) => d.or(e),
+            }
+        })
+        .await
+    }
+
+    /// Waits, at most `bound`, until pod `pod`'s app socket ended at or after `since`; when
+    /// the app saw it end (after every frame the pod sent before).
+    pub async fn wait_ended(&self, pod: usize, since: Instant, bound: Duration) -> Option<Instant> {
+        self.wait_until(bound, |st| {
+            st.ended
+                .iter()
+                .find(|(p, _, at)| *p == pod && *at >= since)
+                .map(|(_, _, at)| *at)
+        })
+        .await
+    }
+
+    /// Waits, at most `bound`, until `f` finds something in the ledger.
+    async fn wait_until<T>(
+        &self,
+        bound: Duration,
+        f: impl Fn(&LedgerState) -> Option<T>,
+    ) -> Option<T> {
         let deadline = Instant::now() + bound;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if pred(&lock(&self.state).deliveries) {
-                return true;
+            if let Some(hit) = f(&lock(&self.state)) {
+                return Some(hit);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return false;
+                return f(&lock(&self.state));
             }
         }
     }
@@ -798,26 +872,46 @@ impl Ledger {
             ..LedgerReport::default()
         };
         report.lost = (first..=last).filter(|s| !by_seq.contains_key(s)).collect();
+        let origin = crash.map_or(
+            st.deliveries.first().map_or_else(Instant::now, |d| d.at),
+            |c| c.at,
+        );
         for (seq, ds) in &by_seq {
             if ds.len() < 2 {
                 continue;
             }
             let explained = crash.is_some_and(|c| {
-                let first_at = ds[0].at;
+                let (first, again) = (ds[0], ds[1]);
                 ds.len() == 2
                     && *seq > c.checkpoint
-                    && first_at <= c.at
-                    && c.at.saturating_duration_since(first_at) <= c.lag
-                    && ds[1].at > c.at
-                    && ds[1].pod != ds[0].pod
+                    && first.pod == c.pod
+                    && first.at <= c.until
+                    && c.at.saturating_duration_since(first.at) <= c.lag
+                    && again.pod != c.pod
+                    && again.at > c.at
             });
             if explained {
                 report.in_flight.push(*seq);
             } else {
                 report.redelivered.push(*seq);
+                if report.redelivered_detail.len() < 5 {
+                    let when = ds
+                        .iter()
+                        .map(|d| (d.pod, signed_ms(d.at, origin)))
+                        .collect();
+                    report.redelivered_detail.push((*seq, when));
+                }
             }
         }
         report
+    }
+}
+
+/// `at` relative to `origin`, in milliseconds with a sign (`+12ms`, `-3ms`).
+fn signed_ms(at: Instant, origin: Instant) -> String {
+    match at.checked_duration_since(origin) {
+        Some(d) => format!("+{}ms", d.as_millis()),
+        None => format!("-{}ms", (origin - at).as_millis()),
     }
 }
 
@@ -846,14 +940,15 @@ mod tests {
     #[test]
     fn the_ledger_finds_losses_and_redeliveries_and_excuses_only_acks_in_flight_at_a_crash() {
         let base = Instant::now();
-        // Pod 0 delivers 1..=5, crashes at 500 ms having checkpointed 3; pod 1 resumes after 3.
+        // Pod 0 delivers 1..=5 (5 read by its app after the signal was sent, as bytes sent before
+        // the signal took effect), crashes at 500 ms having checkpointed 3; pod 1 resumes after 3.
         let l = ledger(
             &[
                 (1, 0, 100),
                 (2, 0, 200),
                 (3, 0, 300),
                 (4, 0, 400),
-                (5, 0, 450),
+                (5, 0, 520),
                 (4, 1, 1600),
                 (5, 1, 1650),
                 (6, 1, 1700),
@@ -861,7 +956,9 @@ mod tests {
             base,
         );
         let crash = Crash {
+            pod: 0,
             at: base + Duration::from_millis(500),
+            until: base + Duration::from_millis(600),
             checkpoint: 3,
             lag: Duration::from_secs(1),
         };
@@ -880,6 +977,20 @@ mod tests {
             ..crash
         };
         assert_eq!(l.check(6, Some(stale)).redelivered, vec![4]);
+        // A delivery by the crashed pod after it can have sent anything (a woken pod that kept
+        // streaming), or a crash of the other pod, explains nothing.
+        let woke_early = Crash {
+            until: base + Duration::from_millis(510),
+            ..crash
+        };
+        assert_eq!(l.check(6, Some(woke_early)).redelivered, vec![5]);
+        let other = Crash { pod: 1, ..crash };
+        let r = l.check(6, Some(other));
+        assert_eq!(r.redelivered, vec![4, 5]);
+        assert_eq!(
+            r.redelivered_detail[0].1,
+            [(0, "-100ms".into()), (1, "+1100ms".into())]
+        );
         // Ids never delivered up to the last emitted are lost.
         assert_eq!(l.check(8, None).lost, vec![7, 8]);
     }

@@ -104,7 +104,20 @@ pub fn write_credentials(emu_cfg: &EmulatorConfig, dir: &Path) {
 
 /// The spec of stream `name` against `emu`, with credentials in `creds`.
 pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> StreamSpec {
-    let base: url::Url = emu.base_url().parse().expect("emulator base URL");
+    stream_spec_at(&emu.base_url(), &emu.stream_url(name), name, creds, opts)
+}
+
+/// The spec of stream `name` against a platform whose token and API endpoints are at `base`
+/// and whose socket is at `stream_url` (an emulator anywhere: in this process, another one, a
+/// network namespace), with credentials in `creds`.
+pub fn stream_spec_at(
+    base: &str,
+    stream_url: &str,
+    name: &str,
+    creds: &Path,
+    opts: &Options,
+) -> StreamSpec {
+    let base: url::Url = base.parse().expect("emulator base URL");
     StreamSpec {
         id: stream_id(name),
         tenant: "acme".parse().expect("tenant"),
@@ -113,7 +126,7 @@ pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> 
         endpoints: Endpoints {
             api: Some(base.clone()),
             login: Some(base),
-            stream: Some(emu.stream_url(name).parse().expect("emulator stream URL")),
+            stream: Some(stream_url.parse().expect("emulator stream URL")),
         },
         credentials: Credentials {
             dir: Some(creds.to_path_buf()),
@@ -128,12 +141,10 @@ pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> 
     }
 }
 
-/// A running emulator, pod and app server. Dropping it stops the emulator and the app server
-/// too (without waiting: the stop channel closes);
-/// [`shutdown`](Harness::shutdown) stops them and waits.
-pub struct Harness {
-    /// The platform emulator.
-    pub emu: Emulator,
+/// A sidecar pod with an in-process store and its app server on loopback, against whatever
+/// platform its streams name. Dropping it stops the app server too (without waiting: the stop
+/// channel closes); [`shutdown`](LocalPod::shutdown) stops both and waits.
+pub struct LocalPod {
     /// The sidecar pod.
     pub pod: Arc<Pod>,
     /// The pod's metrics.
@@ -146,32 +157,21 @@ pub struct Harness {
     pub config: SidecarConfig,
     stop: watch::Sender<bool>,
     server: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: TempDir,
 }
 
-impl std::fmt::Debug for Harness {
+impl std::fmt::Debug for LocalPod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Harness")
+        f.debug_struct("LocalPod")
             .field("app_addr", &self.app_addr)
             .finish_non_exhaustive()
     }
 }
 
-impl Harness {
-    /// Starts everything and applies the config; does not wait for the streams to connect.
-    pub async fn start(opts: Options) -> Self {
+impl LocalPod {
+    /// Starts the pod and its app server (heartbeat and frame limit from `opts`) and applies a
+    /// config of `streams`; does not wait for the streams to connect.
+    pub async fn start(streams: Vec<StreamSpec>, opts: &Options) -> Self {
         crate::util::init_logs();
-        let dir = TempDir::new("harness");
-        let creds = dir.path().join("credentials");
-        let emu_cfg = EmulatorConfig {
-            streams: opts.streams.clone(),
-            event_interval: opts.event_interval,
-            history: opts.history,
-            token_ttl: opts.token_ttl,
-            ..EmulatorConfig::default()
-        };
-        write_credentials(&emu_cfg, &creds);
-        let emu = Emulator::start(emu_cfg).await.expect("start the emulator");
         let config = SidecarConfig {
             pod: None,
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -180,11 +180,7 @@ impl Harness {
             tenant_limits: Default::default(),
             checkpoint_window: streamkeeper_api::config::DEFAULT_CHECKPOINT_WINDOW,
             max_app_connections: streamkeeper_api::config::DEFAULT_MAX_APP_CONNECTIONS,
-            streams: opts
-                .streams
-                .iter()
-                .map(|s| stream_spec(&emu, s, &creds, &opts))
-                .collect(),
+            streams,
         };
         config.validate().expect("the test config is valid");
 
@@ -218,7 +214,6 @@ impl Harness {
         drop(pod.spawn_loops(until(stop_rx)));
         pod.apply(&config).expect("the pod accepts the test config");
         Self {
-            emu,
             pod,
             metrics,
             recorder,
@@ -226,13 +221,7 @@ impl Harness {
             config,
             stop,
             server: Some(server),
-            _dir: dir,
         }
-    }
-
-    /// The sidecar's id of emulator stream `name`.
-    pub fn stream_id(&self, name: &str) -> StreamId {
-        stream_id(name)
     }
 
     /// The stream's hub (its unacked events, acks).
@@ -270,14 +259,79 @@ impl Harness {
             .await;
     }
 
-    /// Stops the pod (streams, then leases), the app server and the emulator, and waits.
+    /// Stops the pod (streams, then leases) and the app server, and waits.
     pub async fn shutdown(mut self) {
         self.pod.shutdown(Duration::from_secs(3)).await;
         self.stop.send_replace(true);
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
-        let Self { emu, .. } = self;
+    }
+}
+
+/// A running emulator, pod and app server. The pod's fields and methods ([`LocalPod`]) are
+/// reached through it (`h.recorder`, `h.status(&id)`). Dropping it stops the emulator and the
+/// app server too (without waiting); [`shutdown`](Harness::shutdown) stops them and waits.
+pub struct Harness {
+    /// The platform emulator.
+    pub emu: Emulator,
+    local: LocalPod,
+    _dir: TempDir,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("app_addr", &self.local.app_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Harness {
+    type Target = LocalPod;
+
+    fn deref(&self) -> &LocalPod {
+        &self.local
+    }
+}
+
+impl Harness {
+    /// Starts everything and applies the config; does not wait for the streams to connect.
+    pub async fn start(opts: Options) -> Self {
+        crate::util::init_logs();
+        let dir = TempDir::new("harness");
+        let creds = dir.path().join("credentials");
+        let emu_cfg = EmulatorConfig {
+            streams: opts.streams.clone(),
+            event_interval: opts.event_interval,
+            history: opts.history,
+            token_ttl: opts.token_ttl,
+            ..EmulatorConfig::default()
+        };
+        write_credentials(&emu_cfg, &creds);
+        let emu = Emulator::start(emu_cfg).await.expect("start the emulator");
+        let streams = opts
+            .streams
+            .iter()
+            .map(|s| stream_spec(&emu, s, &creds, &opts))
+            .collect();
+        let local = LocalPod::start(streams, &opts).await;
+        Self {
+            emu,
+            local,
+            _dir: dir,
+        }
+    }
+
+    /// The sidecar's id of emulator stream `name`.
+    pub fn stream_id(&self, name: &str) -> StreamId {
+        stream_id(name)
+    }
+
+    /// Stops the pod (streams, then leases), the app server and the emulator, and waits.
+    pub async fn shutdown(self) {
+        let Self { emu, local, .. } = self;
+        local.shutdown().await;
         emu.shutdown().await;
     }
 }

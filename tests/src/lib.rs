@@ -7,6 +7,8 @@
 //! * [`App`] is a local app client that reads [`AppFrame`](streamkeeper_api::app_protocol::AppFrame)s
 //!   in the background (answering the sidecar's pings) and acks on request or automatically.
 //! * [`process`] finds and runs the `streamkeeper` binary for process-level tests.
+//! * [`netns`] puts the platform in a network namespace behind a veth pair, to cut the path at
+//!   the kernel (an nftables drop: no ACK, no RST, no FIN) and heal it (needs root).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -25,6 +27,7 @@
 pub mod app;
 pub mod fleet;
 pub mod harness;
+pub mod netns;
 pub mod process;
 pub mod recorder;
 pub mod redis;
@@ -33,6 +36,6 @@ pub mod scenarios;
 pub mod util;
 
 pub use app::{AckMode, App, FromServer};
-pub use harness::{Harness, Options};
+pub use harness::{Harness, LocalPod, Options};
 pub use recorder::{Recorder, Seen};
 pub use util::{Logs, TempDir, event_seq, free_port, logs, metric_value};
