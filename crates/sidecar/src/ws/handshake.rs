@@ -50,8 +50,8 @@ fn is_token(name: &str) -> bool {
 
 /// The upgrade request for `url` (ws or wss) with `key` and the caller's extra `headers`.
 ///
-/// Refuses header names that are not HTTP tokens, values with CR, LF or NUL, and headers the
-/// handshake sets itself (Host, Upgrade, Sec-WebSocket-Key, …); errors name the header, never
+/// Refuses header names that are not HTTP tokens, values with control characters (CR, LF, NUL
+/// and the others but HTAB), and headers the handshake sets itself (Host, Upgrade, Sec-WebSocket-Key, …); errors name the header, never
 /// its value.
 pub fn build_request(url: &Url, key: &str, headers: &[(&str, String)]) -> Result<Vec<u8>, WsError> {
     if !matches!(url.scheme(), "ws" | "wss") {
@@ -102,9 +102,11 @@ pub fn build_request(url: &Url, key: &str, headers: &[(&str, String)]) -> Result
                 "header {name} is set by the WebSocket client itself"
             )));
         }
-        if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        // RFC 9110 §5.5: no control character but HTAB; CR and LF would start a header of the
+        // value's own choosing, and servers refuse the others.
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7F) {
             return Err(WsError::Handshake(format!(
-                "header {name} has a value with CR, LF or NUL"
+                "header {name} has a value with a control character (CR, LF, NUL, ...)"
             )));
         }
         req.extend_from_slice(name.as_bytes());
@@ -389,6 +391,14 @@ mod tests {
             text.contains("Authorization") && !text.contains("s3cret"),
             "{text}"
         );
+        // Other control characters are refused too (a server would refuse the request); a
+        // tab is allowed.
+        for value in ["a\x01b", "a\x7fb", "a\x1bb"] {
+            let err = build_request(&url("wss://a.example"), "k", &[("X-Id", value.into())])
+                .expect_err("control character");
+            assert!(err.to_string().contains("X-Id"), "{err}");
+        }
+        assert!(build_request(&url("wss://a.example"), "k", &[("X-Id", "a\tb".into())]).is_ok());
         for name in ["Host", "sec-websocket-key", "Upgrade", "Bad Name", ""] {
             assert!(
                 build_request(&url("wss://a.example"), "k", &[(name, "v".into())]).is_err(),

@@ -144,3 +144,34 @@ impl Inbound {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x81, payload.len() as u8];
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A read that completes a kept partial header and brings many more frames than one frame
+    /// limit's worth: what is left after the first frame is longer than any one frame may be.
+    #[test]
+    fn a_read_of_many_frames_after_a_partial_header_is_cut_into_all_of_them() {
+        let mut wire = Vec::new();
+        for i in 0..20u8 {
+            wire.extend(text(&[b'a' + i; 10]));
+        }
+        let mut inbound = Inbound::new(16, wire[..1].to_vec());
+        assert_eq!(inbound.next_buffered(), Ok(None));
+        let mut frames = vec![inbound.take_read(&wire[1..]).expect("valid")];
+        while let Some(frame) = inbound.next_buffered().expect("valid") {
+            frames.push(Some(frame));
+        }
+        assert_eq!(frames.len(), 20);
+        assert_eq!(frames[19], Some(Frame::Text("t".repeat(10))));
+        assert!(inbound.at_frame_boundary());
+        assert_eq!(inbound.capacities(), (0, 0), "nothing kept once consumed");
+    }
+}

@@ -1004,3 +1004,46 @@ async fn close_is_bounded_and_resets_a_server_that_never_reads() {
         .expect("the server saw a reset");
     assert_eq!(kind, io::ErrorKind::ConnectionReset);
 }
+
+/// A read that completes a kept partial header and brings more than a frame limit's worth of
+/// small frames: cutting them used to panic (`clamp` with min > max) with a small limit.
+#[tokio::test]
+async fn many_small_frames_in_one_read_after_a_partial_header() {
+    let (listener, port) = listen().await;
+    let server = tokio::spawn(async move {
+        let mut frames = Vec::new();
+        for i in 0..50u8 {
+            frames.extend(raw_frame(
+                TOpCode::Data(Data::Text),
+                true,
+                &[b'a' + i % 26; 10],
+            ));
+        }
+        // The first byte of the first frame comes with the 101, so the client keeps it.
+        let mut tcp = accept_raw(&listener, &frames[..1]).await;
+        // The rest once the client is past its handshake (it says so with a frame).
+        let mut hello = [0u8; 1];
+        tcp.read_exact(&mut hello).await.expect("client frame");
+        tcp.write_all(&frames[1..]).await.expect("write");
+        tcp
+    });
+    let opts = ConnectOptions {
+        max_frame: 16,
+        ..direct()
+    };
+    let mut client = bound("connect", connect(&ws_url(port, "/"), &[], &opts))
+        .await
+        .expect("connect");
+    client.queue_text("go");
+    bound("flush", client.flush()).await.expect("flush");
+    for i in 0..50u8 {
+        let expected = char::from(b'a' + i % 26).to_string().repeat(10);
+        assert_eq!(
+            bound("recv", client.recv()).await.expect("frame"),
+            Frame::Text(expected),
+            "frame {i}"
+        );
+    }
+    assert_eq!(client.buffer_capacities().0, 0);
+    drop(bound("server", server).await.expect("server task"));
+}
