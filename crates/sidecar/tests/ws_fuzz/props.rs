@@ -578,14 +578,22 @@ pub fn check_request(path: &str, headers: &[(String, String)]) {
         }
         Err(err) => {
             assert!(!acceptable, "a good header was refused: {err}");
-            for (_, value) in headers {
-                if value.len() > 3 {
-                    assert!(
-                        !err.to_string().contains(value.as_str()),
-                        "a value in {err}"
-                    );
-                }
-            }
+            // Values may be secrets (tokens): the error names the header and never shows a
+            // value, so it reads the same with every value replaced by one of its kind.
+            let stand_ins: Vec<(&str, String)> = headers
+                .iter()
+                .map(|(n, v)| {
+                    let bad = v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7F);
+                    (n.as_str(), if bad { "\u{1}" } else { "v" }.to_owned())
+                })
+                .collect();
+            let again = handshake::build_request(&url, &key, &stand_ins)
+                .expect_err("the same header fails");
+            assert_eq!(
+                err.to_string(),
+                again.to_string(),
+                "the error shows a value"
+            );
             return;
         }
     };
