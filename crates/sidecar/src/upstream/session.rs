@@ -624,9 +624,10 @@ impl Session {
     fn on_ws_error(&self, e: WsError) -> Ended {
         if let WsError::Protocol { code, reason } = &e {
             tracing::warn!(stream = %self.stream(), code, problem = %reason, "upstream broke the WebSocket protocol; reconnecting");
-        } else {
-            tracing::info!(stream = %self.stream(), error = %e, "upstream socket failed");
+            // The client queued a close with the error's code (RFC 6455 §7.1.7): send it.
+            return Ended::close(DropReason::TcpError);
         }
+        tracing::info!(stream = %self.stream(), error = %e, "upstream socket failed");
         Ended::reset(DropReason::TcpError)
     }
 
@@ -635,7 +636,7 @@ impl Session {
         let id = link.up.id().clone();
         let silent_for =
             Instant::now().saturating_duration_since(link.up.liveness().last_inbound());
-        let mut ws = link.up.into_ws();
+        let ws = link.up.into_ws();
         if ended.abortive {
             ws.reset();
         } else {
@@ -644,12 +645,9 @@ impl Session {
             } else {
                 1000
             };
-            ws.queue_close(code, ended.reason.as_str());
             // Best effort, bounded: a polite close must never wait on a dead peer.
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_millis(500), ws.flush()).await;
-                ws.reset();
-            });
+            let reason = ended.reason.as_str();
+            tokio::spawn(ws.close(code, reason, Duration::from_millis(500)));
         }
         (self.ctx.on_reaped)(ended.reason);
         let pending_bytes = self.ctx.hub.pending_bytes();
