@@ -77,7 +77,7 @@ fn default_admin() -> SocketAddr {
 }
 
 /// Which platform dialect a stream speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Platform {
     /// Genesys Cloud CX Notifications API.
