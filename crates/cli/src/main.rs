@@ -93,6 +93,12 @@ enum Command {
 struct ControllerArgs {
     #[command(flatten)]
     limits: render::LimitArgs,
+    /// The kubeconfig (default: in-cluster config, else `~/.kube/config`).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// This replica's identity in the leader Lease (`POD_NAME`, else the hostname).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// The store to read runtime state from and to remove deleted streams from (`REDIS_URL`);
     /// without it the controller still admits and renders, and status has no runtime fields.
     #[arg(long, env = "REDIS_URL")]
@@ -134,7 +140,8 @@ impl ControllerArgs {
             sidecar_redis: self.sidecar_redis,
             namespace: self.namespace,
             admin: self.admin,
-            identity: None,
+            kubeconfig: self.kubeconfig,
+            identity: self.identity.filter(|s| !s.is_empty()),
             lease_namespace: None,
             lease_duration: self.lease_duration,
             renew_deadline: self.renew_deadline,

@@ -49,6 +49,8 @@ pub struct Options {
     pub namespace: Option<String>,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin: SocketAddr,
+    /// The kubeconfig to use (default: in-cluster, else `KUBECONFIG` / `~/.kube/config`).
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// The holder identity (default `$POD_NAME`, else the hostname).
     pub identity: Option<String>,
     /// The Lease's namespace (default `$POD_NAMESPACE`, else the kubeconfig context's, else
@@ -74,6 +76,7 @@ impl Default for Options {
             sidecar_redis: None,
             namespace: None,
             admin: SocketAddr::from(([0, 0, 0, 0], 9465)),
+            kubeconfig: None,
             identity: None,
             lease_namespace: None,
             lease_duration: Duration::from_secs(15),
@@ -121,9 +124,22 @@ pub async fn run(
     opts: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("no Kubernetes client config (in-cluster, or KUBECONFIG / ~/.kube/config)")?;
+    let client = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            let cfg = kube::Config::from_custom_kubeconfig(
+                kc,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            Client::try_from(cfg)?
+        }
+        None => Client::try_default()
+            .await
+            .context("no Kubernetes client config (in-cluster, or KUBECONFIG / ~/.kube/config)")?,
+    };
     let store: Option<Arc<dyn Store>> = match &opts.redis {
         Some(url) => Some(Arc::new(
             streamkeeper_coord::RedisStore::connect(url).context("--redis")?,
