@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::Read as _,
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -191,10 +191,11 @@ pub fn run(
             })
         })
         .collect();
+    let mut out_text = String::new();
     match format {
         Format::Json => {
             let out = serde_json::json!({"decisions": rows, "configMaps": maps});
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            out_text = serde_json::to_string_pretty(&out)? + "\n";
         }
         Format::Yaml => {
             let mut by_tenant: BTreeMap<&str, (u32, usize)> = BTreeMap::new();
@@ -206,13 +207,13 @@ pub fn run(
                     e.1 += 1;
                 }
             }
-            println!("# streamkeeper render: admission decisions");
+            out_text += "# streamkeeper render: admission decisions\n";
             for (t, (limit, admitted)) in &by_tenant {
-                println!("#   tenant {t}: {admitted} admitted (limit {limit})");
+                out_text += &format!("#   tenant {t}: {admitted} admitted (limit {limit})\n");
             }
             for r in &rows {
-                println!(
-                    "#   {:<40} tenant={:<12} priority={:<5} {}",
+                out_text += &format!(
+                    "#   {:<40} tenant={:<12} priority={:<5} {}\n",
                     r["stream"].as_str().unwrap_or_default(),
                     r["tenant"].as_str().unwrap_or_default(),
                     r["priority"],
@@ -220,10 +221,19 @@ pub fn run(
                 );
             }
             for cm in &maps {
-                println!("---");
-                print!("{}", serde_yaml_ng::to_string(cm)?);
+                out_text += "---\n";
+                out_text += &serde_yaml_ng::to_string(cm)?;
             }
         }
+    }
+    // A reader that stops early (`| head`) is not an error.
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out_text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
     Ok(ExitCode::SUCCESS)
 }
