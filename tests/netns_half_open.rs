@@ -31,11 +31,11 @@ use streamkeeper_e2e::{
 };
 use streamkeeper_emulator::EmulatorConfig;
 use streamkeeper_sidecar::{
+    auth::{ClientCredentials, Token, TokenClient},
     liveness::HeartbeatPolicy,
     net::{SocketOptions, plain_http_client},
     platforms::Ping,
-    session::SessionEvent,
-    token::{ClientCredentials, Token, TokenClient},
+    upstream::SessionEvent,
     upstream::{Tick, Upstream},
     ws::{ConnectOptions, ProxyMode, WsClient, WsError},
 };
@@ -52,7 +52,7 @@ const ETIMEDOUT: i32 = 110;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_cut_at_the_kernel_is_declared_dead_within_the_deadline_reset_and_resumed_on_heal() {
-    let ns = Netns::new();
+    let ns = Netns::create();
     let name = "cut";
     let emu = ns.spawn_emulator(&[name], Duration::from_millis(50)).await;
     let dir = TempDir::new("netns-cut");
@@ -317,7 +317,7 @@ fn assert_timed_out(e: &WsError, which: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_heartbeat_far_up_tcp_user_timeout_and_keepalive_alone_fail_a_cut_socket() {
-    let ns = Netns::new();
+    let ns = Netns::create();
     let emu = ns
         .spawn_emulator(&["unacked", "idle"], Duration::from_millis(50))
         .await;

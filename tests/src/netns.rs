@@ -15,7 +15,7 @@
 //! ```no_run
 //! # async fn demo() {
 //! use streamkeeper_e2e::netns::Netns;
-//! let ns = Netns::new();
+//! let ns = Netns::create();
 //! let emu = ns.spawn_emulator(&["queue"], std::time::Duration::from_millis(50)).await;
 //! println!("point a sidecar at {}", emu.stream_url("queue"));
 //! let cut = ns.cut().await; // from `cut` on, nothing crosses the link
@@ -112,7 +112,7 @@ pub struct Netns {
 impl Netns {
     /// Makes the namespace and its link, after sweeping away what killed runs left. Fails the
     /// test, saying what is missing, without root or without `ip`, `nft` or `setpriv`.
-    pub fn new() -> Self {
+    pub fn create() -> Self {
         preflight();
         static SWEEP: Once = Once::new();
         SWEEP.call_once(sweep);

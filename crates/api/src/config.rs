@@ -73,6 +73,22 @@ pub struct SidecarConfig {
     pub streams: Vec<StreamSpec>,
 }
 
+impl Default for SidecarConfig {
+    /// The config of a file that says nothing: no streams, every field at its default.
+    fn default() -> Self {
+        Self {
+            pod: None,
+            listen: default_listen(),
+            admin: default_admin(),
+            redis: None,
+            tenant_limits: BTreeMap::new(),
+            checkpoint_window: DEFAULT_CHECKPOINT_WINDOW,
+            max_app_connections: DEFAULT_MAX_APP_CONNECTIONS,
+            streams: Vec::new(),
+        }
+    }
+}
+
 /// `checkpointWindow` when the config names none.
 pub const DEFAULT_CHECKPOINT_WINDOW: Duration = Duration::from_secs(1);
 
@@ -99,7 +115,7 @@ fn default_admin() -> SocketAddr {
 }
 
 /// Which platform dialect a stream speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Platform {
     /// Genesys Cloud CX Notifications API.

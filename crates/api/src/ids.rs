@@ -146,6 +146,25 @@ label_id!(
     Tenant,
     "tenant"
 );
+impl schemars::JsonSchema for Tenant {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Tenant".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 63,
+            "pattern": "^[A-Za-z0-9._-]+$",
+        })
+    }
+}
+
 label_id!(
     /// A pod (one sidecar instance): the owner named in leases and transitions.
     PodName,
