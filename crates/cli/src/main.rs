@@ -1,6 +1,8 @@
 //! `streamkeeper`: the one binary. `main` parses flags and calls one function per subcommand.
 
 mod demo;
+mod inject;
+mod kube_yaml;
 mod status;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -56,6 +58,9 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Add the streamkeeper sidecar to Deployment and StatefulSet YAML (stdin to stdout).
+    #[command(long_about = inject::LONG_ABOUT)]
+    Inject(inject::InjectArgs),
     /// Show every stream the store knows: owner, fence, state, last pong.
     Status {
         /// The Redis URL (`redis://host:port` or `redis+cluster://host1:port1,host2:port2`).
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
                 init_tracing("warn");
                 status::run(&redis).await
             }
+            Command::Inject(args) => inject::run(args),
             Command::Demo { quiet } => {
                 init_tracing("off");
                 demo::run(quiet).await
