@@ -23,7 +23,9 @@ pub enum IdError {
     },
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// A DNS-1123 label (1..=63 of a-z, 0-9, '-', not starting or ending with '-'): what Kubernetes
+/// accepts as a namespace and most object names.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

@@ -4,6 +4,8 @@ mod controller;
 mod crdgen;
 mod demo;
 mod emulate;
+mod inject;
+mod kube_yaml;
 mod render;
 mod status;
 
@@ -58,6 +60,9 @@ enum Command {
     },
     /// Print the StreamConnection CRD (what crds/ holds).
     Crdgen,
+    /// Add the streamkeeper sidecar to Deployment and StatefulSet YAML (stdin to stdout).
+    #[command(long_about = inject::LONG_ABOUT)]
+    Inject(inject::InjectArgs),
     /// Show every stream the store knows: owner, fence, state, last pong.
     Status {
         /// The Redis URL (`redis://host:port` or `redis+cluster://host1:port1,host2:port2`).
@@ -183,6 +188,7 @@ fn main() -> ExitCode {
                 output,
             } => render::run(&files, &limits, sidecar_redis, output),
             Command::Crdgen => crdgen::run(),
+            Command::Inject(args) => inject::run(args),
             Command::Demo { quiet } => {
                 init_tracing("off");
                 demo::run(quiet).await
