@@ -114,7 +114,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// ```no_run
 /// # use std::{collections::HashMap, sync::Arc};
 /// # use streamkeeper_api::StreamId;
-/// # use streamkeeper_sidecar::{app_server::{serve, AppServerConfig, HubDirectory}, hub::Hub};
+/// # use streamkeeper_sidecar::app::{Hub, server::{serve, AppServerConfig, HubDirectory}};
 /// struct Hubs(HashMap<StreamId, Arc<Hub>>);
 /// impl HubDirectory for Hubs {
 ///     fn hub(&self, stream: &StreamId) -> Option<Arc<Hub>> {
