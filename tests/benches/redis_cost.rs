@@ -6,6 +6,13 @@
 //! one pod, with two pods (one owns what the other stands by for, wherever the leases fell),
 //! and with two pods and no events.
 //!
+//! An idle redis-server costs CPU of its own (its timers: about 1.5 to 2 ms/s on the 2-core
+//! development VM, whatever it stores). That floor is measured on the same server before the
+//! fleet starts (`SK_BENCH_IDLE_WINDOW`, 10 s) and reported beside the server's whole CPU; the
+//! per-1,000-streams figure is what the streams add to it (scaling the floor by
+//! 1,000 / streams would make a small run look expensive). Command counts and times come from
+//! INFO commandstats; the times are wall time inside the server.
+//!
 //! ```text
 //! cargo build -p streamkeeper && cargo bench -p streamkeeper-e2e --bench redis_cost
 //! SK_BENCH_STREAMS=200 SK_BENCH_WINDOW=20s cargo bench -p streamkeeper-e2e --bench redis_cost
@@ -35,31 +42,87 @@ fn env_duration(name: &str, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
-/// One measured run.
+/// One measured run. CPU figures are ms of Redis CPU per second.
 struct Measured {
     commands_per_s: f64,
-    cpu_ms_per_s: f64,
-    top: Vec<(String, f64)>,
+    /// The server's whole CPU while the fleet ran (not scaled).
+    cpu_raw: f64,
+    /// The same server's CPU with no client at all, over a window before the fleet started
+    /// (its own timers: the floor under any workload, whatever the number of streams).
+    cpu_floor: f64,
+    /// What the streams cost: `cpu_raw - cpu_floor`, per 1,000 streams.
+    cpu_streams: f64,
+    /// Wall time Redis spent running the commands (scripts timed whole), per 1,000 streams; on
+    /// a busy host it includes time the server was preempted mid-command.
+    exec_ms_per_s: f64,
+    top: Vec<(String, f64, f64)>,
     acks_per_s: f64,
+    clients: String,
 }
 
-/// Calls per command since the last `CONFIG RESETSTAT`, the bench's own left out.
-fn commandstats(port: u16) -> BTreeMap<String, u64> {
+/// One command's calls and time since the last `CONFIG RESETSTAT`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stat {
+    calls: u64,
+    usec: u64,
+}
+
+/// Calls and time per command since the last `CONFIG RESETSTAT`, the bench's own left out.
+fn commandstats(port: u16) -> BTreeMap<String, Stat> {
     let text = command(port, &["INFO", "commandstats"])
         .map(value_text)
         .unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
+            let field = |f: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(f))?
+                    .parse()
+                    .ok()
+            };
+            Some((
+                name.to_owned(),
+                Stat {
+                    calls: field("calls=")?,
+                    usec: field("usec=")?,
+                },
+            ))
         })
-        .filter(|(name, _)| !matches!(name.as_str(), "info" | "config"))
+        .filter(|(name, _)| !matches!(name.as_str(), "info" | "config" | "config|resetstat"))
         .collect()
+}
+
+/// Commands a caller sends itself (the rest run inside scripts, whose time the script's own
+/// entry already counts).
+fn top_level(name: &str) -> bool {
+    matches!(
+        name,
+        "evalsha"
+            | "evalsha_ro"
+            | "eval"
+            | "eval_ro"
+            | "ping"
+            | "subscribe"
+            | "psubscribe"
+            | "client|setinfo"
+            | "client|setname"
+            | "hello"
+            | "select"
+            | "script|load"
+    )
+}
+
+/// `connected_clients` and `pubsub_clients` (where the server says it).
+fn clients(port: u16) -> String {
+    let text = command(port, &["INFO", "clients"])
+        .map(value_text)
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("connected_clients:") || l.starts_with("pubsub_clients:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Redis's CPU time so far (user + sys), seconds.
@@ -79,6 +142,11 @@ fn cpu_seconds(port: u16) -> f64 {
 
 async fn run(streams: usize, pods: usize, event_interval: Duration, window: Duration) -> Measured {
     let redis = RedisServer::start();
+    // What the server costs with nobody connected: the floor under every figure below.
+    let idle = env_duration("SK_BENCH_IDLE_WINDOW", Duration::from_secs(10));
+    let idle0 = cpu_seconds(redis.port);
+    sleep(idle).await;
+    let cpu_floor = (cpu_seconds(redis.port) - idle0) * 1000.0 / idle.as_secs_f64();
     let names: Vec<String> = (0..streams).map(|i| format!("s{i:04}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let timers = Timers {
@@ -137,19 +205,35 @@ async fn run(streams: usize, pods: usize, event_interval: Duration, window: Dura
     for t in taps {
         t.abort();
     }
+    let clients = clients(redis.port);
     let per_1000 = 1000.0 / streams as f64;
-    let total: u64 = stats.values().sum();
-    let mut top: Vec<(String, f64)> = stats
+    let total: u64 = stats.values().map(|s| s.calls).sum();
+    let exec_usec: u64 = stats
         .iter()
-        .map(|(k, v)| (k.clone(), *v as f64 / elapsed * per_1000))
+        .filter(|(k, _)| top_level(k))
+        .map(|(_, s)| s.usec)
+        .sum();
+    let mut top: Vec<(String, f64, f64)> = stats
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.calls as f64 / elapsed * per_1000,
+                v.usec as f64 / v.calls.max(1) as f64,
+            )
+        })
         .collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
-    top.truncate(8);
+    top.truncate(10);
     Measured {
         commands_per_s: total as f64 / elapsed * per_1000,
-        cpu_ms_per_s: (cpu1 - cpu0) * 1000.0 / elapsed * per_1000,
+        cpu_raw: (cpu1 - cpu0) * 1000.0 / elapsed,
+        cpu_floor,
+        cpu_streams: ((cpu1 - cpu0) * 1000.0 / elapsed - cpu_floor) * per_1000,
+        exec_ms_per_s: exec_usec as f64 / 1000.0 / elapsed * per_1000,
         top,
         acks_per_s: acked as f64 / elapsed,
+        clients,
     }
 }
 
@@ -182,14 +266,19 @@ fn main() {
         };
         let m = rt.block_on(run(streams, pods, every, window));
         println!(
-            "{label}: {:.1} commands/s, {:.2} ms Redis CPU/s ({:.0} acks/s reached the apps); \
-             top: {}",
+            "{label}: {:.1} commands/s, {:.2} ms Redis CPU/s per 1,000 streams (the server used \
+             {:.2} ms/s, of which {:.2} its floor with no client); {:.2} ms/s running commands \
+             (wall); {:.0} acks/s reached the apps; {}\n  calls/s (µs per call, wall): {}",
             m.commands_per_s,
-            m.cpu_ms_per_s,
+            m.cpu_streams,
+            m.cpu_raw,
+            m.cpu_floor,
+            m.exec_ms_per_s,
             m.acks_per_s,
+            m.clients,
             m.top
                 .iter()
-                .map(|(k, v)| format!("{k} {v:.1}"))
+                .map(|(k, v, us)| format!("{k} {v:.1} ({us:.0})"))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
