@@ -16,9 +16,11 @@
 //! they contend for what an emptied store calls free.
 //!
 //! - `checkpoints.rs`: acked ids waiting for the next flush, one per stream
+//! - `health.rs`: whether the store answers, per tenant and for the pod
 //! - `publisher.rs`: the ordered, bounded queue of transitions to publish
 
 mod checkpoints;
+mod health;
 mod publisher;
 
 use std::{
@@ -45,6 +47,7 @@ use tokio::{
 };
 
 pub use checkpoints::PendingCheckpoints;
+pub use health::{Change, Health, TenantHealth};
 pub use publisher::{Publisher, Pushed, Queue, Queued};
 
 use crate::{
@@ -53,7 +56,7 @@ use crate::{
     upstream::{StatusCell, read_status},
 };
 
-/// Reports whether the store answers (to `streamkeeper_redis_up`).
+/// Reports whether the store answers, for the pod ([`Health::up`], `streamkeeper_redis_up`).
 pub type StoreUpHook = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// How long a release waits for the stream's queued transitions to go out first.
@@ -84,20 +87,11 @@ struct Held {
     valid_until: watch::Sender<Instant>,
 }
 
-/// Whether the store answers, and since when it answers again after an outage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct StoreHealth {
-    up: bool,
-    back_at: Option<Instant>,
-}
-
 /// The pod's ownership manager.
 pub struct Ownership {
     store: Arc<dyn Store>,
     pod: PodName,
     held: Mutex<HashMap<StreamKey, Held>>,
-    /// Tenants whose stale entries this pod sweeps.
-    tenants: Mutex<BTreeSet<Tenant>>,
     /// Per-tenant pool limits from the config.
     limits: Mutex<BTreeMap<Tenant, u32>>,
     /// The streams this pod stands by for (one entry per waiting claim, removed when the
@@ -105,11 +99,10 @@ pub struct Ownership {
     /// their leases tells them when to ask.
     standbys: Mutex<HashMap<StreamKey, Standby>>,
     draining: AtomicBool,
-    /// Whether the store answered the last call (the `streamkeeper_redis_up` gauge).
-    store_up: AtomicBool,
-    /// Per tenant (on a Redis Cluster each tenant's slot is on one node, which may be down
-    /// alone): whether it answers, and since when again. Absent: up.
-    tenant_health: Mutex<HashMap<Tenant, StoreHealth>>,
+    /// Whether the store answers, per tenant (on a Redis Cluster each tenant's slot is on one
+    /// node, which may be down alone) and for the pod; the tenants of the config, which this
+    /// pod sweeps.
+    health: Mutex<Health>,
     on_store_up: StoreUpHook,
     publisher: Publisher,
     checkpoints: Mutex<PendingCheckpoints>,
@@ -154,12 +147,10 @@ impl Ownership {
             store,
             pod,
             held: Mutex::new(HashMap::new()),
-            tenants: Mutex::new(BTreeSet::new()),
             limits: Mutex::new(BTreeMap::new()),
             standbys: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
-            store_up: AtomicBool::new(true),
-            tenant_health: Mutex::new(HashMap::new()),
+            health: Mutex::new(Health::default()),
             on_store_up,
             publisher: Publisher::new(),
             checkpoints: Mutex::new(PendingCheckpoints::default()),
@@ -194,50 +185,50 @@ impl Ownership {
         self.standbys().len()
     }
 
-    fn mark_store(&self, up: bool) {
-        if self.store_up.swap(up, Ordering::Relaxed) != up {
-            if up {
-                tracing::info!("store reachable again; re-asserting ownership");
-            } else {
-                tracing::warn!(
-                    "store unreachable; streams stop when their leases lapse, no new ownership is taken"
-                );
-            }
-            (self.on_store_up)(up);
-        }
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records whether a call about `tenant` reached the store (and the store as a whole).
+    /// Tells the hook (and the log) when the pod's answer flipped.
+    fn pod_health(&self, flipped: Option<bool>) {
+        let Some(up) = flipped else { return };
+        if up {
+            tracing::info!("store reachable again for every tenant; re-asserting ownership");
+        } else {
+            tracing::warn!(
+                down = ?self.health().down().iter().map(Tenant::as_str).collect::<Vec<_>>(),
+                "store unreachable; streams stop when their leases lapse, no new ownership is taken"
+            );
+        }
+        (self.on_store_up)(up);
+    }
+
+    /// Records whether a call about `tenant` reached its store node.
     fn mark_tenant(&self, tenant: &Tenant, up: bool) {
-        self.mark_store(up);
-        let mut health = self.tenant_health.lock().unwrap_or_else(|p| p.into_inner());
-        let h = health.entry(tenant.clone()).or_insert(StoreHealth {
-            up: true,
-            back_at: None,
-        });
-        if h.up != up {
-            h.up = up;
+        let change = self.health().mark(tenant, up, Instant::now());
+        if change.tenant {
             if up {
-                h.back_at = Some(Instant::now());
+                tracing::info!(%tenant, "the tenant's store node answers again");
+            } else {
+                tracing::warn!(%tenant, "the tenant's store node does not answer");
             }
         }
+        self.pod_health(change.pod);
     }
 
-    fn health_of(&self, tenant: &Tenant) -> StoreHealth {
-        self.tenant_health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-            .copied()
-            .unwrap_or(StoreHealth {
-                up: true,
-                back_at: None,
-            })
+    fn health_of(&self, tenant: &Tenant) -> TenantHealth {
+        self.health().of(tenant)
     }
 
-    /// Whether the store answered the last call.
+    /// Whether the store answers for the pod: the transitions subscription is up and every
+    /// tenant of the config answered its last call ([`Health`]).
     pub fn store_up(&self) -> bool {
-        self.store_up.load(Ordering::Relaxed)
+        self.health().up()
+    }
+
+    /// The tenants of the config whose store node did not answer the last call.
+    pub fn store_down_tenants(&self) -> Vec<Tenant> {
+        self.health().down()
     }
 
     /// Stops taking ownership (SIGTERM): waiting claims give up.
@@ -274,12 +265,18 @@ impl Ownership {
             .unwrap_or(DEFAULT_TENANT_LIMIT)
     }
 
-    /// Registers a tenant for stale sweeps.
+    /// Adds a tenant of the config: its stale entries are swept, and its store node's answers
+    /// count for [`Ownership::store_up`].
     pub fn watch_tenant(&self, tenant: &Tenant) {
-        self.tenants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.clone());
+        let flipped = self.health().watch_one(tenant);
+        self.pod_health(flipped);
+    }
+
+    /// The tenants of the config, replacing the earlier ones (a tenant no stream names any
+    /// more is neither swept nor counted).
+    pub fn set_tenants(&self, tenants: BTreeSet<Tenant>) {
+        let flipped = self.health().watch(tenants);
+        self.pod_health(flipped);
     }
 
     /// Waits until this pod holds the stream's lease; `None` when `stop` fires or the pod
@@ -292,7 +289,6 @@ impl Ownership {
         status: &StatusCell,
         stop: &mut watch::Receiver<Option<DropReason>>,
     ) -> Option<Claim> {
-        self.watch_tenant(&key.tenant);
         let (wake, mut due) = {
             let mut standbys = self.standbys();
             let s = standbys.entry(key.clone()).or_default();
@@ -472,6 +468,20 @@ impl Ownership {
         }
     }
 
+    /// Takes a slot in the tenant's pool for a held lease (`false`: the pool is full).
+    pub async fn pool_acquire(&self, claim: &Claim) -> Result<bool, StoreError> {
+        let limit = self.limit(&claim.key.tenant);
+        let res = self
+            .store
+            .pool_acquire(&claim.key, claim.fence, limit)
+            .await;
+        self.mark_tenant(
+            &claim.key.tenant,
+            !matches!(res, Err(StoreError::Unavailable(_))),
+        );
+        res
+    }
+
     /// Whether the lease may be acted on now (confirmed, within its term).
     pub fn confirmed(&self, key: &StreamKey, fence: Fence) -> bool {
         let held = self.held();
@@ -520,7 +530,11 @@ impl Ownership {
         }
         let outcomes = self.store.save_checkpoints(&writes).await;
         let mut failed = None;
+        // Per tenant: whether its node answered (a tenant's writes go to one node together).
+        let mut answered: BTreeMap<Tenant, bool> = BTreeMap::new();
         for (w, outcome) in writes.into_iter().zip(outcomes) {
+            let ok = !matches!(outcome, CheckpointOutcome::Failed(_));
+            *answered.entry(w.key.tenant.clone()).or_insert(true) &= ok;
             match outcome {
                 CheckpointOutcome::Saved | CheckpointOutcome::Superseded => {}
                 CheckpointOutcome::Fenced => self.lose(&w.key, w.fence, DropReason::OwnerLost),
@@ -532,12 +546,11 @@ impl Ownership {
                 }
             }
         }
-        match failed {
-            Some(e) => {
-                self.mark_store(false);
-                tracing::debug!(error = %e, "checkpoints deferred to the next flush");
-            }
-            None => self.mark_store(true),
+        for (tenant, ok) in answered {
+            self.mark_tenant(&tenant, ok);
+        }
+        if let Some(e) = failed {
+            tracing::debug!(error = %e, "checkpoints deferred to the next flush");
         }
     }
 
@@ -568,16 +581,17 @@ impl Ownership {
     /// Publishes one queued transition (the publisher worker).
     async fn publish_now(&self, q: &Queued) {
         match self.store.publish(&q.key, q.fence, &q.transition).await {
-            Ok(true) => self.mark_store(true),
+            Ok(true) => self.mark_tenant(&q.key.tenant, true),
             Ok(false) => {
-                self.mark_store(true);
+                self.mark_tenant(&q.key.tenant, true);
                 self.lose(&q.key, q.fence, DropReason::OwnerLost);
             }
             Err(StoreError::LeaseMissing) => {
+                self.mark_tenant(&q.key.tenant, true);
                 tracing::debug!(stream = %q.key.stream, "transition not published: the store lost the lease; the next beat re-asserts it");
             }
             Err(e) => {
-                self.mark_store(false);
+                self.mark_tenant(&q.key.tenant, false);
                 tracing::debug!(stream = %q.key.stream, error = %e, "transition not published");
             }
         }
@@ -620,9 +634,9 @@ impl Ownership {
             reason.as_str(),
         );
         match self.store.release(&claim.key, claim.fence, &t).await {
-            Ok(_) => self.mark_store(true),
+            Ok(_) => self.mark_tenant(&claim.key.tenant, true),
             Err(e) => {
-                self.mark_store(false);
+                self.mark_tenant(&claim.key.tenant, false);
                 tracing::warn!(stream = %claim.key.stream, error = %e, "lease not released; it lapses by itself");
             }
         }
@@ -699,8 +713,11 @@ impl Ownership {
         let outcomes = self.store.beat(&beats).await;
         let mut first_error = None;
         let mut failed = 0usize;
+        // Per tenant: whether its node answered every beat of this round.
+        let mut answered: BTreeMap<&Tenant, bool> = BTreeMap::new();
         for ((key, beat), outcome) in keys.iter().zip(&beats).zip(outcomes) {
-            self.mark_tenant(&key.tenant, !matches!(outcome, BeatOutcome::Failed(_)));
+            *answered.entry(&key.tenant).or_insert(true) &=
+                !matches!(outcome, BeatOutcome::Failed(_));
             match outcome {
                 BeatOutcome::Renewed => self.confirm(key, beat.fence, sent_at),
                 BeatOutcome::Reasserted => {
@@ -717,6 +734,9 @@ impl Ownership {
                     first_error.get_or_insert(e);
                 }
             }
+        }
+        for (tenant, ok) in answered {
+            self.mark_tenant(tenant, ok);
         }
         let all_answered = match first_error {
             Some(e) => {
@@ -745,13 +765,9 @@ impl Ownership {
 
     /// One sweep of every watched tenant for stale entries (crashed pods' streams).
     pub async fn sweep_once(&self, stale_after: Duration) {
-        let tenants: Vec<Tenant> = self
-            .tenants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let tenants: Vec<Tenant> = self.health().watched().iter().cloned().collect();
+        // A sweep's result says nothing about the tenant's node (while Redis was unavailable
+        // recently the store only pings, and a ping may go to any node): it is not counted.
         for tenant in tenants {
             match self
                 .store
@@ -759,14 +775,12 @@ impl Ownership {
                 .await
             {
                 Ok(dead) => {
-                    self.mark_tenant(&tenant, true);
                     for t in dead {
                         tracing::warn!(stream = %t.stream, owner = ?t.owner.as_ref().map(|p| p.as_str()), "stale stream declared DEAD");
                     }
                 }
                 Err(e) => {
                     // On a cluster only this tenant's node may be down: sweep the others.
-                    self.mark_tenant(&tenant, false);
                     tracing::debug!(error = %e, %tenant, "sweep failed");
                 }
             }
@@ -885,12 +899,17 @@ impl Ownership {
             match self.store.subscribe().await {
                 Ok(mut transitions) => {
                     delay = Duration::from_millis(200);
+                    let flipped = self.health().subscription(true);
+                    self.pod_health(flipped);
                     while let Some(t) = transitions.next().await {
                         self.on_transition(&t);
                     }
+                    let flipped = self.health().subscription(false);
+                    self.pod_health(flipped);
                 }
                 Err(e) => {
-                    self.mark_store(false);
+                    let flipped = self.health().subscription(false);
+                    self.pod_health(flipped);
                     tracing::debug!(error = %e, "cannot subscribe to transitions");
                 }
             }
@@ -1053,6 +1072,7 @@ mod tests {
         let b = manager(&store, "pod-b");
         let status: StatusCell = Default::default();
         let (_tx, mut stop) = watch::channel(None);
+        a.watch_tenant(&key().tenant);
         let ttl = Duration::from_secs(3);
         let claim = a
             .claim(&key(), ttl, "generic", &status, &mut stop)
@@ -1160,8 +1180,6 @@ mod tests {
         // stream in memory and re-asserts it with its next beat).
         link.cut.store(true, Ordering::Relaxed);
         b.watch_tenant(&key().tenant);
-        b.sweep_once(ttl).await;
-        assert!(!b.store_up());
         let standby = {
             let b = Arc::clone(&b);
             let status = Arc::clone(&status);
@@ -1171,7 +1189,14 @@ mod tests {
                     .map(|_| Instant::now())
             })
         };
-        tokio::time::advance(Duration::from_secs(3)).await;
+        // Its first ask (within 10 % of the TTL) goes unanswered: the tenant's store reads
+        // down.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert!(!b.store_up());
+        assert_eq!(b.store_down_tenants(), [key().tenant]);
+        tokio::time::advance(Duration::from_secs(2)).await;
         let back = Instant::now();
         link.cut.store(false, Ordering::Relaxed);
         let granted = standby.await.expect("task").expect("b owns in the end");
@@ -1378,7 +1403,17 @@ mod tests {
         let store = |_: ()| -> Arc<dyn Store> {
             Arc::new(RedisStore::connect(&cluster.url()).expect("url"))
         };
-        let a = Ownership::new(store(()), "pod-a".parse().expect("pod"), Arc::new(|_| {}));
+        // pod-a's gauge, as the metric sees it.
+        let gauge = Arc::new(Mutex::new(Vec::new()));
+        let a = {
+            let gauge = Arc::clone(&gauge);
+            Ownership::new(
+                store(()),
+                "pod-a".parse().expect("pod"),
+                Arc::new(move |up| gauge.lock().expect("lock").push(up)),
+            )
+        };
+        a.set_tenants(tenants.iter().map(|(t, _)| t.clone()).collect());
         let b = Ownership::new(store(()), "pod-b".parse().expect("pod"), Arc::new(|_| {}));
         let key = |i: usize| StreamKey {
             tenant: tenants[i].0.clone(),
@@ -1427,5 +1462,16 @@ mod tests {
             !a.store_up(),
             "a failed chunk reads as the store being down"
         );
+        // Rounds in which the other nodes answer keep it down: the gauge does not follow
+        // whichever tenant was called last.
+        for _ in 0..3 {
+            assert!(!a.beat_once().await);
+            a.flush_checkpoints().await;
+            a.record_ack(&renewed, EventId("e1".into()));
+            a.flush_checkpoints().await;
+            assert!(!a.store_up());
+        }
+        assert_eq!(a.store_down_tenants(), [tenants[2].0.clone()]);
+        assert_eq!(*gauge.lock().expect("lock"), [true, false], "no flapping");
     }
 }

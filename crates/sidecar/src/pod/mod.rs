@@ -158,6 +158,8 @@ impl Pod {
             .max()
             .unwrap_or(Duration::from_secs(35));
         self.tick.send_replace((period, stale));
+        self.ownership
+            .set_tenants(config.streams.iter().map(|s| s.tenant.clone()).collect());
         self.ownership.set_limits(config.tenant_limits.clone());
         self.ownership
             .set_checkpoint_window(config.checkpoint_window);

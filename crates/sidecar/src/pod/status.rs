@@ -32,7 +32,7 @@ impl StatusSource for Pod {
             })
             .collect();
         list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-        json!({"pod": self.name, "storeUp": self.ownership.store_up(), "draining": self.ownership.draining(), "streams": list})
+        json!({"pod": self.name, "storeUp": self.ownership.store_up(), "storeDownTenants": self.ownership.store_down_tenants(), "draining": self.ownership.draining(), "streams": list})
     }
 
     fn ready(&self) -> Result<(), String> {

@@ -274,13 +274,7 @@ impl Pod {
     ) -> bool {
         let mut told = false;
         loop {
-            let limit = self.ownership.limit(&spec.tenant);
-            match self
-                .ownership
-                .store()
-                .pool_acquire(&claim.key, claim.fence, limit)
-                .await
-            {
+            match self.ownership.pool_acquire(claim).await {
                 Ok(true) => {
                     if told {
                         hub.push_control(&ToApp::Resumed { stream: &spec.id });
@@ -290,6 +284,7 @@ impl Pod {
                 Ok(false) | Err(_) => {
                     if !told {
                         told = true;
+                        let limit = self.ownership.limit(&spec.tenant);
                         tracing::info!(stream = %spec.id, tenant = %spec.tenant, limit, "tenant pool full; waiting for a slot");
                         status.lock().unwrap_or_else(|p| p.into_inner()).state =
                             StreamState::Paused;
