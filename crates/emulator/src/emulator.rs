@@ -14,11 +14,14 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::EmulatorConfig;
+use crate::cxone::auth::OverTls;
 use crate::fault::{Fault, FaultReport};
+use crate::feed;
 use crate::http;
 use crate::state::Shared;
 use crate::stats::Stats;
-use crate::util::stopped;
+use crate::tls::{self, Tls};
+use crate::util::{lock, stopped};
 
 /// How long [`Emulator::shutdown`] waits for its tasks to finish.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -42,6 +45,8 @@ const BACKLOG: u32 = 4096;
 pub struct Emulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// The CA clients trust, with TLS on.
+    ca_pem: Option<String>,
     /// Closes when every task has ended.
     done: Option<mpsc::Receiver<()>>,
 }
@@ -50,19 +55,47 @@ impl Emulator {
     /// Bind `cfg.listen`, create the configured streams (their event timers start now) and
     /// serve until [`shutdown`](Emulator::shutdown). Must be called inside a Tokio runtime.
     pub async fn start(cfg: EmulatorConfig) -> io::Result<Emulator> {
+        let tls = cfg.tls.as_ref().map(tls::setup).transpose()?.map(Arc::new);
         let listener = bind(cfg.listen)?;
         let addr = listener.local_addr()?;
         let (tracker, done) = mpsc::channel(1);
         let names = cfg.streams.clone();
         let shared = Arc::new(Shared::new(cfg, tracker, tokio::runtime::Handle::current()));
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        *shared
+            .ws_base
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            format!("{scheme}://{}", connect_addr(addr));
         for name in &names {
             shared.stream(name);
         }
-        shared.spawn(accept(shared.clone(), listener));
-        info!(%addr, streams = names.len(), "emulator listening");
+        let feeds = [
+            (
+                shared.genesys.feeds.clone(),
+                shared.cfg.genesys.event_interval,
+            ),
+            (
+                shared.cxone.dfo_feeds.clone(),
+                shared.cfg.cxone.event_interval,
+            ),
+            (
+                shared.cxone.aah_feeds.clone(),
+                shared.cfg.cxone.event_interval,
+            ),
+        ];
+        for (f, every) in feeds {
+            if !every.is_zero() {
+                shared.spawn(feed::tick(f, every, shared.shutdown.subscribe()));
+            }
+        }
+        let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
+        shared.spawn(accept(shared.clone(), listener, tls));
+        info!(%addr, streams = names.len(), tls = ca_pem.is_some(), "emulator listening");
         Ok(Emulator {
             shared,
             addr,
+            ca_pem,
             done: Some(done),
         })
     }
@@ -72,14 +105,63 @@ impl Emulator {
         self.addr
     }
 
-    /// `http://HOST:PORT`, with loopback for HOST when listening on every address.
+    /// `http://HOST:PORT` (`https://` with TLS), with loopback for HOST when listening on every
+    /// address: the base of every platform's REST and login endpoints.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.connect_addr())
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.connect_addr())
     }
 
-    /// `ws://HOST:PORT/streams/{name}`.
+    /// `ws://HOST:PORT/streams/{name}` (`wss://` with TLS): a generic stream.
     pub fn stream_url(&self, name: &str) -> String {
-        format!("ws://{}/streams/{name}", self.connect_addr())
+        format!("{}/streams/{name}", self.shared.ws_base())
+    }
+
+    /// The DFO event hub socket URL for `tenant_id` and `user_id`.
+    pub fn dfo_url(&self, tenant_id: &str, user_id: &str) -> String {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("tenantId", tenant_id)
+            .append_pair("userId", user_id)
+            .finish();
+        format!("{}{}?{q}", self.shared.ws_base(), crate::cxone::dfo::PATH)
+    }
+
+    /// The AAH notifications socket URL.
+    pub fn aah_url(&self) -> String {
+        format!("{}{}", self.shared.ws_base(), crate::cxone::aah::PATH)
+    }
+
+    /// The test CA's certificate (PEM) when TLS is on.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// The serial number of an issued token (what stats show instead of tokens).
+    pub fn token_serial(&self, token: &str) -> Option<u64> {
+        lock(&self.shared.tokens).serial(token)
+    }
+
+    /// Produce `n` events on Genesys `topic` now (creating it if needed).
+    pub fn emit_genesys(&self, topic: &str, n: usize) {
+        self.shared.genesys.feeds.topic(topic).emit(n);
+    }
+
+    /// Produce `n` events on DFO stream `tenant_id/user_id` now.
+    pub fn emit_dfo(&self, tenant_id: &str, user_id: &str, n: usize) {
+        self.shared
+            .cxone
+            .dfo_feeds
+            .topic(&format!("{tenant_id}/{user_id}"))
+            .emit(n);
+    }
+
+    /// Produce `n` events on AAH contact id `topic` now.
+    pub fn emit_aah(&self, topic: &str, n: usize) {
+        self.shared.cxone.aah_feeds.topic(topic).emit(n);
     }
 
     /// Inject a fault, exactly as `POST /faults` does.
@@ -114,13 +196,18 @@ impl Emulator {
 
     /// Where a client on this host connects.
     fn connect_addr(&self) -> SocketAddr {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        SocketAddr::new(ip, self.addr.port())
+        connect_addr(self.addr)
     }
+}
+
+/// Where a client on this host connects to reach `addr`.
+fn connect_addr(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 impl Drop for Emulator {
@@ -141,7 +228,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Accept connections until shutdown.
-async fn accept(shared: Arc<Shared>, listener: TcpListener) {
+async fn accept(shared: Arc<Shared>, listener: TcpListener, tls: Option<Arc<Tls>>) {
     let mut stop = shared.shutdown.subscribe();
     loop {
         tokio::select! {
@@ -149,7 +236,7 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    shared.spawn(connection(shared.clone(), tcp, peer));
+                    shared.spawn(connection(shared.clone(), tcp, peer, tls.clone()));
                 }
                 Err(e) => {
                     // Out of descriptors, typically: back off instead of spinning.
@@ -161,17 +248,52 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// Serve HTTP/1.1 on one connection until it ends, upgrades, or shutdown.
-async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+/// TLS handshake record type: a connection that starts with it speaks TLS.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Serve one connection (TLS when it starts with a TLS handshake and TLS is on).
+async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<Tls>>) {
     let mut stop = shared.shutdown.subscribe();
-    let service = service_fn(move |req| {
+    let Some(tls) = tls else {
+        serve(shared, tcp, peer, false).await;
+        return;
+    };
+    let mut first = [0u8; 1];
+    let is_tls = tokio::select! {
+        peeked = tcp.peek(&mut first) => matches!(peeked, Ok(1)) && first[0] == TLS_HANDSHAKE,
+        () = stopped(&mut stop) => return,
+    };
+    if !is_tls {
+        serve(shared, tcp, peer, false).await;
+        return;
+    }
+    let handshake = tokio::select! {
+        h = tls.acceptor.accept(tcp) => h,
+        () = stopped(&mut stop) => return,
+    };
+    match handshake {
+        Ok(stream) => serve(shared, stream, peer, true).await,
+        Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),
+    }
+}
+
+/// Serve HTTP/1.1 on one connection until it ends, upgrades, or shutdown.
+async fn serve<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, over_tls: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut stop = shared.shutdown.subscribe();
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
+        if over_tls {
+            req.extensions_mut().insert(OverTls);
+        }
         async move { Ok::<_, Infallible>(http::handle(shared, req).await) }
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(None);
     let conn = builder
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::select! {
         served = conn => {

@@ -106,6 +106,312 @@ pub enum Fault {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bytes: Option<usize>,
     },
+    /// A Genesys fault: `{"action":"genesys","fault":...}`.
+    Genesys(GenesysFault),
+    /// A CXone DFO event hub fault: `{"action":"cxone-dfo","fault":...}`.
+    CxoneDfo(DfoFault),
+    /// A CXone Agent Assist Hub fault: `{"action":"cxone-aah","fault":...}`.
+    CxoneAah(AahFault),
+    /// A CXone authentication fault: `{"action":"cxone","fault":...}`.
+    Cxone(CxoneFault),
+}
+
+/// What a socket fault does to each socket it hits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SocketAct {
+    Reset,
+    Blackhole,
+    Heal,
+    StopPongs,
+    DelayPongs(u64),
+    Close(u16, String),
+    Garbage(GarbageKind, Option<usize>),
+}
+
+/// The socket faults every platform has, with that platform's selectors, then its own faults.
+macro_rules! platform_faults {
+    (
+        $(#[$m:meta])*
+        $name:ident { $($(#[$sm:meta])* $sel:ident : $sty:ty),+ $(,)? }
+        { $($extra:tt)* }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(
+            tag = "fault",
+            rename_all = "kebab-case",
+            rename_all_fields = "camelCase",
+            deny_unknown_fields
+        )]
+        pub enum $name {
+            /// Abortive close (SO_LINGER 0): the client sees ECONNRESET.
+            Reset {
+                $($(#[$sm])* #[serde(default, skip_serializing_if = "Option::is_none")] $sel: Option<$sty>,)+
+            },
+            /// Stop reading and writing, keep the socket open: a hung peer.
+            Blackhole {
+                $($(#[$sm])* #[serde(default, skip_serializing_if = "Option::is_none")] $sel: Option<$sty>,)+
+            },
+            /// Undo a blackhole and pong faults on the sockets hit.
+            Heal {
+                $($(#[$sm])* #[serde(default, skip_serializing_if = "Option::is_none")] $sel: Option<$sty>,)+
+            },
+            /// Keep sending events but answer no ping (RFC 6455 or the platform's own).
+            StopPongs {
+                $($(#[$sm])* #[serde(default, skip_serializing_if = "Option::is_none")] $sel: Option<$sty>,)+
+            },
+            /// Answer each ping `delayMs` late.
+            DelayPongs {
+                $($(#[$sm])* #[serde(default, skip_serializing_if = "Option::is_none")] $sel: Option<$sty>,)+
+                /// How late, in milliseconds.
+                delay_ms: u64,
+            },
+            /// A close frame with this code and reason.
+            Close {
+                $($(#[$sm])* #[serde(default, skip_serializing_if = "Option::is_none")] $sel: Option<$sty>,)+
+                /// The close code (sent as given).
+                code: u16,
+                /// The close reason (cut to 123 bytes).
+                #[serde(default)]
+                reason: String,
+            },
+            /// One bad text frame.
+            SendGarbage {
+                $($(#[$sm])* #[serde(default, skip_serializing_if = "Option::is_none")] $sel: Option<$sty>,)+
+                /// What kind of bad frame.
+                kind: GarbageKind,
+                /// Payload size (defaults as for [`Fault::SendGarbage`]).
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                bytes: Option<usize>,
+            },
+            $($extra)*
+        }
+
+        impl $name {
+            /// The selectors and the act of a socket fault; `None` for the platform's own faults.
+            #[allow(clippy::type_complexity)]
+            pub(crate) fn socket(&self) -> Option<(($(Option<$sty>,)+), SocketAct)> {
+                let (sel, act) = match self {
+                    Self::Reset { $($sel),+ } => (($($sel.clone(),)+), SocketAct::Reset),
+                    Self::Blackhole { $($sel),+ } => (($($sel.clone(),)+), SocketAct::Blackhole),
+                    Self::Heal { $($sel),+ } => (($($sel.clone(),)+), SocketAct::Heal),
+                    Self::StopPongs { $($sel),+ } => (($($sel.clone(),)+), SocketAct::StopPongs),
+                    Self::DelayPongs { $($sel,)+ delay_ms } => {
+                        (($($sel.clone(),)+), SocketAct::DelayPongs(*delay_ms))
+                    }
+                    Self::Close { $($sel,)+ code, reason } => {
+                        (($($sel.clone(),)+), SocketAct::Close(*code, reason.clone()))
+                    }
+                    Self::SendGarbage { $($sel,)+ kind, bytes } => {
+                        (($($sel.clone(),)+), SocketAct::Garbage(*kind, *bytes))
+                    }
+                    #[allow(unreachable_patterns)]
+                    _ => return None,
+                };
+                Some((sel, act))
+            }
+        }
+    };
+}
+
+platform_faults! {
+    /// A fault on the emulated Genesys Cloud, tagged by `"fault"` (kebab-case, camelCase
+    /// fields). Socket faults hit the sockets of the selected channels (`channel`: one channel
+    /// id; `client`: every channel of that OAuth client; neither: every Genesys socket).
+    ///
+    /// ```
+    /// use streamkeeper_emulator::{Fault, GenesysFault};
+    /// let f: Fault = serde_json::from_str(
+    ///     r#"{"action":"genesys","fault":"socket-closing","closeAfterMs":500}"#,
+    /// ).unwrap();
+    /// assert_eq!(f, Fault::Genesys(GenesysFault::SocketClosing {
+    ///     channel: None, client: None, close_after_ms: Some(500), code: None,
+    /// }));
+    /// ```
+    GenesysFault {
+        /// Only this channel's socket.
+        channel: String,
+        /// Only the sockets of this OAuth client's channels.
+        client: String,
+    }
+    {
+        /// Send `v2.system.socket_closing`, then close `closeAfterMs` later.
+        SocketClosing {
+            /// Only this channel's socket.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            channel: Option<String>,
+            /// Only the sockets of this OAuth client's channels.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            client: Option<String>,
+            /// Delay between the message and the close (default 60,000).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            close_after_ms: Option<u64>,
+            /// The close code (default 1001).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            code: Option<u16>,
+        },
+        /// Stop the selected channels now, as if they had reached their expiry.
+        ExpireChannel {
+            /// Only this channel.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            channel: Option<String>,
+            /// Only this OAuth client's channels.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            client: Option<String>,
+        },
+        /// The selected Genesys tokens expire now (their channels stop).
+        ExpireToken {
+            /// Only this client's tokens.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            client: Option<String>,
+            /// Only this token.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            token: Option<String>,
+        },
+        /// The selected Genesys tokens are revoked (their channels stop).
+        RevokeToken {
+            /// Only this client's tokens.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            client: Option<String>,
+            /// Only this token.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            token: Option<String>,
+        },
+        /// The next `count` Genesys token requests (of `client`, if given) get 401.
+        RefuseToken {
+            /// Only this client's requests.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            client: Option<String>,
+            /// How many.
+            count: u64,
+        },
+        /// The next `count` Genesys REST calls (whose path starts with `path`, with `method`,
+        /// when given) get 429 with the platform's body and `Retry-After`.
+        RateLimit {
+            /// A path prefix, e.g. `/api/v2/notifications/channels`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            path: Option<String>,
+            /// Only this method (`GET`, `PUT`, ...).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            method: Option<String>,
+            /// How many calls.
+            count: u64,
+            /// `Retry-After` seconds (also in the body).
+            retry_after_secs: u64,
+        },
+    }
+}
+
+platform_faults! {
+    /// A fault on the emulated CXone DFO event hub. Socket faults hit the sockets of the
+    /// selected streams (`tenantId`, `userId`; neither: every DFO socket).
+    DfoFault {
+        /// Only sockets with this tenantId.
+        tenant_id: String,
+        /// Only sockets with this userId.
+        user_id: String,
+    }
+    {
+        /// Send `RATE_LIMIT_EXCEEDED` to the selected sockets now (then close them unless
+        /// `close` is false), and answer the next `count` registers the same way.
+        RateLimitExceeded {
+            /// Only sockets with this tenantId.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            tenant_id: Option<String>,
+            /// Only sockets with this userId.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            user_id: Option<String>,
+            /// How many later registers get it too.
+            #[serde(default)]
+            count: u64,
+            /// Close after sending it (default true).
+            #[serde(default = "yes")]
+            close: bool,
+        },
+    }
+}
+
+platform_faults! {
+    /// A fault on the emulated CXone Agent Assist Hub. Socket faults hit the selected sockets
+    /// (`socket`: the id its stats are under; `topic`: every socket subscribed to that contact
+    /// id; neither: every AAH socket).
+    AahFault {
+        /// Only this socket.
+        socket: u64,
+        /// Only sockets subscribed to this contact id.
+        topic: String,
+    }
+    {}
+}
+
+/// Which CXone token requests a `refuse-token` fault turns away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrantKind {
+    /// `POST /authentication/v1/token/access-key` (401).
+    AccessKey,
+    /// `grant_type=refresh_token` at the token endpoint (400 invalid_grant).
+    RefreshToken,
+    /// Both.
+    #[default]
+    Any,
+}
+
+/// A fault on CXone authentication (shared by DFO and AAH), tagged by `"fault"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "fault",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum CxoneFault {
+    /// The selected access tokens expire now (their refresh tokens still work).
+    ExpireToken {
+        /// Only this access key's tokens.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// Only this token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// The selected access tokens and their refresh tokens are revoked.
+    RevokeToken {
+        /// Only this access key's tokens.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// Only this token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// The next `count` token requests of `grant` (of `client`, if given) are refused.
+    RefuseToken {
+        /// Only this access key's requests (refresh grants: the key the token was issued to).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// Which grant.
+        #[serde(default)]
+        grant: GrantKind,
+        /// How many.
+        count: u64,
+    },
+    /// The next `count` CXone REST calls (path prefix and method, when given) get 429.
+    RateLimit {
+        /// A path prefix, e.g. `/auth/token`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// Only this method.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+        /// How many calls.
+        count: u64,
+        /// `Retry-After` seconds.
+        retry_after_secs: u64,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Fault {
@@ -121,6 +427,7 @@ impl Fault {
             | Fault::RefuseToken { stream, .. }
             | Fault::RateLimit { stream, .. }
             | Fault::SendGarbage { stream, .. } => stream.as_deref(),
+            Fault::Genesys(_) | Fault::CxoneDfo(_) | Fault::CxoneAah(_) | Fault::Cxone(_) => None,
         }
     }
 }

@@ -1,108 +1,120 @@
-//! Every HTTP endpoint on the emulator's one port: the generic dialect's token, identity and
-//! stream-upgrade routes, plus `/faults`, `/stats` and `/healthz`.
+//! The router of the emulator's one port (every platform's routes and `/faults`, `/stats`,
+//! `/healthz`) and the response helpers the platforms share.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT,
-    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+    CONNECTION, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
-use tracing::debug;
 
 use crate::fault::Fault;
-use crate::socket::{self, Setup};
-use crate::state::{Shared, TokenFault};
-use crate::util::lock;
+use crate::state::Shared;
+use crate::{cxone, generic, genesys};
 
 /// The response body type.
 pub(crate) type Body = Full<Bytes>;
 
-/// Largest request body read (token forms and fault JSON are tiny).
-const MAX_BODY: usize = 64 * 1024;
+/// Largest request body read (token forms, subscription lists and fault JSON).
+const MAX_BODY: usize = 1 << 20;
 
-/// Where streams live.
+/// Where generic streams live.
 const STREAMS: &str = "/streams/";
+/// Where Genesys channel sockets live.
+const CHANNELS: &str = "/channels/";
+/// The Genesys notifications API.
+const NOTIFICATIONS: &str = "/api/v2/notifications/channels";
 
 /// Route one request.
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/stats") => json(StatusCode::OK, &shared.stats()),
-        (&Method::POST, "/oauth/token") => token(&shared, req).await,
-        (&Method::GET, "/api/v2/users/me") => users_me(&shared, req.headers()),
-        (&Method::POST, "/faults") => faults(&shared, req).await,
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/stats") => return json(StatusCode::OK, &shared.stats()),
+        (&Method::POST, "/faults") => return faults(&shared, req).await,
+        (_, "/healthz" | "/stats" | "/faults") => {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        }
+        _ => {}
+    }
+    let route = format!("{method} {}", route_name(&path));
+    shared.count_rest(&route);
+    let p = path.as_str();
+    match (&method, p) {
+        (&Method::POST, "/oauth/token") => genesys::rest::oauth_token(&shared, req, &route).await,
+        (&Method::GET, "/api/v2/users/me") => {
+            if let Some(limited) = genesys::rest::limited(&shared, &method, p, &route) {
+                return limited;
+            }
+            generic::users_me(&shared, &req)
+        }
+        (&Method::GET, "/api/v2/tokens/me") => genesys::rest::tokens_me(&shared, &req, &route),
+        (_, p) if p == NOTIFICATIONS || p.starts_with(&format!("{NOTIFICATIONS}/")) => {
+            genesys::rest::notifications(&shared, req, &route).await
+        }
+        (&Method::GET, p) if p.len() > CHANNELS.len() && p.starts_with(CHANNELS) => {
+            genesys::socket::upgrade(&shared, req, &p[CHANNELS.len()..])
+        }
         (&Method::GET, p) if p.len() > STREAMS.len() && p.starts_with(STREAMS) => {
-            upgrade(&shared, req, &p[STREAMS.len()..])
+            generic::upgrade(&shared, req, &p[STREAMS.len()..])
         }
-        (_, "/healthz" | "/stats" | "/oauth/token" | "/api/v2/users/me" | "/faults") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+        (&Method::GET, cxone::auth::DISCOVERY) => cxone::auth::discovery(&shared, &req, &route),
+        (&Method::POST, cxone::auth::ACCESS_KEY) => {
+            cxone::auth::access_key(&shared, req, &route).await
         }
-        (_, p) if p.len() > STREAMS.len() && p.starts_with(STREAMS) => {
+        (&Method::POST, cxone::auth::TOKEN) => cxone::auth::refresh(&shared, req, &route).await,
+        (&Method::GET, cxone::auth::USERINFO) => cxone::auth::userinfo(&shared, &req, &route),
+        (&Method::GET, cxone::dfo::PATH) => cxone::dfo::upgrade(&shared, req),
+        (&Method::GET, cxone::aah::PATH) => cxone::aah::upgrade(&shared, req),
+        (
+            _,
+            "/oauth/token"
+            | "/api/v2/users/me"
+            | "/api/v2/tokens/me"
+            | cxone::auth::DISCOVERY
+            | cxone::auth::ACCESS_KEY
+            | cxone::auth::TOKEN
+            | cxone::auth::USERINFO
+            | cxone::dfo::PATH
+            | cxone::aah::PATH,
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (_, p)
+            if (p.len() > STREAMS.len() && p.starts_with(STREAMS))
+                || (p.len() > CHANNELS.len() && p.starts_with(CHANNELS)) =>
+        {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not_found"),
     }
 }
 
-/// `POST /oauth/token`: client credentials in, a bearer token out.
-async fn token(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
-    match shared.take_token_fault() {
-        Some(TokenFault::RateLimited(secs)) => return rate_limited(secs),
-        Some(TokenFault::Refused) => return error(StatusCode::UNAUTHORIZED, "invalid_client"),
-        None => {}
+/// The path with its ids replaced by placeholders, for stats.
+fn route_name(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix(&format!("{NOTIFICATIONS}/")) {
+        return match rest.split_once('/') {
+            Some((_, tail)) => format!("{NOTIFICATIONS}/{{id}}/{tail}"),
+            None => format!("{NOTIFICATIONS}/{{id}}"),
+        };
     }
-    let creds_ok = basic_credentials(req.headers()).is_some_and(|(id, secret)| {
-        id == shared.cfg.client_id && secret == shared.cfg.client_secret
-    });
-    let Ok(body) = read_body(req).await else {
-        return error(StatusCode::BAD_REQUEST, "invalid_request");
-    };
-    let grant_ok = url::form_urlencoded::parse(&body)
-        .any(|(k, v)| k == "grant_type" && v == "client_credentials");
-    if !creds_ok || !grant_ok {
-        debug!(creds_ok, grant_ok, "token request refused");
-        return error(StatusCode::UNAUTHORIZED, "invalid_client");
+    if path.len() > CHANNELS.len() && path.starts_with(CHANNELS) {
+        return format!("{CHANNELS}{{id}}");
     }
-    let ttl = shared.cfg.token_ttl;
-    let (token, _) = lock(&shared.tokens).issue(ttl);
-    shared.tokens_issued.fetch_add(1, Ordering::Relaxed);
-    let mut resp = json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "access_token": token,
-            "token_type": "bearer",
-            "expires_in": ttl.as_secs(),
-        }),
-    );
-    resp.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-/// `GET /api/v2/users/me`: 200 for a valid bearer token, else 401.
-fn users_me(shared: &Shared, headers: &HeaderMap) -> Response<Body> {
-    if valid_bearer(shared, headers).is_none() {
-        return error(StatusCode::UNAUTHORIZED, "invalid_token");
+    if path.len() > STREAMS.len() && path.starts_with(STREAMS) {
+        return format!("{STREAMS}{{name}}");
     }
-    json(
-        StatusCode::OK,
-        &serde_json::json!({"id": "emulated-user", "name": "Emulated User"}),
-    )
+    path.to_string()
 }
 
 /// `POST /faults`: inject a fault.
 async fn faults(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let Ok(body) = read_body(req).await else {
-        return error(StatusCode::BAD_REQUEST, "body unreadable or over 64 KiB");
+        return error(StatusCode::BAD_REQUEST, "body unreadable or over 1 MiB");
     };
     match serde_json::from_slice::<Fault>(&body) {
         Ok(fault) => json(StatusCode::OK, &shared.apply(fault)),
@@ -110,53 +122,9 @@ async fn faults(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// `GET /streams/{name}`: check the request, register the socket, answer 101, and hand the
-/// connection to [`socket::serve`] once hyper lets go of it.
-fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, name: &str) -> Response<Body> {
-    if let Some(secs) = shared.take_upgrade_rate_limit(name) {
-        return rate_limited(secs);
-    }
-    let Some(token_expiry) = valid_bearer(shared, req.headers()) else {
-        return error(StatusCode::UNAUTHORIZED, "invalid_token");
-    };
-    let accept = match websocket_accept(req.headers()) {
-        Ok(accept) => accept,
-        Err(bad) => return bad.response(),
-    };
-    let last_event_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    let stream = shared.stream(name);
-    // Subscribe before choosing the start, so no event falls between the two.
-    let latest = stream.subscribe();
-    let next_seq = stream.start_after(last_event_id);
-    let (reg, ctl, pong) = shared.register(stream);
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    shared.spawn(socket::serve(
-        on_upgrade,
-        Setup {
-            reg,
-            ctl,
-            pong,
-            next_seq,
-            latest,
-            token_expiry,
-        },
-    ));
-    let mut resp = Response::new(Body::default());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(SEC_WEBSOCKET_ACCEPT, accept);
-    resp
-}
-
 /// Why an upgrade request is not a valid WebSocket handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BadUpgrade {
+pub(crate) enum BadUpgrade {
     /// No `Upgrade: websocket` / `Connection: upgrade`.
     NotWebSocket,
     /// `Sec-WebSocket-Version` is not 13.
@@ -167,7 +135,7 @@ enum BadUpgrade {
 
 impl BadUpgrade {
     /// The refusal sent for it.
-    fn response(self) -> Response<Body> {
+    pub fn response(self) -> Response<Body> {
         let (status, what, header) = match self {
             BadUpgrade::NotWebSocket => (
                 StatusCode::UPGRADE_REQUIRED,
@@ -191,7 +159,7 @@ impl BadUpgrade {
 }
 
 /// The `Sec-WebSocket-Accept` value for a valid upgrade request.
-fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, BadUpgrade> {
+pub(crate) fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, BadUpgrade> {
     let has_token = |name, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -214,30 +182,19 @@ fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, BadUpgrade> {
     HeaderValue::from_str(&accept).map_err(|_| BadUpgrade::NoKey)
 }
 
-/// The expiry of the request's bearer token if it is issued and unexpired.
-fn valid_bearer(shared: &Shared, headers: &HeaderMap) -> Option<tokio::time::Instant> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    lock(&shared.tokens).valid(token.trim())
-}
-
-/// The `(id, secret)` pair of a Basic `Authorization` header.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    Some((id.to_string(), secret.to_string()))
+/// The 101 answer to a valid upgrade.
+pub(crate) fn switching(accept: HeaderValue) -> Response<Body> {
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    resp
 }
 
 /// The whole request body, at most [`MAX_BODY`] bytes.
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ()> {
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ()> {
     Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
@@ -245,29 +202,43 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ()> {
         .map_err(|_| ())
 }
 
-/// 429 with `Retry-After` and the platform's body.
-fn rate_limited(secs: u64) -> Response<Body> {
-    let mut resp = json(
-        StatusCode::TOO_MANY_REQUESTS,
-        &serde_json::json!({"message": "Rate limit exceeded", "status": 429}),
-    );
+/// 429 with `Retry-After` and the generic dialect's body.
+pub(crate) fn rate_limited(secs: u64) -> Response<Body> {
+    with_retry_after(
+        json(
+            StatusCode::TOO_MANY_REQUESTS,
+            &serde_json::json!({"message": "Rate limit exceeded", "status": 429}),
+        ),
+        secs,
+    )
+}
+
+/// `resp` with `Retry-After: secs`.
+pub(crate) fn with_retry_after(mut resp: Response<Body>, secs: u64) -> Response<Body> {
     resp.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(secs));
     resp
 }
 
 /// `{"error": what}` with `status`.
-fn error(status: StatusCode, what: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, what: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": what }))
 }
 
 /// A JSON response.
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(Body::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// An empty response.
+pub(crate) fn empty(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = status;
     resp
 }
 
@@ -283,21 +254,6 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn basic_credentials_are_decoded() {
-        let mut h = HeaderMap::new();
-        let v = format!("Basic {}", STANDARD.encode("id:se:cret"));
-        h.insert(AUTHORIZATION, HeaderValue::from_str(&v).expect("header"));
-        assert_eq!(
-            basic_credentials(&h),
-            Some(("id".to_string(), "se:cret".to_string()))
-        );
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
-        assert_eq!(basic_credentials(&h), None);
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
-        assert_eq!(basic_credentials(&h), None);
-    }
 
     #[test]
     fn upgrade_headers_are_checked() {
@@ -322,5 +278,24 @@ mod tests {
         );
         h.remove(UPGRADE);
         assert_eq!(websocket_accept(&h), Err(BadUpgrade::NotWebSocket));
+    }
+
+    #[test]
+    fn routes_hide_their_ids() {
+        assert_eq!(
+            route_name("/api/v2/notifications/channels/streaming-0-a/subscriptions"),
+            "/api/v2/notifications/channels/{id}/subscriptions"
+        );
+        assert_eq!(
+            route_name("/api/v2/notifications/channels/x"),
+            "/api/v2/notifications/channels/{id}"
+        );
+        assert_eq!(
+            route_name("/api/v2/notifications/channels"),
+            "/api/v2/notifications/channels"
+        );
+        assert_eq!(route_name("/channels/abc"), "/channels/{id}");
+        assert_eq!(route_name("/streams/q/1"), "/streams/{name}");
+        assert_eq!(route_name("/oauth/token"), "/oauth/token");
     }
 }

@@ -1,117 +1,219 @@
-//! One WebSocket connection after the upgrade, framed by hand on the raw `TcpStream`.
+//! One WebSocket connection after the upgrade, framed by hand on the raw transport, with the
+//! platform's dialect plugged in ([`Dialect`]).
 //!
-//! A single task per socket owns the stream and a small state machine; it never blocks on a
-//! write (a slow client just stops the socket pulling events from the stream's history), so
-//! fault orders are obeyed at once however the peer behaves. Faults map onto it as follows:
-//! blackhole = neither read nor write (the kernel buffers fill, nothing is answered; only a
-//! reset from the peer is noticed, so reaped sockets do not pile up); reset =
-//! SO_LINGER 0 and drop; close = close frame, wait (2 s at most) for the peer's close or EOF,
-//! drop; pong faults = skip or defer the pong for each ping.
+//! A single task per socket owns the transport and a small state machine; it never blocks on
+//! a write (a slow client just stops the socket pulling events), so fault orders are obeyed at
+//! once however the peer behaves. Faults map onto it as follows: blackhole = neither read nor
+//! write (the kernel buffers fill, nothing is answered; only a reset from the peer is noticed,
+//! so reaped sockets do not pile up); reset = SO_LINGER 0 and drop; close = close frame, wait
+//! (2 s at most) for the peer's close or EOF, drop; pong faults = skip or defer each pong,
+//! RFC 6455 or the dialect's own.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 use crate::frame::{self, FrameError};
-use crate::state::{Ctl, PongMode, Registration};
-use crate::stream::Stream;
-use crate::util::{deadline_after, lock, stopped};
+use crate::state::{Ctl, Order, PongMode, Registration};
+use crate::transport::Transport;
+use crate::util::{deadline_after, stopped};
 
 /// Read size. The read buffer exists only while there is input to read or parse: an idle
 /// socket holds none (it grows only while a bigger client frame is being received).
 const READ_CHUNK: usize = 4096;
 /// Stop pulling events while this many bytes wait to be written.
-const HIGH_WATER: usize = 16 * 1024;
+pub(crate) const HIGH_WATER: usize = 16 * 1024;
 /// Stop reading while this many bytes wait to be written (a client that floods pings and
 /// reads nothing cannot grow the queue without bound).
 const MAX_PENDING: usize = 1 << 20;
-/// Events copied out of the history per lock.
-const BATCH: usize = 256;
 /// How long a closing socket waits for the peer's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// Token refresh answers.
-const REFRESH_ACK: &str = r#"{"type":"token-refresh-ack"}"#;
-/// Token refresh refusal.
-const REFRESH_NACK: &str = r#"{"type":"token-refresh-nack","reason":"invalid_token"}"#;
 
-/// What the upgrade handler decided for a socket before answering 101.
-#[derive(Debug)]
-pub(crate) struct Setup {
-    /// The socket's registry entry (also its stream and the shared state).
-    pub reg: Registration,
-    /// Fault orders.
-    pub ctl: mpsc::UnboundedReceiver<Ctl>,
-    /// How pings are answered at first.
-    pub pong: PongMode,
-    /// The first event owed to the client.
-    pub next_seq: u64,
-    /// Wakes when the stream produces events.
-    pub latest: watch::Receiver<u64>,
-    /// When the socket's token expires.
-    pub token_expiry: Instant,
+/// What a dialect wants after handling something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Go on.
+    Continue,
+    /// Start the close handshake with this code and reason.
+    Close(u16, String),
+}
+
+/// One platform's behaviour on a socket: what it answers, what it sends unasked, and when.
+pub(crate) trait Dialect: Send + 'static {
+    /// A complete client text message.
+    fn on_text(&mut self, text: &str, wr: &mut Writer) -> Action;
+    /// The dialect's next deadline, if any (token expiry, heartbeat, channel end).
+    fn deadline(&self) -> Option<Instant>;
+    /// The deadline has passed.
+    fn on_deadline(&mut self, wr: &mut Writer) -> Action;
+    /// Resolves when there may be events to send; never resolves when there will be none.
+    fn wake(&mut self) -> impl Future<Output = ()> + Send;
+    /// Queue owed events while the writer has room.
+    fn fill(&mut self, wr: &mut Writer);
+    /// A platform order from the fault API or the platform's state.
+    fn on_order(&mut self, order: Order, wr: &mut Writer) -> Action;
+    /// A close fault is about to close the socket (last words, if the dialect has any).
+    fn on_fault_close(&mut self, _wr: &mut Writer) {}
+    /// An RFC 6455 ping arrived.
+    fn on_ping(&mut self) {}
+    /// For logs.
+    fn label(&self) -> &str;
+}
+
+/// The write side of a socket: whole frames waiting to go out, and the pong policy.
+pub(crate) struct Writer {
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    pong: PongMode,
+    /// Deferred pongs (due time, whole frame), in due order, and the timer for the first.
+    delayed: VecDeque<(Instant, Bytes)>,
+    pong_timer: Pin<Box<Sleep>>,
+    /// Counts the pongs actually queued.
+    pongs: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// An empty writer answering pongs as `pong` says, counting them in `pongs`.
+    pub fn new(pong: PongMode, pongs: Arc<AtomicU64>) -> Self {
+        Self {
+            out: VecDeque::new(),
+            out_len: 0,
+            pong,
+            delayed: VecDeque::new(),
+            pong_timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            pongs,
+        }
+    }
+
+    /// Queue whole frames.
+    pub fn push(&mut self, frames: Bytes) {
+        if frames.is_empty() {
+            return;
+        }
+        self.out_len += frames.len();
+        self.out.push_back(frames);
+    }
+
+    /// Queue a text frame.
+    pub fn text(&mut self, text: &str) {
+        self.push(frame::encode(frame::OP_TEXT, text.as_bytes()));
+    }
+
+    /// Whether there is room for more events.
+    pub fn has_room(&self) -> bool {
+        self.out_len < HIGH_WATER
+    }
+
+    /// Queue `frame`, a pong (RFC 6455 or a dialect's), as the pong mode says.
+    pub fn pong(&mut self, frame: Bytes) {
+        match self.pong {
+            PongMode::Answer => self.push_pong(frame),
+            PongMode::Stop => {}
+            PongMode::Delay(d) => {
+                let due = deadline_after(Instant::now(), d);
+                let at = self.delayed.partition_point(|(t, _)| *t <= due);
+                self.delayed.insert(at, (due, frame));
+                if at == 0 {
+                    self.pong_timer.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    fn push_pong(&mut self, frame: Bytes) {
+        self.pongs.fetch_add(1, Ordering::Relaxed);
+        self.push(frame);
+    }
+
+    /// Queue the deferred pongs that are due (all of them with `all`), and re-arm the timer.
+    fn release_pongs(&mut self, all: bool) {
+        let now = Instant::now();
+        while let Some((due, _)) = self.delayed.front() {
+            if !all && *due > now {
+                break;
+            }
+            if let Some((_, frame)) = self.delayed.pop_front() {
+                self.push_pong(frame);
+            }
+        }
+        if let Some((due, _)) = self.delayed.front() {
+            let due = *due;
+            self.pong_timer.as_mut().reset(due);
+        }
+    }
 }
 
 /// Wait for hyper to hand over the upgraded connection, then run the socket to its end.
-pub(crate) async fn serve(on_upgrade: OnUpgrade, setup: Setup) {
-    let stream = setup.reg.stream.name.clone();
-    let id = setup.reg.id;
+pub(crate) async fn serve<D: Dialect>(
+    on_upgrade: OnUpgrade,
+    reg: Registration,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
+    wr: Writer,
+    dialect: D,
+) {
+    let id = reg.id;
+    let label = dialect.label().to_string();
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
-            debug!(stream, conn = id, error = %e, "upgrade failed");
+            debug!(socket = %label, conn = id, error = %e, "upgrade failed");
             return;
         }
     };
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(p) => p,
-        Err(_) => {
-            warn!(stream, conn = id, "upgraded connection is not a TcpStream");
-            return;
-        }
+    let Some((io, read_buf)) = transport(upgraded) else {
+        warn!(socket = %label, conn = id, "upgraded connection is neither TCP nor TLS");
+        return;
     };
-    let rbuf = BytesMut::from(&parts.read_buf[..]);
-    let shared = setup.reg.shared.clone();
-    let now = Instant::now();
+    let shared = reg.shared.clone();
     let mut conn = Conn {
-        tcp: parts.io.into_inner(),
+        reg,
+        dialect,
+        io,
         max_frame: shared.cfg.max_frame,
         shutdown: shared.shutdown.subscribe(),
-        stream: setup.reg.stream.clone(),
-        reg: setup.reg,
-        rbuf,
-        out: VecDeque::new(),
-        out_len: 0,
-        next_seq: setup.next_seq,
-        latest: setup.latest,
-        latest_open: true,
-        ctl: setup.ctl,
-        pong: setup.pong,
-        delayed: VecDeque::new(),
-        pong_timer: Box::pin(tokio::time::sleep_until(now)),
+        rbuf: read_buf,
+        wr,
+        ctl,
         blackholed: false,
         closing: None,
+        close_at: None,
         input_broken: false,
-        timer: Box::pin(tokio::time::sleep_until(setup.token_expiry)),
-        expiry_armed: true,
+        timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+        timer_at: None,
         fragment: None,
-        scratch: String::new(),
-        ats: Vec::new(),
     };
-    debug!(stream, conn = id, from_seq = conn.next_seq, "socket open");
+    debug!(socket = %label, conn = id, "socket open");
     let reason = conn.run().await;
-    debug!(stream, conn = id, reason, "socket closed");
+    debug!(socket = %label, conn = id, reason, "socket closed");
+}
+
+/// The transport and the bytes hyper had read past the upgrade request.
+fn transport(upgraded: Upgraded) -> Option<(Transport, BytesMut)> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let buf = BytesMut::from(&parts.read_buf[..]);
+            return Some((Transport::Plain(parts.io.into_inner()), buf));
+        }
+        Err(u) => u,
+    };
+    let parts = upgraded
+        .downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
+        .ok()?;
+    let buf = BytesMut::from(&parts.read_buf[..]);
+    let (tcp, conn) = parts.io.into_inner().into_inner();
+    Some((Transport::tls(tcp, conn), buf))
 }
 
 /// How a closing socket ends.
@@ -131,41 +233,33 @@ enum Flow {
 }
 
 /// One socket's state.
-struct Conn {
+struct Conn<D: Dialect> {
     /// Dropped first, so the registry and counters are up to date before the peer sees EOF.
     reg: Registration,
-    tcp: TcpStream,
-    stream: Arc<Stream>,
+    /// Dropped second: it unhooks itself from the platform's state.
+    dialect: D,
+    io: Transport,
     max_frame: usize,
     shutdown: watch::Receiver<bool>,
     /// Bytes read and not yet parsed.
     rbuf: BytesMut,
-    /// Whole frames waiting to be written, and their total size.
-    out: VecDeque<Bytes>,
-    out_len: usize,
-    /// The next event owed to the client.
-    next_seq: u64,
-    latest: watch::Receiver<u64>,
-    latest_open: bool,
+    wr: Writer,
     ctl: mpsc::UnboundedReceiver<Ctl>,
-    pong: PongMode,
-    /// Deferred pongs (due time, payload), in due order, and the timer for the first.
-    delayed: VecDeque<(Instant, Bytes)>,
-    pong_timer: Pin<Box<Sleep>>,
     blackholed: bool,
     closing: Option<Closing>,
+    /// When a closing socket gives up waiting for the peer.
+    close_at: Option<Instant>,
     /// After a framing error the input cannot be parsed any more; it is discarded.
     input_broken: bool,
-    /// Token expiry, or the close deadline once closing.
+    /// The close deadline while closing, else the dialect's deadline; `timer_at` is where it
+    /// is set.
     timer: Pin<Box<Sleep>>,
-    expiry_armed: bool,
+    timer_at: Option<Instant>,
     /// A fragmented message being received: its opcode and the payload so far.
     fragment: Option<(u8, BytesMut)>,
-    scratch: String,
-    ats: Vec<u64>,
 }
 
-impl Conn {
+impl<D: Dialect> Conn<D> {
     /// The socket's event loop; returns why it ended.
     async fn run(&mut self) -> &'static str {
         // Frames the client sent right behind its upgrade request.
@@ -173,22 +267,39 @@ impl Conn {
             return why;
         }
         loop {
-            self.fill();
-            if self.closing == Some(Closing::Drain) && self.out.is_empty() {
+            if !self.blackholed && self.closing.is_none() {
+                self.dialect.fill(&mut self.wr);
+            }
+            if self.closing == Some(Closing::Drain)
+                && self.wr.out.is_empty()
+                && !self.io.wants_write()
+            {
+                self.io.close_notify();
                 return "closed by client";
             }
             let live = !self.blackholed;
-            let can_write = live && !self.out.is_empty();
-            let can_read = live && self.out_len < MAX_PENDING;
-            let want_events =
-                live && self.closing.is_none() && self.latest_open && self.out_len < HIGH_WATER;
-            let timer_on = live && (self.closing.is_some() || self.expiry_armed);
-            let pongs_due = live && self.closing.is_none() && !self.delayed.is_empty();
+            let can_write = live && (!self.wr.out.is_empty() || self.io.wants_write());
+            let can_read = live && self.wr.out_len < MAX_PENDING;
+            let want_events = live && self.closing.is_none() && self.wr.has_room();
+            let deadline = if self.closing.is_some() {
+                self.close_at
+            } else {
+                self.dialect.deadline()
+            };
+            let timer_on = live && deadline.is_some();
+            if let Some(at) = deadline
+                && self.timer_at != Some(at)
+            {
+                self.timer.as_mut().reset(at);
+                self.timer_at = Some(at);
+            }
+            let pongs_due = live && self.closing.is_none() && !self.wr.delayed.is_empty();
             let flow = tokio::select! {
                 biased;
                 () = stopped(&mut self.shutdown) => {
-                    self.push(frame::close(frame::CLOSE_GOING_AWAY, "emulator shutting down"));
+                    self.wr.push(frame::close(frame::CLOSE_GOING_AWAY, "emulator shutting down"));
                     let _ = self.flush();
+                    self.io.close_notify();
                     Flow::Done("shutdown")
                 }
                 ctl = self.ctl.recv() => match ctl {
@@ -197,40 +308,35 @@ impl Conn {
                 },
                 // Reads go first, so pings are answered promptly even during a long replay;
                 // what they queue is written at once where the socket takes it.
-                ready = self.tcp.readable(), if can_read => match ready {
+                ready = self.io.readable(), if can_read => match ready {
                     Ok(()) => match self.on_readable() {
                         Flow::Continue if self.flush().is_err() => Flow::Done("write error"),
                         flow => flow,
                     },
                     Err(_) => Flow::Done("read error"),
                 },
-                ready = self.tcp.writable(), if can_write => match ready.and_then(|()| self.flush()) {
+                ready = self.io.writable(), if can_write => match ready.and_then(|()| self.flush()) {
                     Ok(()) => Flow::Continue,
                     Err(_) => Flow::Done("write error"),
                 },
                 // A blackholed socket reads nothing, but still notices a reset from its peer
                 // (how the sidecar reaps), so the emulator does not keep dead sockets open.
-                _ = self.tcp.ready(Interest::ERROR), if self.blackholed => {
+                _ = self.io.error(), if self.blackholed => {
                     Flow::Done("peer reset while blackholed")
                 }
-                changed = self.latest.changed(), if want_events => {
-                    if changed.is_err() {
-                        self.latest_open = false;
-                    }
-                    Flow::Continue
-                }
+                () = self.dialect.wake(), if want_events => Flow::Continue,
                 () = self.timer.as_mut(), if timer_on => {
+                    self.timer_at = None;
                     if self.closing.is_some() {
                         Flow::Done("close timed out")
                     } else {
-                        self.expiry_armed = false;
-                        debug!(stream = self.stream.name, conn = self.reg.id, "token expired");
-                        self.start_close(frame::CLOSE_TOKEN_EXPIRED, "token expired");
+                        let action = self.dialect.on_deadline(&mut self.wr);
+                        self.act(action);
                         Flow::Continue
                     }
                 }
-                () = self.pong_timer.as_mut(), if pongs_due => {
-                    self.release_pongs(false);
+                () = self.wr.pong_timer.as_mut(), if pongs_due => {
+                    self.wr.release_pongs(false);
                     Flow::Continue
                 }
             };
@@ -240,90 +346,47 @@ impl Conn {
         }
     }
 
-    /// Copy owed events from the history into the write queue while it has room.
-    fn fill(&mut self) {
-        if self.ats.capacity() > 64 {
-            self.ats = Vec::new(); // after a replay batch: an idle socket keeps little
+    /// Carry out a dialect's wish.
+    fn act(&mut self, action: Action) {
+        if let Action::Close(code, reason) = action {
+            self.start_close(code, &reason);
         }
-        if self.blackholed || self.closing.is_some() {
-            return;
-        }
-        while self.out_len < HIGH_WATER {
-            let latest = *self.latest.borrow_and_update();
-            if self.next_seq > latest {
-                return;
-            }
-            let want = usize::try_from(latest - self.next_seq + 1)
-                .unwrap_or(usize::MAX)
-                .min(BATCH);
-            self.ats.clear();
-            let first = self.stream.read(self.next_seq, want, &mut self.ats);
-            if first > self.next_seq {
-                debug!(
-                    stream = self.stream.name,
-                    conn = self.reg.id,
-                    lost = first - self.next_seq,
-                    "client fell behind the history; events skipped"
-                );
-            }
-            if self.ats.is_empty() {
-                self.next_seq = first;
-                return;
-            }
-            let mut buf = BytesMut::with_capacity(self.ats.len() * 128);
-            for (i, at) in self.ats.iter().enumerate() {
-                self.stream
-                    .put_event(&mut buf, first + i as u64, *at, &mut self.scratch);
-            }
-            self.next_seq = first + self.ats.len() as u64;
-            self.push(buf.freeze());
-        }
-    }
-
-    /// Queue whole frames for writing.
-    fn push(&mut self, frames: Bytes) {
-        if frames.is_empty() {
-            return;
-        }
-        self.out_len += frames.len();
-        self.out.push_back(frames);
-    }
-
-    /// Queue a text frame.
-    fn push_text(&mut self, text: &str) {
-        self.push(frame::encode(frame::OP_TEXT, text.as_bytes()));
     }
 
     /// Write as much of the queue as the socket takes without blocking.
     fn flush(&mut self) -> io::Result<()> {
-        while !self.out.is_empty() {
+        let out = &mut self.wr;
+        while !out.out.is_empty() {
             let mut iov = [IoSlice::new(&[]); 16];
             let mut k = 0;
-            for (slot, chunk) in iov.iter_mut().zip(self.out.iter()) {
+            for (slot, chunk) in iov.iter_mut().zip(out.out.iter()) {
                 *slot = IoSlice::new(chunk);
                 k += 1;
             }
-            let mut n = match self.tcp.try_write_vectored(&iov[..k]) {
+            let mut n = match self.io.try_write_vectored(&iov[..k]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             };
-            self.out_len -= n;
+            out.out_len -= n;
             while n > 0 {
-                let Some(front) = self.out.front_mut() else {
+                let Some(front) = out.out.front_mut() else {
                     break;
                 };
                 if n >= front.len() {
                     n -= front.len();
-                    self.out.pop_front();
+                    out.out.pop_front();
                 } else {
                     front.advance(n);
                     n = 0;
                 }
             }
         }
-        Ok(())
+        match self.io.flush_pending() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Read what the socket has and act on every complete frame.
@@ -331,7 +394,7 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
         }
-        match self.tcp.try_read_buf(&mut self.rbuf) {
+        match self.io.try_read_buf(&mut self.rbuf) {
             Ok(0) => return Flow::Done("peer closed the connection"),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Continue,
@@ -360,7 +423,7 @@ impl Conn {
                 }
                 Err(FrameError::Protocol(why)) => {
                     debug!(
-                        stream = self.stream.name,
+                        socket = self.dialect.label(),
                         conn = self.reg.id,
                         why,
                         "protocol error"
@@ -392,7 +455,10 @@ impl Conn {
             return Flow::Continue;
         }
         match f.opcode {
-            frame::OP_PING => self.on_ping(f.payload),
+            frame::OP_PING => {
+                self.dialect.on_ping();
+                self.wr.pong(frame::encode(frame::OP_PONG, &f.payload));
+            }
             frame::OP_TEXT | frame::OP_BINARY => {
                 if self.fragment.is_some() {
                     self.break_input(
@@ -427,6 +493,7 @@ impl Conn {
     /// The peer's close frame: the end of our close handshake, or the start of theirs.
     fn on_close(&mut self, payload: &[u8]) -> Flow {
         if self.closing == Some(Closing::AwaitPeer) {
+            self.io.close_notify();
             return Flow::Done("close handshake done");
         }
         if self.closing.is_some() {
@@ -439,107 +506,27 @@ impl Conn {
             }
             _ => frame::close(frame::CLOSE_PROTOCOL, "bad close frame"),
         };
-        self.push(answer);
+        self.wr.push(answer);
         self.enter_closing(Closing::Drain);
         Flow::Continue
-    }
-
-    /// A client ping: answer it as the pong mode says.
-    fn on_ping(&mut self, payload: Bytes) {
-        self.stream.pings.fetch_add(1, Ordering::Relaxed);
-        match self.pong {
-            PongMode::Answer => self.push_pong(&payload),
-            PongMode::Stop => {}
-            PongMode::Delay(d) => {
-                let due = deadline_after(Instant::now(), d);
-                let at = self.delayed.partition_point(|(t, _)| *t <= due);
-                self.delayed.insert(at, (due, payload));
-                if at == 0 {
-                    self.pong_timer.as_mut().reset(due);
-                }
-            }
-        }
-    }
-
-    /// Queue a pong and count it.
-    fn push_pong(&mut self, payload: &[u8]) {
-        self.stream.pongs.fetch_add(1, Ordering::Relaxed);
-        self.push(frame::encode(frame::OP_PONG, payload));
-    }
-
-    /// Queue the deferred pongs that are due (all of them with `all`), and re-arm the timer.
-    fn release_pongs(&mut self, all: bool) {
-        let now = Instant::now();
-        while let Some((due, _)) = self.delayed.front() {
-            if !all && *due > now {
-                break;
-            }
-            if let Some((_, payload)) = self.delayed.pop_front() {
-                self.push_pong(&payload);
-            }
-        }
-        if let Some((due, _)) = self.delayed.front() {
-            let due = *due;
-            self.pong_timer.as_mut().reset(due);
-        }
     }
 
     /// A complete client message.
     fn on_message(&mut self, opcode: u8, payload: &[u8]) {
         if opcode == frame::OP_BINARY {
             debug!(
-                stream = self.stream.name,
+                socket = self.dialect.label(),
                 conn = self.reg.id,
                 "binary message ignored"
             );
             return;
         }
         match std::str::from_utf8(payload) {
-            Ok(text) => self.on_text(text),
+            Ok(text) => {
+                let action = self.dialect.on_text(text, &mut self.wr);
+                self.act(action);
+            }
             Err(_) => self.break_input(frame::CLOSE_BAD_DATA, "text is not UTF-8"),
-        }
-    }
-
-    /// A client text message: a token refresh, or something logged and ignored.
-    fn on_text(&mut self, text: &str) {
-        let msg: serde_json::Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(stream = self.stream.name, conn = self.reg.id, error = %e, "malformed client frame ignored");
-                return;
-            }
-        };
-        match msg.get("type").and_then(serde_json::Value::as_str) {
-            Some("token-refresh") => {
-                let expiry = msg
-                    .get("token")
-                    .and_then(serde_json::Value::as_str)
-                    .and_then(|t| lock(&self.reg.shared.tokens).valid(t));
-                match expiry {
-                    Some(expiry) => {
-                        self.stream.token_refreshes.fetch_add(1, Ordering::Relaxed);
-                        self.expiry_armed = true;
-                        self.timer.as_mut().reset(expiry);
-                        debug!(
-                            stream = self.stream.name,
-                            conn = self.reg.id,
-                            "token refreshed"
-                        );
-                        self.push_text(REFRESH_ACK);
-                    }
-                    None => {
-                        debug!(
-                            stream = self.stream.name,
-                            conn = self.reg.id,
-                            "token refresh refused"
-                        );
-                        self.push_text(REFRESH_NACK);
-                    }
-                }
-            }
-            other => {
-                warn!(stream = self.stream.name, conn = self.reg.id, kind = ?other, "client message of unknown type ignored");
-            }
         }
     }
 
@@ -549,29 +536,38 @@ impl Conn {
             Ctl::Blackhole => self.blackholed = true,
             Ctl::Heal => {
                 self.blackholed = false;
-                self.pong = PongMode::Answer;
-                self.release_pongs(true);
+                self.wr.pong = PongMode::Answer;
+                self.wr.release_pongs(true);
             }
             Ctl::Pongs(mode) => {
-                self.pong = mode;
+                self.wr.pong = mode;
                 match mode {
-                    PongMode::Answer => self.release_pongs(true),
-                    PongMode::Stop => self.delayed.clear(),
+                    PongMode::Answer => self.wr.release_pongs(true),
+                    PongMode::Stop => self.wr.delayed.clear(),
                     PongMode::Delay(_) => {}
                 }
             }
             Ctl::Reset => {
                 // SO_LINGER 0 makes the close below send RST instead of FIN.
-                let _ = socket2::SockRef::from(&self.tcp).set_linger(Some(Duration::ZERO));
+                self.io.set_reset();
                 return Flow::Done("reset by fault");
             }
             Ctl::Close(code, reason) => {
                 self.blackholed = false;
+                if self.closing.is_none() {
+                    self.dialect.on_fault_close(&mut self.wr);
+                }
                 self.start_close(code, &reason);
             }
             Ctl::Send(frames) => {
                 if self.closing.is_none() {
-                    self.push(frames);
+                    self.wr.push(frames);
+                }
+            }
+            Ctl::Order(order) => {
+                if self.closing.is_none() {
+                    let action = self.dialect.on_order(order, &mut self.wr);
+                    self.act(action);
                 }
             }
         }
@@ -583,7 +579,7 @@ impl Conn {
         if self.closing.is_some() {
             return;
         }
-        self.push(frame::close(code, reason));
+        self.wr.push(frame::close(code, reason));
         self.enter_closing(Closing::AwaitPeer);
     }
 
@@ -591,10 +587,8 @@ impl Conn {
     fn enter_closing(&mut self, how: Closing) {
         self.closing = Some(how);
         self.fragment = None;
-        self.delayed.clear();
-        self.timer
-            .as_mut()
-            .reset(deadline_after(Instant::now(), CLOSE_WAIT));
+        self.wr.delayed.clear();
+        self.close_at = Some(deadline_after(Instant::now(), CLOSE_WAIT));
     }
 }
 

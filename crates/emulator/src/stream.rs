@@ -7,16 +7,16 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::watch;
 
 use crate::frame;
 use crate::stats::StreamStats;
-use crate::util::{lock, stopped};
+use crate::util::{epoch_ms, json_escape, lock, stopped};
 
 /// One stream and its retained events.
 #[derive(Debug)]
@@ -31,8 +31,8 @@ pub(crate) struct Stream {
     latest: watch::Sender<u64>,
     /// Pings received from this stream's clients.
     pub pings: AtomicU64,
-    /// Pongs sent to this stream's clients.
-    pub pongs: AtomicU64,
+    /// Pongs sent to this stream's clients (shared with each socket's writer).
+    pub pongs: Arc<AtomicU64>,
     /// In-stream token refreshes acked.
     pub token_refreshes: AtomicU64,
     /// Sockets open on this stream.
@@ -56,8 +56,7 @@ impl History {
 impl Stream {
     /// A stream with no events yet that keeps at most `history` of them.
     pub fn new(name: &str, history: usize) -> Self {
-        let quoted = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
-        let escaped = quoted[1..quoted.len() - 1].to_string();
+        let escaped = json_escape(name);
         Self {
             name: name.to_string(),
             escaped,
@@ -68,7 +67,7 @@ impl Stream {
             }),
             latest: watch::channel(0).0,
             pings: AtomicU64::new(0),
-            pongs: AtomicU64::new(0),
+            pongs: Arc::default(),
             token_refreshes: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
         }
@@ -167,7 +166,7 @@ impl Stream {
 
 /// Produce one event on `stream` every `every` until `shutdown` turns true.
 pub(crate) async fn tick(
-    stream: std::sync::Arc<Stream>,
+    stream: Arc<Stream>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -181,13 +180,6 @@ pub(crate) async fn tick(
             () = stopped(&mut shutdown) => return,
         }
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Issued OAuth tokens: random opaque strings with their issue time and expiry.
+//! Issued tokens of every platform: random opaque strings with their platform, client, serial
+//! number and expiry, plus CXone refresh tokens.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,41 +11,194 @@ use tokio::time::Instant;
 
 use crate::util::deadline_after;
 
+/// Which platform a token was issued for; endpoints of one platform refuse the others'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Platform {
+    /// `POST /oauth/token` with the generic client.
+    Generic,
+    /// `POST /oauth/token` with a Genesys client.
+    Genesys,
+    /// CXone access-key or refresh grant.
+    Cxone,
+}
+
+impl Platform {
+    /// The name used in stats and faults.
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Generic => "generic",
+            Platform::Genesys => "genesys",
+            Platform::Cxone => "cxone",
+        }
+    }
+}
+
+/// What a valid token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenInfo {
+    /// Issue order, from 1, across platforms: what stats show instead of the token.
+    pub serial: u64,
+    /// The platform it belongs to.
+    pub platform: Platform,
+    /// The client id or access key id it was issued to.
+    pub client: String,
+    /// When it expires.
+    pub expires: Instant,
+}
+
+/// One issued access token.
+#[derive(Debug, Clone)]
+struct Issued {
+    info: TokenInfo,
+    revoked: bool,
+}
+
+/// One issued refresh token.
+#[derive(Debug, Clone)]
+struct Refresh {
+    client: String,
+    expires: Instant,
+    /// The access token issued with it (revoking that one revokes this one).
+    access: String,
+}
+
+/// Which tokens a fault hits.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TokenSelector {
+    /// Only this platform's.
+    pub platform: Option<Platform>,
+    /// Only this client's.
+    pub client: Option<String>,
+    /// Only this token.
+    pub token: Option<String>,
+}
+
 /// Every token issued and not yet pruned.
 #[derive(Debug, Default)]
 pub(crate) struct Tokens {
     by_token: HashMap<String, Issued>,
-    /// Size of the map after the last prune; the next prune runs when it has doubled.
+    refresh: HashMap<String, Refresh>,
+    next_serial: u64,
+    /// Size of the maps after the last prune; the next prune runs when one has doubled.
     pruned_at: usize,
 }
 
-/// When a token was issued and when it expires.
-#[derive(Debug, Clone, Copy)]
-struct Issued {
-    #[allow(dead_code)] // recorded for debugging; expiry is what the checks use
-    at: Instant,
-    expires: Instant,
+/// A fresh random token string.
+fn random_token() -> String {
+    URL_SAFE_NO_PAD.encode(rand::rng().random::<[u8; 24]>())
 }
 
 impl Tokens {
-    /// Issue a new token valid for `ttl`; returns it with its expiry.
+    /// Issue a generic token valid for `ttl`; returns it with its expiry.
+    #[cfg(test)]
     pub fn issue(&mut self, ttl: Duration) -> (String, Instant) {
-        let now = Instant::now();
-        if self.by_token.len() >= (2 * self.pruned_at).max(1024) {
-            self.by_token.retain(|_, t| t.expires > now);
-            self.pruned_at = self.by_token.len();
-        }
-        let token = URL_SAFE_NO_PAD.encode(rand::rng().random::<[u8; 24]>());
-        let expires = deadline_after(now, ttl);
-        self.by_token
-            .insert(token.clone(), Issued { at: now, expires });
-        (token, expires)
+        let (token, info) = self.issue_for(Platform::Generic, "", ttl);
+        (token, info.expires)
     }
 
-    /// The expiry of `token` if it was issued here and has not expired.
+    /// Issue a token of `platform` to `client`, valid for `ttl`.
+    pub fn issue_for(
+        &mut self,
+        platform: Platform,
+        client: &str,
+        ttl: Duration,
+    ) -> (String, TokenInfo) {
+        let now = Instant::now();
+        self.prune(now);
+        let token = random_token();
+        self.next_serial += 1;
+        let info = TokenInfo {
+            serial: self.next_serial,
+            platform,
+            client: client.to_string(),
+            expires: deadline_after(now, ttl),
+        };
+        self.by_token.insert(
+            token.clone(),
+            Issued {
+                info: info.clone(),
+                revoked: false,
+            },
+        );
+        (token, info)
+    }
+
+    /// Issue a refresh token for `client` that goes with `access`.
+    pub fn issue_refresh(&mut self, client: &str, access: &str, ttl: Duration) -> String {
+        let token = random_token();
+        self.refresh.insert(
+            token.clone(),
+            Refresh {
+                client: client.to_string(),
+                expires: deadline_after(Instant::now(), ttl),
+                access: access.to_string(),
+            },
+        );
+        token
+    }
+
+    /// The client of a live refresh token, without using it.
+    pub fn refresh_client(&self, token: &str) -> Option<String> {
+        let r = self.refresh.get(token)?;
+        (r.expires > Instant::now()).then(|| r.client.clone())
+    }
+
+    /// Use up a refresh token: the client it belongs to when it was live.
+    pub fn redeem_refresh(&mut self, token: &str) -> Option<String> {
+        let r = self.refresh.remove(token)?;
+        (r.expires > Instant::now()).then_some(r.client)
+    }
+
+    /// Drop expired entries when a map has doubled since the last prune.
+    fn prune(&mut self, now: Instant) {
+        let size = self.by_token.len().max(self.refresh.len());
+        if size >= (2 * self.pruned_at).max(1024) {
+            self.by_token
+                .retain(|_, t| t.info.expires > now && !t.revoked);
+            self.refresh.retain(|_, r| r.expires > now);
+            self.pruned_at = self.by_token.len().max(self.refresh.len());
+        }
+    }
+
+    /// The expiry of generic `token` if it was issued here and is live.
     pub fn valid(&self, token: &str) -> Option<Instant> {
+        self.check(token, Some(Platform::Generic))
+            .map(|i| i.expires)
+    }
+
+    /// `token` if it was issued here (for `platform`, when given) and is live.
+    pub fn check(&self, token: &str, platform: Option<Platform>) -> Option<TokenInfo> {
         let t = self.by_token.get(token)?;
-        (t.expires > Instant::now()).then_some(t.expires)
+        let live = !t.revoked && t.info.expires > Instant::now();
+        let right = platform.is_none_or(|p| p == t.info.platform);
+        (live && right).then(|| t.info.clone())
+    }
+
+    /// The serial of `token`, live or not (while it has not been pruned).
+    pub fn serial(&self, token: &str) -> Option<u64> {
+        self.by_token.get(token).map(|t| t.info.serial)
+    }
+
+    /// Make the selected live tokens expire now; with `revoke` also mark them revoked and drop
+    /// the refresh tokens issued with them. Returns how many were hit.
+    pub fn expire(&mut self, sel: &TokenSelector, revoke: bool) -> u64 {
+        let now = Instant::now();
+        let mut hit = Vec::new();
+        for (token, t) in &mut self.by_token {
+            let live = !t.revoked && t.info.expires > now;
+            let chosen = sel.platform.is_none_or(|p| p == t.info.platform)
+                && sel.client.as_deref().is_none_or(|c| c == t.info.client)
+                && sel.token.as_deref().is_none_or(|x| x == token);
+            if live && chosen {
+                t.info.expires = now;
+                t.revoked |= revoke;
+                hit.push(token.clone());
+            }
+        }
+        if revoke {
+            self.refresh.retain(|_, r| !hit.contains(&r.access));
+        }
+        hit.len() as u64
     }
 }
 
@@ -65,5 +219,45 @@ mod tests {
         assert!(tokens.valid(&b).is_some());
         let (_, far) = tokens.issue(Duration::MAX);
         assert!(far > Instant::now(), "a huge ttl saturates");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn platforms_are_kept_apart_and_serials_count_up() {
+        let mut tokens = Tokens::default();
+        let (g, gi) = tokens.issue_for(Platform::Genesys, "gc", Duration::from_secs(60));
+        let (c, ci) = tokens.issue_for(Platform::Cxone, "key", Duration::from_secs(60));
+        assert_eq!((gi.serial, ci.serial), (1, 2));
+        assert!(tokens.valid(&g).is_none(), "a genesys token is not generic");
+        assert!(tokens.check(&g, Some(Platform::Cxone)).is_none());
+        assert_eq!(
+            tokens.check(&c, Some(Platform::Cxone)).map(|i| i.client),
+            Some("key".to_string())
+        );
+        assert!(tokens.check(&g, None).is_some(), "any platform");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expire_and_revoke_hit_only_the_selected_tokens() {
+        let mut tokens = Tokens::default();
+        let (a, _) = tokens.issue_for(Platform::Cxone, "k1", Duration::from_secs(60));
+        let (b, _) = tokens.issue_for(Platform::Cxone, "k2", Duration::from_secs(60));
+        let ra = tokens.issue_refresh("k1", &a, Duration::from_secs(600));
+        let rb = tokens.issue_refresh("k2", &b, Duration::from_secs(600));
+        let sel = TokenSelector {
+            client: Some("k1".into()),
+            ..TokenSelector::default()
+        };
+        assert_eq!(tokens.expire(&sel, false), 1);
+        assert!(tokens.check(&a, None).is_none());
+        assert!(tokens.check(&b, None).is_some());
+        assert_eq!(tokens.expire(&sel, false), 0, "already expired");
+        let sel = TokenSelector {
+            token: Some(b.clone()),
+            ..TokenSelector::default()
+        };
+        assert_eq!(tokens.expire(&sel, true), 1);
+        assert_eq!(tokens.redeem_refresh(&rb), None, "revoked with its token");
+        assert_eq!(tokens.redeem_refresh(&ra).as_deref(), Some("k1"));
+        assert_eq!(tokens.redeem_refresh(&ra), None, "used up");
     }
 }
