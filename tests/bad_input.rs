@@ -8,7 +8,7 @@ use std::time::Duration;
 use streamkeeper_api::{DropReason, EventId, StreamId, app_protocol::AppFrame, config::LimitsSpec};
 use streamkeeper_e2e::{AckMode, App, FromServer, Harness, Options, event_seq, logs};
 use streamkeeper_emulator::{Fault, GarbageKind};
-use streamkeeper_sidecar::session::SessionEvent;
+use streamkeeper_sidecar::upstream::SessionEvent;
 use tokio_tungstenite::tungstenite::{
     Message,
     protocol::frame::{

@@ -8,7 +8,7 @@ use std::time::Duration;
 use streamkeeper_api::{DropReason, StreamState, app_protocol::AppFrame};
 use streamkeeper_e2e::{AckMode, App, FromServer, Harness, Options, event_seq};
 use streamkeeper_emulator::Fault;
-use streamkeeper_sidecar::session::SessionEvent;
+use streamkeeper_sidecar::upstream::SessionEvent;
 use tokio::time::Instant;
 
 /// The product's promise: DEAD within 250 ms of the deadline.

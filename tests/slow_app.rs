@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use streamkeeper_api::{StreamState, config::HeartbeatSpec};
 use streamkeeper_e2e::{AckMode, App, Harness, Options, app::raw_app, event_seq, metric_value};
-use streamkeeper_sidecar::session::SessionEvent;
+use streamkeeper_sidecar::upstream::SessionEvent;
 use tokio::time::Instant;
 
 /// Events emitted at once while the app does not read (about 250 KiB of frames).

@@ -11,13 +11,15 @@ use streamkeeper_api::{
 use streamkeeper_coord::MemoryStore;
 use streamkeeper_emulator::{Emulator, EmulatorConfig};
 use streamkeeper_sidecar::{
-    app_server::{self, AppServerConfig, HubDirectory},
-    hub::Hub,
+    app::{
+        Hub,
+        server::{self as app_server, AppServerConfig, HubDirectory},
+    },
+    auth::ClientCredentials,
     liveness::HeartbeatPolicy,
     metrics::Metrics,
-    runtime::Pod,
-    session::{Observer, StreamStatus},
-    token::ClientCredentials,
+    pod::Pod,
+    upstream::{Observer, StreamStatus},
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
@@ -109,6 +111,7 @@ pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> 
         platform: Platform::Generic,
         priority: 500,
         endpoints: Endpoints {
+            region: None,
             api: Some(base.clone()),
             login: Some(base),
             stream: Some(emu.stream_url(name).parse().expect("emulator stream URL")),

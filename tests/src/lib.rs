@@ -1,6 +1,6 @@
 //! Fixtures for streamkeeper's end-to-end tests: everything runs for real on loopback.
 //!
-//! * [`Harness`] starts the platform emulator, a sidecar [`Pod`](streamkeeper_sidecar::runtime::Pod)
+//! * [`Harness`] starts the platform emulator, a sidecar [`Pod`](streamkeeper_sidecar::pod::Pod)
 //!   with an in-process store, and its app server on `127.0.0.1:0`.
 //! * [`Recorder`] is the pod's observer: tests wait on session events with
 //!   [`Recorder::wait_for`] (a [`Notify`](tokio::sync::Notify), never a sleep).

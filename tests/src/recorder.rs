@@ -8,7 +8,7 @@ use std::{
 };
 
 use streamkeeper_api::{DropReason, StreamId, StreamState};
-use streamkeeper_sidecar::session::{Observer, SessionEvent};
+use streamkeeper_sidecar::upstream::{Observer, SessionEvent};
 use tokio::{sync::Notify, time::Instant};
 
 /// One recorded session event.
