@@ -18,6 +18,7 @@ use streamkeeper_sidecar::{
     auth::ClientCredentials,
     liveness::HeartbeatPolicy,
     metrics::Metrics,
+    net::ProxyPolicy,
     pod::Pod,
     upstream::{Observer, StreamStatus},
 };
@@ -129,6 +130,27 @@ pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> 
     }
 }
 
+/// How the pod and its app server run.
+#[derive(Debug, Clone)]
+pub struct Rig {
+    /// The app server's heartbeat.
+    pub app_heartbeat: HeartbeatSpec,
+    /// The app server's largest frame.
+    pub max_frame: usize,
+    /// The pod's proxy decision (REST and sockets).
+    pub proxy: ProxyPolicy,
+}
+
+impl Default for Rig {
+    fn default() -> Self {
+        Self {
+            app_heartbeat: Options::new(&[]).heartbeat,
+            max_frame: LimitsSpec::default().max_frame_bytes,
+            proxy: ProxyPolicy::direct(),
+        }
+    }
+}
+
 /// A running emulator, pod and app server. Dropping it stops the emulator and the app server
 /// too (without waiting: the stop channel closes);
 /// [`shutdown`](Harness::shutdown) stops them and waits.
@@ -161,9 +183,6 @@ impl std::fmt::Debug for Harness {
 impl Harness {
     /// Starts everything and applies the config; does not wait for the streams to connect.
     pub async fn start(opts: Options) -> Self {
-        crate::util::init_logs();
-        let dir = TempDir::new("harness");
-        let creds = dir.path().join("credentials");
         let emu_cfg = EmulatorConfig {
             streams: opts.streams.clone(),
             event_interval: opts.event_interval,
@@ -171,29 +190,57 @@ impl Harness {
             token_ttl: opts.token_ttl,
             ..EmulatorConfig::default()
         };
-        write_credentials(&emu_cfg, &creds);
-        let emu = Emulator::start(emu_cfg).await.expect("start the emulator");
+        let streams = opts.streams.clone();
+        let o = opts.clone();
+        Self::start_with(
+            emu_cfg,
+            Rig {
+                app_heartbeat: opts.app_heartbeat.unwrap_or(opts.heartbeat),
+                max_frame: opts.limits.max_frame_bytes,
+                proxy: ProxyPolicy::direct(),
+            },
+            move |emu, emu_cfg, dir| {
+                let creds = dir.join("credentials");
+                write_credentials(emu_cfg, &creds);
+                streams
+                    .iter()
+                    .map(|s| stream_spec(emu, s, &creds, &o))
+                    .collect()
+            },
+        )
+        .await
+    }
+
+    /// Starts an emulator with `emu_cfg`, a pod under `rig`, and the streams `specs` makes
+    /// (given the emulator, its config and a scratch directory for credentials).
+    pub async fn start_with(
+        emu_cfg: EmulatorConfig,
+        rig: Rig,
+        specs: impl FnOnce(&Emulator, &EmulatorConfig, &Path) -> Vec<StreamSpec>,
+    ) -> Self {
+        crate::util::init_logs();
+        let dir = TempDir::new("harness");
+        let emu = Emulator::start(emu_cfg.clone())
+            .await
+            .expect("start the emulator");
         let config = SidecarConfig {
             pod: None,
             listen: "127.0.0.1:0".parse().expect("addr"),
             admin: "127.0.0.1:1".parse().expect("addr"),
             redis: None,
             tenant_limits: Default::default(),
-            streams: opts
-                .streams
-                .iter()
-                .map(|s| stream_spec(&emu, s, &creds, &opts))
-                .collect(),
+            streams: specs(&emu, &emu_cfg, dir.path()),
         };
         config.validate().expect("the test config is valid");
 
         let recorder = Recorder::new();
         let metrics = Arc::new(Metrics::new());
-        let pod = Pod::new(
+        let pod = Pod::with_proxy(
             "e2e-pod".parse().expect("pod name"),
             Arc::new(MemoryStore::new()),
             Arc::clone(&metrics),
             Some(Arc::clone(&recorder) as Arc<dyn Observer>),
+            rig.proxy,
         );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -207,8 +254,8 @@ impl Harness {
             listener,
             Arc::clone(&pod) as Arc<dyn HubDirectory>,
             AppServerConfig {
-                max_frame: opts.limits.max_frame_bytes,
-                heartbeat: HeartbeatPolicy::from(opts.app_heartbeat.unwrap_or(opts.heartbeat)),
+                max_frame: rig.max_frame,
+                heartbeat: HeartbeatPolicy::from(rig.app_heartbeat),
             },
             until(stop_rx.clone()),
         ));
@@ -226,6 +273,11 @@ impl Harness {
             server: Some(server),
             _dir: dir,
         }
+    }
+
+    /// The scratch directory (credentials live under it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// The sidecar's id of emulator stream `name`.

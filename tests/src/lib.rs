@@ -25,6 +25,7 @@
 pub mod app;
 pub mod fleet;
 pub mod harness;
+pub mod platform;
 pub mod process;
 pub mod recorder;
 pub mod redis;
@@ -32,6 +33,6 @@ pub mod scenarios;
 pub mod util;
 
 pub use app::{AckMode, App, FromServer};
-pub use harness::{Harness, Options};
+pub use harness::{Harness, Options, Rig};
 pub use recorder::{Recorder, Seen};
 pub use util::{Logs, TempDir, event_seq, free_port, logs, metric_value};
