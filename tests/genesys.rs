@@ -209,7 +209,7 @@ async fn an_outage_is_exactly_one_gap_that_covers_it() {
     );
     // Every event the app never got was produced inside the gap.
     let times = &tally.seqs.values().next().expect("one topic");
-    for (_, seqs) in &missing {
+    for seqs in missing.values() {
         let (before, after) = (seqs[0] - 1, seqs[seqs.len() - 1] + 1);
         let (at_before, at_after) = (times[&before].1, times[&after].1);
         assert!(
