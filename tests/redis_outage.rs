@@ -1,40 +1,63 @@
-//! Redis killed for 30 s (SIGKILL: a crash, not a pause) and restarted empty on the same port,
-//! with an owner and a standby running: during the outage the stream keeps streaming on the
-//! same upstream socket (the app keeps receiving, the emulator keeps one socket, `/status`
-//! keeps the connection id) and `/metrics` reads `streamkeeper_redis_up 0`; after the restart
-//! the owner re-asserts its lease with its fence (the key is back in the empty Redis), `redis_up`
-//! reads 1 again, and at no sample are there two owners or two upstream sockets. Nothing acked
-//! is delivered twice and nothing is lost.
+//! Redis killed (SIGKILL: a crash, not a pause) and restarted empty on the same port, with an
+//! owner and a standby running (heartbeat 500 ms / 4 s, so a 4 s lease). The lease rule:
+//!
+//! * Down for less than the lease (1.5 s): invisible to the app. It never goes more than
+//!   1.5 s without an event, hears no `dropped`, the emulator sees no new socket, and the owner
+//!   re-asserts its lease with its own fence in the empty Redis; the standby stays a standby.
+//! * Down for longer than the lease (8 s): the owner cannot tell "Redis is down for everyone"
+//!   from "I alone am cut off", so at its lease deadline it stops: its app hears `dropped`
+//!   (owner_lost) and nothing more is forwarded. When Redis returns (empty) the owner
+//!   re-asserts and streams again within one lease TTL, resuming where its app stopped:
+//!   nothing lost (the platform replays), no acked id delivered again, never two owners.
 
 use std::time::Duration;
 
 use streamkeeper_e2e::{
     fleet::{Fleet, Ledger, Sampler, TENANT, Timers, owns, plain_metric, stream_id},
-    redis::{Monitor, RedisServer, ckpt_key, get, lease_key},
+    redis::{RedisServer, get, lease_key},
 };
 use tokio::time::{Instant, sleep};
 
-/// How long Redis stays down.
-const OUTAGE: Duration = Duration::from_secs(30);
-/// How soon `streamkeeper_redis_up` must follow Redis going away or coming back.
-const METRIC_BOUND: Duration = Duration::from_secs(3);
+/// The lease TTL (`heartbeat.timeout`).
+const TTL: Duration = Duration::from_secs(4);
 /// How soon the owner must have re-asserted its lease in the restarted Redis.
 const REASSERT_BOUND: Duration = Duration::from_secs(3);
-/// The longest the app may go without an event during the outage (one every 50 ms).
-const MAX_SILENCE: Duration = Duration::from_secs(1);
+/// The longest the app may go without an event around an outage shorter than the lease
+/// (one event every 50 ms upstream).
+const MAX_SILENCE: Duration = Duration::from_millis(1500);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_survive_a_30s_redis_outage_and_ownership_is_reasserted_in_an_empty_redis() {
-    let mut redis = RedisServer::start();
-    let name = "outage";
+/// The two scenarios each run a Redis and two sidecars: one at a time, so neither starves the
+/// other's timers on a small machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Setup {
+    redis: RedisServer,
+    fleet: Fleet,
+    ledger: std::sync::Arc<Ledger>,
+    taps: Vec<tokio::task::JoinHandle<()>>,
+    sampler: Sampler,
+    owner: usize,
+    standby: usize,
+    fence: u64,
+    connection: serde_json::Value,
+    lease: String,
+    id: String,
+}
+
+async fn setup(label: &str, name: &str) -> Setup {
+    let redis = RedisServer::start();
     let id = stream_id(name);
-    let (lease, ckpt) = (lease_key(TENANT, &id), ckpt_key(TENANT, &id));
+    let timers = Timers {
+        interval: Duration::from_millis(500),
+        timeout: TTL,
+        reconnect: Duration::from_millis(50),
+    };
     let mut fleet = Fleet::start(
-        "redis-outage",
+        label,
         redis.url(),
         &[name],
         Duration::from_millis(50),
-        Timers::default(),
+        timers,
     )
     .await;
     let ledger = Ledger::new();
@@ -47,232 +70,235 @@ async fn streams_survive_a_30s_redis_outage_and_ownership_is_reasserted_in_an_em
     let (owner, entry, _) = fleet
         .wait_owner(&[0, 1], name, Duration::from_secs(10))
         .await;
-    let standby = 1 - owner;
-    let owner_name = fleet.pods[owner].name.clone();
     let fence = entry["fence"].as_u64().expect("a fence");
     let connection = entry["connection"].clone();
-    assert!(connection.is_string(), "{entry}");
     assert!(
-        ledger.wait(Duration::from_secs(5), |d| d.len() >= 5).await,
+        ledger.wait(Duration::from_secs(5), |d| d.len() >= 10).await,
         "no events reached the apps\n{}",
         fleet.diagnostics()
     );
-    sleep(Duration::from_secs(2)).await;
-    let expected_lease = format!("{fence}:{owner_name}");
+    sleep(Duration::from_secs(1)).await;
+    let lease = lease_key(TENANT, &id);
     assert_eq!(
         get(redis.port, &lease),
-        Ok(Some(expected_lease.clone())),
+        Ok(Some(format!("{fence}:{}", fleet.pods[owner].name))),
         "the lease before the outage"
     );
-    for i in [owner, standby] {
-        let m = fleet.metrics(i).await.expect("metrics");
-        assert_eq!(
-            plain_metric(&m, "streamkeeper_redis_up"),
-            Some(1.0),
-            "pod-{i}"
-        );
+    Setup {
+        redis,
+        fleet,
+        ledger,
+        taps,
+        sampler,
+        owner,
+        standby: 1 - owner,
+        fence,
+        connection,
+        lease,
+        id,
     }
-    eprintln!(
-        "pod-{owner} owns {id} (fence {fence}) on {connection}; killing Redis for {OUTAGE:?}"
-    );
+}
 
-    // The outage.
-    let sockets_before = fleet.emu.stats().connections_total;
-    let down_at = Instant::now();
-    redis.stop();
-    let mut problems: Vec<String> = Vec::new();
-    let mut down_seen: [Option<Duration>; 2] = [None, None];
-    let mut checks = 0u32;
-    while down_at.elapsed() < OUTAGE {
-        sleep(Duration::from_millis(200)).await;
-        checks += 1;
-        let at = down_at.elapsed();
-        match fleet.status(owner).await {
-            Ok(doc) => {
-                let e = streamkeeper_e2e::process::stream_entry(&doc, &id).cloned();
-                let ok = e.as_ref().is_some_and(|e| {
-                    owns(e) && e["connection"] == connection && e["state"] == "ACTIVE"
-                });
-                if !ok {
-                    problems.push(format!("+{at:.1?}: the owner's entry changed: {e:?}"));
-                }
-            }
-            Err(e) => problems.push(format!("+{at:.1?}: the owner's /status: {e}")),
-        }
-        for (slot, i) in [owner, standby].into_iter().enumerate() {
-            let up = fleet
-                .metrics(i)
-                .await
-                .ok()
-                .and_then(|m| plain_metric(&m, "streamkeeper_redis_up"));
-            match (up.map(|v| v == 0.0), down_seen[slot]) {
-                (Some(true), None) => down_seen[slot] = Some(at),
-                (Some(false), Some(_)) => problems.push(format!(
-                    "+{at:.1?}: pod-{i} redis_up back to {up:?} while Redis is down"
-                )),
-                (None, _) => problems.push(format!("+{at:.1?}: pod-{i} /metrics unreadable")),
-                _ => {}
-            }
-        }
-    }
-    let outage_ended = Instant::now();
-
-    // Restart, empty, on the same port.
-    let marks: Vec<usize> = fleet.pods.iter().map(|p| p.proc.stderr.len()).collect();
-    redis.restart();
-    let up_at = Instant::now();
-    // What the pods ask first of the empty Redis (attached as soon as it answers PING).
-    let monitor = Monitor::start(redis.port).await;
-    let mut reasserted = None;
-    let mut up_seen: [Option<Duration>; 2] = [None, None];
-    while up_at.elapsed() < REASSERT_BOUND.max(METRIC_BOUND) {
-        if reasserted.is_none()
-            && get(redis.port, &lease).ok().flatten() == Some(expected_lease.clone())
-        {
-            reasserted = Some(up_at.elapsed());
-        }
-        for (slot, i) in [owner, standby].into_iter().enumerate() {
-            if up_seen[slot].is_none()
-                && fleet
-                    .metrics(i)
-                    .await
-                    .ok()
-                    .and_then(|m| plain_metric(&m, "streamkeeper_redis_up"))
-                    == Some(1.0)
-            {
-                up_seen[slot] = Some(up_at.elapsed());
-            }
-        }
-        if reasserted.is_some() && up_seen.iter().all(Option::is_some) {
-            break;
+/// Waits until the lease in Redis reads `expected`; how long after `from` it did.
+async fn wait_lease(s: &Setup, expected: &str, from: Instant) -> Option<Duration> {
+    let deadline = from + REASSERT_BOUND;
+    while Instant::now() < deadline {
+        if get(s.redis.port, &s.lease).ok().flatten().as_deref() == Some(expected) {
+            return Some(from.elapsed());
         }
         sleep(Duration::from_millis(20)).await;
     }
-    let lease_now = get(redis.port, &lease);
-    eprintln!(
-        "outage: {checks} checks over {:?}; redis_up 0 seen after {down_seen:?} (owner, standby); \
-         restarted empty: lease {expected_lease:?} back after {reasserted:?}, redis_up 1 after \
-         {up_seen:?}; lease now {lease_now:?}",
-        outage_ended - down_at
-    );
+    None
+}
 
-    // Afterwards: the same owner and socket; the standby stays a standby.
-    sleep(Duration::from_secs(3)).await;
-    let first_after: Vec<String> = monitor
-        .lines()
-        .into_iter()
-        .filter(|l| !l.contains("\"PING\"") && !l.contains("\"ping\""))
-        .take(12)
-        .map(|l| l.chars().take(220).collect())
-        .collect();
-    eprintln!(
-        "first commands in the restarted Redis:\n  {}",
-        first_after.join("\n  ")
-    );
-    for (i, p) in fleet.pods.iter().enumerate() {
-        let after: Vec<String> = p.proc.stderr.all().into_iter().skip(marks[i]).collect();
-        let skipped = after.len().saturating_sub(20);
-        eprintln!(
-            "{} after the restart ({skipped} lines skipped):\n  {}",
-            p.name,
-            after[skipped..].join("\n  ")
-        );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_shorter_than_the_lease_is_invisible_to_the_app() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let name = "short-outage";
+    let mut s = setup("redis-short-outage", name).await;
+    let expected = format!("{}:{}", s.fence, s.fleet.pods[s.owner].name);
+    let sockets_before = s.fleet.emu.stats().connections_total;
+    let outage = Duration::from_millis(1500);
+    let down_at = Instant::now();
+    s.redis.stop();
+    let mut owner_down_seen = false;
+    while down_at.elapsed() < outage {
+        let m = s.fleet.metrics(s.owner).await.unwrap_or_default();
+        owner_down_seen |= plain_metric(&m, "streamkeeper_redis_up") == Some(0.0);
+        sleep(Duration::from_millis(100)).await;
     }
-    let r = fleet.round(&[owner, standby], &id).await;
-    let new_sockets = fleet.emu.stats().connections_total - sockets_before;
-    let dropped = ledger.dropped();
-    let last = fleet.emitted(name);
+    s.redis.restart();
+    let up_at = Instant::now();
+    let reasserted = wait_lease(&s, &expected, up_at).await;
+    sleep(Duration::from_secs(2)).await;
+    let r = s.fleet.round(&[s.owner, s.standby], &s.id).await;
+    let last = s.fleet.emitted(name);
     assert!(
-        ledger
+        s.ledger
             .wait(Duration::from_secs(5), |d| d.iter().any(|x| x.seq >= last))
             .await,
-        "event {last} never reached an app; last delivered {}\n{}",
-        ledger.max_seq(),
-        fleet.diagnostics()
+        "event {last} never reached an app\n{}",
+        s.fleet.diagnostics()
     );
-    let ckpt_now = get(redis.port, &ckpt);
-    let samples = sampler.finish().await;
-    let report = ledger.check(last, None);
-    let deliveries = ledger.deliveries();
+    let samples = s.sampler.finish().await;
+    let report = s.ledger.check(last, None);
+    let deliveries = s.ledger.deliveries();
     let silence = deliveries
         .windows(2)
-        .filter(|w| w[1].at >= down_at && w[0].at <= outage_ended)
+        .filter(|w| w[1].at >= down_at && w[0].at <= up_at + Duration::from_secs(2))
         .map(|w| w[1].at - w[0].at)
         .max()
-        .unwrap_or(OUTAGE);
-    let during = deliveries
-        .iter()
-        .filter(|d| d.at >= down_at && d.at <= outage_ended)
-        .count();
+        .unwrap_or(outage);
+    let new_sockets = s.fleet.emu.stats().connections_total - sockets_before;
+    let dropped = s.ledger.dropped();
     eprintln!(
-        "{during} events delivered during the outage, longest silence {silence:?}; {} deliveries \
-         over ids {:?}; checkpoint after the restart {ckpt_now:?}; {} socket samples (max {} \
-         open), {} status rounds ({} straddled a change); new upstream sockets since the \
-         outage began: {new_sockets}; `dropped` frames: {}",
-        report.deliveries,
-        report.range,
-        samples.socket_samples,
-        samples.max_sockets,
-        samples.rounds,
-        samples.transient_double_owners,
-        dropped.len()
+        "Redis down {outage:?}: longest silence {silence:?}; lease {expected} re-asserted \
+         {reasserted:?} after the restart; {new_sockets} new upstream sockets; dropped {dropped:?}; \
+         owner saw redis_up 0: {owner_down_seen}"
     );
-
-    assert!(
-        problems.is_empty(),
-        "during the outage: {problems:#?}\n{}",
-        fleet.diagnostics()
-    );
-    // The connection id alone cannot tell (a pod's new session numbers its sockets from 1
-    // again): the emulator counts every socket it accepts, and the app hears every drop.
-    assert!(
-        new_sockets == 0 && dropped.is_empty(),
-        "the stream was interrupted around the outage: {new_sockets} new upstream sockets, \
-         `dropped` frames {:?}\n{}",
-        dropped
-            .iter()
-            .map(|(p, r, at)| (p, r, at.saturating_duration_since(up_at)))
-            .collect::<Vec<_>>(),
-        fleet.diagnostics()
-    );
-    for (slot, i) in [owner, standby].into_iter().enumerate() {
-        assert!(
-            down_seen[slot].is_some_and(|d| d <= METRIC_BOUND),
-            "pod-{i}: streamkeeper_redis_up 0 first seen {:?} into the outage (bound {METRIC_BOUND:?})",
-            down_seen[slot]
-        );
-        assert!(
-            up_seen[slot].is_some(),
-            "pod-{i}: streamkeeper_redis_up not 1 within {METRIC_BOUND:?} of the restart"
-        );
-    }
     assert!(
         silence <= MAX_SILENCE,
-        "the app went {silence:?} without an event during the outage\n{}",
-        fleet.diagnostics()
+        "the app went {silence:?} without an event\n{}",
+        s.fleet.diagnostics()
+    );
+    assert!(
+        dropped.is_empty() && new_sockets == 0,
+        "the outage reached the app: dropped {dropped:?}, {new_sockets} new upstream sockets\n{}",
+        s.fleet.diagnostics()
     );
     assert!(
         reasserted.is_some(),
-        "the owner did not re-assert its lease {expected_lease:?} within {REASSERT_BOUND:?} of the \
-         restart; lease now {lease_now:?}\n{}",
-        fleet.diagnostics()
+        "lease {expected} not re-asserted within {REASSERT_BOUND:?}; now {:?}\n{}",
+        get(s.redis.port, &s.lease),
+        s.fleet.diagnostics()
     );
+    assert!(owner_down_seen, "the owner never reported redis_up 0");
     let owner_after = r[0].1.clone().unwrap_or_default();
     assert!(
-        owns(&owner_after) && owner_after["connection"] == connection,
-        "after the restart pod-{owner} should still stream on {connection}: {owner_after}"
+        owns(&owner_after) && owner_after["connection"] == s.connection,
+        "pod-{} should still stream on {}: {owner_after}",
+        s.owner,
+        s.connection
     );
     assert!(
         r[1].1.as_ref().is_some_and(|e| !owns(e)),
         "the standby took the stream: {:?}",
         r[1].1
     );
+    s.fleet.assert_clean(&samples, &report);
+    for t in s.taps {
+        t.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_stops_the_stream_and_it_resumes_without_loss() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let name = "long-outage";
+    let mut s = setup("redis-long-outage", name).await;
+    let expected = format!("{}:{}", s.fence, s.fleet.pods[s.owner].name);
+    let outage = TTL * 2;
+    let down_at = Instant::now();
+    s.redis.stop();
+    // The owner stops at its lease deadline: its app hears `dropped` owner_lost.
+    let dropped_seen = {
+        let deadline = down_at + TTL + Duration::from_secs(2);
+        loop {
+            let d = s.ledger.dropped();
+            if let Some((_, _, at)) = d
+                .iter()
+                .find(|(p, r, at)| *p == s.owner && r == "owner_lost" && *at >= down_at)
+            {
+                break Some(*at - down_at);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let stopped = s
+        .ledger
+        .deliveries()
+        .iter()
+        .filter(|d| d.at >= down_at)
+        .map(|d| d.at)
+        .max();
+    sleep(outage.saturating_sub(down_at.elapsed())).await;
+    let during_late = s
+        .ledger
+        .deliveries()
+        .iter()
+        .filter(|d| d.at >= down_at + TTL)
+        .count();
+    s.redis.restart();
+    let up_at = Instant::now();
+    let reasserted = wait_lease(&s, &expected, up_at).await;
+    let resumed = s
+        .ledger
+        .wait(TTL + Duration::from_secs(2), |d| {
+            d.iter().any(|x| x.at >= up_at)
+        })
+        .await;
+    let first_after = s
+        .ledger
+        .deliveries()
+        .iter()
+        .filter(|d| d.at >= up_at)
+        .map(|d| d.at - up_at)
+        .min();
+    sleep(Duration::from_secs(2)).await;
+    let last = s.fleet.emitted(name);
     assert!(
-        matches!(ckpt_now, Ok(Some(_))),
-        "no checkpoint written after the restart: {ckpt_now:?}"
+        s.ledger
+            .wait(Duration::from_secs(5), |d| d.iter().any(|x| x.seq >= last))
+            .await,
+        "event {last} never reached an app; last delivered {}\n{}",
+        s.ledger.max_seq(),
+        s.fleet.diagnostics()
     );
-    fleet.assert_clean(&samples, &report);
-    for t in taps {
+    let r = s.fleet.round(&[s.owner, s.standby], &s.id).await;
+    let samples = s.sampler.finish().await;
+    let report = s.ledger.check(last, None);
+    eprintln!(
+        "Redis down {outage:?}: the owner's app heard dropped owner_lost {dropped_seen:?} in, its \
+         last event {:?} in; {during_late} events delivered past the lease; lease {expected} \
+         re-asserted {reasserted:?} after the restart; first event {first_after:?} after the \
+         restart; {} deliveries over {:?}, redelivered {:?}, lost {:?}",
+        stopped.map(|at| at - down_at),
+        report.deliveries,
+        report.range,
+        report.redelivered,
+        report.lost,
+    );
+    assert!(
+        dropped_seen.is_some_and(|d| d <= TTL),
+        "the owner's app did not hear `dropped` owner_lost within the lease: {:?}\n{}",
+        s.ledger.dropped(),
+        s.fleet.diagnostics()
+    );
+    assert_eq!(
+        during_late, 0,
+        "events reached an app after the lease ran out, with Redis down"
+    );
+    assert!(
+        resumed && first_after.is_some_and(|d| d <= TTL),
+        "the stream did not stream again within {TTL:?} of Redis's return: {first_after:?}\n{}",
+        s.fleet.diagnostics()
+    );
+    assert!(
+        reasserted.is_some(),
+        "lease {expected} not re-asserted; now {:?}\n{}",
+        get(s.redis.port, &s.lease),
+        s.fleet.diagnostics()
+    );
+    assert!(
+        r[0].1.as_ref().is_some_and(owns) && r[1].1.as_ref().is_some_and(|e| !owns(e)),
+        "the owner streams again and the standby stands by: {r:?}"
+    );
+    // Nothing lost, no acked id delivered again, never two owners or two sockets.
+    s.fleet.assert_clean(&samples, &report);
+    for t in s.taps {
         t.abort();
     }
 }

@@ -109,6 +109,11 @@ pub struct Fleet {
     pub timers: Timers,
     /// `tenantLimits.acme`, when set.
     pub tenant_limit: Option<u32>,
+    /// The tenant of a stream, by emulator stream name, where it is not [`TENANT`].
+    pub tenants: std::collections::HashMap<String, String>,
+    /// `checkpointWindow` of every pod (250 ms here: a SIGKILL redelivers at most what was
+    /// acked within it, well inside [`crate::scenarios::CHECKPOINT_LAG`]).
+    pub checkpoint_window: Duration,
     dir: TempDir,
     creds: PathBuf,
     ports: HashSet<u16>,
@@ -154,6 +159,8 @@ impl Fleet {
             admins: Arc::default(),
             timers,
             tenant_limit: None,
+            checkpoint_window: Duration::from_millis(250),
+            tenants: Default::default(),
             dir,
             creds,
             ports: HashSet::new(),
@@ -169,12 +176,20 @@ impl Fleet {
         }
     }
 
-    /// The config file of a pod running `streams`.
-    fn yaml(&self, name: &str, listen: SocketAddr, admin: SocketAddr, streams: &[&str]) -> String {
+    /// The config file of a pod running `streams` on the store at `redis_url`.
+    fn yaml(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        streams: &[&str],
+        redis_url: &str,
+    ) -> String {
         let base = self.emu.base_url();
         let mut y = format!(
-            "pod: {name}\nlisten: {listen}\nadmin: {admin}\nredis: \"{}\"\n",
-            self.redis_url
+            "pod: {name}\nlisten: {listen}\nadmin: {admin}\nredis: \"{redis_url}\"\n\
+             checkpointWindow: {}\n",
+            yaml_duration(self.checkpoint_window)
         );
         if let Some(n) = self.tenant_limit {
             y.push_str(&format!("tenantLimits: {{{TENANT}: {n}}}\n"));
@@ -182,13 +197,14 @@ impl Fleet {
         y.push_str("streams:\n");
         for s in streams {
             y.push_str(&format!(
-                "  - id: {id}\n    tenant: {TENANT}\n    platform: generic\n    \
+                "  - id: {id}\n    tenant: {tenant}\n    platform: generic\n    \
                  endpoints: {{api: \"{base}\", login: \"{base}\", stream: \"{url}\"}}\n    \
                  credentials: {{dir: \"{creds}\"}}\n    \
                  heartbeat: {{interval: {iv}, timeout: {to}}}\n    \
                  token: {{refreshLead: 120s, retry: 1s}}\n    \
                  reconnect: {{initial: {rc}, max: 1s}}\n",
                 id = stream_id(s),
+                tenant = self.tenants.get(*s).map_or(TENANT, String::as_str),
                 url = self.emu.stream_url(s),
                 creds = self.creds.display(),
                 iv = yaml_duration(self.timers.interval),
@@ -202,12 +218,22 @@ impl Fleet {
     /// Starts pod `pod-{n}` running `streams` and waits until its admin endpoint answers;
     /// returns its index.
     pub async fn add_pod(&mut self, streams: &[&str]) -> usize {
+        let url = self.redis_url.clone();
+        self.add_pod_via(streams, &url).await
+    }
+
+    /// [`Fleet::add_pod`], reaching the store at `redis_url` (e.g. through a [`crate::relay`]
+    /// that can cut this pod alone off Redis).
+    pub async fn add_pod_via(&mut self, streams: &[&str], redis_url: &str) -> usize {
         let i = self.pods.len();
         let name = format!("pod-{i}");
         let listen: SocketAddr = ([127, 0, 0, 1], self.port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], self.port()).into();
         let config = self.dir.path().join(format!("{name}.yaml"));
-        write_atomically(&config, &self.yaml(&name, listen, admin, streams));
+        write_atomically(
+            &config,
+            &self.yaml(&name, listen, admin, streams, redis_url),
+        );
         let proc = spawn(&config);
         self.pods.push(Sidecar {
             name,
@@ -405,6 +431,9 @@ pub struct Samples {
     pub max_sockets: usize,
     /// Snapshots with exactly the allowed number of sockets open.
     pub at_limit: u64,
+    /// The longest stretch during which more than one socket was open on the watched streams
+    /// (the upstream holding sockets of two pods at once).
+    pub longest_multi: Duration,
     /// `/status` rounds taken.
     pub rounds: u64,
     /// Rounds in which two pods said they owned the stream (a handover seen mid-way); a
@@ -455,6 +484,7 @@ impl Sampler {
             let shared = Arc::clone(&shared);
             let emu = Arc::clone(&fleet.emu);
             tasks.push(tokio::spawn(async move {
+                let mut multi_since: Option<Instant> = None;
                 while !shared.stop.load(Ordering::Relaxed) {
                     let stats = emu.stats();
                     let per: Vec<(String, usize)> = names
@@ -469,6 +499,13 @@ impl Sampler {
                         s.max_sockets = s.max_sockets.max(total);
                         if total == allowed {
                             s.at_limit += 1;
+                        }
+                        let now = Instant::now();
+                        if total > 1 {
+                            let since = *multi_since.get_or_insert(now);
+                            s.longest_multi = s.longest_multi.max(now - since);
+                        } else {
+                            multi_since = None;
                         }
                         if total > allowed {
                             let at = shared.started.elapsed();
@@ -580,6 +617,15 @@ struct LedgerState {
     ended: Vec<(usize, String, Instant)>,
 }
 
+/// What an app heard that ends its stream on its pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A `dropped` frame with this reason.
+    Dropped(String),
+    /// Its socket ended (a close frame, a reset, the end of the stream): why.
+    Ended(String),
+}
+
 /// Every event delivered to every app of one stream, across pods, with when.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -590,11 +636,21 @@ pub struct Ledger {
 /// A crash of the owner (SIGKILL or SIGSTOP): acks the app sent just before it may never have
 /// reached that pod, so those events come again from the next owner (at-least-once is all a
 /// crash allows). Only such ids may come twice: above the checkpoint the next owner resumed
-/// from, and acked within `lag` before the crash.
+/// from, first delivered by the crashed pod (before [`until`](Self::until)) and acked within
+/// `lag` before the crash, then once by another pod after it.
 #[derive(Debug, Clone, Copy)]
 pub struct Crash {
-    /// When the owner was killed or frozen.
+    /// The pod that was killed or frozen.
+    pub pod: usize,
+    /// When the owner was killed or frozen: taken just before the signal, so the pod may still
+    /// have handed events to its app in the moment `kill(1)` took to start.
     pub at: Instant,
+    /// The crashed pod can have sent nothing its app read after this: the instant its app's
+    /// socket ended (SIGKILL: every byte sent before the death is read before the end), or the
+    /// instant SIGCONT was sent (SIGSTOP: a stopped pod sends nothing, and a delivery after the
+    /// wake is one the woken pod must not make). Its app may read events after
+    /// [`at`](Self::at) that it sent before the signal took effect.
+    pub until: Instant,
     /// The sequence number of the checkpoint the next owner resumed from.
     pub checkpoint: u64,
     /// How far behind the app's acks the checkpoint may be.
@@ -610,6 +666,9 @@ pub struct LedgerReport {
     pub deliveries: usize,
     /// Ids delivered again although acked before (violations).
     pub redelivered: Vec<u64>,
+    /// Every delivery of the first few `redelivered` ids: (seq, [(pod, when, relative to the
+    /// crash or to the first delivery)]), for the failure message.
+    pub redelivered_detail: Vec<(u64, Vec<(usize, String)>)>,
     /// Ids delivered again because their ack was in flight at a crash (allowed, listed).
     pub in_flight: Vec<u64>,
     /// Ids never delivered (violations).
@@ -627,9 +686,10 @@ impl LedgerReport {
         if !self.redelivered.is_empty() {
             let _ = writeln!(
                 out,
-                "{} acked ids delivered again: {:?}",
+                "{} acked ids delivered again: {:?}; their deliveries (pod, when): {:?}",
                 self.redelivered.len(),
-                first_few(&self.redelivered)
+                first_few(&self.redelivered),
+                self.redelivered_detail
             );
         }
         if !self.lost.is_empty() {
@@ -730,16 +790,67 @@ impl Ledger {
 
     /// Waits until `pred` holds of the deliveries, at most `bound`; whether it did.
     pub async fn wait(&self, bound: Duration, pred: impl Fn(&[Delivery]) -> bool) -> bool {
+        self.wait_until(bound, |st| pred(&st.deliveries).then_some(()))
+            .await
+            .is_some()
+    }
+
+    /// Waits, at most `bound`, for the first thing pod `pod`'s app heard at or after `since`
+    /// that ends its stream there: a `dropped` frame or the end of its socket (whichever came
+    /// first), with when the app read it.
+    pub async fn wait_heard(
+        &self,
+        pod: usize,
+        since: Instant,
+        bound: Duration,
+    ) -> Option<(Heard, Instant)> {
+        self.wait_until(bound, |st| {
+            let dropped = st
+                .dropped
+                .iter()
+                .find(|(p, _, at)| *p == pod && *at >= since)
+                .map(|(_, reason, at)| (Heard::Dropped(reason.clone()), *at));
+            let ended = st
+                .ended
+                .iter()
+                .find(|(p, _, at)| *p == pod && *at >= since)
+                .map(|(_, why, at)| (Heard::Ended(why.clone()), *at));
+            match (dropped, ended) {
+                (Some(d), Some(e)) => Some(if d.1 <= e.1 { d } else { e }),
+                (d, e) => d.or(e),
+            }
+        })
+        .await
+    }
+
+    /// Waits, at most `bound`, until pod `pod`'s app socket ended at or after `since`; when
+    /// the app saw it end (after every frame the pod sent before).
+    pub async fn wait_ended(&self, pod: usize, since: Instant, bound: Duration) -> Option<Instant> {
+        self.wait_until(bound, |st| {
+            st.ended
+                .iter()
+                .find(|(p, _, at)| *p == pod && *at >= since)
+                .map(|(_, _, at)| *at)
+        })
+        .await
+    }
+
+    /// Waits, at most `bound`, until `f` finds something in the ledger.
+    async fn wait_until<T>(
+        &self,
+        bound: Duration,
+        f: impl Fn(&LedgerState) -> Option<T>,
+    ) -> Option<T> {
         let deadline = Instant::now() + bound;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if pred(&lock(&self.state).deliveries) {
-                return true;
+            if let Some(hit) = f(&lock(&self.state)) {
+                return Some(hit);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return false;
+                return f(&lock(&self.state));
             }
         }
     }
@@ -761,26 +872,46 @@ impl Ledger {
             ..LedgerReport::default()
         };
         report.lost = (first..=last).filter(|s| !by_seq.contains_key(s)).collect();
+        let origin = crash.map_or(
+            st.deliveries.first().map_or_else(Instant::now, |d| d.at),
+            |c| c.at,
+        );
         for (seq, ds) in &by_seq {
             if ds.len() < 2 {
                 continue;
             }
             let explained = crash.is_some_and(|c| {
-                let first_at = ds[0].at;
+                let (first, again) = (ds[0], ds[1]);
                 ds.len() == 2
                     && *seq > c.checkpoint
-                    && first_at <= c.at
-                    && c.at.saturating_duration_since(first_at) <= c.lag
-                    && ds[1].at > c.at
-                    && ds[1].pod != ds[0].pod
+                    && first.pod == c.pod
+                    && first.at <= c.until
+                    && c.at.saturating_duration_since(first.at) <= c.lag
+                    && again.pod != c.pod
+                    && again.at > c.at
             });
             if explained {
                 report.in_flight.push(*seq);
             } else {
                 report.redelivered.push(*seq);
+                if report.redelivered_detail.len() < 5 {
+                    let when = ds
+                        .iter()
+                        .map(|d| (d.pod, signed_ms(d.at, origin)))
+                        .collect();
+                    report.redelivered_detail.push((*seq, when));
+                }
             }
         }
         report
+    }
+}
+
+/// `at` relative to `origin`, in milliseconds with a sign (`+12ms`, `-3ms`).
+fn signed_ms(at: Instant, origin: Instant) -> String {
+    match at.checked_duration_since(origin) {
+        Some(d) => format!("+{}ms", d.as_millis()),
+        None => format!("-{}ms", (origin - at).as_millis()),
     }
 }
 
@@ -809,14 +940,15 @@ mod tests {
     #[test]
     fn the_ledger_finds_losses_and_redeliveries_and_excuses_only_acks_in_flight_at_a_crash() {
         let base = Instant::now();
-        // Pod 0 delivers 1..=5, crashes at 500 ms having checkpointed 3; pod 1 resumes after 3.
+        // Pod 0 delivers 1..=5 (5 read by its app after the signal was sent, as bytes sent before
+        // the signal took effect), crashes at 500 ms having checkpointed 3; pod 1 resumes after 3.
         let l = ledger(
             &[
                 (1, 0, 100),
                 (2, 0, 200),
                 (3, 0, 300),
                 (4, 0, 400),
-                (5, 0, 450),
+                (5, 0, 520),
                 (4, 1, 1600),
                 (5, 1, 1650),
                 (6, 1, 1700),
@@ -824,7 +956,9 @@ mod tests {
             base,
         );
         let crash = Crash {
+            pod: 0,
             at: base + Duration::from_millis(500),
+            until: base + Duration::from_millis(600),
             checkpoint: 3,
             lag: Duration::from_secs(1),
         };
@@ -843,6 +977,20 @@ mod tests {
             ..crash
         };
         assert_eq!(l.check(6, Some(stale)).redelivered, vec![4]);
+        // A delivery by the crashed pod after it can have sent anything (a woken pod that kept
+        // streaming), or a crash of the other pod, explains nothing.
+        let woke_early = Crash {
+            until: base + Duration::from_millis(510),
+            ..crash
+        };
+        assert_eq!(l.check(6, Some(woke_early)).redelivered, vec![5]);
+        let other = Crash { pod: 1, ..crash };
+        let r = l.check(6, Some(other));
+        assert_eq!(r.redelivered, vec![4, 5]);
+        assert_eq!(
+            r.redelivered_detail[0].1,
+            [(0, "-100ms".into()), (1, "+1100ms".into())]
+        );
         // Ids never delivered up to the last emitted are lost.
         assert_eq!(l.check(8, None).lost, vec![7, 8]);
     }

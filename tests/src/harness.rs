@@ -105,7 +105,20 @@ pub fn write_credentials(emu_cfg: &EmulatorConfig, dir: &Path) {
 
 /// The spec of stream `name` against `emu`, with credentials in `creds`.
 pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> StreamSpec {
-    let base: url::Url = emu.base_url().parse().expect("emulator base URL");
+    stream_spec_at(&emu.base_url(), &emu.stream_url(name), name, creds, opts)
+}
+
+/// The spec of stream `name` against a platform whose token and API endpoints are at `base`
+/// and whose socket is at `stream_url` (an emulator anywhere: in this process, another one, a
+/// network namespace), with credentials in `creds`.
+pub fn stream_spec_at(
+    base: &str,
+    stream_url: &str,
+    name: &str,
+    creds: &Path,
+    opts: &Options,
+) -> StreamSpec {
+    let base: url::Url = base.parse().expect("emulator base URL");
     StreamSpec {
         id: stream_id(name),
         tenant: "acme".parse().expect("tenant"),
@@ -115,7 +128,7 @@ pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> 
             region: None,
             api: Some(base.clone()),
             login: Some(base),
-            stream: Some(emu.stream_url(name).parse().expect("emulator stream URL")),
+            stream: Some(stream_url.parse().expect("emulator stream URL")),
         },
         credentials: Credentials {
             dir: Some(creds.to_path_buf()),
@@ -130,33 +143,40 @@ pub fn stream_spec(emu: &Emulator, name: &str, creds: &Path, opts: &Options) -> 
     }
 }
 
-/// How the pod and its app server run.
+/// How the pod and its app server run, whatever the streams are.
 #[derive(Debug, Clone)]
 pub struct Rig {
     /// The app server's heartbeat.
     pub app_heartbeat: HeartbeatSpec,
     /// The app server's largest frame.
     pub max_frame: usize,
-    /// The pod's proxy decision (REST and sockets).
+    /// The pod's proxy decision (REST and sockets); direct by default, so a proxy in the
+    /// test machine's environment never changes a test.
     pub proxy: ProxyPolicy,
 }
 
 impl Default for Rig {
     fn default() -> Self {
+        Self::from(&Options::new(&[]))
+    }
+}
+
+impl From<&Options> for Rig {
+    /// The app server of [`Options`]: its heartbeat (`app_heartbeat`, else the upstream one)
+    /// and `limits.max_frame_bytes`.
+    fn from(opts: &Options) -> Self {
         Self {
-            app_heartbeat: Options::new(&[]).heartbeat,
-            max_frame: LimitsSpec::default().max_frame_bytes,
+            app_heartbeat: opts.app_heartbeat.unwrap_or(opts.heartbeat),
+            max_frame: opts.limits.max_frame_bytes,
             proxy: ProxyPolicy::direct(),
         }
     }
 }
 
-/// A running emulator, pod and app server. Dropping it stops the emulator and the app server
-/// too (without waiting: the stop channel closes);
-/// [`shutdown`](Harness::shutdown) stops them and waits.
-pub struct Harness {
-    /// The platform emulator.
-    pub emu: Emulator,
+/// A sidecar pod with an in-process store and its app server on loopback, against whatever
+/// platform its streams name. Dropping it stops the app server too (without waiting: the stop
+/// channel closes); [`shutdown`](LocalPod::shutdown) stops both and waits.
+pub struct LocalPod {
     /// The sidecar pod.
     pub pod: Arc<Pod>,
     /// The pod's metrics.
@@ -169,67 +189,30 @@ pub struct Harness {
     pub config: SidecarConfig,
     stop: watch::Sender<bool>,
     server: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: TempDir,
 }
 
-impl std::fmt::Debug for Harness {
+impl std::fmt::Debug for LocalPod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Harness")
+        f.debug_struct("LocalPod")
             .field("app_addr", &self.app_addr)
             .finish_non_exhaustive()
     }
 }
 
-impl Harness {
-    /// Starts everything and applies the config; does not wait for the streams to connect.
-    pub async fn start(opts: Options) -> Self {
-        let emu_cfg = EmulatorConfig {
-            streams: opts.streams.clone(),
-            event_interval: opts.event_interval,
-            history: opts.history,
-            token_ttl: opts.token_ttl,
-            ..EmulatorConfig::default()
-        };
-        let streams = opts.streams.clone();
-        let o = opts.clone();
-        Self::start_with(
-            emu_cfg,
-            Rig {
-                app_heartbeat: opts.app_heartbeat.unwrap_or(opts.heartbeat),
-                max_frame: opts.limits.max_frame_bytes,
-                proxy: ProxyPolicy::direct(),
-            },
-            move |emu, emu_cfg, dir| {
-                let creds = dir.join("credentials");
-                write_credentials(emu_cfg, &creds);
-                streams
-                    .iter()
-                    .map(|s| stream_spec(emu, s, &creds, &o))
-                    .collect()
-            },
-        )
-        .await
-    }
-
-    /// Starts an emulator with `emu_cfg`, a pod under `rig`, and the streams `specs` makes
-    /// (given the emulator, its config and a scratch directory for credentials).
-    pub async fn start_with(
-        emu_cfg: EmulatorConfig,
-        rig: Rig,
-        specs: impl FnOnce(&Emulator, &EmulatorConfig, &Path) -> Vec<StreamSpec>,
-    ) -> Self {
+impl LocalPod {
+    /// Starts the pod and its app server under `rig` and applies a config of `streams`; does
+    /// not wait for the streams to connect. The one way every test starts an in-process pod.
+    pub async fn start(streams: Vec<StreamSpec>, rig: &Rig) -> Self {
         crate::util::init_logs();
-        let dir = TempDir::new("harness");
-        let emu = Emulator::start(emu_cfg.clone())
-            .await
-            .expect("start the emulator");
         let config = SidecarConfig {
             pod: None,
             listen: "127.0.0.1:0".parse().expect("addr"),
             admin: "127.0.0.1:1".parse().expect("addr"),
             redis: None,
             tenant_limits: Default::default(),
-            streams: specs(&emu, &emu_cfg, dir.path()),
+            checkpoint_window: streamkeeper_api::config::DEFAULT_CHECKPOINT_WINDOW,
+            max_app_connections: streamkeeper_api::config::DEFAULT_MAX_APP_CONNECTIONS,
+            streams,
         };
         config.validate().expect("the test config is valid");
 
@@ -240,7 +223,7 @@ impl Harness {
             Arc::new(MemoryStore::new()),
             Arc::clone(&metrics),
             Some(Arc::clone(&recorder) as Arc<dyn Observer>),
-            rig.proxy,
+            rig.proxy.clone(),
         );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -256,6 +239,7 @@ impl Harness {
             AppServerConfig {
                 max_frame: rig.max_frame,
                 heartbeat: HeartbeatPolicy::from(rig.app_heartbeat),
+                ..AppServerConfig::default()
             },
             until(stop_rx.clone()),
         ));
@@ -263,7 +247,6 @@ impl Harness {
         drop(pod.spawn_loops(until(stop_rx)));
         pod.apply(&config).expect("the pod accepts the test config");
         Self {
-            emu,
             pod,
             metrics,
             recorder,
@@ -271,18 +254,7 @@ impl Harness {
             config,
             stop,
             server: Some(server),
-            _dir: dir,
         }
-    }
-
-    /// The scratch directory (credentials live under it).
-    pub fn dir(&self) -> &Path {
-        self._dir.path()
-    }
-
-    /// The sidecar's id of emulator stream `name`.
-    pub fn stream_id(&self, name: &str) -> StreamId {
-        stream_id(name)
     }
 
     /// The stream's hub (its unacked events, acks).
@@ -320,14 +292,101 @@ impl Harness {
             .await;
     }
 
-    /// Stops the pod (streams, then leases), the app server and the emulator, and waits.
+    /// Stops the pod (streams, then leases) and the app server, and waits.
     pub async fn shutdown(mut self) {
         self.pod.shutdown(Duration::from_secs(3)).await;
         self.stop.send_replace(true);
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
-        let Self { emu, .. } = self;
+    }
+}
+
+/// A running emulator, pod and app server. The pod's fields and methods ([`LocalPod`]) are
+/// reached through it (`h.recorder`, `h.status(&id)`). Dropping it stops the emulator and the
+/// app server too (without waiting); [`shutdown`](Harness::shutdown) stops them and waits.
+pub struct Harness {
+    /// The platform emulator.
+    pub emu: Emulator,
+    local: LocalPod,
+    _dir: TempDir,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("app_addr", &self.local.app_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Harness {
+    type Target = LocalPod;
+
+    fn deref(&self) -> &LocalPod {
+        &self.local
+    }
+}
+
+impl Harness {
+    /// Starts a `generic` emulator with `opts.streams` and a pod running them; does not wait
+    /// for the streams to connect.
+    pub async fn start(opts: Options) -> Self {
+        let emu_cfg = EmulatorConfig {
+            streams: opts.streams.clone(),
+            event_interval: opts.event_interval,
+            history: opts.history,
+            token_ttl: opts.token_ttl,
+            ..EmulatorConfig::default()
+        };
+        let rig = Rig::from(&opts);
+        Self::start_with(emu_cfg, rig, move |emu, emu_cfg, dir| {
+            let creds = dir.join("credentials");
+            write_credentials(emu_cfg, &creds);
+            opts.streams
+                .iter()
+                .map(|s| stream_spec(emu, s, &creds, &opts))
+                .collect()
+        })
+        .await
+    }
+
+    /// Starts an emulator with `emu_cfg` and a [`LocalPod`] under `rig` running the streams
+    /// `specs` makes (given the emulator, its config and a scratch directory for credentials):
+    /// any platform, any number of streams.
+    pub async fn start_with(
+        emu_cfg: EmulatorConfig,
+        rig: Rig,
+        specs: impl FnOnce(&Emulator, &EmulatorConfig, &Path) -> Vec<StreamSpec>,
+    ) -> Self {
+        crate::util::init_logs();
+        let dir = TempDir::new("harness");
+        let emu = Emulator::start(emu_cfg.clone())
+            .await
+            .expect("start the emulator");
+        let streams = specs(&emu, &emu_cfg, dir.path());
+        let local = LocalPod::start(streams, &rig).await;
+        Self {
+            emu,
+            local,
+            _dir: dir,
+        }
+    }
+
+    /// The scratch directory (credentials live under it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// The sidecar's id of emulator stream `name`.
+    pub fn stream_id(&self, name: &str) -> StreamId {
+        stream_id(name)
+    }
+
+    /// Stops the pod (streams, then leases), the app server and the emulator, and waits.
+    pub async fn shutdown(self) {
+        let Self { emu, local, .. } = self;
+        local.shutdown().await;
         emu.shutdown().await;
     }
 }

@@ -1,12 +1,19 @@
 //! Fixtures for streamkeeper's end-to-end tests: everything runs for real on loopback.
 //!
-//! * [`Harness`] starts the platform emulator, a sidecar [`Pod`](streamkeeper_sidecar::pod::Pod)
-//!   with an in-process store, and its app server on `127.0.0.1:0`.
+//! * [`LocalPod`] is a sidecar [`Pod`](streamkeeper_sidecar::pod::Pod) with an in-process
+//!   store and its app server on `127.0.0.1:0`, run under a [`Rig`] (app heartbeat, frame
+//!   limit, proxy) against whatever platform its streams name: the one way a test starts a pod
+//!   in this process.
+//! * [`Harness`] is an emulator plus a [`LocalPod`]: [`Harness::start`] for `generic` streams
+//!   from [`Options`], [`Harness::start_with`] for any emulator config and stream specs
+//!   (genesys, cxone, [`platform`] builds them).
 //! * [`Recorder`] is the pod's observer: tests wait on session events with
 //!   [`Recorder::wait_for`] (a [`Notify`](tokio::sync::Notify), never a sleep).
 //! * [`App`] is a local app client that reads [`AppFrame`](streamkeeper_api::app_protocol::AppFrame)s
 //!   in the background (answering the sidecar's pings) and acks on request or automatically.
 //! * [`process`] finds and runs the `streamkeeper` binary for process-level tests.
+//! * [`netns`] puts the platform in a network namespace behind a veth pair, to cut the path at
+//!   the kernel (an nftables drop: no ACK, no RST, no FIN) and heal it (needs root).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -25,14 +32,16 @@
 pub mod app;
 pub mod fleet;
 pub mod harness;
+pub mod netns;
 pub mod platform;
 pub mod process;
 pub mod recorder;
 pub mod redis;
+pub mod relay;
 pub mod scenarios;
 pub mod util;
 
 pub use app::{AckMode, App, FromServer};
-pub use harness::{Harness, Options, Rig};
+pub use harness::{Harness, LocalPod, Options, Rig};
 pub use recorder::{Recorder, Seen};
 pub use util::{Logs, TempDir, event_seq, free_port, logs, metric_value};

@@ -132,8 +132,22 @@ pub struct Running {
 impl Running {
     /// Starts the binary with `args`, `STREAMKEEPER_LOG` = `log`, stderr captured.
     pub fn spawn(args: &[&str], log: &str) -> Self {
+        Self::spawn_under(&[], args, log)
+    }
+
+    /// Like [`spawn`](Self::spawn), with the binary run by `wrapper` (a program and its
+    /// arguments, e.g. `ip netns exec NAME`); an empty `wrapper` runs it directly.
+    pub fn spawn_under(wrapper: &[&str], args: &[&str], log: &str) -> Self {
         let bin = binary();
-        let mut child = Command::new(&bin)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = command
             .args(args)
             .env("STREAMKEEPER_LOG", log)
             .env("NO_COLOR", "1")
@@ -142,7 +156,7 @@ impl Running {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("cannot run {wrapper:?} {}: {e}", bin.display()));
         let stderr = Arc::new(Lines::default());
         if let Some(pipe) = child.stderr.take() {
             let lines = Arc::clone(&stderr);

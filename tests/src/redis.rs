@@ -122,13 +122,14 @@ fn parse_quoted(s: &str) -> Option<Vec<String>> {
 /// A write to a stream's lease or checkpoint key, in the order Redis executed it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyWrite {
-    /// The lease string was set (`{fence}:{owner}`, `...:released` for a handover).
+    /// The lease string was set (`{fence}:{owner}`, `...:released` for a handover,
+    /// `...:removed` for a removed stream).
     Lease {
         /// The fence written.
         fence: u64,
         /// The owner written.
         owner: String,
-        /// A release tombstone.
+        /// A release (or removal) tombstone.
         released: bool,
     },
     /// The checkpoint was set by a script called with `fence` for this stream.
@@ -272,7 +273,7 @@ impl Drop for Monitor {
 
 /// The writes to `lease` and `ckpt` in MONITOR `lines`, in execution order. A checkpoint write
 /// (a script's `MSET`/`SET` of `ckpt`) is attributed to the script call just before it, whose
-/// key/argument pairs (lease, ckpt) / (fence, id) carry the fence.
+/// key/argument triples (lease, ckpt, guard) / (fence, seq, id) carry the fence.
 pub fn history(lines: &[String], lease: &str, ckpt: &str) -> Vec<KeyWrite> {
     let mut out = Vec::new();
     // The last client command if it was a script call: (client, fence of our stream).
@@ -306,7 +307,7 @@ pub fn history(lines: &[String], lease: &str, ckpt: &str) -> Vec<KeyWrite> {
                     let mut parts = v.splitn(3, ':');
                     let fence = parts.next().and_then(|f| f.parse().ok()).unwrap_or(0);
                     let owner = parts.next().unwrap_or_default().to_owned();
-                    let released = parts.next() == Some("released");
+                    let released = matches!(parts.next(), Some("released" | "removed"));
                     out.push(KeyWrite::Lease {
                         fence,
                         owner,
@@ -373,18 +374,16 @@ pub fn fence_violations(history: &[KeyWrite]) -> Vec<String> {
 }
 
 /// The (fence, id) of our stream in a checkpoint script call `EVALSHA sha n k1..kn a1..`, whose
-/// keys come in (lease, ckpt) pairs and arguments in (fence, id) pairs.
+/// keys come in (lease, ckpt, guard) triples and arguments in (fence, seq, id) triples.
 fn checkpoint_call(args: &[String], lease: &str, ckpt: &str) -> Option<(u64, String)> {
     let n: usize = args.get(2)?.parse().ok()?;
     let keys = args.get(3..3 + n)?;
     let argv = args.get(3 + n..)?;
-    if !n.is_multiple_of(2) || argv.len() != n {
+    if !n.is_multiple_of(3) || argv.len() != n {
         return None;
     }
-    let i = keys
-        .chunks(2)
-        .position(|pair| pair[0] == lease && pair[1] == ckpt)?;
-    Some((argv[2 * i].parse().ok()?, argv[2 * i + 1].clone()))
+    let i = keys.chunks(3).position(|t| t[0] == lease && t[1] == ckpt)?;
+    Some((argv[3 * i].parse().ok()?, argv[3 * i + 2].clone()))
 }
 
 /// Transitions heard on `streamkeeper:transitions`, with when they were heard.
@@ -480,9 +479,9 @@ mod tests {
         let lines: Vec<String> = [
             r#"1.0 [0 127.0.0.1:5000] "EVALSHA" "abc" "3" "sk:{acme}:lease:e2e/q" "sk:{acme}:leases" "sk:{acme}:fence" "e2e/q" "pod-a" "1000""#,
             r#"1.1 [0 lua] "SET" "sk:{acme}:lease:e2e/q" "7:pod-a""#,
-            r#"1.2 [0 127.0.0.1:5000] "EVALSHA" "def" "2" "sk:{acme}:lease:e2e/q" "sk:{acme}:ckpt:e2e/q" "7" "q:000000012""#,
-            r#"1.3 [0 lua] "MGET" "sk:{acme}:lease:e2e/q""#,
-            r#"1.4 [0 lua] "MSET" "sk:{acme}:ckpt:e2e/q" "q:000000012""#,
+            r#"1.2 [0 127.0.0.1:5000] "EVALSHA" "def" "3" "sk:{acme}:lease:e2e/q" "sk:{acme}:ckpt:e2e/q" "sk:{acme}:ckseq:e2e/q" "7" "4" "q:000000012""#,
+            r#"1.3 [0 lua] "MGET" "sk:{acme}:lease:e2e/q" "sk:{acme}:ckseq:e2e/q""#,
+            r#"1.4 [0 lua] "MSET" "sk:{acme}:ckpt:e2e/q" "q:000000012" "sk:{acme}:ckseq:e2e/q" "7:4""#,
             r#"1.5 [0 127.0.0.1:5001] "SET" "sk:{acme}:ckpt:e2e/q" "q:\"x\\y""#,
         ]
         .iter()

@@ -151,10 +151,22 @@ pub async fn single_owner_then_sigkill(label: &str, redis_url: String, node_port
     let (lease, ckpt) = (lease_key(TENANT, &id), ckpt_key(TENANT, &id));
     let next_name = fleet.pods[next].name.clone();
     let (history, _, resumed) = monitor.takeover(&lease, &ckpt, &next_name, old_fence).await;
+    // Every event the killed pod sent reached its app before that socket's end.
+    let gone = ledger
+        .wait_ended(owner, killed_at, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "pod-{owner}'s app socket did not end after SIGKILL\n{}",
+                fleet.diagnostics()
+            )
+        });
     let report = ledger.check(
         last,
         Some(Crash {
+            pod: owner,
             at: killed_at,
+            until: gone,
             checkpoint: resumed,
             lag: CHECKPOINT_LAG,
         }),

@@ -61,6 +61,14 @@ pub struct SidecarConfig {
     /// the store); tenants not listed get [`DEFAULT_TENANT_LIMIT`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tenant_limits: BTreeMap<Tenant, u32>,
+    /// How long acked ids may wait before their checkpoints go to the store, in one batch per
+    /// tenant (default 1 s). A SIGTERM flushes everything; after a SIGKILL the next owner
+    /// delivers again at most the events acked within this window.
+    #[serde(with = "serde_str", default = "default_checkpoint_window")]
+    pub checkpoint_window: Duration,
+    /// App connections served at once (default 1024); more are refused with HTTP 503.
+    #[serde(default = "default_max_app_connections")]
+    pub max_app_connections: usize,
     /// The streams this pod may run.
     #[serde(default)]
     pub streams: Vec<StreamSpec>,
@@ -139,6 +147,36 @@ pub const GENESYS_REGIONS: &[&str] = &[
     "use2.us-gov-pure.cloud",
 ];
 
+impl Default for SidecarConfig {
+    /// The config of a file that says nothing: no streams, every field at its default.
+    fn default() -> Self {
+        Self {
+            pod: None,
+            listen: default_listen(),
+            admin: default_admin(),
+            redis: None,
+            tenant_limits: BTreeMap::new(),
+            checkpoint_window: DEFAULT_CHECKPOINT_WINDOW,
+            max_app_connections: DEFAULT_MAX_APP_CONNECTIONS,
+            streams: Vec::new(),
+        }
+    }
+}
+
+/// `checkpointWindow` when the config names none.
+pub const DEFAULT_CHECKPOINT_WINDOW: Duration = Duration::from_secs(1);
+
+/// `maxAppConnections` when the config names none.
+pub const DEFAULT_MAX_APP_CONNECTIONS: usize = 1024;
+
+fn default_checkpoint_window() -> Duration {
+    DEFAULT_CHECKPOINT_WINDOW
+}
+
+fn default_max_app_connections() -> usize {
+    DEFAULT_MAX_APP_CONNECTIONS
+}
+
 /// Streams of one tenant connected at once when the config names no limit.
 pub const DEFAULT_TENANT_LIMIT: u32 = 50;
 
@@ -151,7 +189,7 @@ fn default_admin() -> SocketAddr {
 }
 
 /// Which platform dialect a stream speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Platform {
     /// Genesys Cloud CX Notifications API.
@@ -378,6 +416,14 @@ pub struct LimitsSpec {
     /// Unacked events held for the app; past it the oldest are dropped and a `gap` is sent.
     #[serde(default = "default_max_unacked")]
     pub max_unacked_events: usize,
+    /// Bytes of unacked events held for the app (as sent, JSON); past it the oldest are
+    /// dropped and a `gap` is sent, as for `maxUnackedEvents`. Default 64 MiB.
+    #[serde(default = "default_max_unacked_bytes")]
+    pub max_unacked_bytes: usize,
+}
+
+fn default_max_unacked_bytes() -> usize {
+    64 << 20
 }
 
 fn default_max_frame() -> usize {
@@ -393,6 +439,7 @@ impl Default for LimitsSpec {
         Self {
             max_frame_bytes: default_max_frame(),
             max_unacked_events: default_max_unacked(),
+            max_unacked_bytes: default_max_unacked_bytes(),
         }
     }
 }
@@ -441,6 +488,15 @@ impl SidecarConfig {
         let mut seen = HashSet::new();
         if self.listen == self.admin {
             return Err(ConfigError::new("admin", "must differ from `listen`"));
+        }
+        if self.checkpoint_window.is_zero() {
+            return Err(ConfigError::new(
+                "checkpointWindow",
+                "must be positive (acks are written to the store at most this long after)",
+            ));
+        }
+        if self.max_app_connections == 0 {
+            return Err(ConfigError::new("maxAppConnections", "must be at least 1"));
         }
         if let Some((tenant, _)) = self.tenant_limits.iter().find(|(_, n)| **n == 0) {
             return Err(ConfigError::new(
@@ -506,6 +562,16 @@ impl SidecarConfig {
                 return Err(ConfigError::new(
                     at("limits.maxUnackedEvents"),
                     "must be positive",
+                ));
+            }
+            if s.limits.max_unacked_bytes < s.limits.max_frame_bytes {
+                return Err(ConfigError::new(
+                    at("limits.maxUnackedBytes"),
+                    format!(
+                        "must be at least limits.maxFrameBytes ({}): otherwise one large event \
+                         could never be held",
+                        s.limits.max_frame_bytes
+                    ),
                 ));
             }
             match (&s.credentials.dir, &s.credentials.secret) {

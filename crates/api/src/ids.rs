@@ -23,7 +23,9 @@ pub enum IdError {
     },
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// A DNS-1123 label (1..=63 of a-z, 0-9, '-', not starting or ending with '-'): what Kubernetes
+/// accepts as a namespace and most object names.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -146,6 +148,25 @@ label_id!(
     Tenant,
     "tenant"
 );
+impl schemars::JsonSchema for Tenant {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Tenant".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 63,
+            "pattern": "^[A-Za-z0-9._-]+$",
+        })
+    }
+}
+
 label_id!(
     /// A pod (one sidecar instance): the owner named in leases and transitions.
     PodName,

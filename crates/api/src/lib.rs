@@ -1,10 +1,11 @@
-//! Types shared by every streamkeeper component: the sidecar config file, the local app
+//! Types shared by every streamkeeper component: the StreamConnection CRD, the sidecar config file, the local app
 //! protocol, stream states and drop reasons, and the small identifiers of the domain.
 //!
 //! Nothing here does I/O, so the controller, the sidecar and the tests agree on one definition.
 
 pub mod app_protocol;
 pub mod config;
+pub mod crd;
 pub mod duration;
 pub mod ids;
 pub mod state;

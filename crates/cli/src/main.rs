@@ -1,6 +1,12 @@
 //! `streamkeeper`: the one binary. `main` parses flags and calls one function per subcommand.
 
+mod controller;
+mod crdgen;
 mod demo;
+mod emulate;
+mod inject;
+mod kube_yaml;
+mod render;
 mod status;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -23,32 +29,9 @@ enum Command {
         #[arg(long, short = 'c', env = "STREAMKEEPER_CONFIG")]
         config: PathBuf,
     },
-    /// Run the platform emulator (generic dialect) with its fault API, for tests and benchmarks.
-    Emulate {
-        /// Address to listen on (HTTP, WebSocket and the fault API share it).
-        #[arg(long, default_value = "127.0.0.1:9000")]
-        listen: SocketAddr,
-        /// Streams that exist from the start (others are created on first connect).
-        #[arg(long = "stream", default_value = "queue-events")]
-        streams: Vec<String>,
-        /// One event per stream this often (e.g. 200ms; 0s for none).
-        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
-        event_interval: Duration,
-        /// Lifetime of issued tokens.
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
-        token_ttl: Duration,
-        /// OAuth client id the emulator accepts.
-        #[arg(long, default_value = "streamkeeper")]
-        client_id: String,
-        /// OAuth client secret the emulator accepts.
-        #[arg(
-            long,
-            env = "EMULATOR_CLIENT_SECRET",
-            default_value = "streamkeeper-secret",
-            hide_default_value = true
-        )]
-        client_secret: String,
-    },
+    /// Run the platform emulator (generic, Genesys, CXone DFO and AAH, optionally over TLS)
+    /// with its fault API, for tests and benchmarks.
+    Emulate(Box<emulate::EmulateArgs>),
     /// The newcomer's tour: an emulator, three sidecar pods and their apps in one process, a
     /// scripted fault scenario, a live timeline and a scorecard. Exits 0 when every check holds.
     Demo {
@@ -56,12 +39,100 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run the operator: admit StreamConnections under tenant pools, write each workload's
+    /// ConfigMap, report status and Events (in-cluster config or KUBECONFIG).
+    Controller(Box<ControllerArgs>),
+    /// Offline: StreamConnection YAML in, admission decisions and the ConfigMaps the controller
+    /// would write out.
+    Render {
+        /// StreamConnection YAML files or directories (`-` for stdin); multi-document files are
+        /// read whole, other kinds skipped.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        limits: render::LimitArgs,
+        /// The Redis URL to render into the sidecar configs (none: the in-process store).
+        #[arg(long)]
+        sidecar_redis: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+        output: render::Format,
+    },
+    /// Print the StreamConnection CRD (what crds/ holds).
+    Crdgen,
+    /// Add the streamkeeper sidecar to Deployment and StatefulSet YAML (stdin to stdout).
+    #[command(long_about = inject::LONG_ABOUT)]
+    Inject(inject::InjectArgs),
     /// Show every stream the store knows: owner, fence, state, last pong.
     Status {
         /// The Redis URL (`redis://host:port` or `redis+cluster://host1:port1,host2:port2`).
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis: String,
     },
+}
+
+/// `streamkeeper controller` flags.
+#[derive(Debug, clap::Args)]
+struct ControllerArgs {
+    #[command(flatten)]
+    limits: render::LimitArgs,
+    /// The kubeconfig (default: in-cluster config, else `~/.kube/config`).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// This replica's identity in the leader Lease (`POD_NAME`, else the hostname).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// The store to read runtime state from and to remove deleted streams from (`REDIS_URL`);
+    /// without it the controller still admits and renders, and status has no runtime fields.
+    #[arg(long, env = "REDIS_URL")]
+    redis: Option<String>,
+    /// The Redis URL rendered into sidecar configs (default: `--redis`).
+    #[arg(long)]
+    sidecar_redis: Option<String>,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The admin endpoint: /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "0.0.0.0:9465")]
+    admin: SocketAddr,
+    /// The leader Lease's duration (`leaseDurationSeconds`): a standby takes over this long
+    /// after the leader's last renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// The leader stops writing this long after its last confirmed renewal (shorter than the
+    /// Lease duration).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    renew_deadline: Duration,
+    /// How often the Lease is renewed (or looked at by a standby).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    retry_period: Duration,
+    /// How often the store's records are read for status.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    store_poll: Duration,
+    /// `status.lastPong` is rewritten only when it moved by at least this (a write per pong
+    /// would be a write per stream every heartbeat).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pong_granularity: Duration,
+}
+
+impl ControllerArgs {
+    fn options(self) -> streamkeeper_controller::run::Options {
+        streamkeeper_controller::run::Options {
+            limits: self.limits.limits(),
+            redis: self.redis.filter(|s| !s.is_empty()),
+            sidecar_redis: self.sidecar_redis,
+            namespace: self.namespace,
+            admin: self.admin,
+            kubeconfig: self.kubeconfig,
+            identity: self.identity.filter(|s| !s.is_empty()),
+            lease_namespace: None,
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+            store_poll: self.store_poll,
+            pong_granularity: self.pong_granularity,
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -98,37 +169,26 @@ fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Emulate {
-                listen,
-                streams,
-                event_interval,
-                token_ttl,
-                client_id,
-                client_secret,
-            } => {
+            Command::Emulate(args) => {
                 init_tracing("info");
-                let cfg = streamkeeper_emulator::EmulatorConfig {
-                    listen,
-                    streams,
-                    event_interval,
-                    token_ttl,
-                    client_id,
-                    client_secret,
-                    ..Default::default()
-                };
-                let emu = streamkeeper_emulator::Emulator::start(cfg).await?;
-                eprintln!(
-                    "emulator listening on {} (POST /faults, GET /stats)",
-                    emu.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-                emu.shutdown().await;
-                Ok(ExitCode::SUCCESS)
+                emulate::run(*args).await
             }
             Command::Status { redis } => {
                 init_tracing("warn");
                 status::run(&redis).await
             }
+            Command::Controller(args) => {
+                init_tracing("info");
+                controller::run(args.options()).await
+            }
+            Command::Render {
+                files,
+                limits,
+                sidecar_redis,
+                output,
+            } => render::run(&files, &limits, sidecar_redis, output),
+            Command::Crdgen => crdgen::run(),
+            Command::Inject(args) => inject::run(args),
             Command::Demo { quiet } => {
                 init_tracing("off");
                 demo::run(quiet).await

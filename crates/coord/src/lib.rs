@@ -11,6 +11,6 @@ mod store;
 pub use self::redis::{RedisOptions, RedisStore};
 pub use memory::MemoryStore;
 pub use store::{
-    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, Store, StoreError, StreamKey,
-    TransitionStream,
+    AckSeq, Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView,
+    Store, StoreError, StreamKey, TransitionStream,
 };

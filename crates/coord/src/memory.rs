@@ -5,11 +5,13 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use streamkeeper_api::{EventId, Fence, PodName, StreamState, Tenant, Transition};
+use streamkeeper_api::{EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition};
 use tokio::{sync::broadcast, time::Instant};
 
 use crate::store::{
-    Acquired, Beat, BeatOutcome, ConnRecord, Store, StoreError, StreamKey, TransitionStream,
+    AckSeq, Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView,
+    Store, StoreError, StreamKey, TransitionStream, answering_beats, answering_writes,
+    outcome_beside,
 };
 
 #[derive(Debug)]
@@ -22,22 +24,31 @@ struct Lease {
     released: bool,
 }
 
+/// A stored checkpoint and the write that stored it (the guard against going back).
+#[derive(Debug)]
+struct Checkpoint {
+    id: EventId,
+    fence: Fence,
+    seq: AckSeq,
+}
+
 #[derive(Debug, Default)]
 struct State {
     next_fence: u64,
     leases: HashMap<StreamKey, Lease>,
     records: HashMap<StreamKey, ConnRecord>,
-    checkpoints: HashMap<StreamKey, EventId>,
-    /// Pool slots per tenant: stream key -> (fence, expiry).
-    pools: HashMap<Tenant, HashMap<StreamKey, (Fence, Instant)>>,
+    checkpoints: HashMap<StreamKey, Checkpoint>,
+    /// Pool slots per tenant: stream key -> the fence that took the slot. A slot lives while
+    /// its stream's lease does (as on Redis).
+    pools: HashMap<Tenant, HashMap<StreamKey, Fence>>,
 }
 
 impl State {
-    /// Whether `fence` holds a live lease on the stream (it is vouching for it now).
-    fn holds(&self, key: &StreamKey, fence: Fence, now: Instant) -> bool {
+    /// Whether anybody holds a live lease on the stream (someone is vouching for it now).
+    fn live(&self, key: &StreamKey, now: Instant) -> bool {
         self.leases
             .get(key)
-            .is_some_and(|l| l.fence == fence && !l.released && l.expires > now)
+            .is_some_and(|l| !l.released && l.expires > now)
     }
 
     /// Whether `fence` is the stream's latest grant, not given up. A lapsed lease that nobody
@@ -47,6 +58,73 @@ impl State {
         self.leases
             .get(key)
             .is_some_and(|l| l.fence == fence && !l.released)
+    }
+
+    /// What a fence-checked write finds: `Ok(true)` the fence holds, `Ok(false)` fenced out,
+    /// `Err` no lease at all (never granted here; on Redis also "lost with its data").
+    fn check(&self, key: &StreamKey, fence: Fence) -> Result<bool, StoreError> {
+        match self.leases.get(key) {
+            None => Err(StoreError::LeaseMissing),
+            Some(_) => Ok(self.owns(key, fence)),
+        }
+    }
+
+    /// One beat, as the Redis beat script judges it.
+    fn beat(&mut self, b: &Beat, now: Instant) -> BeatOutcome {
+        let outcome = match self.leases.get_mut(&b.key) {
+            // A lower fence than the beat's can only be a leftover of lost data on Redis: it
+            // is re-asserted there, and here alike (below).
+            Some(l) if l.fence < b.fence => BeatOutcome::Reasserted,
+            Some(l) if l.fence > b.fence || l.released || l.owner != b.record.owner => {
+                return BeatOutcome::Fenced;
+            }
+            Some(l) if l.expires > now => {
+                l.expires = now + b.lease_ttl;
+                BeatOutcome::Renewed
+            }
+            _ => BeatOutcome::Reasserted,
+        };
+        if outcome == BeatOutcome::Reasserted {
+            // Lapsed and untaken (or never stored): the same owner re-asserts, and fences
+            // never fall below one handed out.
+            self.next_fence = self.next_fence.max(b.fence.0);
+            self.leases.insert(
+                b.key.clone(),
+                Lease {
+                    owner: b.record.owner.clone(),
+                    fence: b.fence,
+                    expires: now + b.lease_ttl,
+                    released: false,
+                },
+            );
+        }
+        self.records.insert(b.key.clone(), b.record.clone());
+        outcome
+    }
+
+    /// One checkpoint write, as the Redis checkpoint script judges it.
+    fn save_checkpoint(&mut self, w: &CheckpointWrite) -> CheckpointOutcome {
+        match self.check(&w.key, w.fence) {
+            Err(_) => return CheckpointOutcome::LeaseMissing,
+            Ok(false) => return CheckpointOutcome::Fenced,
+            Ok(true) => {}
+        }
+        if self
+            .checkpoints
+            .get(&w.key)
+            .is_some_and(|c| c.fence == w.fence && c.seq >= w.seq)
+        {
+            return CheckpointOutcome::Superseded;
+        }
+        self.checkpoints.insert(
+            w.key.clone(),
+            Checkpoint {
+                id: w.id.clone(),
+                fence: w.fence,
+                seq: w.seq,
+            },
+        );
+        CheckpointOutcome::Saved
     }
 }
 
@@ -116,45 +194,46 @@ impl Store for MemoryStore {
         Ok(Acquired::Granted { fence, took_over })
     }
 
-    async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError> {
+    async fn lease_expiries(
+        &self,
+        tenant: &Tenant,
+        streams: &[StreamId],
+    ) -> Result<Vec<LeaseView>, StoreError> {
+        let now = Instant::now();
+        let st = self.lock();
+        Ok(streams
+            .iter()
+            .map(|stream| {
+                let key = StreamKey {
+                    tenant: tenant.clone(),
+                    stream: stream.clone(),
+                };
+                match st.leases.get(&key) {
+                    Some(l) if l.released => LeaseView::Free,
+                    Some(l) if l.expires > now => LeaseView::Held {
+                        expires_in: l.expires - now,
+                    },
+                    Some(_) => LeaseView::Lapsed,
+                    None => LeaseView::Free,
+                }
+            })
+            .collect())
+    }
+
+    async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
         let now = Instant::now();
         let mut st = self.lock();
-        let mut out = Vec::with_capacity(beats.len());
-        for b in beats {
-            let outcome = match st.leases.get_mut(&b.key) {
-                Some(l) if l.fence == b.fence && !l.released && l.expires > now => {
-                    l.expires = now + b.lease_ttl;
-                    BeatOutcome::Renewed
-                }
-                Some(l) if l.fence != b.fence || l.released => BeatOutcome::Fenced,
-                _ => {
-                    // Lapsed and untaken (or the store lost it): the same owner re-asserts.
-                    st.leases.insert(
-                        b.key.clone(),
-                        Lease {
-                            owner: b.record.owner.clone(),
-                            fence: b.fence,
-                            expires: now + b.lease_ttl,
-                            released: false,
-                        },
-                    );
-                    BeatOutcome::Reasserted
-                }
-            };
-            if outcome != BeatOutcome::Fenced {
-                st.records.insert(b.key.clone(), b.record.clone());
-                if let Some(slot) = st
-                    .pools
-                    .get_mut(&b.key.tenant)
-                    .and_then(|p| p.get_mut(&b.key))
-                    .filter(|slot| slot.0 == b.fence)
-                {
-                    slot.1 = now + b.lease_ttl;
-                }
+        let answer = answering_beats(beats);
+        let mut out: Vec<Option<BeatOutcome>> = vec![None; beats.len()];
+        for (i, b) in beats.iter().enumerate() {
+            if answer[i] == i {
+                out[i] = Some(st.beat(b, now));
             }
-            out.push(outcome);
         }
-        Ok(out)
+        answer
+            .iter()
+            .map(|&j| out[j].clone().unwrap_or(BeatOutcome::Fenced))
+            .collect()
     }
 
     async fn release(
@@ -171,7 +250,9 @@ impl Store for MemoryStore {
                     l.released = true;
                 }
                 st.records.remove(key);
-                if let Some(pool) = st.pools.get_mut(&key.tenant) {
+                if let Some(pool) = st.pools.get_mut(&key.tenant)
+                    && pool.get(key) == Some(&fence)
+                {
                     pool.remove(key);
                 }
             }
@@ -191,7 +272,7 @@ impl Store for MemoryStore {
     ) -> Result<bool, StoreError> {
         let held = {
             let mut st = self.lock();
-            let held = st.owns(key, fence);
+            let held = st.check(key, fence)?;
             if let Some(r) = st.records.get_mut(key).filter(|_| held) {
                 r.state = transition.to;
             }
@@ -204,21 +285,26 @@ impl Store for MemoryStore {
     }
 
     async fn checkpoint(&self, key: &StreamKey) -> Result<Option<EventId>, StoreError> {
-        Ok(self.lock().checkpoints.get(key).cloned())
+        Ok(self.lock().checkpoints.get(key).map(|c| c.id.clone()))
     }
 
-    async fn save_checkpoint(
-        &self,
-        key: &StreamKey,
-        fence: Fence,
-        id: &EventId,
-    ) -> Result<bool, StoreError> {
+    async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Vec<CheckpointOutcome> {
         let mut st = self.lock();
-        if !st.owns(key, fence) {
-            return Ok(false);
+        let answer = answering_writes(writes);
+        let mut out: Vec<Option<CheckpointOutcome>> = vec![None; writes.len()];
+        for (i, w) in writes.iter().enumerate() {
+            if answer[i] == i {
+                out[i] = Some(st.save_checkpoint(w));
+            }
         }
-        st.checkpoints.insert(key.clone(), id.clone());
-        Ok(true)
+        answer
+            .iter()
+            .enumerate()
+            .map(|(i, &j)| {
+                let o = out[j].clone().unwrap_or(CheckpointOutcome::LeaseMissing);
+                if i == j { o } else { outcome_beside(&o) }
+            })
+            .collect()
     }
 
     async fn sweep_stale(
@@ -232,16 +318,16 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let dead: Vec<Transition> = {
             let mut st = self.lock();
-            // Stale means the owner stopped vouching: its lease lapsed too. A live owner whose
-            // socket is down (reconnecting) keeps its lease and is not swept.
-            let stale: Vec<StreamKey> = st
+            // Stale means nobody vouches for the stream: its lease lapsed too. A live owner
+            // whose socket is down (reconnecting) keeps its lease and is not swept, and a new
+            // owner's lease covers the old owner's record until its first beat replaces it.
+            let mut stale: Vec<StreamKey> = st
                 .records
                 .iter()
-                .filter(|(k, r)| {
-                    &k.tenant == tenant && r.last_pong < cutoff && !st.holds(k, r.fence, now)
-                })
+                .filter(|(k, r)| &k.tenant == tenant && r.last_pong < cutoff && !st.live(k, now))
                 .map(|(k, _)| k.clone())
                 .collect();
+            stale.sort();
             stale
                 .into_iter()
                 .filter_map(|k| {
@@ -276,29 +362,46 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut st = self.lock();
         if !st.owns(key, fence) {
-            // A superseded (or released) fence takes no slot.
+            // A superseded (or released) fence, or none at all, takes no slot.
             return Ok(false);
         }
-        let ttl = st.leases.get(key).map(|l| l.expires).unwrap_or(now);
-        let pool = st.pools.entry(key.tenant.clone()).or_default();
-        pool.retain(|_, (_, expires)| *expires > now);
-        if pool.contains_key(key) || pool.len() < limit as usize {
-            pool.insert(key.clone(), (fence, ttl.max(now + Duration::from_secs(1))));
-            return Ok(true);
+        // Holders whose lease lapsed are evicted, so a crashed pod's slots come back.
+        let mut pool = st.pools.remove(&key.tenant).unwrap_or_default();
+        pool.retain(|k, _| st.live(k, now));
+        let granted = pool.contains_key(key) || pool.len() < limit as usize;
+        if granted {
+            pool.insert(key.clone(), fence);
         }
-        Ok(false)
+        st.pools.insert(key.tenant.clone(), pool);
+        Ok(granted)
     }
 
     async fn pool_release(&self, key: &StreamKey, fence: Fence) -> Result<(), StoreError> {
         let mut st = self.lock();
-        if let Some(pool) = st
-            .pools
-            .get_mut(&key.tenant)
-            .filter(|p| p.get(key).is_some_and(|(f, _)| *f == fence))
+        if let Some(pool) = st.pools.get_mut(&key.tenant)
+            && pool.get(key) == Some(&fence)
         {
             pool.remove(key);
         }
         Ok(())
+    }
+
+    async fn remove_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
+        let mut st = self.lock();
+        // A lease given up before (released or removed) is not "something held": a second
+        // remove finds nothing.
+        let mut found = false;
+        if let Some(l) = st.leases.get_mut(key) {
+            found |= !l.released;
+            // The tombstone keeps fencing the old owner, and the next grant is newer.
+            l.released = true;
+        }
+        found |= st.records.remove(key).is_some();
+        found |= st.checkpoints.remove(key).is_some();
+        if let Some(pool) = st.pools.get_mut(&key.tenant) {
+            found |= pool.remove(key).is_some();
+        }
+        Ok(found)
     }
 
     async fn subscribe(&self) -> Result<TransitionStream, StoreError> {
@@ -309,7 +412,7 @@ impl Store for MemoryStore {
 
     async fn records(&self) -> Result<Vec<ConnRecord>, StoreError> {
         let mut v: Vec<ConnRecord> = self.lock().records.values().cloned().collect();
-        v.sort_by(|a, b| a.stream.cmp(&b.stream));
+        v.sort_by(|a, b| (&a.stream, &a.tenant).cmp(&(&b.stream, &b.tenant)));
         Ok(v)
     }
 
@@ -365,6 +468,19 @@ mod tests {
         }
     }
 
+    /// Stores a checkpoint with the next sequence number.
+    async fn save(s: &dyn Store, k: &StreamKey, fence: Fence, id: &str) -> CheckpointOutcome {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = AckSeq(SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+        s.save_checkpoint(&CheckpointWrite {
+            key: k.clone(),
+            fence,
+            seq,
+            id: EventId(id.into()),
+        })
+        .await
+    }
+
     fn dead(k: &StreamKey) -> Transition {
         Transition {
             stream: k.stream.clone(),
@@ -404,21 +520,10 @@ mod tests {
             record: record(&k, "a", f1, 1),
             lease_ttl: ttl,
         };
-        assert_eq!(
-            s.beat(&[beat]).await.expect("ok"),
-            vec![BeatOutcome::Fenced]
-        );
-        assert!(
-            !s.save_checkpoint(&k, f1, &EventId("e1".into()))
-                .await
-                .expect("ok")
-        );
+        assert_eq!(s.beat(&[beat]).await, vec![BeatOutcome::Fenced]);
+        assert_eq!(save(&s, &k, f1, "e1").await, CheckpointOutcome::Fenced);
         assert!(!s.publish(&k, f1, &dead(&k)).await.expect("ok"));
-        assert!(
-            s.save_checkpoint(&k, f2, &EventId("e2".into()))
-                .await
-                .expect("ok")
-        );
+        assert_eq!(save(&s, &k, f2, "e2").await, CheckpointOutcome::Saved);
         assert_eq!(
             s.checkpoint(&k).await.expect("ok"),
             Some(EventId("e2".into()))
@@ -440,7 +545,7 @@ mod tests {
             record: record(&k, "a", f, 1_000),
             lease_ttl: Duration::from_secs(60),
         };
-        s.beat(&[beat]).await.expect("ok");
+        s.beat(&[beat]).await;
         let tenant = k.tenant.clone();
         assert!(
             s.sweep_stale(&tenant, 100_000, Duration::from_secs(35))
@@ -496,10 +601,7 @@ mod tests {
             record: record(&k, "a", f1, 1),
             lease_ttl: ttl,
         };
-        assert_eq!(
-            s.beat(&[beat]).await.expect("ok"),
-            vec![BeatOutcome::Fenced]
-        );
+        assert_eq!(s.beat(&[beat]).await, vec![BeatOutcome::Fenced]);
         assert!(!s.pool_acquire(&k, f1, 5).await.expect("ok"));
         let f2 = s
             .acquire(&k, &pod("b"), ttl)
@@ -507,5 +609,142 @@ mod tests {
             .expect("ok")
             .expect("no TTL to wait out");
         assert!(f2 > f1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_stream_leaves_nothing_and_its_owner_is_fenced() {
+        let s = MemoryStore::new();
+        let k = key("cc/gone");
+        let ttl = Duration::from_secs(60);
+        let f1 = s
+            .acquire(&k, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        let beat = Beat {
+            key: k.clone(),
+            fence: f1,
+            record: record(&k, "a", f1, 1),
+            lease_ttl: ttl,
+        };
+        s.beat(std::slice::from_ref(&beat)).await;
+        assert!(s.pool_acquire(&k, f1, 1).await.expect("ok"));
+        assert_eq!(save(&s, &k, f1, "e1").await, CheckpointOutcome::Saved);
+
+        assert!(s.remove_stream(&k).await.expect("ok"));
+        assert!(!s.remove_stream(&k).await.expect("ok"), "nothing left");
+        assert_eq!(s.checkpoint(&k).await.expect("ok"), None);
+        assert!(s.records().await.expect("ok").is_empty());
+        assert_eq!(
+            s.beat(&[beat]).await,
+            vec![BeatOutcome::Fenced],
+            "the owner still running it is fenced, not re-asserted"
+        );
+        let other = key("cc/other");
+        let fo = s
+            .acquire(&other, &pod("b"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        assert!(
+            s.pool_acquire(&other, fo, 1).await.expect("ok"),
+            "the slot is free"
+        );
+        match s.try_acquire(&k, &pod("b"), ttl).await.expect("ok") {
+            Acquired::Granted { fence, took_over } => {
+                assert!(fence > f1);
+                assert_eq!(took_over, None, "a removal is no takeover");
+            }
+            other => panic!("a removed stream is free: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lease_expiries_tell_held_lapsed_and_free() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(10);
+        let (held, lapsing, released, never) = (
+            key("cc/held"),
+            key("cc/lapsing"),
+            key("cc/released"),
+            key("cc/never"),
+        );
+        s.acquire(&held, &pod("a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+        s.acquire(&lapsing, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        let fr = s
+            .acquire(&released, &pod("a"), ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
+        assert!(
+            s.release(&released, fr, &dead(&released))
+                .await
+                .expect("ok")
+        );
+        let streams = [held, lapsing, released, never].map(|k| k.stream);
+        let tenant = key("cc/x").tenant;
+        assert_eq!(
+            s.lease_expiries(&tenant, &streams).await.expect("ok"),
+            vec![
+                LeaseView::Held {
+                    expires_in: Duration::from_secs(60)
+                },
+                LeaseView::Held { expires_in: ttl },
+                LeaseView::Free,
+                LeaseView::Free,
+            ]
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(
+            s.lease_expiries(&tenant, &streams).await.expect("ok"),
+            vec![
+                LeaseView::Held {
+                    expires_in: Duration::from_secs(49)
+                },
+                LeaseView::Lapsed,
+                LeaseView::Free,
+                LeaseView::Free,
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_never_moves_back_within_a_fence() {
+        let s = MemoryStore::new();
+        let k = key("cc/m");
+        let f = s
+            .acquire(&k, &pod("a"), Duration::from_secs(60))
+            .await
+            .expect("ok")
+            .expect("granted");
+        let w = |seq: u64, id: &str| CheckpointWrite {
+            key: k.clone(),
+            fence: f,
+            seq: AckSeq(seq),
+            id: EventId(id.into()),
+        };
+        assert_eq!(
+            s.save_checkpoints(&[w(2, "e2"), w(1, "e1"), w(2, "again")])
+                .await,
+            vec![
+                CheckpointOutcome::Saved,
+                CheckpointOutcome::Superseded,
+                CheckpointOutcome::Superseded
+            ]
+        );
+        assert_eq!(
+            s.checkpoint(&k).await.expect("ok"),
+            Some(EventId("e2".into()))
+        );
+        assert_eq!(
+            save(&s, &key("cc/none"), f, "x").await,
+            CheckpointOutcome::LeaseMissing
+        );
     }
 }

@@ -14,8 +14,9 @@ use std::time::Duration;
 /// let cfg = EmulatorConfig { streams: vec!["queue-events".into()], ..EmulatorConfig::default() };
 /// assert_eq!(cfg.history, 100_000);
 /// assert_eq!(cfg.genesys.max_channels, 20);
+/// assert!(!format!("{cfg:?}").contains(&cfg.client_secret), "Debug hides secrets");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EmulatorConfig {
     /// Address of the single HTTP + WebSocket port; port 0 picks a free one.
     pub listen: SocketAddr,
@@ -43,6 +44,24 @@ pub struct EmulatorConfig {
     pub cxone: CxoneConfig,
     /// Serve TLS (with a test CA made at start) besides plain HTTP; `None` = plain only.
     pub tls: Option<TlsConfig>,
+}
+
+impl fmt::Debug for EmulatorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmulatorConfig")
+            .field("listen", &self.listen)
+            .field("streams", &self.streams)
+            .field("event_interval", &self.event_interval)
+            .field("token_ttl", &self.token_ttl)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("history", &self.history)
+            .field("max_frame", &self.max_frame)
+            .field("genesys", &self.genesys)
+            .field("cxone", &self.cxone)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -113,6 +132,9 @@ pub struct GenesysConfig {
     pub max_channels: usize,
     /// Topics per channel; a call that would exceed it gets 400.
     pub max_topics: usize,
+    /// How long the socket of a stopped channel stays open (silent, answering subscribes with
+    /// `"result":"404"`) before it is closed; zero = closed at once.
+    pub stop_grace: Duration,
 }
 
 impl Default for GenesysConfig {
@@ -126,6 +148,7 @@ impl Default for GenesysConfig {
             channel_ttl: Duration::from_secs(86_400),
             max_channels: 20,
             max_topics: 1000,
+            stop_grace: Duration::ZERO,
         }
     }
 }

@@ -415,6 +415,38 @@ fn yes() -> bool {
 }
 
 impl Fault {
+    /// This fault with any token it names replaced by `<redacted>`, for logs.
+    pub fn redacted(&self) -> Fault {
+        let hide = |t: &Option<String>| t.as_ref().map(|_| "<redacted>".to_string());
+        match self {
+            Fault::Genesys(GenesysFault::ExpireToken { client, token }) => {
+                Fault::Genesys(GenesysFault::ExpireToken {
+                    client: client.clone(),
+                    token: hide(token),
+                })
+            }
+            Fault::Genesys(GenesysFault::RevokeToken { client, token }) => {
+                Fault::Genesys(GenesysFault::RevokeToken {
+                    client: client.clone(),
+                    token: hide(token),
+                })
+            }
+            Fault::Cxone(CxoneFault::ExpireToken { client, token }) => {
+                Fault::Cxone(CxoneFault::ExpireToken {
+                    client: client.clone(),
+                    token: hide(token),
+                })
+            }
+            Fault::Cxone(CxoneFault::RevokeToken { client, token }) => {
+                Fault::Cxone(CxoneFault::RevokeToken {
+                    client: client.clone(),
+                    token: hide(token),
+                })
+            }
+            other => other.clone(),
+        }
+    }
+
     /// The stream this fault is scoped to, if any.
     pub fn stream(&self) -> Option<&str> {
         match self {
@@ -470,12 +502,42 @@ impl GarbageKind {
     }
 }
 
-/// What a fault did: `{"applied": N}`, the number of sockets affected (socket and pong
-/// faults) or of requests armed to fail (request faults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a fault did: `{"applied": N, "hit": [...]}`: the sockets, channels or tokens it hit
+/// (named `genesys:CHANNEL#SOCKET`, `cxone-dfo:TENANT/USER#SOCKET`, `cxone-aah:#SOCKET`,
+/// `generic:STREAM#SOCKET`, `channel:ID`, `token#SERIAL`), and `applied` = how many, plus the
+/// requests armed to fail (request faults name nothing). The original (generic) actions report
+/// the count only, as they always have.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultReport {
-    /// Sockets affected, or requests armed.
+    /// Things hit plus requests armed.
     pub applied: u64,
+    /// What was hit, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hit: Vec<String>,
+}
+
+impl FaultReport {
+    /// A report naming what was hit.
+    pub(crate) fn hit(hit: Vec<String>) -> Self {
+        Self {
+            applied: hit.len() as u64,
+            hit,
+        }
+    }
+
+    /// A report of `count` requests armed.
+    pub(crate) fn armed(count: u64) -> Self {
+        Self {
+            applied: count,
+            hit: Vec::new(),
+        }
+    }
+
+    /// This report plus `count` requests armed.
+    pub(crate) fn plus_armed(mut self, count: u64) -> Self {
+        self.applied += count;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -521,6 +583,50 @@ mod tests {
                 .expect("round trip");
             assert_eq!(back, want);
         }
+    }
+
+    #[test]
+    fn platform_faults_nest_under_their_action_and_hide_tokens_in_logs() {
+        let f: Fault = serde_json::from_str(
+            r#"{"action":"cxone","fault":"expire-token","token":"secret-token"}"#,
+        )
+        .expect("nested");
+        assert_eq!(
+            f,
+            Fault::Cxone(CxoneFault::ExpireToken {
+                client: None,
+                token: Some("secret-token".into())
+            })
+        );
+        let logged = serde_json::to_string(&f.redacted()).expect("ser");
+        assert!(!logged.contains("secret-token"), "{logged}");
+        let back: Fault =
+            serde_json::from_str(&serde_json::to_string(&f).expect("ser")).expect("round trip");
+        assert_eq!(back, f);
+        let f: Fault = serde_json::from_str(
+            r#"{"action":"cxone-aah","fault":"delay-pongs","socket":3,"delayMs":50}"#,
+        )
+        .expect("aah");
+        assert_eq!(
+            f,
+            Fault::CxoneAah(AahFault::DelayPongs {
+                socket: Some(3),
+                topic: None,
+                delay_ms: 50
+            })
+        );
+        let f: Fault =
+            serde_json::from_str(r#"{"action":"cxone-dfo","fault":"rate-limit-exceeded"}"#)
+                .expect("defaults");
+        assert_eq!(
+            f,
+            Fault::CxoneDfo(DfoFault::RateLimitExceeded {
+                tenant_id: None,
+                user_id: None,
+                count: 0,
+                close: true
+            })
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch};
 
 use crate::frame;
+use crate::socket::Writer;
 use crate::stats::FeedStats;
 use crate::util::{epoch_ms, iso8601_ms, json_escape, lock, stopped, uuid4};
 
@@ -42,10 +43,10 @@ pub(crate) struct Outlet {
 
 impl Outlet {
     /// A new receiver queue, attached now (replacing any earlier one).
-    pub fn attach(&self) -> mpsc::Receiver<Bytes> {
+    pub fn attach(&self) -> Inbox {
         let (tx, rx) = mpsc::channel(QUEUE);
         *lock(&self.tx) = Some(tx);
-        rx
+        Inbox { rx, pending: None }
     }
 
     /// Detach: events are lost from now on.
@@ -58,6 +59,41 @@ impl Outlet {
         lock(&self.tx)
             .as_ref()
             .is_some_and(|tx| tx.try_send(event.clone()).is_ok())
+    }
+}
+
+/// A socket's end of an [`Outlet`]: the events waiting to be written.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    rx: mpsc::Receiver<Bytes>,
+    /// An event received by `ready` and not yet taken.
+    pending: Option<Bytes>,
+}
+
+impl Inbox {
+    /// Resolves when an event waits; never once no more can come (the outlet was detached).
+    pub async fn ready(&mut self) {
+        if self.pending.is_none() {
+            match self.rx.recv().await {
+                Some(e) => self.pending = Some(e),
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// The next waiting event, without waiting.
+    pub fn take(&mut self) -> Option<Bytes> {
+        self.pending.take().or_else(|| self.rx.try_recv().ok())
+    }
+
+    /// Queue waiting events while the writer has room.
+    pub fn drain_into(&mut self, wr: &mut Writer) {
+        while wr.has_room() {
+            match self.take() {
+                Some(e) => wr.push(e),
+                None => return,
+            }
+        }
     }
 }
 
@@ -250,11 +286,11 @@ mod tests {
         t.emit(1); // b is not attached: lost for b
         let mut rb = b.attach();
         t.emit(2);
-        let got: Vec<u64> = std::iter::from_fn(|| ra.try_recv().ok())
+        let got: Vec<u64> = std::iter::from_fn(|| ra.take())
             .map(|e| json(&e)["eventBody"]["seq"].as_u64().expect("seq"))
             .collect();
         assert_eq!(got, [1, 2, 3]);
-        let second = rb.try_recv().expect("event");
+        let second = rb.take().expect("event");
         assert_eq!(json(&second)["eventBody"]["seq"], 2);
         assert_eq!(json(&second)["topicName"], "v2.users.u1.presence");
         assert_eq!(json(&second)["version"], "2");
@@ -262,7 +298,7 @@ mod tests {
         assert_eq!((st.generated, st.sent, st.receivers), (3, 5, 2));
         t.remove(1);
         t.emit(1);
-        assert!(ra.try_recv().is_err(), "removed receivers get nothing");
+        assert!(ra.take().is_none(), "removed receivers get nothing");
     }
 
     #[test]

@@ -64,7 +64,7 @@
 //! * `GET /api/v2/users/me` with a Genesys (client-credentials) token → 403
 //!   `not.authorized.no.user` (as the real one); generic tokens keep their 200.
 //! * `POST /api/v2/notifications/channels`, Bearer → 200
-//!   `{"connectUri":"ws://HOST:PORT/channels/{id}","id":"streaming-0-<hex>","expires":"<ISO 8601 UTC, ms>"}`
+//!   `{"connectUri":"ws://HOST:PORT/channels/{id}","id":"streaming-0-<26 a-z0-9>","expires":"<ISO 8601 UTC, ms>"}`
 //!   (`wss://` with TLS). The channel is bound to the token that created it and to that
 //!   token's client. A client's 21st live channel replaces its oldest one that has no socket
 //!   (else its oldest one): that channel stops (below).
@@ -82,7 +82,8 @@
 //!   400 `bad.request`; more than [`GenesysConfig::max_topics`] (1,000) topics on the channel →
 //!   400 `{"message":"The channel would have N topics; a channel allows at most 1000.","code":"bad.request","status":400,...}`
 //!   and nothing changes. An unknown, stopped, or other client's channel → 404 `not.found`.
-//! * Any Genesys REST call: no or unknown token → 401 `bad.credentials`; an expired token →
+//! * Any Genesys REST call: no or unknown token (a generic or CXone one too) → 401
+//!   `bad.credentials`; an expired token →
 //!   401 `bad.credentials`; an armed `rate-limit` fault → 429
 //!   `{"message":"Rate limit exceeded the maximum [300] requests within [60] seconds. Retry the request in [N] seconds","code":"too.many.requests.retry.after","status":429,...}`
 //!   with `Retry-After: N`.
@@ -111,7 +112,9 @@
 //! * A channel stops when it reaches its expiry, when the token it was created with expires
 //!   or is revoked, when it is replaced by a 21st channel, or by the `expire-channel` fault.
 //!   A stopped channel gets 404 everywhere, receives no events, and its socket is closed with
-//!   1000 and reason `channel expired`, `token expired` or `channel replaced`.
+//!   1000 and reason `channel expired`, `token expired` or `channel replaced` (after
+//!   [`GenesysConfig::stop_grace`], zero by default, during which it is silent and answers
+//!   socket subscribes with `"result":"404"`).
 //!
 //! # Wire contract: NICE CXone authentication (shared by `cxone-dfo` and `cxone-aah`)
 //! * `GET /.well-known/openid-configuration` →
@@ -170,7 +173,7 @@
 //!   `UNSUBSCRIBE` → `UNSUBSCRIBED`, same shape. SUBSCRIBE or UNSUBSCRIBE before CONNECT →
 //!   ERROR `NOT_CONNECTED`; an unknown command → ERROR `UNKNOWN_COMMAND`; not JSON → ERROR
 //!   `BAD_REQUEST`.
-//! * Events: `{"command":"MESSAGE","headers":{"connectionId":ID,"topic":CONTACT_ID,"messageId":UUID},"body":{"seq":N,"topic":CONTACT_ID,"at":MS}}`
+//! * Events: `{"command":"MESSAGE","headers":{"topic":CONTACT_ID,"messageId":UUID},"body":{"seq":N,"topic":CONTACT_ID,"at":MS}}`
 //!   (no `messageId` when [`CxoneConfig::aah_message_ids`] is off), one every
 //!   [`CxoneConfig::event_interval`] per contact id from its first SUBSCRIBE on, to every socket
 //!   subscribed at that moment; no replay.
@@ -184,6 +187,13 @@
 //! port; [`Emulator::base_url`] and the socket URLs say `https`/`wss`. With
 //! [`TlsConfig::untrusted`] the server certificate is signed by a different CA than the one
 //! exposed, so a client trusting only [`Emulator::ca_pem`] must refuse it.
+//!
+//! # Rust API for tests
+//! [`Emulator::base_url`] (every platform's API and login base), [`Emulator::stream_url`],
+//! [`Emulator::dfo_url`], [`Emulator::aah_url`], [`Emulator::ca_pem`];
+//! [`Emulator::emit`], [`Emulator::emit_genesys`], [`Emulator::emit_dfo`],
+//! [`Emulator::emit_aah`] produce events now; [`Emulator::stats`], [`Emulator::fault`] and
+//! [`Emulator::token_serial`] (to match a token you hold with the serials stats show).
 //!
 //! # Control endpoints
 //! `POST /faults` with a [`Fault`] as JSON → 200 [`FaultReport`], or 400
@@ -212,7 +222,8 @@
 //! | `cxone` | `refuse-token` | `client` | `grant` (`access-key`, `refresh-token`, `any`), `count` |
 //! | `cxone` | `rate-limit` | `path`, `method` | `count`, `retryAfterSecs` |
 //!
-//! A report's `applied` counts the sockets, channels or tokens hit, or the requests armed.
+//! A report (`{"applied":N,"hit":[..]}`) names the sockets, channels or tokens a platform
+//! fault hit, and counts them plus the requests armed; the original actions report the count only.
 //!
 //! The `blackhole` fault stops the emulator's own reading and writing: the kernel still
 //! acknowledges TCP segments, so it models a hung peer application. A network-level half-open

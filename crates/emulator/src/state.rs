@@ -103,6 +103,18 @@ pub(crate) enum SocketKey {
     Aah,
 }
 
+impl SocketKey {
+    /// How a fault report names socket `id`.
+    fn name(&self, id: u64) -> String {
+        match self {
+            SocketKey::Generic(s) => format!("generic:{}#{id}", s.name),
+            SocketKey::Genesys { channel, .. } => format!("genesys:{channel}#{id}"),
+            SocketKey::Dfo { tenant, user } => format!("cxone-dfo:{tenant}/{user}#{id}"),
+            SocketKey::Aah => format!("cxone-aah:#{id}"),
+        }
+    }
+}
+
 /// Everything the emulator's tasks share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -470,20 +482,21 @@ impl Shared {
 
     /// Apply one fault (the body of `POST /faults`).
     pub fn apply(&self, fault: Fault) -> FaultReport {
-        let what = serde_json::to_string(&fault).unwrap_or_default();
-        let applied = match fault {
+        let what = serde_json::to_string(&fault.redacted()).unwrap_or_default();
+        let report = match fault {
             Fault::Genesys(f) => self.apply_genesys(f),
             Fault::CxoneDfo(f) => self.apply_dfo(f),
             Fault::CxoneAah(f) => self.apply_aah(f),
             Fault::Cxone(f) => self.apply_cxone(f),
-            generic => self.apply_generic(generic),
+            // The original actions keep their original report: a count only.
+            generic => FaultReport::armed(self.apply_generic(generic).applied),
         };
-        info!(fault = %what, applied, "fault injected");
-        FaultReport { applied }
+        info!(fault = %what, applied = report.applied, hit = ?report.hit, "fault injected");
+        report
     }
 
     /// The original faults: `stream` names a generic stream; absent = every socket.
-    fn apply_generic(&self, fault: Fault) -> u64 {
+    fn apply_generic(&self, fault: Fault) -> FaultReport {
         let scope = fault.stream().map(str::to_string);
         let scope = scope.as_deref();
         let in_scope = |key: &SocketKey| match (scope, key) {
@@ -516,7 +529,7 @@ impl Shared {
             Fault::Close { code, reason, .. } => c.send(in_scope, &Ctl::Close(code, reason)),
             Fault::RefuseToken { count, .. } => {
                 c.refuse_tokens = count;
-                count
+                FaultReport::armed(count)
             }
             Fault::RateLimit {
                 count,
@@ -529,16 +542,18 @@ impl Shared {
                     upgrades_left: count,
                     retry_after_secs,
                 });
-                count
+                FaultReport::armed(count)
             }
             Fault::SendGarbage { kind, bytes, .. } => {
                 c.send(in_scope, &Ctl::Send(kind.frame(bytes)))
             }
-            Fault::Genesys(_) | Fault::CxoneDfo(_) | Fault::CxoneAah(_) | Fault::Cxone(_) => 0,
+            Fault::Genesys(_) | Fault::CxoneDfo(_) | Fault::CxoneAah(_) | Fault::Cxone(_) => {
+                FaultReport::default()
+            }
         }
     }
 
-    fn apply_genesys(&self, f: GenesysFault) -> u64 {
+    fn apply_genesys(&self, f: GenesysFault) -> FaultReport {
         let pick = |channel: &Option<String>, client: &Option<String>| {
             let (channel, client) = (channel.clone(), client.clone());
             move |key: &SocketKey| match key {
@@ -569,8 +584,10 @@ impl Shared {
                 lock(&self.control).send(pick(&channel, &client), &Ctl::Order(order))
             }
             GenesysFault::ExpireChannel { channel, client } => {
-                self.genesys
-                    .expire(self, channel.as_deref(), client.as_deref())
+                let ids = self
+                    .genesys
+                    .expire(self, channel.as_deref(), client.as_deref());
+                FaultReport::hit(ids.iter().map(|id| format!("channel:{id}")).collect())
             }
             GenesysFault::ExpireToken { client, token } => {
                 self.expire_tokens(Platform::Genesys, client, token, false)
@@ -583,7 +600,7 @@ impl Shared {
                     client,
                     left: count,
                 });
-                count
+                FaultReport::armed(count)
             }
             GenesysFault::RateLimit {
                 path,
@@ -591,11 +608,11 @@ impl Shared {
                 count,
                 retry_after_secs,
             } => self.arm_rest_limit(Platform::Genesys, path, method, count, retry_after_secs),
-            _ => 0,
+            _ => FaultReport::default(),
         }
     }
 
-    fn apply_dfo(&self, f: DfoFault) -> u64 {
+    fn apply_dfo(&self, f: DfoFault) -> FaultReport {
         let pick = |tenant: &Option<String>, user: &Option<String>| {
             let (tenant, user) = (tenant.clone(), user.clone());
             move |key: &SocketKey| match key {
@@ -621,15 +638,16 @@ impl Shared {
                 c.send(
                     pick(&tenant_id, &user_id),
                     &Ctl::Order(Order::RateLimitExceeded { close }),
-                ) + count
+                )
+                .plus_armed(count)
             }
-            _ => 0,
+            _ => FaultReport::default(),
         }
     }
 
-    fn apply_aah(&self, f: AahFault) -> u64 {
+    fn apply_aah(&self, f: AahFault) -> FaultReport {
         let Some(((socket, topic), act)) = f.socket() else {
-            return 0;
+            return FaultReport::default();
         };
         let subscribed: Option<Vec<u64>> = topic.as_deref().map(|t| {
             self.cxone
@@ -652,7 +670,7 @@ impl Shared {
         c.act_ids(&ids, act)
     }
 
-    fn apply_cxone(&self, f: CxoneFault) -> u64 {
+    fn apply_cxone(&self, f: CxoneFault) -> FaultReport {
         match f {
             CxoneFault::ExpireToken { client, token } => {
                 self.expire_tokens(Platform::Cxone, client, token, false)
@@ -672,7 +690,7 @@ impl Shared {
                         left: count,
                     },
                 ));
-                count
+                FaultReport::armed(count)
             }
             CxoneFault::RateLimit {
                 path,
@@ -690,13 +708,13 @@ impl Shared {
         client: Option<String>,
         token: Option<String>,
         revoke: bool,
-    ) -> u64 {
+    ) -> FaultReport {
         let sel = TokenSelector {
             platform: Some(platform),
             client,
             token,
         };
-        let hit = lock(&self.tokens).expire(&sel, revoke);
+        let serials = lock(&self.tokens).expire(&sel, revoke);
         match platform {
             Platform::Genesys => self.genesys.sweep(self),
             Platform::Cxone => {
@@ -705,7 +723,7 @@ impl Shared {
             }
             Platform::Generic => {}
         }
-        hit
+        FaultReport::hit(serials.iter().map(|s| format!("token#{s}")).collect())
     }
 
     fn arm_rest_limit(
@@ -715,7 +733,7 @@ impl Shared {
         method: Option<String>,
         count: u64,
         secs: u64,
-    ) -> u64 {
+    ) -> FaultReport {
         let mut c = lock(&self.control);
         c.rest_limits.retain(|rl| rl.platform != platform);
         c.rest_limits.push(RestLimit {
@@ -725,7 +743,7 @@ impl Shared {
             left: count,
             secs,
         });
-        count
+        FaultReport::armed(count)
     }
 
     /// A snapshot of every counter.
@@ -776,33 +794,37 @@ fn take_refusal(slot: &mut Option<Refusal>, client: &str) -> bool {
 }
 
 impl Control {
-    /// Send `ctl` to every socket `pick` chooses; returns how many got it.
-    fn send(&self, pick: impl Fn(&SocketKey) -> bool, ctl: &Ctl) -> u64 {
-        let mut n = 0;
-        for entry in self.sockets.values() {
-            if pick(&entry.key) && entry.ctl.send(ctl.clone()).is_ok() {
-                n += 1;
-            }
-        }
-        n
+    /// Send `ctl` to every socket `pick` chooses; the report names those that got it.
+    fn send(&self, pick: impl Fn(&SocketKey) -> bool, ctl: &Ctl) -> FaultReport {
+        let mut hit: Vec<String> = self
+            .sockets
+            .iter()
+            .filter(|(_, e)| pick(&e.key) && e.ctl.send(ctl.clone()).is_ok())
+            .map(|(id, e)| e.key.name(*id))
+            .collect();
+        hit.sort();
+        FaultReport::hit(hit)
     }
 
     /// Do `act` to every socket `pick` chooses (pong faults act on those sockets only).
-    fn act(&self, pick: impl Fn(&SocketKey) -> bool, act: SocketAct) -> u64 {
+    fn act(&self, pick: impl Fn(&SocketKey) -> bool, act: SocketAct) -> FaultReport {
         self.send(pick, &act_ctl(act))
     }
 
     /// Do `act` to the sockets `ids`.
-    fn act_ids(&self, ids: &[u64], act: SocketAct) -> u64 {
+    fn act_ids(&self, ids: &[u64], act: SocketAct) -> FaultReport {
         let ctl = act_ctl(act);
-        ids.iter()
-            .filter_map(|id| self.sockets.get(id))
-            .filter(|e| e.ctl.send(ctl.clone()).is_ok())
-            .count() as u64
+        let hit = ids
+            .iter()
+            .filter_map(|id| self.sockets.get(id).map(|e| (id, e)))
+            .filter(|(_, e)| e.ctl.send(ctl.clone()).is_ok())
+            .map(|(id, e)| e.key.name(*id))
+            .collect();
+        FaultReport::hit(hit)
     }
 
     /// Make `mode` the pong behaviour of `scope` (sticky) and of its open sockets.
-    fn set_pongs(&mut self, scope: Option<&str>, mode: PongMode) -> u64 {
+    fn set_pongs(&mut self, scope: Option<&str>, mode: PongMode) -> FaultReport {
         match scope {
             None => {
                 self.pong_all = mode;
@@ -924,7 +946,7 @@ mod tests {
             channel: ch.into(),
             client: cl.into(),
         };
-        let (_a, _ra, _) = s.register_key(key("c1", "x"));
+        let (a, _ra, _) = s.register_key(key("c1", "x"));
         let (_b, _rb, _) = s.register_key(key("c2", "y"));
         let (_g, _rg, _) = s.register(s.stream("g"));
         let (_d, _rd, _) = s.register_key(SocketKey::Dfo {
@@ -938,7 +960,11 @@ mod tests {
             })
         };
         assert_eq!(s.apply(reset(None, None)).applied, 2);
-        assert_eq!(s.apply(reset(Some("c1"), None)).applied, 1);
+        assert_eq!(
+            s.apply(reset(Some("c1"), None)).hit,
+            [format!("genesys:c1#{}", a.id)],
+            "a report names what it hit"
+        );
         assert_eq!(s.apply(reset(None, Some("y"))).applied, 1);
         assert_eq!(s.apply(reset(Some("c1"), Some("y"))).applied, 0);
         let dfo = Fault::CxoneDfo(DfoFault::Blackhole {
@@ -946,7 +972,8 @@ mod tests {
             user_id: None,
         });
         assert_eq!(s.apply(dfo).applied, 1);
-        assert_eq!(s.apply(Fault::Reset { stream: None }).applied, 4, "all");
+        let all = s.apply(Fault::Reset { stream: None });
+        assert_eq!((all.applied, all.hit.len()), (4, 0), "all, counted only");
         assert_eq!(
             s.apply(Fault::Reset {
                 stream: Some("g".into())

@@ -122,6 +122,10 @@ pub struct ChannelStats {
     pub connected: bool,
     /// Sockets connected to it since it was created.
     pub connections: u64,
+    /// When its last socket connected (epoch ms), for overlap checks.
+    pub connected_at_ms: Option<u64>,
+    /// When a socket of it last went away (epoch ms).
+    pub disconnected_at_ms: Option<u64>,
     /// Subscribing calls (REST and socket).
     pub subscriptions: u64,
     /// Why it stopped (`channel expired`, `token expired`, `channel replaced`), if it has.

@@ -33,6 +33,16 @@ impl Platform {
     }
 }
 
+/// A token kept by another structure; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Held(pub String);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<token>")
+    }
+}
+
 /// What a valid token is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TokenInfo {
@@ -73,14 +83,24 @@ pub(crate) struct TokenSelector {
     pub token: Option<String>,
 }
 
-/// Every token issued and not yet pruned.
-#[derive(Debug, Default)]
+/// Every token issued and not yet pruned. `Debug` shows counts, never tokens.
+#[derive(Default)]
 pub(crate) struct Tokens {
     by_token: HashMap<String, Issued>,
     refresh: HashMap<String, Refresh>,
     next_serial: u64,
     /// Size of the maps after the last prune; the next prune runs when one has doubled.
     pruned_at: usize,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("access", &self.by_token.len())
+            .field("refresh", &self.refresh.len())
+            .field("issued", &self.next_serial)
+            .finish()
+    }
 }
 
 /// A fresh random token string.
@@ -180,8 +200,8 @@ impl Tokens {
     }
 
     /// Make the selected live tokens expire now; with `revoke` also mark them revoked and drop
-    /// the refresh tokens issued with them. Returns how many were hit.
-    pub fn expire(&mut self, sel: &TokenSelector, revoke: bool) -> u64 {
+    /// the refresh tokens issued with them. Returns the serials of those hit.
+    pub fn expire(&mut self, sel: &TokenSelector, revoke: bool) -> Vec<u64> {
         let now = Instant::now();
         let mut hit = Vec::new();
         for (token, t) in &mut self.by_token {
@@ -192,13 +212,16 @@ impl Tokens {
             if live && chosen {
                 t.info.expires = now;
                 t.revoked |= revoke;
-                hit.push(token.clone());
+                hit.push((token.clone(), t.info.serial));
             }
         }
         if revoke {
-            self.refresh.retain(|_, r| !hit.contains(&r.access));
+            self.refresh
+                .retain(|_, r| !hit.iter().any(|(t, _)| *t == r.access));
         }
-        hit.len() as u64
+        let mut serials: Vec<u64> = hit.into_iter().map(|(_, s)| s).collect();
+        serials.sort_unstable();
+        serials
     }
 }
 
@@ -234,6 +257,8 @@ mod tests {
             Some("key".to_string())
         );
         assert!(tokens.check(&g, None).is_some(), "any platform");
+        let shown = format!("{tokens:?}");
+        assert!(!shown.contains(&g) && !shown.contains(&c), "{shown}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -247,15 +272,15 @@ mod tests {
             client: Some("k1".into()),
             ..TokenSelector::default()
         };
-        assert_eq!(tokens.expire(&sel, false), 1);
+        assert_eq!(tokens.expire(&sel, false), [1]);
         assert!(tokens.check(&a, None).is_none());
         assert!(tokens.check(&b, None).is_some());
-        assert_eq!(tokens.expire(&sel, false), 0, "already expired");
+        assert!(tokens.expire(&sel, false).is_empty(), "already expired");
         let sel = TokenSelector {
             token: Some(b.clone()),
             ..TokenSelector::default()
         };
-        assert_eq!(tokens.expire(&sel, true), 1);
+        assert_eq!(tokens.expire(&sel, true), [2]);
         assert_eq!(tokens.redeem_refresh(&rb), None, "revoked with its token");
         assert_eq!(tokens.redeem_refresh(&ra).as_deref(), Some("k1"));
         assert_eq!(tokens.redeem_refresh(&ra), None, "used up");

@@ -256,7 +256,14 @@ async fn rate_limit_answers_429_with_retry_after_to_token_and_upgrade_requests()
         count: 2,
         retry_after_secs: 7,
     });
-    assert_eq!(report, FaultReport { applied: 2 });
+    assert_eq!(
+        report,
+        FaultReport {
+            applied: 2,
+            hit: Vec::new()
+        },
+        "request faults arm requests and name no socket"
+    );
 
     for _ in 0..2 {
         let r = token_request(&emu, ID, SECRET, "client_credentials").await;

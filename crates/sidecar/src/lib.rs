@@ -6,7 +6,8 @@
 //! A stream's life, in the order a reader follows it:
 //! - `run`: the sidecar process — config reload, signals, the servers
 //! - `pod/`: the pod's streams; each stream's supervisor (lease, pool slot, session, checkpoints)
-//! - `ownership`: leases with fencing in the store, beats, sweeps, transitions
+//! - `ownership`: leases with fencing in the store, beats, sweeps, checkpoints, transitions
+//! - `lease`: the lease rule (until when a pod may act on its lease), pure
 //! - `auth/`: credentials, token grants and validation, the refresh schedule
 //! - `upstream/`: the session that holds the platform socket: connect, heartbeat, reap, resume
 //! - `platforms/`: what differs per platform (generic, Genesys, CXone)
@@ -20,6 +21,7 @@ pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod clock;
+pub mod lease;
 pub mod liveness;
 pub mod metrics;
 pub mod net;

@@ -134,26 +134,11 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
         let _ = rx.wait_for(|d| *d).await;
     };
     let loops = pod.spawn_loops(until_down(down_rx.clone()));
-    let app_cfg = app::server::AppServerConfig {
-        max_frame: config
-            .streams
-            .iter()
-            .map(|s| s.limits.max_frame_bytes)
-            .max()
-            .unwrap_or(1 << 20),
-        heartbeat: config
-            .streams
-            .first()
-            .map(|s| HeartbeatPolicy::from(s.heartbeat))
-            .unwrap_or(HeartbeatPolicy {
-                interval: Duration::from_secs(15),
-                timeout: Duration::from_secs(35),
-            }),
-    };
-    let app = tokio::spawn(app::server::serve(
+    let (app_cfg, app_cfg_rx) = watch::channel(app_config(&config));
+    let app = tokio::spawn(app::server::serve_with(
         app_listener,
         Arc::clone(&pod) as Arc<dyn app::server::HubDirectory>,
-        app_cfg,
+        app_cfg_rx,
         until_down(down_rx.clone()),
     ));
     let admin = tokio::spawn(admin::serve(
@@ -194,6 +179,7 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
                 }
                 match pod.apply(&next) {
                     Ok(a) => {
+                        app_cfg.send_replace(app_config(&next));
                         tracing::info!(started = ?a.started, restarted = ?a.restarted, removed = ?a.removed, kept = a.kept, "config reloaded")
                     }
                     Err(e) => {
@@ -214,6 +200,30 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     })
     .await;
     Ok(())
+}
+
+/// The app server's settings for `config` (sent again with every reload): the largest frame
+/// any stream accepts, the connection limit, and the shortest stream heartbeat (an app is
+/// never pinged less often than its stream's platform socket).
+fn app_config(config: &SidecarConfig) -> app::server::AppServerConfig {
+    app::server::AppServerConfig {
+        max_frame: config
+            .streams
+            .iter()
+            .map(|s| s.limits.max_frame_bytes)
+            .max()
+            .unwrap_or(1 << 20),
+        heartbeat: config
+            .streams
+            .iter()
+            .map(|s| HeartbeatPolicy::from(s.heartbeat))
+            .min_by_key(|h| h.interval)
+            .unwrap_or(HeartbeatPolicy {
+                interval: Duration::from_secs(15),
+                timeout: Duration::from_secs(35),
+            }),
+        max_connections: config.max_app_connections,
+    }
 }
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {

@@ -1,4 +1,7 @@
-//! Fixtures shared by streamkeeper's test suites (the coord crate's store tests and bench, and
-//! the end-to-end tests), so each real dependency is started one way.
+//! Fixtures shared by streamkeeper's test suites (the coord crate's store tests and bench, the
+//! end-to-end tests, the controller's API server tests), so each real dependency is started one
+//! way.
 
+#[cfg(feature = "k8s")]
+pub mod k8s;
 pub mod redis;

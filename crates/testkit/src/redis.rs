@@ -247,7 +247,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// Three masters, no replicas, all 16384 slots assigned.
+/// Three masters, no replicas, all 16384 slots assigned; a stopped node takes only its own
+/// slots down (`cluster-require-full-coverage no`).
 pub struct RedisCluster {
     /// The nodes.
     pub nodes: Vec<RedisServer>,
@@ -266,6 +267,10 @@ impl RedisCluster {
             "nodes.conf",
             "--cluster-node-timeout",
             "2000",
+            // A stopped master takes only its own slots down: the tenants on the other nodes
+            // are served on (what streamkeeper expects of a production cluster too).
+            "--cluster-require-full-coverage",
+            "no",
         ];
         let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(&args)).collect();
         let addrs: Vec<String> = nodes
@@ -332,7 +337,12 @@ impl RedisCluster {
 
     /// The port of the master that serves `key`'s slot.
     pub fn node_of(&self, key: &str) -> u16 {
-        let first = self.nodes[0].port;
+        // Any running node knows the slot map.
+        let first = self
+            .nodes
+            .iter()
+            .find(|n| n.running())
+            .map_or(self.nodes[0].port, |n| n.port);
         let slot = match command(first, &["CLUSTER", "KEYSLOT", key]) {
             Ok(redis::Value::Int(s)) => s,
             other => panic!("CLUSTER KEYSLOT {key}: {other:?}"),
@@ -355,6 +365,25 @@ impl RedisCluster {
             }
         }
         panic!("no node serves slot {slot}");
+    }
+
+    /// Kills the node on `port` (SIGKILL); the others serve their slots on.
+    pub fn stop_node(&mut self, port: u16) {
+        self.node_mut(port).stop();
+    }
+
+    /// Starts the node on `port` again (empty, same identity and slots) and waits until the
+    /// cluster is whole.
+    pub fn restart_node(&mut self, port: u16) {
+        self.node_mut(port).restart();
+        self.wait_ok();
+    }
+
+    fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        match self.nodes.iter_mut().find(|n| n.port == port) {
+            Some(n) => n,
+            None => panic!("no cluster node on port {port}"),
+        }
     }
 
     /// Kills every node.

@@ -114,6 +114,8 @@ fn config(emu: &Emulator, creds: &std::path::Path, tenant: &str) -> anyhow::Resu
         admin: "127.0.0.1:1".parse().context("admin")?,
         redis: None,
         tenant_limits: Default::default(),
+        checkpoint_window: streamkeeper_api::config::DEFAULT_CHECKPOINT_WINDOW,
+        max_app_connections: streamkeeper_api::config::DEFAULT_MAX_APP_CONNECTIONS,
         streams,
     };
     config.validate().map_err(anyhow::Error::from)?;
@@ -148,6 +150,7 @@ async fn start_pod(
         AppServerConfig {
             max_frame: 1 << 20,
             heartbeat: HeartbeatPolicy::from(HEARTBEAT),
+            ..AppServerConfig::default()
         },
         until(stop_rx.clone()),
     ));

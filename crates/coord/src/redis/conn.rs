@@ -31,8 +31,8 @@ pub struct RedisOptions {
     pub op_timeout: Duration,
     /// How long a DEAD record (`sk:{T}:conn:{stream}`) stays readable after it was declared.
     pub dead_retention: Duration,
-    /// How long a released lease (a tombstone) or a lapsed one that the sweep handled keeps
-    /// fencing its old owner before Redis forgets it.
+    /// How long a released or removed lease (a tombstone) or a lapsed one that the sweep
+    /// handled keeps fencing its old owner before Redis forgets it.
     pub lease_retention: Duration,
 }
 
@@ -337,8 +337,37 @@ impl Conn {
             .is_some_and(|at| at.elapsed() < window)
     }
 
-    /// Runs `f` on a connection, bounded by the operation timeout.
+    /// Runs `f` on a connection, bounded by the operation timeout. When Redis cannot be
+    /// reached, this is noted (see [`Conn::unavailable_within`]).
     pub(crate) async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Live) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.run_noting(what, true, f).await
+    }
+
+    /// [`Conn::run`] for a side task whose failure says nothing about whether the owners can
+    /// renew (the `status` registry, on one cluster node): it does not make this store wait
+    /// for owners to re-assert.
+    pub(crate) async fn run_aside<T, F, Fut>(
+        &self,
+        what: &'static str,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(Live) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.run_noting(what, false, f).await
+    }
+
+    async fn run_noting<T, F, Fut>(
+        &self,
+        what: &'static str,
+        note: bool,
+        f: F,
+    ) -> Result<T, StoreError>
     where
         F: FnOnce(Live) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -351,13 +380,15 @@ impl Conn {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let err = self.map_err(what, &e);
-                if matches!(err, StoreError::Unavailable(_)) {
+                if note && matches!(err, StoreError::Unavailable(_)) {
                     self.unavailable().await;
                 }
                 Err(err)
             }
             Err(_) => {
-                self.unavailable().await;
+                if note {
+                    self.unavailable().await;
+                }
                 Err(StoreError::Unavailable(format!(
                     "{what} on {}: no answer within {:?}",
                     self.endpoints.display, self.opts.op_timeout

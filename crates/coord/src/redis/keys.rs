@@ -6,11 +6,12 @@
 //! |---|---|---|
 //! | `sk:{T}:conn:{stream}` | hash | socketId, lastPong, platform, tenant, state, retryCount, owner, fence; written when it changes (not at every pong: lastPong lives in the live index); no TTL while the stream is live, a retention TTL once it is DEAD |
 //! | `sk:{T}:live` | sorted set | stream by lastPong (epoch ms, the owner's clock) |
-//! | `sk:{T}:lease:{stream}` | string | `{fence}:{owner}` while granted; `{fence}:{owner}:released` after a release (a tombstone with a retention TTL) |
+//! | `sk:{T}:lease:{stream}` | string | `{fence}:{owner}` while granted; `{fence}:{owner}:released` after a release, `{fence}:{owner}:removed` after the stream was removed (tombstones with a retention TTL) |
 //! | `sk:{T}:leases` | sorted set | stream by lease expiry (epoch ms, Redis's clock): renewing N leases is one ZADD, and lapsed leases are found in O(log N) |
 //! | `sk:{T}:fence` | string | the tenant's fence counter (INCR), raised by re-assertions so it never falls below a fence handed out |
 //! | `sk:{T}:pool` | hash | stream -> fence of each pool slot holder; a slot lives while its stream's lease does |
 //! | `sk:{T}:ckpt:{stream}` | string | last acked event id, written only under the current fence |
+//! | `sk:{T}:ckseq:{stream}` | string | `{fence}:{seq}` of the write that stored the checkpoint: a write of that fence with an equal or lower seq is ignored, so the checkpoint never moves back |
 //! | `sk:tenants` | set | registry of tenants, read by `status` only (no hash tag: one slot) |
 //! | channel `streamkeeper:transitions` | pub/sub | JSON [`Transition`](streamkeeper_api::Transition) |
 
@@ -39,6 +40,11 @@ pub(crate) fn lease(key: &StreamKey) -> String {
 /// `sk:{T}:ckpt:{stream}`
 pub(crate) fn ckpt(key: &StreamKey) -> String {
     format!("sk:{{{}}}:ckpt:{}", key.tenant, key.stream)
+}
+
+/// `sk:{T}:ckseq:{stream}`
+pub(crate) fn ckseq(key: &StreamKey) -> String {
+    format!("sk:{{{}}}:ckseq:{}", key.tenant, key.stream)
 }
 
 /// `sk:{T}:live`
@@ -74,6 +80,7 @@ mod tests {
         assert_eq!(conn(&k), "sk:{acme}:conn:cc/acme-queue-events");
         assert_eq!(lease(&k), "sk:{acme}:lease:cc/acme-queue-events");
         assert_eq!(ckpt(&k), "sk:{acme}:ckpt:cc/acme-queue-events");
+        assert_eq!(ckseq(&k), "sk:{acme}:ckseq:cc/acme-queue-events");
         assert_eq!(live(&k.tenant), "sk:{acme}:live");
         assert_eq!(prefix(&k.tenant) + "conn:" + k.stream.as_str(), conn(&k));
     }

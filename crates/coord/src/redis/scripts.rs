@@ -84,6 +84,9 @@ impl Call {
 /// Takes a lease: SET + fence INCR, see `lua/acquire.lua`.
 pub(crate) static ACQUIRE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(include_str!("lua/acquire.lua")));
+/// Reads how many leases stand, see `lua/lease_expiries.lua`.
+pub(crate) static LEASE_EXPIRIES: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("lua/lease_expiries.lua")));
 /// Renews many leases and records liveness, see `lua/beat.lua`.
 pub(crate) static BEAT: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/beat.lua")));
 /// Releases a lease and publishes the handover, see `lua/release.lua`.
@@ -97,6 +100,9 @@ pub(crate) static CHECKPOINT: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(include_str!("lua/checkpoint.lua")));
 /// Declares stale streams DEAD once, see `lua/sweep.lua`.
 pub(crate) static SWEEP: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/sweep.lua")));
+/// Forgets a deleted stream, see `lua/remove.lua`.
+pub(crate) static REMOVE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("lua/remove.lua")));
 /// Takes a pool slot, see `lua/pool_acquire.lua`.
 pub(crate) static POOL_ACQUIRE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(include_str!("lua/pool_acquire.lua")));

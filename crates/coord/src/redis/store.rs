@@ -10,7 +10,8 @@ use std::{
 use ::redis::{AsyncCommands, Value};
 use async_trait::async_trait;
 use streamkeeper_api::{
-    EventId, Fence, PodName, StreamState, Tenant, Transition, transition::TRANSITIONS_CHANNEL,
+    EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition,
+    transition::TRANSITIONS_CHANNEL,
 };
 
 use super::{
@@ -18,13 +19,16 @@ use super::{
     keys, scripts, subscriber,
 };
 use crate::store::{
-    Acquired, Beat, BeatOutcome, CheckpointWrite, ConnRecord, Store, StoreError, StreamKey,
-    TransitionStream,
+    Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView, Store,
+    StoreError, StreamKey, TransitionStream, answering_beats, answering_writes, outcome_beside,
 };
 
 /// Streams per script call: bounds one script's run time (Redis serves nobody else meanwhile)
 /// and Lua's `unpack` stack.
 const BATCH: usize = 500;
+/// Checkpoints per script call: a tenant's whole flush (its streams are at most its pool
+/// limit, 50 by default) in one call; MGET and MSET stay within Lua's `unpack` limit.
+const CHECKPOINT_BATCH: usize = 1_000;
 /// Lapsed leases examined per sweep script call; the sweep calls again while it gets this many.
 const SWEEP_LIMIT: usize = 500;
 
@@ -109,7 +113,7 @@ impl RedisStore {
         let members = missing.clone();
         let res = self
             .conn
-            .run("register tenants", |mut c| async move {
+            .run_aside("register tenants", |mut c| async move {
                 c.sadd::<_, _, i64>(keys::TENANTS, members).await
             })
             .await;
@@ -162,27 +166,29 @@ impl RedisStore {
                 beats.len()
             )));
         }
-        codes
+        Ok(codes
             .into_iter()
             .map(|c| match c {
-                0 => Ok(BeatOutcome::Renewed),
-                1 => Ok(BeatOutcome::Reasserted),
-                2 => Ok(BeatOutcome::Fenced),
-                other => Err(StoreError::Protocol(format!(
+                0 => BeatOutcome::Renewed,
+                1 => BeatOutcome::Reasserted,
+                2 => BeatOutcome::Fenced,
+                other => BeatOutcome::Failed(StoreError::Protocol(format!(
                     "beat: unknown outcome {other}"
                 ))),
             })
-            .collect()
+            .collect())
     }
 
     async fn checkpoint_chunk(
         &self,
         writes: Vec<&CheckpointWrite>,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<CheckpointOutcome>, StoreError> {
         let mut call = scripts::CHECKPOINT.call();
         for w in &writes {
-            call.key(keys::lease(&w.key)).key(keys::ckpt(&w.key));
-            call.arg(w.fence.0).arg(w.id.as_str());
+            call.key(keys::lease(&w.key))
+                .key(keys::ckpt(&w.key))
+                .key(keys::ckseq(&w.key));
+            call.arg(w.fence.0).arg(w.seq.0).arg(w.id.as_str());
         }
         let codes: Vec<i64> = self
             .conn
@@ -197,7 +203,18 @@ impl RedisStore {
                 writes.len()
             )));
         }
-        Ok(codes)
+        Ok(codes
+            .into_iter()
+            .map(|c| match c {
+                1 => CheckpointOutcome::Saved,
+                0 => CheckpointOutcome::Fenced,
+                2 => CheckpointOutcome::LeaseMissing,
+                3 => CheckpointOutcome::Superseded,
+                other => CheckpointOutcome::Failed(StoreError::Protocol(format!(
+                    "save checkpoints: unknown outcome {other}"
+                ))),
+            })
+            .collect())
     }
 
     async fn records_of(&self, tenant: &Tenant) -> Result<Vec<ConnRecord>, StoreError> {
@@ -311,15 +328,52 @@ impl Store for RedisStore {
         Ok(acquired)
     }
 
-    async fn beat(&self, beats: &[Beat]) -> Result<Vec<BeatOutcome>, StoreError> {
-        // The last beat of a stream wins; a tenant's beats go in one script per BATCH streams.
-        let mut last: HashMap<&StreamKey, usize> = HashMap::with_capacity(beats.len());
-        for (i, b) in beats.iter().enumerate() {
-            last.insert(&b.key, i);
+    async fn lease_expiries(
+        &self,
+        tenant: &Tenant,
+        streams: &[StreamId],
+    ) -> Result<Vec<LeaseView>, StoreError> {
+        let mut out = Vec::with_capacity(streams.len());
+        for part in streams.chunks(BATCH) {
+            let mut call = scripts::LEASE_EXPIRIES.call();
+            call.key(keys::leases(tenant));
+            for stream in part {
+                let key = StreamKey {
+                    tenant: tenant.clone(),
+                    stream: stream.clone(),
+                };
+                call.key(keys::lease(&key)).arg(stream.as_str());
+            }
+            let codes: Vec<i64> = self
+                .conn
+                .run("read lease expiries", |mut c| async move {
+                    call.invoke(&mut c).await
+                })
+                .await?;
+            if codes.len() != part.len() {
+                return Err(StoreError::Protocol(format!(
+                    "lease expiries: {} answers for {} streams",
+                    codes.len(),
+                    part.len()
+                )));
+            }
+            out.extend(codes.into_iter().map(|c| match c {
+                -2 => LeaseView::Lapsed,
+                ms if ms > 0 => LeaseView::Held {
+                    expires_in: Duration::from_millis(ms.unsigned_abs()),
+                },
+                _ => LeaseView::Free,
+            }));
         }
+        Ok(out)
+    }
+
+    async fn beat(&self, beats: &[Beat]) -> Vec<BeatOutcome> {
+        // The last beat of a stream wins; a tenant's beats go in one script per BATCH streams.
+        let answer = answering_beats(beats);
         let mut by_tenant: BTreeMap<&Tenant, Vec<usize>> = BTreeMap::new();
         for (i, b) in beats.iter().enumerate() {
-            if last.get(&b.key) == Some(&i) {
+            if answer[i] == i {
                 by_tenant.entry(&b.key.tenant).or_default().push(i);
             }
         }
@@ -339,15 +393,21 @@ impl Store for RedisStore {
                 }
             }
         }
-        let results = futures_util::future::join_all(
-            chunks.into_iter().map(|(tenant, idx, items)| async move {
-                (tenant, idx, self.beat_chunk(tenant, items).await)
-            }),
+        // The registry (for `status`) is updated beside the beats, so a cluster node that is
+        // down for it delays no beat.
+        let (results, ()) = futures_util::future::join(
+            futures_util::future::join_all(chunks.into_iter().map(
+                |(tenant, idx, items)| async move {
+                    (tenant, idx, self.beat_chunk(tenant, items).await)
+                },
+            )),
+            self.register(by_tenant.keys().copied()),
         )
         .await;
 
+        // Each chunk answers for its own beats: a failed one (a cluster node down) hides
+        // nothing another chunk learnt, a fencing above all.
         let mut outcome: Vec<Option<BeatOutcome>> = vec![None; beats.len()];
-        let mut first_err = None;
         let mut reasserted: Vec<&Tenant> = Vec::new();
         {
             let mut written = lock(&self.written);
@@ -356,10 +416,13 @@ impl Store for RedisStore {
                     Ok(codes) => {
                         for (i, o) in idx.into_iter().zip(codes) {
                             let b = &beats[i];
-                            if o == BeatOutcome::Fenced {
-                                written.remove(&b.key);
-                            } else {
-                                written.insert(b.key.clone(), digest(b));
+                            match &o {
+                                BeatOutcome::Renewed | BeatOutcome::Reasserted => {
+                                    written.insert(b.key.clone(), digest(b));
+                                }
+                                BeatOutcome::Fenced | BeatOutcome::Failed(_) => {
+                                    written.remove(&b.key);
+                                }
                             }
                             if o == BeatOutcome::Reasserted {
                                 reasserted.push(tenant);
@@ -371,33 +434,29 @@ impl Store for RedisStore {
                         // What this chunk wrote is unknown: write its records in full next time.
                         for i in idx {
                             written.remove(&beats[i].key);
+                            outcome[i] = Some(BeatOutcome::Failed(e.clone()));
                         }
-                        first_err.get_or_insert(e);
                     }
                 }
             }
         }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
         if !reasserted.is_empty() {
-            // Redis may have lost everything, the registry included.
-            let mut reg = lock(&self.registered);
-            for t in &reasserted {
-                reg.remove(*t);
+            // Redis may have lost everything, the registry included (perhaps after this call
+            // registered them above).
+            {
+                let mut reg = lock(&self.registered);
+                for t in &reasserted {
+                    reg.remove(*t);
+                }
             }
+            self.register(reasserted).await;
         }
-        self.register(by_tenant.keys().copied()).await;
-        beats
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let j = last.get(&b.key).copied().unwrap_or(i);
-                outcome
-                    .get(j)
-                    .copied()
-                    .flatten()
-                    .ok_or_else(|| StoreError::Protocol("beat: a stream got no answer".into()))
+        answer
+            .into_iter()
+            .map(|j| {
+                outcome.get(j).cloned().flatten().unwrap_or_else(|| {
+                    BeatOutcome::Failed(StoreError::Protocol("beat: a stream got no answer".into()))
+                })
             })
             .collect()
     }
@@ -465,52 +524,59 @@ impl Store for RedisStore {
         Ok(id.map(EventId))
     }
 
-    async fn save_checkpoint(
-        &self,
-        key: &StreamKey,
-        fence: Fence,
-        id: &EventId,
-    ) -> Result<bool, StoreError> {
-        let w = CheckpointWrite {
-            key: key.clone(),
-            fence,
-            id: id.clone(),
-        };
-        match self.checkpoint_chunk(vec![&w]).await?.first() {
-            Some(1) => Ok(true),
-            Some(2) => Err(StoreError::LeaseMissing),
-            _ => Ok(false),
-        }
-    }
-
-    async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Result<Vec<bool>, StoreError> {
+    async fn save_checkpoints(&self, writes: &[CheckpointWrite]) -> Vec<CheckpointOutcome> {
+        // Of the writes of one stream under one fence only the newest goes to Redis (a flush
+        // costs its streams, not its acks); the others answer from it.
+        let answer = answering_writes(writes);
         // A script may only touch one hash slot in a cluster: one call per tenant there. A single
         // node has no slots, and the checkpoint script names every key it touches, so all
         // tenants go in one call (the cost is then O(1) per flush, not O(tenants)).
         let cluster = self.conn.endpoints.cluster;
         let mut groups: BTreeMap<Option<&Tenant>, Vec<usize>> = BTreeMap::new();
         for (i, w) in writes.iter().enumerate() {
-            groups
-                .entry(cluster.then_some(&w.key.tenant))
-                .or_default()
-                .push(i);
+            if answer[i] == i {
+                groups
+                    .entry(cluster.then_some(&w.key.tenant))
+                    .or_default()
+                    .push(i);
+            }
         }
         let parts: Vec<Vec<usize>> = groups
             .values()
-            .flat_map(|idx| idx.chunks(BATCH).map(<[usize]>::to_vec))
+            .flat_map(|idx| idx.chunks(CHECKPOINT_BATCH).map(<[usize]>::to_vec))
             .collect();
         let results = futures_util::future::join_all(parts.into_iter().map(|idx| async move {
             let items = idx.iter().map(|&i| &writes[i]).collect();
             (idx, self.checkpoint_chunk(items).await)
         }))
         .await;
-        let mut out = vec![false; writes.len()];
+        let mut sent: Vec<Option<CheckpointOutcome>> = vec![None; writes.len()];
         for (idx, res) in results {
-            for (i, code) in idx.into_iter().zip(res?) {
-                out[i] = code == 1;
+            match res {
+                Ok(outcomes) => {
+                    for (i, o) in idx.into_iter().zip(outcomes) {
+                        sent[i] = Some(o);
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        sent[i] = Some(CheckpointOutcome::Failed(e.clone()));
+                    }
+                }
             }
         }
-        Ok(out)
+        answer
+            .iter()
+            .enumerate()
+            .map(|(i, &j)| {
+                let o = sent.get(j).cloned().flatten().unwrap_or_else(|| {
+                    CheckpointOutcome::Failed(StoreError::Protocol(
+                        "save checkpoints: a write got no answer".into(),
+                    ))
+                });
+                if i == j { o } else { outcome_beside(&o) }
+            })
+            .collect()
     }
 
     async fn sweep_stale(
@@ -621,6 +687,28 @@ impl Store for RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn remove_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
+        let mut call = scripts::REMOVE.call();
+        call.key(keys::lease(key))
+            .key(keys::leases(&key.tenant))
+            .key(keys::conn(key))
+            .key(keys::live(&key.tenant))
+            .key(keys::ckpt(key))
+            .key(keys::ckseq(key))
+            .key(keys::pool(&key.tenant))
+            .arg(key.stream.as_str())
+            .arg(millis(self.conn.opts.lease_retention).max(1));
+        let found: i64 = self
+            .conn
+            .run(
+                "remove stream",
+                |mut c| async move { call.invoke(&mut c).await },
+            )
+            .await?;
+        lock(&self.written).remove(key);
+        Ok(found == 1)
     }
 
     async fn subscribe(&self) -> Result<TransitionStream, StoreError> {

@@ -6,14 +6,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::feed::Outlet;
+use crate::feed::{Inbox, Outlet};
 use crate::frame;
 use crate::http::{Body, switching, websocket_accept};
 use crate::socket::{self, Action, Dialect, Writer};
@@ -41,7 +39,6 @@ pub(crate) fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Respo
         topics: BTreeSet::new(),
         events: outlet.attach(),
         outlet,
-        pending: None,
     };
     let wr = Writer::new(pong, shared.cxone.aah_pongs.clone());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -57,8 +54,7 @@ struct AahSocket {
     connected: bool,
     topics: BTreeSet<String>,
     outlet: Arc<Outlet>,
-    events: mpsc::Receiver<Bytes>,
-    pending: Option<Bytes>,
+    events: Inbox,
 }
 
 impl Drop for AahSocket {
@@ -182,21 +178,11 @@ impl Dialect for AahSocket {
     }
 
     async fn wake(&mut self) {
-        if self.pending.is_none() {
-            match self.events.recv().await {
-                Some(e) => self.pending = Some(e),
-                None => std::future::pending::<()>().await,
-            }
-        }
+        self.events.ready().await;
     }
 
     fn fill(&mut self, wr: &mut Writer) {
-        while wr.has_room() {
-            match self.pending.take().or_else(|| self.events.try_recv().ok()) {
-                Some(e) => wr.push(e),
-                None => return,
-            }
-        }
+        self.events.drain_into(wr);
     }
 
     fn on_order(&mut self, _order: Order, _wr: &mut Writer) -> Action {

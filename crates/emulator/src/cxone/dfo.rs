@@ -5,15 +5,13 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::feed::{Outlet, Topic};
+use crate::feed::{Inbox, Outlet, Topic};
 use crate::frame;
 use crate::http::{Body, error, switching, websocket_accept};
 use crate::socket::{self, Action, Dialect, Writer};
@@ -58,7 +56,6 @@ pub(crate) fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Respo
         topic: None,
         outlet: Arc::default(),
         events: None,
-        pending: None,
     };
     let wr = Writer::new(pong, shared.cxone.dfo_pongs.clone());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -78,8 +75,7 @@ struct DfoSocket {
     registered: Option<(String, Instant)>,
     topic: Option<Arc<Topic>>,
     outlet: Arc<Outlet>,
-    events: Option<mpsc::Receiver<Bytes>>,
-    pending: Option<Bytes>,
+    events: Option<Inbox>,
 }
 
 impl Drop for DfoSocket {
@@ -195,30 +191,21 @@ impl Dialect for DfoSocket {
     }
 
     async fn wake(&mut self) {
-        if self.pending.is_some() {
-            return;
-        }
         match self.events.as_mut() {
-            Some(rx) => match rx.recv().await {
-                Some(e) => self.pending = Some(e),
-                None => std::future::pending::<()>().await,
-            },
+            Some(inbox) => inbox.ready().await,
             None => std::future::pending::<()>().await,
         }
     }
 
     fn fill(&mut self, wr: &mut Writer) {
-        let Some(rx) = self.events.as_mut() else {
+        let Some(inbox) = self.events.as_mut() else {
             return;
         };
-        while wr.has_room() {
-            let next = self.pending.take().or_else(|| rx.try_recv().ok());
-            match next {
-                // Events flow only while registered; one that arrives otherwise is lost.
-                Some(e) if self.registered.is_some() => wr.push(e),
-                Some(_) => {}
-                None => return,
-            }
+        if self.registered.is_some() {
+            inbox.drain_into(wr);
+        } else {
+            // Events flow only while registered; those that arrive otherwise are lost.
+            while inbox.take().is_some() {}
         }
     }
 

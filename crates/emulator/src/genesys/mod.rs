@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng as _;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::GenesysConfig;
-use crate::feed::{Feeds, Outlet, Shape};
+use crate::feed::{Feeds, Inbox, Outlet, Shape};
 use crate::state::{Ctl, Order, Shared};
 use crate::stats::{ChannelStats, GenesysClientStats, GenesysStats};
-use crate::tokens::Platform;
+use crate::tokens::{Held, Platform};
 use crate::util::{deadline_after, epoch_ms, iso8601_ms, lock};
 
 /// Longest topic name the platform takes.
@@ -63,7 +62,7 @@ struct Channel {
     serial: u64,
     client: String,
     /// The token that created it: the channel lives only as long as it does.
-    token: String,
+    token: Held,
     token_serial: u64,
     expires: Instant,
     expires_ms: u64,
@@ -74,6 +73,8 @@ struct Channel {
     outlet: Arc<Outlet>,
     connections: u64,
     subscriptions: u64,
+    connected_at_ms: Option<u64>,
+    disconnected_at_ms: Option<u64>,
 }
 
 /// What `POST /channels` and `GET /channels` show of a channel.
@@ -120,7 +121,7 @@ pub(crate) enum ChannelError {
 #[derive(Debug)]
 pub(crate) struct Connected {
     /// Its events.
-    pub events: mpsc::Receiver<bytes::Bytes>,
+    pub events: Inbox,
     /// When the channel stops unless extended: its expiry or its token's, whichever is first.
     pub stop_at: Instant,
 }
@@ -183,7 +184,7 @@ impl Genesys {
             Channel {
                 serial,
                 client: client.to_string(),
-                token: token.to_string(),
+                token: Held(token.to_string()),
                 token_serial,
                 expires,
                 expires_ms,
@@ -193,6 +194,8 @@ impl Genesys {
                 outlet: Arc::default(),
                 connections: 0,
                 subscriptions: 0,
+                connected_at_ms: None,
+                disconnected_at_ms: None,
             },
         );
         *chans.created.entry(client.to_string()).or_default() += 1;
@@ -313,6 +316,7 @@ impl Genesys {
             shared.order(old, Ctl::Order(Order::Stop(ELSEWHERE)));
         }
         ch.connections += 1;
+        ch.connected_at_ms = Some(epoch_ms());
         Ok(Connected {
             events: ch.outlet.attach(),
             stop_at,
@@ -322,11 +326,12 @@ impl Genesys {
     /// Socket `socket` is gone from channel `id` (if it still had it).
     pub fn disconnect(&self, id: &str, socket: u64) {
         let mut chans = lock(&self.channels);
-        if let Some(ch) = chans.by_id.get_mut(id)
-            && ch.socket == Some(socket)
-        {
-            ch.socket = None;
-            ch.outlet.detach();
+        if let Some(ch) = chans.by_id.get_mut(id) {
+            ch.disconnected_at_ms = Some(epoch_ms());
+            if ch.socket == Some(socket) {
+                ch.socket = None;
+                ch.outlet.detach();
+            }
         }
     }
 
@@ -336,8 +341,13 @@ impl Genesys {
         live(shared, &self.feeds, &mut chans, id)
     }
 
-    /// Stop the selected live channels now (fault); how many.
-    pub fn expire(&self, shared: &Shared, channel: Option<&str>, client: Option<&str>) -> u64 {
+    /// Stop the selected live channels now (fault); their ids.
+    pub fn expire(
+        &self,
+        shared: &Shared,
+        channel: Option<&str>,
+        client: Option<&str>,
+    ) -> Vec<String> {
         let mut chans = lock(&self.channels);
         let ids: Vec<String> = chans
             .by_id
@@ -352,7 +362,7 @@ impl Genesys {
         for id in &ids {
             stop(shared, &self.feeds, &mut chans, id, EXPIRED);
         }
-        ids.len() as u64
+        ids
     }
 
     /// Stop every channel that is no longer live.
@@ -396,6 +406,8 @@ impl Genesys {
                     connected: c.socket.is_some(),
                     connections: c.connections,
                     subscriptions: c.subscriptions,
+                    connected_at_ms: c.connected_at_ms,
+                    disconnected_at_ms: c.disconnected_at_ms,
                     stopped: c.stopped.map(str::to_string),
                 },
             );
@@ -425,7 +437,7 @@ fn live(shared: &Shared, feeds: &Feeds, chans: &mut Channels, id: &str) -> Optio
     if ch.stopped.is_some() {
         return None;
     }
-    let token = lock(&shared.tokens).check(&ch.token, Some(Platform::Genesys));
+    let token = lock(&shared.tokens).check(&ch.token.0, Some(Platform::Genesys));
     let now = Instant::now();
     let why = match token {
         None => Some(TOKEN_EXPIRED),

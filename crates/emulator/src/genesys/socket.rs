@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::{ChannelError, SubMode};
+use crate::feed::Inbox;
 use crate::frame;
 use crate::http::{Body, empty, switching, websocket_accept};
 use crate::socket::{self, Action, Dialect, Writer};
@@ -57,11 +56,11 @@ pub(crate) fn upgrade(
         channel: id.to_string(),
         socket: reg.id,
         events: conn.events,
-        pending: None,
         heartbeat,
         next_heartbeat: (!heartbeat.is_zero()).then(|| deadline_after(now, heartbeat)),
         stop_at: conn.stop_at,
         closing: None,
+        stopped: None,
     };
     let wr = Writer::new(pong, g.pongs.clone());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -74,15 +73,15 @@ struct GenesysSocket {
     shared: Arc<Shared>,
     channel: String,
     socket: u64,
-    events: mpsc::Receiver<Bytes>,
-    /// An event received by `wake` and not yet queued.
-    pending: Option<Bytes>,
+    events: Inbox,
     heartbeat: Duration,
     next_heartbeat: Option<Instant>,
     /// When the channel stops unless extended (checked again then).
     stop_at: Instant,
     /// After `socket_closing`: when to close, and with which code.
     closing: Option<(Instant, u16)>,
+    /// The channel stopped: when to close, and why.
+    stopped: Option<(Instant, &'static str)>,
 }
 
 impl Drop for GenesysSocket {
@@ -156,6 +155,9 @@ impl Dialect for GenesysSocket {
     }
 
     fn deadline(&self) -> Option<Instant> {
+        if let Some((at, _)) = self.stopped {
+            return Some(at);
+        }
         let mut at = self.stop_at;
         if let Some(h) = self.next_heartbeat {
             at = at.min(h);
@@ -168,6 +170,9 @@ impl Dialect for GenesysSocket {
 
     fn on_deadline(&mut self, wr: &mut Writer) -> Action {
         let now = Instant::now();
+        if let Some((_, why)) = self.stopped {
+            return Action::Close(CLOSE_NORMAL, why.into());
+        }
         if let Some((at, code)) = self.closing
             && at <= now
         {
@@ -177,8 +182,11 @@ impl Dialect for GenesysSocket {
             let shared = self.shared.clone();
             match shared.genesys.stop_at(&shared, &self.channel) {
                 Some(at) => self.stop_at = at,
-                // The stop order is on its way; close now all the same.
-                None => return Action::Close(CLOSE_NORMAL, super::EXPIRED.into()),
+                // The stop order is on its way and will close the socket.
+                None => {
+                    self.stop_at = deadline_after(now, Duration::from_secs(3600));
+                    return Action::Continue;
+                }
             }
         }
         if let Some(h) = self.next_heartbeat
@@ -195,27 +203,23 @@ impl Dialect for GenesysSocket {
     }
 
     async fn wake(&mut self) {
-        if self.pending.is_none() {
-            match self.events.recv().await {
-                Some(e) => self.pending = Some(e),
-                None => std::future::pending::<()>().await,
-            }
-        }
+        self.events.ready().await;
     }
 
     fn fill(&mut self, wr: &mut Writer) {
-        while wr.has_room() {
-            let next = self.pending.take().or_else(|| self.events.try_recv().ok());
-            match next {
-                Some(e) => wr.push(e),
-                None => return,
-            }
-        }
+        self.events.drain_into(wr);
     }
 
     fn on_order(&mut self, order: Order, wr: &mut Writer) -> Action {
         match order {
-            Order::Stop(why) => Action::Close(CLOSE_NORMAL, why.into()),
+            Order::Stop(why) => {
+                let grace = self.shared.genesys.cfg().stop_grace;
+                if grace.is_zero() {
+                    return Action::Close(CLOSE_NORMAL, why.into());
+                }
+                self.stopped = Some((deadline_after(Instant::now(), grace), why));
+                Action::Continue
+            }
             Order::SocketClosing { close_after, code } => {
                 self.shared
                     .genesys

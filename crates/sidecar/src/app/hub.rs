@@ -3,7 +3,14 @@
 //!
 //! The session pushes without ever waiting (so a slow app cannot delay pong handling); the app
 //! connection pulls with a cursor. Unacked events stay until acked and are delivered again to
-//! the next consumer; past `max_unacked` the oldest are dropped and one `gap` says so.
+//! the next consumer; past `max_unacked` events or `max_bytes` bytes the oldest are dropped and
+//! one `gap` says so.
+//!
+//! The hub follows the lease: while the pod is not certain it still owns the stream
+//! ([`Hub::hold`]) nothing more is handed to the app, and when the pod takes the stream again
+//! under a new fence ([`Hub::reclaim`]) what it still held from before is stale (another pod
+//! may have delivered and acked it meanwhile): it is dropped and the stream resumes from the
+//! store's checkpoint.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -13,6 +20,9 @@ use std::{
 use serde_json::value::RawValue;
 use streamkeeper_api::{EventId, StreamId, StreamState, ToApp};
 use tokio::sync::{Notify, watch};
+
+/// The byte bound of [`Hub::new`] (the config's `limits.maxUnackedBytes` default).
+pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 
 /// Control frames kept for a consumer that has not pulled yet; older ones are superseded.
 const CONTROL_BACKLOG: usize = 64;
@@ -68,6 +78,8 @@ struct State {
     generation: u64,
     consumers: usize,
     paused: bool,
+    /// The lease is not certain: events wait.
+    held: bool,
     state: StreamState,
     /// Events dropped on overflow and not yet reported: (first at, last at, count).
     overflow: Option<(u64, u64, u64)>,
@@ -79,6 +91,7 @@ struct State {
 pub struct Hub {
     stream: StreamId,
     max_unacked: usize,
+    max_bytes: usize,
     recent_cap: usize,
     state: Mutex<State>,
     notify: Notify,
@@ -96,9 +109,21 @@ impl std::fmt::Debug for ConsumerHook {
 }
 
 impl Hub {
-    /// A hub holding at most `max_unacked` unacked events; `checkpoint` is the last id acked
-    /// before (from the store), so it is never delivered again.
+    /// A hub holding at most `max_unacked` unacked events (and [`DEFAULT_MAX_BYTES`] bytes);
+    /// `checkpoint` is the last id acked before (from the store), so it is never delivered
+    /// again.
     pub fn new(stream: StreamId, max_unacked: usize, checkpoint: Option<EventId>) -> Arc<Self> {
+        Self::with_limits(stream, max_unacked, DEFAULT_MAX_BYTES, checkpoint)
+    }
+
+    /// A hub holding at most `max_unacked` unacked events and `max_bytes` bytes of them (as
+    /// sent to the app); the newest event is always kept, however large.
+    pub fn with_limits(
+        stream: StreamId,
+        max_unacked: usize,
+        max_bytes: usize,
+        checkpoint: Option<EventId>,
+    ) -> Arc<Self> {
         let recent_cap = max_unacked.saturating_mul(2).max(4096);
         let mut st = State {
             seq: 0,
@@ -111,6 +136,7 @@ impl Hub {
             generation: 0,
             consumers: 0,
             paused: false,
+            held: false,
             state: StreamState::Connecting,
             overflow: None,
             closed: false,
@@ -122,6 +148,7 @@ impl Hub {
         Arc::new(Self {
             stream,
             max_unacked: max_unacked.max(1),
+            max_bytes: max_bytes.max(1),
             recent_cap,
             state: Mutex::new(st),
             notify: Notify::new(),
@@ -181,7 +208,9 @@ impl Hub {
                 frame,
                 at_ms,
             });
-            while st.unacked.len() > self.max_unacked {
+            while st.unacked.len() > self.max_unacked
+                || (st.unacked_bytes > self.max_bytes && st.unacked.len() > 1)
+            {
                 let Some(old) = st.unacked.pop_front() else {
                     break;
                 };
@@ -245,17 +274,51 @@ impl Hub {
         out
     }
 
-    /// Adopts the store's checkpoint when this pod takes the stream over: that id and
-    /// everything before it were acked on another pod and are never delivered again.
-    pub fn seed_checkpoint(&self, checkpoint: Option<EventId>) {
-        let Some(id) = checkpoint else { return };
-        let mut st = self.lock();
-        if let Some(pos) = st.unacked.iter().position(|p| p.id == id) {
-            let freed: usize = st.unacked.drain(..=pos).map(|p| p.frame.len()).sum();
-            st.unacked_bytes -= freed;
-        }
-        remember(&mut st, self.recent_cap, id.clone());
-        st.last_acked = Some(id);
+    /// The pod took the stream (again) under a new fence: whatever this hub still holds from
+    /// an earlier ownership is stale, since another pod may have streamed it since and its app
+    /// acked it. Drops every unacked event and forgets the ids seen, adopts the store's
+    /// `checkpoint` (that id and everything before it were acked, here or on another pod, and
+    /// are never delivered again; without one the last id acked here stays), and hands events
+    /// to the app again. Returns the id to resume after.
+    pub fn reclaim(&self, checkpoint: Option<EventId>) -> Option<EventId> {
+        let resume = {
+            let mut st = self.lock();
+            st.unacked.clear();
+            st.unacked_bytes = 0;
+            st.overflow = None;
+            st.recent.clear();
+            st.recent_order.clear();
+            if let Some(id) = checkpoint {
+                st.last_acked = Some(id);
+            }
+            if let Some(id) = st.last_acked.clone() {
+                remember(&mut st, self.recent_cap, id);
+            }
+            st.held = false;
+            st.last_acked.clone()
+        };
+        self.acked.send_replace(resume.clone());
+        self.notify.notify_waiters();
+        resume
+    }
+
+    /// The lease is not certain any more (it lapsed, or the store fenced it): nothing more is
+    /// handed to the app until [`Hub::release_hold`] or [`Hub::reclaim`]. Control frames
+    /// (`dropped`, `state`) still go.
+    pub fn hold(&self) {
+        self.lock().held = true;
+    }
+
+    /// The lease is certain again under the same fence (the store confirmed it, nobody else
+    /// took it): the events held are this pod's to deliver.
+    pub fn release_hold(&self) {
+        self.lock().held = false;
+        self.notify.notify_waiters();
+    }
+
+    /// Whether events are held because the lease is not certain.
+    pub fn held(&self) -> bool {
+        self.lock().held
     }
 
     /// Watches the last acked id (for checkpointing; coalesces bursts of acks).
@@ -361,7 +424,7 @@ impl Consumer {
                     return Err(Detached::Replaced);
                 }
                 let mut batch: Vec<(u64, Arc<str>)> = Vec::new();
-                if !st.paused {
+                if !st.paused && !st.held {
                     batch.extend(
                         st.unacked
                             .iter()
@@ -377,7 +440,12 @@ impl Consumer {
                 );
                 if !batch.is_empty() {
                     batch.sort_by_key(|(s, _)| *s);
-                    if let Some(seq) = st.unacked.back().map(|p| p.seq).filter(|_| !st.paused) {
+                    if let Some(seq) = st
+                        .unacked
+                        .back()
+                        .map(|p| p.seq)
+                        .filter(|_| !st.paused && !st.held)
+                    {
                         self.event_cursor = self.event_cursor.max(seq);
                     }
                     if let Some((seq, _)) = st.control.back() {
@@ -543,6 +611,74 @@ mod tests {
             .map(|v| v["type"].as_str().unwrap_or("").to_owned())
             .collect();
         assert_eq!(kinds, ["event", "resumed"]);
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_drops_the_oldest_and_sends_one_gap() {
+        let h = Hub::with_limits("cc/q".parse().expect("id"), 100, 300, None);
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(80));
+        for n in 1..=5 {
+            h.push_event(&id(n), &raw(&big), u64::from(n) * 1000);
+        }
+        assert!(h.pending_bytes() <= 300, "{} bytes held", h.pending_bytes());
+        assert!(h.pending_events() < 5 && h.pending_events() > 0);
+        let mut c = h.attach();
+        h.push_event(&id(6), &raw(&big), 6000);
+        let got = pull(&mut c).await;
+        let gaps = got.iter().filter(|v| v["type"] == "gap").count();
+        assert_eq!(gaps, 1, "{got:?}");
+        assert_eq!(
+            got.iter()
+                .rfind(|v| v["type"] == "event")
+                .map(|v| v["id"].clone()),
+            Some("e6".into())
+        );
+        // One event larger than the bound is still held: it is the newest.
+        let huge = format!("{{\"pad\":\"{}\"}}", "y".repeat(1000));
+        h.push_event(&id(7), &raw(&huge), 7000);
+        assert_eq!(h.pending_events(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_held_hub_hands_nothing_until_released_and_a_reclaim_drops_stale_events() {
+        let h = hub(100);
+        let mut c = h.attach();
+        h.push_event(&id(1), &raw("{}"), 0);
+        assert_eq!(pull(&mut c).await.len(), 1);
+        h.hold();
+        h.push_event(&id(2), &raw("{}"), 0);
+        let mut out = Vec::new();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), c.next(&mut out))
+                .await
+                .is_err(),
+            "nothing is handed while held: {out:?}"
+        );
+        h.release_hold();
+        let got = pull(&mut c).await;
+        assert_eq!(got[0]["id"], "e2");
+        // Another pod streamed the stream meanwhile and its app acked up to e5: e1 and e2 (never
+        // acked here) are stale; the ids seen here are forgotten, so nothing the platform
+        // replays after the checkpoint is suppressed as seen.
+        h.hold();
+        assert_eq!(h.reclaim(Some(id(5))), Some(id(5)));
+        assert_eq!(h.pending_events(), 0);
+        assert_eq!(h.last_acked(), Some(id(5)));
+        assert_eq!(h.push_event(&id(5), &raw("{}"), 0), Push::Duplicate);
+        assert_eq!(
+            h.push_event(&id(2), &raw("{}"), 0),
+            Push::Queued,
+            "no longer remembered"
+        );
+        assert!(!h.held());
+        // A late ack of an event from before never moves the last acked id back.
+        assert_eq!(h.ack(&id(1)), Ack::Unknown);
+        assert_eq!(h.last_acked(), Some(id(5)));
+        // Without a store checkpoint, the last id acked here stays.
+        let h = hub(10);
+        h.push_event(&id(1), &raw("{}"), 0);
+        h.ack(&id(1));
+        assert_eq!(h.reclaim(None), Some(id(1)));
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct AppServerConfig {
     /// How often the app is pinged, and how long it may stay silent (or leave a write
     /// unfinished) before its socket is reaped. Default 15 s / 35 s.
     pub heartbeat: HeartbeatPolicy,
+    /// App connections served at once; one more is answered `503 Service Unavailable` (with
+    /// `Retry-After`) and closed. Default 1024.
+    pub max_connections: usize,
 }
 
 impl Default for AppServerConfig {
@@ -93,9 +96,13 @@ impl Default for AppServerConfig {
                 interval: Duration::from_secs(15),
                 timeout: Duration::from_secs(35),
             },
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
+
+/// [`AppServerConfig::max_connections`] by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// Serves apps on `listener` until `shutdown` completes, then stops accepting, closes every app
 /// socket with 1001 "sidecar shutting down" and returns (within a few seconds, resetting the
@@ -107,7 +114,7 @@ impl Default for AppServerConfig {
 /// ```no_run
 /// # use std::{collections::HashMap, sync::Arc};
 /// # use streamkeeper_api::StreamId;
-/// # use streamkeeper_sidecar::{app_server::{serve, AppServerConfig, HubDirectory}, hub::Hub};
+/// # use streamkeeper_sidecar::app::{Hub, server::{serve, AppServerConfig, HubDirectory}};
 /// struct Hubs(HashMap<StreamId, Arc<Hub>>);
 /// impl HubDirectory for Hubs {
 ///     fn hub(&self, stream: &StreamId) -> Option<Arc<Hub>> {
@@ -129,15 +136,18 @@ pub async fn serve(
     cfg: AppServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_with(listener, hubs, watch::channel(cfg).1, shutdown).await
+}
+
+/// [`serve`], taking each new connection's limits and heartbeat from `cfg` as it is then (the
+/// sidecar sends a new one with every config reload; connections already open keep theirs).
+pub async fn serve_with(
+    listener: TcpListener,
+    hubs: Arc<dyn HubDirectory>,
+    cfg: watch::Receiver<AppServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let local = listener.local_addr()?;
-    let mut cfg = cfg;
-    if cfg.heartbeat.interval < MIN_PING_INTERVAL {
-        warn!(
-            "app heartbeat interval {:?} raised to {MIN_PING_INTERVAL:?}",
-            cfg.heartbeat.interval
-        );
-        cfg.heartbeat.interval = MIN_PING_INTERVAL;
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -150,8 +160,14 @@ pub async fn serve(
             Some(done) = conns.join_next(), if !conns.is_empty() => log_join(done),
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let cfg = *cfg.borrow();
+                    if conns.len() >= cfg.max_connections {
+                        refuse_busy(&tcp, cfg.max_connections);
+                        warn!(%peer, limit = cfg.max_connections, "app connection refused with 503: too many app connections");
+                        continue;
+                    }
                     let span = info_span!("app_socket", %peer, stream = tracing::field::Empty);
-                    let conn = connection(tcp, Arc::clone(&hubs), cfg, stop_rx.clone());
+                    let conn = connection(tcp, Arc::clone(&hubs), checked(cfg), stop_rx.clone());
                     conns.spawn(conn.instrument(span));
                 }
                 Err(e) => {
@@ -179,6 +195,33 @@ pub async fn serve(
         conns.shutdown().await;
     }
     Ok(())
+}
+
+/// The config with its heartbeat interval raised to [`MIN_PING_INTERVAL`] (zero would ping in
+/// a busy loop).
+fn checked(mut cfg: AppServerConfig) -> AppServerConfig {
+    if cfg.heartbeat.interval < MIN_PING_INTERVAL {
+        debug!(
+            "app heartbeat interval {:?} raised to {MIN_PING_INTERVAL:?}",
+            cfg.heartbeat.interval
+        );
+        cfg.heartbeat.interval = MIN_PING_INTERVAL;
+    }
+    cfg
+}
+
+/// Answers a connection over the limit with `503` and closes it, without waiting: the
+/// response fits any socket buffer, and an app that does not read it sees the close.
+fn refuse_busy(tcp: &TcpStream, limit: usize) {
+    let body = format!("too many app connections: this sidecar serves at most {limit}\n");
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain; \
+         charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if let Err(e) = tcp.try_write(response.as_bytes()) {
+        debug!("503 not written: {e}");
+    }
 }
 
 fn log_join(done: Result<(), tokio::task::JoinError>) {
@@ -772,6 +815,7 @@ mod tests {
         AppServerConfig {
             max_frame: 1024,
             heartbeat,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 
@@ -957,6 +1001,39 @@ mod tests {
         push(&srv.hub, 1, 0);
         assert_eq!(recv_events(&mut second, 1).await, ids(1..=1));
         drop((first, second));
+        srv.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_refused_with_503_until_one_closes() {
+        let srv = start(AppServerConfig {
+            max_connections: 2,
+            ..cfg(SLOW_BEAT)
+        })
+        .await;
+        let first = app(srv.addr).await;
+        let _second = app_on(srv.addr, "cc/r").await;
+        match connect(srv.addr, "/streams/cc/q").await {
+            Err(WsError::Http(resp)) => {
+                assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+                assert!(resp.headers().contains_key("retry-after"));
+                let body =
+                    String::from_utf8(resp.body().clone().expect("a body")).expect("utf-8 body");
+                assert!(body.contains("at most 2"), "{body}");
+            }
+            Err(e) => panic!("expected a 503, got {e}"),
+            Ok(_) => panic!("expected a 503, the upgrade was accepted"),
+        }
+        // A slot frees when a connection ends: a new app gets in (polled, bounded).
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match connect(srv.addr, "/streams/cc/q").await {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "still refused: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         srv.shutdown().await;
     }
 

@@ -184,11 +184,18 @@ impl Pod {
             .unwrap_or(Duration::from_secs(35));
         self.tick.send_replace((period, stale));
         self.ownership.set_limits(config.tenant_limits.clone());
+        self.ownership
+            .set_checkpoint_window(config.checkpoint_window);
         Ok(diff.applied())
     }
 
     fn start(self: &Arc<Self>, spec: StreamSpec, adapter: Arc<dyn Adapter>) -> Entry {
-        let hub = Hub::new(spec.id.clone(), spec.limits.max_unacked_events, None);
+        let hub = Hub::with_limits(
+            spec.id.clone(),
+            spec.limits.max_unacked_events,
+            spec.limits.max_unacked_bytes,
+            None,
+        );
         let gauge = self.metrics.stream(&spec.id, &spec.tenant);
         hub.on_consumers(move |n| gauge.app_clients(n));
         let status: StatusCell = Default::default();
@@ -231,6 +238,8 @@ impl Pod {
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!(?grace, "some streams did not stop within the grace period");
         }
+        // Each handover wrote its own checkpoint; anything acked and still waiting goes now.
+        self.ownership.flush_checkpoints().await;
     }
 
     /// The live status of one stream.

@@ -1,5 +1,5 @@
 //! [`StreamObserver`]: what the pod does with a session's events — logs them, publishes state
-//! transitions under the claim's fence, and forwards them to an extra observer (the demo).
+//! transitions under the claim's fence (in order, through the pod's queue), and forwards them to an extra observer (the demo).
 
 use std::sync::Arc;
 
@@ -33,17 +33,13 @@ impl Observer for StreamObserver {
                         | StreamState::Paused
                 );
                 if publish {
-                    let (o, k, f, from, to) = (
-                        Arc::clone(&self.ownership),
-                        self.key.clone(),
-                        self.fence,
-                        *from,
-                        *to,
-                    );
                     let why = reason
                         .map(|r| r.as_str().to_owned())
                         .unwrap_or_else(|| to.as_str().to_lowercase());
-                    tokio::spawn(async move { o.publish(&k, f, from, to, &why).await });
+                    // Queued, not spawned: the pod publishes its transitions in the order
+                    // they happened.
+                    self.ownership
+                        .publish(&self.key, self.fence, *from, *to, &why);
                 }
             }
             SessionEvent::Dropped {

@@ -1,14 +1,15 @@
-//! One stream's supervisor: claim the lease, take a tenant pool slot, run the session with its
-//! token manager, checkpoint acks under the fence, and hand over on stop.
+//! One stream's supervisor: claim the lease, resume from the store's checkpoint, take a tenant
+//! pool slot, run the session with its token manager, hold the app's events while the lease is
+//! not certain, batch acks into checkpoints under the fence, and hand over on stop.
 
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use streamkeeper_api::{DropReason, Fence, StreamSpec, StreamState, ToApp};
+use streamkeeper_api::{DropReason, EventId, Fence, StreamSpec, StreamState, ToApp};
 use streamkeeper_coord::StreamKey;
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use super::{Pod, observer::StreamObserver};
 use crate::{
@@ -63,17 +64,27 @@ impl Pod {
                 )
                 .await;
             let Some(mut claim) = claim else { return };
-            *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
-            match self.ownership.store().checkpoint(&key).await {
-                Ok(ckpt) => hub.seed_checkpoint(ckpt),
-                Err(e) => {
-                    tracing::warn!(stream = %spec.id, error = %e, "checkpoint unreadable; resuming from what this pod has seen")
+            // A new fence: what the hub holds from an earlier ownership is stale. Resume from
+            // the store's checkpoint (another pod's app may have acked past it meanwhile).
+            let Some(checkpoint) = self.read_checkpoint(&claim, &mut stop).await else {
+                let stopped = *stop.borrow();
+                if let Some(reason) = stopped {
+                    self.ownership
+                        .release(claim, StreamState::Stopped, reason)
+                        .await;
+                    return;
                 }
-            }
+                self.ownership.forget(&claim);
+                continue;
+            };
+            hub.reclaim(checkpoint);
+            *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
             if !self
                 .wait_for_pool_slot(&spec, &hub, &status, &mut claim, &mut stop)
                 .await
             {
+                *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                hub.hold();
                 let stopped = *stop.borrow();
                 if let Some(reason) = stopped {
                     self.ownership
@@ -124,27 +135,67 @@ impl Pod {
             let mut session = tokio::spawn(upstream::run(ctx, session_stop_rx));
             let mut acked = hub.acked();
             let mut saved = acked.borrow_and_update().clone();
+            // Each watch ends when its sender goes (the stream left the config, the lease was
+            // dropped): a closed one is left out of the select, which would otherwise spin.
+            let (mut acks_open, mut lost_open, mut stop_open, mut lease_open) =
+                (true, true, true, true);
+            let mut certain = true;
             let reason = loop {
+                let until = *claim.valid_until.borrow();
                 tokio::select! {
                     r = &mut session => break r.unwrap_or(DropReason::Shutdown),
-                    changed = acked.changed() => {
-                        if changed.is_err() { continue; }
+                    changed = acked.changed(), if acks_open => {
+                        if changed.is_err() {
+                            acks_open = false;
+                            continue;
+                        }
                         let id = acked.borrow_and_update().clone();
                         if let Some(id) = id.filter(|id| Some(id) != saved.as_ref()) {
-                            if let Err(e) = self.ownership.checkpoint(&claim, &id).await {
-                                tracing::debug!(stream = %spec.id, error = %e, "checkpoint deferred to the next ack or the handover");
-                            } else {
-                                saved = Some(id);
-                            }
+                            // Batched: the pod's flush writes it within the checkpoint window.
+                            self.ownership.record_ack(&claim, id.clone());
+                            saved = Some(id);
                         }
                     }
-                    _ = claim.lost.changed() => {
+                    // The lease ran out unconfirmed: this pod may no longer be its owner. The
+                    // session resets its socket at the same deadline; nothing more reaches
+                    // the app until the store confirms the lease again.
+                    _ = tokio::time::sleep_until(until), if certain && lease_open => {
+                        if Instant::now() >= *claim.valid_until.borrow() {
+                            certain = false;
+                            hub.hold();
+                            *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            tracing::warn!(stream = %spec.id, fence = %claim.fence, "lease not confirmed in time; standing by until the store confirms it");
+                        }
+                    }
+                    changed = claim.valid_until.changed(), if lease_open => {
+                        if changed.is_err() {
+                            lease_open = false;
+                            continue;
+                        }
+                        if !certain && Instant::now() < *claim.valid_until.borrow_and_update() {
+                            certain = true;
+                            hub.release_hold();
+                            *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
+                            tracing::info!(stream = %spec.id, fence = %claim.fence, "lease confirmed again");
+                        }
+                    }
+                    changed = claim.lost.changed(), if lost_open => {
+                        if changed.is_err() {
+                            lost_open = false;
+                            continue;
+                        }
                         let reason = (*claim.lost.borrow()).unwrap_or(DropReason::OwnerLost);
+                        hub.hold();
+                        *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         session_stop.send_replace(Some(reason));
                     }
-                    _ = stop.changed() => {
-                        let reason = (*stop.borrow()).unwrap_or(DropReason::Shutdown);
-                        session_stop.send_replace(Some(reason));
+                    changed = stop.changed(), if stop_open => {
+                        if changed.is_err() {
+                            stop_open = false;
+                        }
+                        if let Some(reason) = *stop.borrow() {
+                            session_stop.send_replace(Some(reason));
+                        }
                     }
                 }
             };
@@ -154,6 +205,7 @@ impl Pod {
             if matches!(reason, DropReason::OwnerLost | DropReason::Preempted) {
                 // Another pod owns it now, or the tenant's pool took its slot back: stand by
                 // and contend again (the pool wait follows a new claim).
+                hub.hold();
                 self.ownership.forget(&claim);
                 continue;
             }
@@ -171,12 +223,40 @@ impl Pod {
             if drained.is_err() {
                 tracing::info!(stream = %spec.id, pending = hub.pending_events(), "handing over with unacked events: the next owner delivers them again");
             }
-            if let Some(id) = hub.last_acked().filter(|id| Some(id) != saved.as_ref()) {
+            if let Some(id) = hub.last_acked() {
                 let _ = self.ownership.checkpoint(&claim, &id).await;
             }
+            hub.hold();
             self.ownership.release(claim, last_state, reason).await;
             metrics.state(StreamState::Stopped);
             return;
+        }
+    }
+
+    /// The store's checkpoint for a stream just claimed, retried while the lease is valid;
+    /// `None` when it stayed unreadable (the lease is then given up: resuming from a guess
+    /// could deliver again what another pod's app acked) or the stream stopped.
+    async fn read_checkpoint(
+        &self,
+        claim: &Claim,
+        stop: &mut watch::Receiver<Option<DropReason>>,
+    ) -> Option<Option<EventId>> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.ownership.store().checkpoint(&claim.key).await {
+                Ok(ckpt) => return Some(ckpt),
+                Err(e) => {
+                    tracing::warn!(stream = %claim.key.stream, error = %e, "checkpoint unreadable; retrying while the lease lasts")
+                }
+            }
+            if stop.borrow().is_some() || !self.ownership.confirmed(&claim.key, claim.fence) {
+                return None;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
 

@@ -328,11 +328,9 @@ impl Rotating {
 fn retire(s: &Session, sockets: Vec<Socket>, token: &Token) {
     for sock in sockets {
         let step = sock.conn.retire(&s.ctx.http, token.value.expose());
-        let mut ws = sock.up.into_ws();
-        ws.queue_close(1000, "rotated");
+        let ws = sock.up.into_ws();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
-            ws.reset();
+            ws.close(1000, "rotated", Duration::from_secs(1)).await;
             if let Some(step) = step {
                 let _ = tokio::time::timeout(Duration::from_secs(15), step).await;
             }

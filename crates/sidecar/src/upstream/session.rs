@@ -238,10 +238,17 @@ impl Session {
                 Ok(t) => t,
                 Err(reason) => return reason,
             };
-            if Instant::now() >= *self.ctx.lease.borrow() {
-                let why = "lease not confirmed by the store yet".to_owned();
-                if let Some(reason) = self.back_off(stop, why).await {
-                    return reason;
+            if Instant::now() >= *self.ctx.lease.borrow_and_update() {
+                // Past the lease (the store confirmed no renewal in time): connect only once
+                // it confirms one again, at once then; the supervisor stops us if it was lost.
+                self.set_state(StreamState::Backoff, None);
+                tokio::select! {
+                    changed = self.ctx.lease.changed() => {
+                        if changed.is_err() {
+                            let _ = stop.wait_for(Option::is_some).await;
+                        }
+                    }
+                    _ = stop.changed() => {}
                 }
                 continue;
             }
@@ -280,7 +287,8 @@ impl Session {
                 return reason;
             }
             self.ctx.metrics.reconnect(ended.reason.as_str());
-            if ended.immediate {
+            // The lease ran out: the top of the loop waits for the store, not a backoff.
+            if ended.immediate || ended.reason == DropReason::OwnerLost {
                 continue;
             }
             let why = format!("connection dropped: {}", ended.reason);
@@ -434,7 +442,7 @@ impl Session {
                 // First: after a freeze the expired lease must win over buffered frames.
                 _ = tokio::time::sleep_until(lease_until) => {
                     if Instant::now() >= *self.ctx.lease.borrow() {
-                        tracing::warn!(stream = %self.stream(), "lease not renewed in time (was this pod frozen?); terminating");
+                        tracing::warn!(stream = %self.stream(), "lease not confirmed in time (store unreachable, or this pod was frozen); terminating");
                         r.abandon();
                         return Ended::reset(DropReason::OwnerLost);
                     }
@@ -784,9 +792,10 @@ impl Session {
     fn on_ws_error(&self, e: WsError) -> Ended {
         if let WsError::Protocol { code, reason } = &e {
             tracing::warn!(stream = %self.stream(), code, problem = %reason, "upstream broke the WebSocket protocol; reconnecting");
-        } else {
-            tracing::info!(stream = %self.stream(), error = %e, "upstream socket failed");
+            // The client queued a close with the error's code (RFC 6455 §7.1.7): send it.
+            return Ended::close(DropReason::TcpError);
         }
+        tracing::info!(stream = %self.stream(), error = %e, "upstream socket failed");
         Ended::reset(DropReason::TcpError)
     }
 
@@ -800,7 +809,7 @@ impl Session {
             .min()
             .unwrap_or_default();
         for s in link.sockets {
-            let mut ws = s.up.into_ws();
+            let ws = s.up.into_ws();
             if ended.abortive {
                 ws.reset();
             } else {
@@ -809,12 +818,9 @@ impl Session {
                 } else {
                     1000
                 };
-                ws.queue_close(code, ended.reason.as_str());
                 // Best effort, bounded: a polite close must never wait on a dead peer.
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_millis(500), ws.flush()).await;
-                    ws.reset();
-                });
+                let reason = ended.reason.as_str();
+                tokio::spawn(ws.close(code, reason, Duration::from_millis(500)));
             }
         }
         (self.ctx.on_reaped)(ended.reason);

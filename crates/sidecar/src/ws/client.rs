@@ -1,8 +1,14 @@
 //! A memory-lean WebSocket client for upstream platform sockets.
 //!
 //! An idle [`WsClient`] holds no buffer: reads land in a per-thread scratch buffer and only the
-//! bytes of an incomplete frame are copied into the connection's own `Vec`, which is freed once
-//! the frame is consumed. Outbound frames wait in a `Vec` that is released once drained.
+//! bytes of an incomplete frame are copied into the connection's own `Vec` (see `inbound.rs`),
+//! which is freed once the frame is consumed. Outbound frames wait in a `Vec` that is released
+//! once drained.
+//!
+//! When the server breaks the protocol the client fails the connection as RFC 6455 §7.1.7
+//! says: the frames queued before, then a close frame with the error's code (1002, 1007,
+//! 1009), are still written by [`WsClient::recv`], [`WsClient::flush`] or [`WsClient::close`];
+//! nothing more is read.
 
 use std::{
     cell::RefCell,
@@ -18,21 +24,23 @@ use std::{
 use tokio::{
     io::{AsyncRead as _, AsyncWrite as _, ReadBuf},
     net::TcpStream,
+    time::Instant,
 };
 use tokio_rustls::TlsConnector;
 use url::Url;
 
 use super::{
     WsError,
-    frame::{self, Fragments, Frame, MAX_CONTROL_PAYLOAD, OpCode},
+    frame::{self, Frame, MAX_CONTROL_PAYLOAD, OpCode},
     handshake,
+    inbound::Inbound,
 };
 use crate::net::{self, ProxyTarget, SocketOptions, Transport};
 
 /// Size of the per-thread read buffer (one TLS record's worth of plaintext).
 const SCRATCH_LEN: usize = 16 * 1024;
-/// Partial-input capacity above which an over-sized buffer is shrunk after consuming from it.
-const PARTIAL_SHRINK_ABOVE: usize = 4 * 1024;
+/// Written-out space above which the output buffer is compacted before appending.
+const OUT_COMPACT_ABOVE: usize = 4 * 1024;
 
 thread_local! {
     /// Where reads land; shared by every connection polled on this thread.
@@ -57,7 +65,8 @@ pub enum ProxyMode {
 pub struct ConnectOptions {
     /// Options of the TCP socket (keepalive, user timeout, connect timeout).
     pub socket: SocketOptions,
-    /// The largest frame payload or reassembled message accepted (default 1 MiB).
+    /// The largest frame payload or reassembled message accepted (default 1 MiB; at most
+    /// 4 GiB - 1).
     pub max_frame: usize,
     /// The TLS connector for `wss` (build it once per stream with [`net::tls_connector`]).
     /// `None` builds one from the system roots on every connect, which is slow.
@@ -95,8 +104,11 @@ impl std::fmt::Debug for ConnectOptions {
 /// Connection flags (bits of `WsClient::flags`).
 const CLOSE_SENT: u8 = 1;
 const CLOSE_RECEIVED: u8 = 2;
+/// Nothing more is read: the server broke the protocol, or the socket failed.
 const FAILED: u8 = 4;
 const UNFLUSHED: u8 = 8;
+/// The socket failed (or the peer ended it): nothing more can be written either.
+const BROKEN: u8 = 16;
 
 /// A WebSocket client connection to a platform (RFC 6455, client side).
 ///
@@ -105,14 +117,11 @@ const UNFLUSHED: u8 = 8;
 #[derive(Debug)]
 pub struct WsClient {
     transport: Transport,
-    /// Bytes of an incomplete frame (empty, without capacity, when idle).
-    partial: Vec<u8>,
+    /// Input kept between reads and the decoder's state (no buffer when idle).
+    inbound: Inbound,
     /// Encoded outbound frames; `out[out_pos..]` is still to be written.
     out: Vec<u8>,
     out_pos: usize,
-    /// A fragmented message being reassembled (rare, so boxed).
-    fragments: Option<Box<Fragments>>,
-    max_frame: usize,
     flags: u8,
 }
 
@@ -183,15 +192,11 @@ pub async fn connect(
 
 impl WsClient {
     fn new(transport: Transport, leftover: Vec<u8>, max_frame: usize) -> Self {
-        let mut partial = leftover;
-        partial.shrink_to_fit();
         Self {
             transport,
-            partial,
+            inbound: Inbound::new(max_frame, leftover),
             out: Vec::new(),
             out_pos: 0,
-            fragments: None,
-            max_frame,
             flags: 0,
         }
     }
@@ -210,22 +215,44 @@ impl WsClient {
     /// Cancel-safe: every byte read is kept in `self` before this returns `Pending`, so it can
     /// sit in `tokio::select!` beside timers. A server ping is answered (a pong is queued) and
     /// still returned, since it proves the peer alive; a server close is echoed and returned.
-    /// After a close was received, after an error, or at EOF it returns [`WsError::Closed`]; a
-    /// protocol violation is [`WsError::Protocol`] once, then the client is closed.
+    /// A protocol violation is [`WsError::Protocol`] once: the client then fails the connection
+    /// with a close frame of the error's code, queued after the frames already queued. After a
+    /// close was received or sent on failure, it writes what is queued and then returns
+    /// [`WsError::Closed`]; after a socket error or at EOF it returns [`WsError::Closed`].
     pub async fn recv(&mut self) -> Result<Frame, WsError> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// Writes every queued frame. Cancel-safe (progress is kept in `self`); a peer that stops
-    /// reading stalls it, so bound it with a timeout.
+    /// Writes every queued frame (after a protocol violation too: the frames queued before it
+    /// and the close frame that fails the connection). Cancel-safe (progress is kept in
+    /// `self`); a peer that stops reading stalls it, so bound it with a timeout, or use
+    /// [`close`](Self::close). [`WsError::Closed`] once the socket failed.
     pub async fn flush(&mut self) -> Result<(), WsError> {
-        if self.flags & FAILED != 0 {
+        if self.flags & BROKEN != 0 {
             return Err(WsError::Closed);
         }
         poll_fn(|cx| self.poll_write_out(cx)).await.map_err(|err| {
-            self.fail();
+            self.fail_io();
             WsError::Io(err)
         })
+    }
+
+    /// Ends the connection politely, never taking longer than `within`: queues a close frame
+    /// with `code` and `reason` (see [`queue_close`](Self::queue_close); when a close was
+    /// queued already, by the caller, as the echo of the server's or on a protocol violation,
+    /// that one stands), writes everything queued, then waits for the server to close TCP
+    /// (RFC 6455 §7.1.1), discarding what it still sends. A server that does not finish in
+    /// time, or a failed socket, is reset (RST), so a dead peer never holds it longer.
+    pub async fn close(mut self, code: u16, reason: &str, within: Duration) {
+        self.queue_close(code, reason);
+        let deadline = Instant::now() + within;
+        if self.flags & BROKEN == 0
+            && let Ok(Ok(())) = tokio::time::timeout_at(deadline, self.finish()).await
+        {
+            // The server closed first: a plain close sends our FIN after everything written.
+            return;
+        }
+        self.transport.reset();
     }
 
     /// Queues a text frame (written by the next `recv` or `flush`). Ignored once a close was
@@ -301,7 +328,7 @@ impl WsClient {
     /// Capacities of the input and output buffers (tests check that idle holds none).
     #[cfg(test)]
     pub(super) fn buffer_capacities(&self) -> (usize, usize) {
-        (self.partial.capacity(), self.out.capacity())
+        (self.inbound.capacities().0, self.out.capacity())
     }
 
     fn may_send(&self) -> bool {
@@ -322,18 +349,54 @@ impl WsClient {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
-        } else if self.out_pos > PARTIAL_SHRINK_ABOVE && self.out_pos * 2 > self.out.len() {
+        } else if self.out_pos > OUT_COMPACT_ABOVE && self.out_pos * 2 > self.out.len() {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
         }
     }
 
-    fn fail(&mut self) {
-        self.flags |= FAILED;
-        self.partial = Vec::new();
-        self.fragments = None;
+    /// The socket failed or the peer ended it: nothing more is read or written.
+    fn fail_io(&mut self) {
+        self.flags |= FAILED | BROKEN;
+        self.inbound.clear();
         self.out = Vec::new();
         self.out_pos = 0;
+    }
+
+    /// The server broke the protocol: read no more, and fail the connection with a close
+    /// frame of the error's `code` after what is queued (RFC 6455 §7.1.7).
+    fn fail_protocol(&mut self, code: u16, reason: &str) {
+        self.queue_close(code, reason);
+        self.flags |= FAILED;
+        self.inbound.clear();
+    }
+
+    /// Writes what is queued, then reads (and drops) until the server closes TCP.
+    async fn finish(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_write_out(cx)).await?;
+        poll_fn(|cx| {
+            SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut scratch) => self.poll_drain(cx, &mut scratch),
+                Err(_) => self.poll_drain(cx, &mut [0u8; 2048]),
+            })
+        })
+        .await
+    }
+
+    /// Reads until EOF, discarding the bytes.
+    fn poll_drain(&mut self, cx: &mut Context<'_>, scratch: &mut [u8]) -> Poll<io::Result<()>> {
+        loop {
+            let mut buf = ReadBuf::new(scratch);
+            match ready!(Pin::new(&mut self.transport).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Ok(()) => {}
+                // rustls: the peer closed TCP without close_notify; it closed all the same.
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Poll::Ready(Ok(()));
+                }
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
     }
 
     /// Writes `out` until it is empty or the socket would block, then flushes the transport.
@@ -359,15 +422,16 @@ impl WsClient {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, WsError>> {
-        if self.flags & FAILED != 0 {
+        if self.flags & BROKEN != 0 {
             return Poll::Ready(Err(WsError::Closed));
         }
-        if self.flags & CLOSE_RECEIVED != 0 {
-            // Deliver the close echo, then report the end.
+        if self.flags & (CLOSE_RECEIVED | FAILED) != 0 {
+            // Deliver what is queued (the close echo, or the close that failed the connection),
+            // then report the end.
             return match ready!(self.poll_write_out(cx)) {
                 Ok(()) => Poll::Ready(Err(WsError::Closed)),
                 Err(err) => {
-                    self.fail();
+                    self.fail_io();
                     Poll::Ready(Err(WsError::Io(err)))
                 }
             };
@@ -375,7 +439,10 @@ impl WsClient {
         match self.poll_recv_inner(cx) {
             Poll::Ready(Ok(frame)) => Poll::Ready(Ok(self.on_frame(frame))),
             Poll::Ready(Err(err)) => {
-                self.fail();
+                match &err {
+                    WsError::Protocol { code, reason } => self.fail_protocol(*code, reason),
+                    _ => self.fail_io(),
+                }
                 Poll::Ready(Err(err))
             }
             Poll::Pending => Poll::Pending,
@@ -383,10 +450,10 @@ impl WsClient {
     }
 
     fn poll_recv_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, WsError>> {
+        if let Some(frame) = self.inbound.next_buffered()? {
+            return Poll::Ready(Ok(frame));
+        }
         loop {
-            if let Some(frame) = self.decode_partial()? {
-                return Poll::Ready(Ok(frame));
-            }
             // Write while waiting; Pending here just registers for writability.
             if let Poll::Ready(Err(err)) = self.poll_write_out(cx) {
                 return Poll::Ready(Err(err.into()));
@@ -396,15 +463,15 @@ impl WsClient {
                 // Only reachable by re-entrancy; fall back to a small stack buffer.
                 Err(_) => self.poll_read_into(cx, &mut [0u8; 2048]),
             });
-            match ready!(step)? {
-                Some(frame) => return Poll::Ready(Ok(frame)),
-                None => continue,
+            // None: the read completed no frame, so nothing complete is buffered either.
+            if let Some(frame) = ready!(step)? {
+                return Poll::Ready(Ok(frame));
             }
         }
     }
 
     /// Reads once into `scratch` and decodes from it directly, keeping only the bytes of an
-    /// incomplete frame (or of frames after the one returned) in `partial`.
+    /// incomplete frame (or of frames after the one returned) in `inbound`.
     fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
@@ -412,7 +479,7 @@ impl WsClient {
     ) -> Poll<Result<Option<Frame>, WsError>> {
         let mut buf = ReadBuf::new(scratch);
         ready!(Pin::new(&mut self.transport).poll_read(cx, &mut buf)).map_err(|err| {
-            if err.kind() == io::ErrorKind::UnexpectedEof && self.at_frame_boundary() {
+            if err.kind() == io::ErrorKind::UnexpectedEof && self.inbound.at_frame_boundary() {
                 // rustls reports a peer that closed TCP without close_notify this way.
                 WsError::Closed
             } else {
@@ -421,7 +488,7 @@ impl WsClient {
         })?;
         let data = buf.filled();
         if data.is_empty() {
-            return Poll::Ready(Err(if self.at_frame_boundary() {
+            return Poll::Ready(Err(if self.inbound.at_frame_boundary() {
                 WsError::Closed
             } else {
                 WsError::Io(io::Error::new(
@@ -430,89 +497,7 @@ impl WsClient {
                 ))
             }));
         }
-        if !self.partial.is_empty() {
-            self.partial.extend_from_slice(data);
-            return Poll::Ready(Ok(None));
-        }
-        let mut offset = 0;
-        loop {
-            match frame::decode(&data[offset..], self.max_frame, &mut self.fragments)? {
-                Some((Some(frame), used)) => {
-                    offset += used;
-                    self.stash(&data[offset..]);
-                    return Poll::Ready(Ok(Some(frame)));
-                }
-                Some((None, used)) => offset += used,
-                None => {
-                    self.stash(&data[offset..]);
-                    return Poll::Ready(Ok(None));
-                }
-            }
-        }
-    }
-
-    fn at_frame_boundary(&self) -> bool {
-        self.partial.is_empty() && self.fragments.is_none()
-    }
-
-    /// Keeps unconsumed input, reserving exactly the incomplete frame's size when known.
-    fn stash(&mut self, rest: &[u8]) {
-        if rest.is_empty() {
-            return;
-        }
-        if self.partial.is_empty()
-            && let Ok(Some(header)) = frame::parse_header(rest)
-        {
-            // decode() already checked the size against max_frame.
-            let total = usize::try_from(header.frame_len()).unwrap_or(usize::MAX);
-            self.partial.reserve_exact(
-                total
-                    .min(self.max_frame + frame::MAX_HEADER_LEN)
-                    .max(rest.len()),
-            );
-        }
-        self.partial.extend_from_slice(rest);
-    }
-
-    /// Decodes the next complete frame from `partial`, if it holds one, and drops the bytes
-    /// it used.
-    fn decode_partial(&mut self) -> Result<Option<Frame>, WsError> {
-        if self.partial.is_empty() {
-            return Ok(None);
-        }
-        let mut offset = 0;
-        let result = loop {
-            match frame::decode(&self.partial[offset..], self.max_frame, &mut self.fragments) {
-                Ok(Some((Some(frame), used))) => {
-                    offset += used;
-                    break Ok(Some(frame));
-                }
-                Ok(Some((None, used))) => offset += used,
-                Ok(None) => break Ok(None),
-                Err(err) => break Err(err.into()),
-            }
-        };
-        self.consume_partial(offset);
-        result
-    }
-
-    fn consume_partial(&mut self, used: usize) {
-        if used == 0 {
-            return;
-        }
-        if used >= self.partial.len() {
-            self.partial = Vec::new();
-            return;
-        }
-        self.partial.drain(..used);
-        let needed = match frame::parse_header(&self.partial) {
-            Ok(Some(header)) => usize::try_from(header.frame_len()).unwrap_or(usize::MAX),
-            _ => self.partial.len(),
-        }
-        .clamp(self.partial.len(), self.max_frame + frame::MAX_HEADER_LEN);
-        if self.partial.capacity() > PARTIAL_SHRINK_ABOVE && self.partial.capacity() > needed * 2 {
-            self.partial.shrink_to(needed);
-        }
+        Poll::Ready(Ok(self.inbound.take_read(data)?))
     }
 
     /// Answers pings and closes before handing the frame to the caller.
@@ -534,8 +519,7 @@ impl WsClient {
                     self.flags |= CLOSE_SENT;
                 }
                 self.flags |= CLOSE_RECEIVED;
-                self.partial = Vec::new();
-                self.fragments = None;
+                self.inbound.clear();
             }
             Frame::Text(_) | Frame::Binary(_) | Frame::Pong(_) => {}
         }

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use super::utf8::Utf8Check;
+
 /// Close code 1000: normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code 1002: the peer broke the protocol.
@@ -269,10 +271,12 @@ pub fn parse_frame(
 }
 
 /// A text or binary message being reassembled from its fragments.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Fragments {
     text: bool,
     data: Vec<u8>,
+    /// The UTF-8 check of `data` so far (text only).
+    utf8: Utf8Check,
 }
 
 impl Fragments {
@@ -285,101 +289,201 @@ impl Fragments {
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
+
+    /// Bytes the reassembly buffer holds room for.
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
 }
 
-/// Decodes the next frame in `buf`, reassembling fragmented messages in `fragments`.
+/// The frame parser with what it carries from one call to the next: the fragmented message
+/// being reassembled, and how much of an incomplete text frame's payload is already known to
+/// be valid UTF-8. Pure: it never does I/O and never buffers input on its own.
 ///
-/// Returns `Ok(None)` while `buf` holds no complete frame, and `Ok(Some((frame, consumed)))`
-/// otherwise, where `frame` is `None` when the frame was a fragment kept in `fragments`.
-/// `max_frame` bounds a single frame's payload and a reassembled message's total (1009, checked
-/// from the header). Text is checked as UTF-8 once the message is whole (1007). Control frames
-/// may arrive between fragments.
-pub fn decode(
-    buf: &[u8],
-    max_frame: usize,
-    fragments: &mut Option<Box<Fragments>>,
-) -> Result<Option<(Option<Frame>, usize)>, ProtocolError> {
-    let Some(header) = parse_header(buf)? else {
-        return Ok(None);
-    };
-    match header.opcode {
-        OpCode::Continuation => {
-            let Some(partial) = fragments.as_deref() else {
-                return Err(ProtocolError::protocol(
-                    "continuation frame without a fragmented message",
-                ));
-            };
-            let total = (partial.len() as u64).saturating_add(header.payload_len);
-            if total > max_frame as u64 {
-                return Err(ProtocolError::too_big(
-                    "fragmented message",
-                    total,
-                    max_frame,
-                ));
-            }
+/// Feed it one input stream: each call starts where the bytes the previous call consumed end
+/// (an incomplete frame is passed again, with more of it, on the next call).
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    fragments: Option<Box<Fragments>>,
+    /// The largest frame payload or reassembled message.
+    max_frame: u32,
+    /// Payload bytes of the incomplete text frame at the head of the input already checked;
+    /// the check is on a character boundary there, so it resumes from a clean state (or, at 0,
+    /// from the fragmented message's state).
+    checked: u32,
+}
+
+impl Decoder {
+    /// A decoder refusing frames and messages over `max_frame` bytes (at most 4 GiB - 1).
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            fragments: None,
+            max_frame: u32::try_from(max_frame).unwrap_or(u32::MAX),
+            checked: 0,
         }
-        OpCode::Text | OpCode::Binary => {
-            if fragments.is_some() {
-                return Err(ProtocolError::protocol(format_args!(
-                    "{} frame while a fragmented message is unfinished",
-                    header.opcode.name()
-                )));
-            }
-            if header.payload_len > max_frame as u64 {
-                return Err(ProtocolError::too_big(
-                    "frame",
-                    header.payload_len,
-                    max_frame,
-                ));
-            }
-        }
-        // parse_header bounded control payloads to 125 bytes.
-        OpCode::Close | OpCode::Ping | OpCode::Pong => {}
     }
-    // Fits in usize: the payload is at most max_frame (or 125) bytes.
-    let total = header.header_len + header.payload_len as usize;
-    let Some(payload) = buf.get(header.header_len..total) else {
-        return Ok(None);
-    };
-    let frame = match header.opcode {
-        OpCode::Text | OpCode::Binary => {
-            let text = header.opcode == OpCode::Text;
-            if header.fin {
-                Some(data_frame(text, payload.to_vec())?)
-            } else {
-                *fragments = Some(Box::new(Fragments {
-                    text,
-                    data: payload.to_vec(),
-                }));
-                None
-            }
-        }
-        OpCode::Continuation => {
-            let Some(partial) = fragments.as_deref_mut() else {
-                // Checked above; kept as an error rather than a panic.
-                return Err(ProtocolError::protocol(
-                    "continuation frame without a fragmented message",
-                ));
-            };
-            grow_bounded(&mut partial.data, payload.len(), max_frame);
-            partial.data.extend_from_slice(payload);
-            if header.fin {
-                match fragments.take() {
-                    Some(done) => {
-                        let Fragments { text, data } = *done;
-                        Some(data_frame(text, data)?)
-                    }
-                    None => None,
+
+    /// The largest frame payload or reassembled message accepted.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame as usize
+    }
+
+    /// Whether a fragmented message is unfinished.
+    pub fn in_message(&self) -> bool {
+        self.fragments.is_some()
+    }
+
+    /// The fragmented message being reassembled, if any.
+    pub fn fragments(&self) -> Option<&Fragments> {
+        self.fragments.as_deref()
+    }
+
+    /// Forgets the message in progress (the connection failed or closed).
+    pub fn clear(&mut self) {
+        self.fragments = None;
+        self.checked = 0;
+    }
+
+    /// Decodes the next frame in `buf`, reassembling fragmented messages.
+    ///
+    /// Returns `Ok(None)` while `buf` holds no complete frame, and `Ok(Some((frame, consumed)))`
+    /// otherwise, where `frame` is `None` when the frame was a fragment kept for reassembly.
+    /// The frame size limit bounds a single frame's payload and a reassembled message's total
+    /// (1009, checked from the header). Text is checked as UTF-8 as it arrives (1007): in each
+    /// fragment, and in the part of a frame that is here while the rest is not. Control frames
+    /// may arrive between fragments.
+    pub fn decode(&mut self, buf: &[u8]) -> Result<Option<(Option<Frame>, usize)>, ProtocolError> {
+        let Some(header) = parse_header(buf)? else {
+            return Ok(None);
+        };
+        let max_frame = self.max_frame();
+        match header.opcode {
+            OpCode::Continuation => {
+                let Some(partial) = self.fragments.as_deref() else {
+                    return Err(ProtocolError::protocol(
+                        "continuation frame without a fragmented message",
+                    ));
+                };
+                let total = (partial.len() as u64).saturating_add(header.payload_len);
+                if total > max_frame as u64 {
+                    return Err(ProtocolError::too_big(
+                        "fragmented message",
+                        total,
+                        max_frame,
+                    ));
                 }
-            } else {
-                None
             }
+            OpCode::Text | OpCode::Binary => {
+                if self.fragments.is_some() {
+                    return Err(ProtocolError::protocol(format_args!(
+                        "{} frame while a fragmented message is unfinished",
+                        header.opcode.name()
+                    )));
+                }
+                if header.payload_len > max_frame as u64 {
+                    return Err(ProtocolError::too_big(
+                        "frame",
+                        header.payload_len,
+                        max_frame,
+                    ));
+                }
+            }
+            // parse_header bounded control payloads to 125 bytes.
+            OpCode::Close | OpCode::Ping | OpCode::Pong => {}
         }
-        OpCode::Ping => Some(Frame::Ping(payload.to_vec())),
-        OpCode::Pong => Some(Frame::Pong(payload.to_vec())),
-        OpCode::Close => Some(Frame::Close(parse_close(payload)?)),
-    };
-    Ok(Some((frame, total)))
+        // Fits in usize: the payload is at most max_frame (or 125) bytes.
+        let total = header.header_len + header.payload_len as usize;
+        let Some(payload) = buf.get(header.header_len..total) else {
+            // parse_header saw the whole header, so the rest of `buf` is payload.
+            self.check_partial_text(header.opcode, &buf[header.header_len..])?;
+            return Ok(None);
+        };
+        let checked = std::mem::take(&mut self.checked) as usize;
+        let frame = match header.opcode {
+            OpCode::Text | OpCode::Binary => {
+                let text = header.opcode == OpCode::Text;
+                if header.fin {
+                    Some(data_frame(text, payload.to_vec())?)
+                } else {
+                    let mut utf8 = Utf8Check::default();
+                    if text {
+                        utf8.feed(&payload[checked.min(payload.len())..])
+                            .map_err(|_| invalid_text())?;
+                    }
+                    self.fragments = Some(Box::new(Fragments {
+                        text,
+                        data: payload.to_vec(),
+                        utf8,
+                    }));
+                    None
+                }
+            }
+            OpCode::Continuation => {
+                let Some(partial) = self.fragments.as_deref_mut() else {
+                    // Checked above; kept as an error rather than a panic.
+                    return Err(ProtocolError::protocol(
+                        "continuation frame without a fragmented message",
+                    ));
+                };
+                if partial.text {
+                    let mut utf8 = if checked > 0 {
+                        Utf8Check::default()
+                    } else {
+                        partial.utf8
+                    };
+                    utf8.feed(&payload[checked.min(payload.len())..])
+                        .map_err(|_| invalid_text())?;
+                    partial.utf8 = utf8;
+                }
+                grow_bounded(&mut partial.data, payload.len(), max_frame);
+                partial.data.extend_from_slice(payload);
+                if header.fin {
+                    match self.fragments.take() {
+                        Some(done) => {
+                            let Fragments { text, data, utf8 } = *done;
+                            if !utf8.is_complete() {
+                                return Err(invalid_text());
+                            }
+                            Some(data_frame(text, data)?)
+                        }
+                        None => None,
+                    }
+                } else {
+                    None
+                }
+            }
+            OpCode::Ping => Some(Frame::Ping(payload.to_vec())),
+            OpCode::Pong => Some(Frame::Pong(payload.to_vec())),
+            OpCode::Close => Some(Frame::Close(parse_close(payload)?)),
+        };
+        Ok(Some((frame, total)))
+    }
+
+    /// Checks the part of an incomplete text frame (or text continuation) that is here, from
+    /// where the last call stopped, so invalid text fails before the frame is whole.
+    fn check_partial_text(&mut self, opcode: OpCode, here: &[u8]) -> Result<(), ProtocolError> {
+        let before = match (opcode, self.fragments.as_deref()) {
+            (OpCode::Text, _) => Utf8Check::default(),
+            (OpCode::Continuation, Some(partial)) if partial.text => partial.utf8,
+            _ => return Ok(()),
+        };
+        let from = (self.checked as usize).min(here.len());
+        let mut utf8 = if from > 0 {
+            Utf8Check::default()
+        } else {
+            before
+        };
+        utf8.feed(&here[from..]).map_err(|_| invalid_text())?;
+        // Resume at the last character boundary next time; when the cut code point began
+        // before this frame, that boundary is its start (0).
+        let boundary = here.len().saturating_sub(utf8.pending());
+        self.checked = u32::try_from(boundary).unwrap_or(0);
+        Ok(())
+    }
+}
+
+fn invalid_text() -> ProtocolError {
+    ProtocolError::invalid_payload("text frame is not valid UTF-8")
 }
 
 /// Reserves room for `extra` more bytes, doubling like `Vec` but never past `limit`.
@@ -398,9 +502,11 @@ fn data_frame(text: bool, data: Vec<u8>) -> Result<Frame, ProtocolError> {
     if !text {
         return Ok(Frame::Binary(data));
     }
+    // A second pass over text checked piece by piece before: without unsafe code, a String
+    // is only made this way, and std's check is cheap next to the copy that brought the bytes.
     String::from_utf8(data)
         .map(Frame::Text)
-        .map_err(|_| ProtocolError::invalid_payload("text frame is not valid UTF-8"))
+        .map_err(|_| invalid_text())
 }
 
 /// Parses a close payload: empty, or a 2-byte code and a UTF-8 reason.
@@ -537,10 +643,10 @@ mod tests {
     }
 
     fn decode_all(buf: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
-        let mut frags = None;
+        let mut decoder = Decoder::new(MAX);
         let mut frames = Vec::new();
         let mut off = 0;
-        while let Some((frame, used)) = decode(&buf[off..], MAX, &mut frags)? {
+        while let Some((frame, used)) = decoder.decode(&buf[off..])? {
             off += used;
             frames.extend(frame);
         }
@@ -632,8 +738,7 @@ mod tests {
         let err = parse_frame(&header, MAX).expect_err("too big");
         assert_eq!(err.code, CLOSE_TOO_BIG);
         assert_eq!(err.reason, "frame of 5242880 bytes exceeds limit 1048576");
-        let mut frags = None;
-        let err = decode(&header, MAX, &mut frags).expect_err("too big");
+        let err = Decoder::new(MAX).decode(&header).expect_err("too big");
         assert_eq!(err.code, CLOSE_TOO_BIG);
         // The top bit of a 64-bit length is a protocol error, not an overflow.
         let mut huge = vec![0x82, 127];
@@ -679,16 +784,13 @@ mod tests {
 
     #[test]
     fn reassembled_total_is_bounded_from_the_header() {
-        let limit = 10;
-        let mut frags = None;
+        let mut decoder = Decoder::new(10);
         let first = text(false, &[b'a'; 8]);
-        let (frame, used) = decode(&first, limit, &mut frags)
-            .expect("valid")
-            .expect("complete");
+        let (frame, used) = decoder.decode(&first).expect("valid").expect("complete");
         assert_eq!((frame, used), (None, first.len()));
         // The next fragment's header alone (it claims 5 bytes; 8 + 5 > 10) is refused.
         let next = cont(true, &[b'b'; 5]);
-        let err = decode(&next[..2], limit, &mut frags).expect_err("too big");
+        let err = decoder.decode(&next[..2]).expect_err("too big");
         assert_eq!(err.code, CLOSE_TOO_BIG);
         assert_eq!(
             err.reason,

@@ -50,8 +50,8 @@ fn is_token(name: &str) -> bool {
 
 /// The upgrade request for `url` (ws or wss) with `key` and the caller's extra `headers`.
 ///
-/// Refuses header names that are not HTTP tokens, values with CR, LF or NUL, and headers the
-/// handshake sets itself (Host, Upgrade, Sec-WebSocket-Key, …); errors name the header, never
+/// Refuses header names that are not HTTP tokens, values with control characters (CR, LF, NUL
+/// and the others but HTAB), and headers the handshake sets itself (Host, Upgrade, Sec-WebSocket-Key, …); errors name the header, never
 /// its value.
 pub fn build_request(url: &Url, key: &str, headers: &[(&str, String)]) -> Result<Vec<u8>, WsError> {
     if !matches!(url.scheme(), "ws" | "wss") {
@@ -102,9 +102,11 @@ pub fn build_request(url: &Url, key: &str, headers: &[(&str, String)]) -> Result
                 "header {name} is set by the WebSocket client itself"
             )));
         }
-        if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        // RFC 9110 §5.5: no control character but HTAB; CR and LF would start a header of the
+        // value's own choosing, and servers refuse the others.
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7F) {
             return Err(WsError::Handshake(format!(
-                "header {name} has a value with CR, LF or NUL"
+                "header {name} has a value with a control character (CR, LF, NUL, ...)"
             )));
         }
         req.extend_from_slice(name.as_bytes());
@@ -171,54 +173,55 @@ fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, WsError> {
     Ok(Some(head))
 }
 
-/// Sends the upgrade request for `url` over `stream` and checks the answer.
-///
-/// Returns the bytes the server sent after its response head (frames it sent at once), which
-/// are the codec's first input. A status other than 101 is [`WsError::Status`]; a 101 without
-/// the right `Upgrade`, `Connection` and `Sec-WebSocket-Accept`, or with an extension or a
-/// subprotocol that was not offered, is [`WsError::Handshake`]. The caller bounds the time.
-pub async fn client_handshake<S>(
-    stream: &mut S,
-    url: &Url,
-    headers: &[(&str, String)],
-) -> Result<Vec<u8>, WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let key = generate_key();
-    let request = build_request(url, &key, headers)?;
-    stream.write_all(&request).await?;
-    stream.flush().await?;
-    drop(request);
+/// What the server answered to the upgrade request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A valid 101: the connection speaks WebSocket from byte `head_len` of the input on.
+    Upgraded {
+        /// Bytes of the response head; what follows are the server's first frames.
+        head_len: usize,
+    },
+    /// Another status: the upgrade was refused.
+    Refused {
+        /// Bytes of the response head; what follows is the start of its body.
+        head_len: usize,
+        /// The HTTP status.
+        status: u16,
+        /// `Retry-After` in seconds, when the server sent one.
+        retry_after: Option<Duration>,
+        /// The body's announced length.
+        content_length: Option<usize>,
+    },
+}
 
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let head = loop {
-        if let Some(head) = parse_head(&buf)? {
-            break head;
-        }
+/// Checks the answer at the start of `buf` (every byte read so far) to an upgrade request made
+/// with `key` and the caller's `headers`. Pure, so the read loop around it is trivial.
+///
+/// `Ok(None)` while the head is incomplete and shorter than [`MAX_RESPONSE_HEAD`]. A malformed
+/// or over-long head is [`WsError::Handshake`], and so is a 101 without the right `Upgrade`,
+/// `Connection` and `Sec-WebSocket-Accept`, or with an extension or a subprotocol that was not
+/// offered. Once it answers, more input never changes the answer.
+pub fn check_answer(
+    buf: &[u8],
+    key: &str,
+    headers: &[(&str, String)],
+) -> Result<Option<Answer>, WsError> {
+    let buf = &buf[..buf.len().min(MAX_RESPONSE_HEAD)];
+    let Some(head) = parse_head(buf)? else {
         if buf.len() >= MAX_RESPONSE_HEAD {
             return Err(WsError::Handshake(format!(
                 "response head exceeds {MAX_RESPONSE_HEAD} bytes"
             )));
         }
-        buf.reserve(1024.min(MAX_RESPONSE_HEAD - buf.len()));
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(WsError::Handshake(
-                "connection closed before the upgrade response".into(),
-            ));
-        }
+        return Ok(None);
     };
-
     if head.status != 101 {
-        let body = match head.content_length {
-            Some(len) => read_error_body(stream, &buf[head.len..], len).await,
-            None => String::new(),
-        };
-        return Err(WsError::Status {
+        return Ok(Some(Answer::Refused {
+            head_len: head.len,
             status: head.status,
             retry_after: head.retry_after,
-            body,
-        });
+            content_length: head.content_length,
+        }));
     }
     if !head.upgrade_websocket {
         return Err(WsError::Handshake(
@@ -230,7 +233,7 @@ where
             "101 response without \"Connection: Upgrade\"".into(),
         ));
     }
-    if head.accept.as_deref() != Some(accept_key(&key).as_str()) {
+    if head.accept.as_deref() != Some(accept_key(key).as_str()) {
         return Err(WsError::Handshake(
             "Sec-WebSocket-Accept does not match the key".into(),
         ));
@@ -252,10 +255,63 @@ where
             )));
         }
     }
-    if buf.len() == head.len {
-        return Ok(Vec::new());
+    Ok(Some(Answer::Upgraded { head_len: head.len }))
+}
+
+/// Sends the upgrade request for `url` over `stream` and checks the answer (see
+/// [`check_answer`]).
+///
+/// Returns the bytes the server sent after its response head (frames it sent at once), which
+/// are the codec's first input. A status other than 101 is [`WsError::Status`], with the start
+/// of its body. The caller bounds the time.
+pub async fn client_handshake<S>(
+    stream: &mut S,
+    url: &Url,
+    headers: &[(&str, String)],
+) -> Result<Vec<u8>, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let key = generate_key();
+    let request = build_request(url, &key, headers)?;
+    stream.write_all(&request).await?;
+    stream.flush().await?;
+    drop(request);
+
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let answer = loop {
+        if let Some(answer) = check_answer(&buf, &key, headers)? {
+            break answer;
+        }
+        // check_answer refused a full buffer, so there is room; never read past the limit.
+        let room = MAX_RESPONSE_HEAD - buf.len();
+        buf.reserve(room.min(1024));
+        if (&mut *stream).take(room as u64).read_buf(&mut buf).await? == 0 {
+            return Err(WsError::Handshake(
+                "connection closed before the upgrade response".into(),
+            ));
+        }
+    };
+    match answer {
+        Answer::Refused {
+            head_len,
+            status,
+            retry_after,
+            content_length,
+        } => {
+            let body = match content_length {
+                Some(len) => read_error_body(stream, &buf[head_len..], len).await,
+                None => String::new(),
+            };
+            Err(WsError::Status {
+                status,
+                retry_after,
+                body,
+            })
+        }
+        Answer::Upgraded { head_len } if head_len == buf.len() => Ok(Vec::new()),
+        Answer::Upgraded { head_len } => Ok(buf[head_len..].to_vec()),
     }
-    Ok(buf[head.len..].to_vec())
 }
 
 /// Best effort: up to [`MAX_ERROR_BODY`] bytes of a `content_length` body, starting with the
@@ -335,6 +391,14 @@ mod tests {
             text.contains("Authorization") && !text.contains("s3cret"),
             "{text}"
         );
+        // Other control characters are refused too (a server would refuse the request); a
+        // tab is allowed.
+        for value in ["a\x01b", "a\x7fb", "a\x1bb"] {
+            let err = build_request(&url("wss://a.example"), "k", &[("X-Id", value.into())])
+                .expect_err("control character");
+            assert!(err.to_string().contains("X-Id"), "{err}");
+        }
+        assert!(build_request(&url("wss://a.example"), "k", &[("X-Id", "a\tb".into())]).is_ok());
         for name in ["Host", "sec-websocket-key", "Upgrade", "Bad Name", ""] {
             assert!(
                 build_request(&url("wss://a.example"), "k", &[(name, "v".into())]).is_err(),

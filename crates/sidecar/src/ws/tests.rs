@@ -199,33 +199,44 @@ async fn server_ping_is_answered_and_returned_and_client_ping_gets_pong() {
     assert_eq!(ping, Message::Ping(b"c1".to_vec().into()));
 }
 
+/// Accepts one connection, answers the upgrade by hand and writes `after_101` in the same
+/// write as the answer (frames a server sends at once land in the client's handshake read).
+async fn accept_raw(listener: &TcpListener, after_101: &[u8]) -> TcpStream {
+    let (mut tcp, _) = listener.accept().await.expect("accept");
+    let mut req = Vec::new();
+    while !req.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.expect("request");
+        req.push(b[0]);
+    }
+    let req = String::from_utf8(req).expect("ascii");
+    let key = req
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .expect("key");
+    let mut answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        handshake::accept_key(key)
+    )
+    .into_bytes();
+    answer.extend_from_slice(after_101);
+    tcp.write_all(&answer).await.expect("answer");
+    tcp
+}
+
+/// The server side of an upgraded raw socket, to read what the client sends.
+async fn server_side(tcp: TcpStream) -> WebSocketStream<TcpStream> {
+    WebSocketStream::from_raw_socket(tcp, tungstenite::protocol::Role::Server, None).await
+}
+
 #[tokio::test]
 async fn frames_sent_with_the_101_are_not_lost() {
     let (listener, port) = listen().await;
     let server = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.expect("accept");
-        let mut req = Vec::new();
-        while !req.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            tcp.read_exact(&mut b).await.expect("request");
-            req.push(b[0]);
-        }
-        let req = String::from_utf8(req).expect("ascii");
-        let key = req
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .expect("key");
-        // The answer and two frames in one write.
-        let mut answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {}\r\n\r\n",
-            handshake::accept_key(key)
-        )
-        .into_bytes();
-        answer.extend(raw_frame(TOpCode::Data(Data::Text), true, b"first"));
-        answer.extend(raw_frame(TOpCode::Data(Data::Text), true, b"second"));
-        tcp.write_all(&answer).await.expect("answer");
-        tcp
+        let mut frames = raw_frame(TOpCode::Data(Data::Text), true, b"first");
+        frames.extend(raw_frame(TOpCode::Data(Data::Text), true, b"second"));
+        accept_raw(&listener, &frames).await
     });
     let mut client = bound("connect", connect(&ws_url(port, "/"), &[], &direct()))
         .await
@@ -315,8 +326,10 @@ async fn oversized_frame_is_refused_from_its_header_without_buffering() {
         }
         other => panic!("expected a 1009 protocol error, got {other:?}"),
     }
-    assert_eq!(client.buffer_capacities(), (0, 0), "nothing was buffered");
+    assert_eq!(client.buffer_capacities().0, 0, "no input was buffered");
+    assert!(client.pending_out() > 0, "the 1009 close is queued");
     assert!(matches!(client.recv().await, Err(WsError::Closed)));
+    assert_eq!(client.buffer_capacities(), (0, 0), "the close was written");
 }
 
 #[tokio::test]
@@ -796,4 +809,241 @@ async fn handshake_timeout_bounds_a_silent_server() {
         "{err:?}"
     );
     bound("server", server).await.expect("server task");
+}
+
+/// The close frame the server side reads next (skipping nothing else: it must come next).
+async fn expect_close(ws: &mut WebSocketStream<TcpStream>) -> (u16, String) {
+    match next_message(ws).await {
+        Message::Close(Some(close)) => (u16::from(close.code), close.reason.to_string()),
+        other => panic!("expected a close frame with a code, got {other:?}"),
+    }
+}
+
+/// A server that writes `bytes` after the upgrade and then waits, socket open, sending
+/// nothing more (so only fail-fast checks can end the client's `recv`), then reads what the
+/// client sends: returns the close code it got.
+async fn silent_after(bytes: Vec<u8>) -> (u16, tokio::task::JoinHandle<(u16, String)>) {
+    let (listener, port) = listen().await;
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        ws.get_mut().write_all(&bytes).await.expect("write");
+        expect_close(&mut ws).await
+    });
+    (port, server)
+}
+
+/// RFC 6455 §8.1 and Autobahn 6.4.1/6.4.2: a fragment with invalid UTF-8 fails the connection
+/// at once, while the rest of the message has not come (and never does here).
+#[tokio::test]
+async fn invalid_utf8_in_a_fragment_fails_before_the_message_ends() {
+    let mut bytes = raw_frame(TOpCode::Data(Data::Text), false, "κόσμε".as_bytes());
+    // U+110000 in UTF-8's scheme: 0xF4 0x90 is invalid from its second byte on.
+    bytes.extend(raw_frame(
+        TOpCode::Data(Data::Continue),
+        false,
+        &[0xF4, 0x90, 0x80, 0x80],
+    ));
+    let (port, server) = silent_after(bytes).await;
+    let mut client = bound("connect", connect(&ws_url(port, "/"), &[], &direct()))
+        .await
+        .expect("connect");
+    let err = bound("fail fast", client.recv())
+        .await
+        .expect_err("invalid UTF-8");
+    assert_eq!(err.close_code(), Some(1007), "{err}");
+    bound("flush", client.flush()).await.expect("close written");
+    let (code, _) = bound("server", server).await.expect("server task");
+    assert_eq!(code, 1007);
+}
+
+/// Autobahn 6.4.3/6.4.4: the same inside one frame whose payload is only partly here.
+#[tokio::test]
+async fn invalid_utf8_in_part_of_a_frame_fails_before_the_frame_ends() {
+    let mut payload = "κόσμε".as_bytes().to_vec();
+    payload.extend_from_slice(&[0xF4, 0x90, 0x80, 0x80]);
+    payload.extend_from_slice(b"edited");
+    let whole = raw_frame(TOpCode::Data(Data::Text), true, &payload);
+    // The header and the payload up to the bad bytes; the rest never comes.
+    let cut = whole.len() - b"edited".len() - 2;
+    let (port, server) = silent_after(whole[..cut].to_vec()).await;
+    let mut client = bound("connect", connect(&ws_url(port, "/"), &[], &direct()))
+        .await
+        .expect("connect");
+    let err = bound("fail fast", client.recv())
+        .await
+        .expect_err("invalid UTF-8");
+    assert_eq!(err.close_code(), Some(1007), "{err}");
+    assert_eq!(
+        client.buffer_capacities().0,
+        0,
+        "the partial frame was dropped"
+    );
+    bound("flush", client.flush()).await.expect("close written");
+    let (code, _) = bound("server", server).await.expect("server task");
+    assert_eq!(code, 1007);
+}
+
+/// RFC 6455 §7.1.7: failing the connection sends a close with the error's code; a close the
+/// owner queues afterwards (the session's polite 1000) does not replace it.
+#[tokio::test]
+async fn a_protocol_violation_is_answered_with_a_close_of_its_code() {
+    let mut masked = Vec::new();
+    frame::encode_frame(frame::OpCode::Text, true, b"x", &mut masked);
+    let (port, server) = silent_after(masked).await;
+    let mut client = bound("connect", connect(&ws_url(port, "/"), &[], &direct()))
+        .await
+        .expect("connect");
+    let err = bound("recv", client.recv()).await.expect_err("masked");
+    assert_eq!(err.close_code(), Some(1002));
+    assert!(client.is_closing(), "the failure queued a close");
+    client.queue_close(1000, "too late");
+    client.queue_text("never sent");
+    bound("flush", client.flush()).await.expect("close written");
+    let (code, reason) = bound("server", server).await.expect("server task");
+    assert_eq!(code, 1002);
+    assert_eq!(reason, "server frame is masked");
+    assert!(matches!(client.recv().await, Err(WsError::Closed)));
+}
+
+/// Frames queued before the violation are written, in order, before the close.
+#[tokio::test]
+async fn frames_queued_before_a_failure_are_sent_before_its_close() {
+    let (listener, port) = listen().await;
+    let server = tokio::spawn(async move {
+        // An unknown opcode arrives with the 101, so the client fails on its first recv
+        // before it wrote anything it queued.
+        let mut ws = server_side(accept_raw(&listener, &[0x83, 0x00]).await).await;
+        let first = next_message(&mut ws).await;
+        let ping = next_message(&mut ws).await;
+        (first, ping, expect_close(&mut ws).await)
+    });
+    let mut client = bound("connect", connect(&ws_url(port, "/"), &[], &direct()))
+        .await
+        .expect("connect");
+    client.queue_text("queued before");
+    client.queue_ping(b"p1");
+    let err = bound("recv", client.recv()).await.expect_err("opcode 0x3");
+    assert_eq!(err.close_code(), Some(1002));
+    assert!(client.pending_out() > 0, "the queued frames were kept");
+    // recv delivers them (and the close) too, then reports the end.
+    assert!(matches!(
+        bound("recv", client.recv()).await,
+        Err(WsError::Closed)
+    ));
+    assert_eq!(client.pending_out(), 0);
+    let (first, ping, (code, _)) = bound("server", server).await.expect("server task");
+    assert_eq!(first, Message::text("queued before"));
+    assert_eq!(ping, Message::Ping(b"p1".to_vec().into()));
+    assert_eq!(code, 1002);
+}
+
+/// `close` waits for the server to end TCP after the closing handshake, and returns then.
+#[tokio::test]
+async fn close_completes_the_handshake_and_returns_when_the_server_closes() {
+    let (listener, port) = listen().await;
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        let close = expect_close(&mut ws).await;
+        // tungstenite answered the close while reading; the stream then ends cleanly.
+        let end = bound("stream end", ws.next()).await;
+        (close, end.is_none())
+    });
+    let client = bound("connect", connect(&ws_url(port, "/"), &[], &direct()))
+        .await
+        .expect("connect");
+    bound("close", client.close(1001, "going away", WAIT)).await;
+    let (close, clean) = bound("server", server).await.expect("server task");
+    assert_eq!(close, (1001, "going away".to_owned()));
+    assert!(clean, "the server saw a clean close handshake");
+}
+
+/// A server that neither reads nor closes cannot hold `close` past its bound: the socket is
+/// reset then, with frames still unwritten.
+#[tokio::test]
+async fn close_is_bounded_and_resets_a_server_that_never_reads() {
+    let (listener, port) = listen().await;
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+        // Read nothing until the client gave up, then find the reset behind its bytes.
+        bound("client gave up", done_rx).await.expect("signal");
+        let tcp = ws.get_mut();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match bound("read", tcp.read(&mut buf)).await {
+                Ok(0) => return Err("EOF, not a reset".to_owned()),
+                Ok(_) => continue,
+                Err(err) => return Ok(err.kind()),
+            }
+        }
+    });
+    let mut client = bound("connect", connect(&ws_url(port, "/"), &[], &direct()))
+        .await
+        .expect("connect");
+    // Far more than the socket buffers of both ends hold.
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..32 {
+        client.queue_binary(&chunk);
+    }
+    let started = std::time::Instant::now();
+    bound(
+        "bounded close",
+        client.close(1000, "bye", Duration::from_millis(300)),
+    )
+    .await;
+    let took = started.elapsed();
+    let _ = done_tx.send(());
+    assert!(
+        took >= Duration::from_millis(300),
+        "gave up early: {took:?}"
+    );
+    let kind = bound("server", server)
+        .await
+        .expect("server task")
+        .expect("the server saw a reset");
+    assert_eq!(kind, io::ErrorKind::ConnectionReset);
+}
+
+/// A read that completes a kept partial header and brings more than a frame limit's worth of
+/// small frames: cutting them used to panic (`clamp` with min > max) with a small limit.
+#[tokio::test]
+async fn many_small_frames_in_one_read_after_a_partial_header() {
+    let (listener, port) = listen().await;
+    let server = tokio::spawn(async move {
+        let mut frames = Vec::new();
+        for i in 0..50u8 {
+            frames.extend(raw_frame(
+                TOpCode::Data(Data::Text),
+                true,
+                &[b'a' + i % 26; 10],
+            ));
+        }
+        // The first byte of the first frame comes with the 101, so the client keeps it.
+        let mut tcp = accept_raw(&listener, &frames[..1]).await;
+        // The rest once the client is past its handshake (it says so with a frame).
+        let mut hello = [0u8; 1];
+        tcp.read_exact(&mut hello).await.expect("client frame");
+        tcp.write_all(&frames[1..]).await.expect("write");
+        tcp
+    });
+    let opts = ConnectOptions {
+        max_frame: 16,
+        ..direct()
+    };
+    let mut client = bound("connect", connect(&ws_url(port, "/"), &[], &opts))
+        .await
+        .expect("connect");
+    client.queue_text("go");
+    bound("flush", client.flush()).await.expect("flush");
+    for i in 0..50u8 {
+        let expected = char::from(b'a' + i % 26).to_string().repeat(10);
+        assert_eq!(
+            bound("recv", client.recv()).await.expect("frame"),
+            Frame::Text(expected),
+            "frame {i}"
+        );
+    }
+    assert_eq!(client.buffer_capacities().0, 0);
+    drop(bound("server", server).await.expect("server task"));
 }

@@ -25,10 +25,14 @@ if cur then
   end
 end
 -- Fences only grow, also when Redis lost its data (counter and leases): never below the
--- lease's own fence, nor below Redis's clock in milliseconds, which every earlier grant was
--- floored at too. So a grant after a wipe is newer than any grant before it.
+-- lease's own fence, nor below Redis's clock in microseconds, which every earlier grant was
+-- floored at too. No tenant is granted fences faster than one per microsecond (each grant is
+-- a script run), so a grant after a wipe is newer than any grant before it. (Milliseconds
+-- were not enough: a tenant's burst of grants runs its counter ahead of a millisecond clock,
+-- and a wipe within that lead handed out a fence again.) Microseconds stay exact in Lua's
+-- doubles (below 2^53) for two more centuries.
 local fence = redis.call('INCR', KEYS[3])
-local floor = math.max(curfence + 1, now)
+local floor = math.max(curfence + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
 if fence < floor then
   fence = floor
   redis.call('SET', KEYS[3], string.format('%d', fence))

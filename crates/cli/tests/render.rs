@@ -1,0 +1,99 @@
+//! `streamkeeper render` and `streamkeeper crdgen` as a user runs them.
+
+use std::process::Command;
+
+fn sconn(name: &str, priority: u16, extra: &str) -> String {
+    format!(
+        "apiVersion: streamkeeper.dev/v1alpha1\nkind: StreamConnection\nmetadata: {{name: {name}, namespace: cc}}\n\
+         spec:\n  platform: genesys\n  tenant: acme\n  priority: {priority}\n  workloadRef: {{kind: Deployment, name: wem}}\n\
+         \x20 region: mypurecloud.com\n  credentialsSecretRef: {{name: acme-oauth}}\n{extra}"
+    )
+}
+
+fn dir(name: &str, docs: &[String]) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sk-render-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("dir");
+    std::fs::write(d.join("streams.yaml"), docs.join("---\n")).expect("write");
+    d
+}
+
+#[test]
+fn render_admits_by_priority_under_the_limit_and_prints_json_the_sidecar_reads() {
+    let d = dir(
+        "ok",
+        &[
+            sconn("low", 100, ""),
+            sconn("mid", 500, ""),
+            sconn("high", 900, ""),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_streamkeeper"))
+        .args(["render", "-f"])
+        .arg(&d)
+        .args(["--tenant-limit", "acme=2", "-o", "json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let decision = |s: &str| {
+        v["decisions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["stream"] == s))
+            .map(|d| d["decision"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(decision("cc/high").as_deref(), Some("Admitted"));
+    assert_eq!(decision("cc/mid").as_deref(), Some("Admitted"));
+    assert_eq!(decision("cc/low").as_deref(), Some("Queued"));
+    let cm = &v["configMaps"][0];
+    assert_eq!(cm["metadata"]["name"], "streamkeeper-wem");
+    let yaml = cm["data"]["sidecar.yaml"].as_str().expect("sidecar.yaml");
+    let cfg = streamkeeper_api::SidecarConfig::from_yaml(yaml)
+        .expect("the sidecar reads it")
+        .config;
+    let ids: Vec<&str> = cfg.streams.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["cc/high", "cc/mid"]);
+}
+
+#[test]
+fn render_refuses_an_invalid_spec_naming_the_field() {
+    let d = dir(
+        "bad",
+        &[sconn(
+            "bad",
+            100,
+            "  heartbeat: {interval: 40s, timeout: 30s}\n",
+        )],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_streamkeeper"))
+        .args(["render", "-f"])
+        .arg(&d)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cc/bad") && err.contains("spec.heartbeat.timeout"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn crdgen_prints_the_committed_crd() {
+    let out = Command::new(env!("CARGO_BIN_EXE_streamkeeper"))
+        .arg("crdgen")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../crds/streamconnections.streamkeeper.dev.yaml"
+    ))
+    .expect("crds/");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
+}
