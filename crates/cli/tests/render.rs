@@ -6,7 +6,7 @@ fn sconn(name: &str, priority: u16, extra: &str) -> String {
     format!(
         "apiVersion: streamkeeper.dev/v1alpha1\nkind: StreamConnection\nmetadata: {{name: {name}, namespace: cc}}\n\
          spec:\n  platform: genesys\n  tenant: acme\n  priority: {priority}\n  workloadRef: {{kind: Deployment, name: wem}}\n\
-         \x20 region: mypurecloud.com\n  credentialsSecretRef: {{name: acme-oauth}}\n{extra}"
+         \x20 region: mypurecloud.com\n  credentialsSecretRef: {{name: acme-oauth}}\n  topics: [v2.routing.queues.q1.conversations]\n{extra}"
     )
 }
 

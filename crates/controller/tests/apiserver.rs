@@ -42,6 +42,10 @@ async fn invalid_specs_are_rejected_by_the_api_server_naming_the_field() {
         ),
         (base.replace("  region: mypurecloud.com\n", ""), "region or endpoints"),
         (base.replace("platform: genesys", "platform: teams"), "spec.platform"),
+        (
+            base.replace("  topics: [v2.routing.queues.q1.conversations]\n", ""),
+            "spec.topics",
+        ),
         (base.replace("tenant: acme", "tenant: \"ac{me}\""), "spec.tenant"),
         (base.replace("kind: Deployment", "kind: DaemonSet"), "spec.workloadRef.kind"),
         (base.replace("name: bad,", "name: bad.dotted,"), "metadata.name"),
