@@ -5,7 +5,6 @@ mod crdgen;
 mod demo;
 mod emulate;
 mod inject;
-mod kube_yaml;
 mod render;
 mod status;
 

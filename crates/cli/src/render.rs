@@ -10,8 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use serde::Deserialize;
-use streamkeeper_api::{Tenant, crd::StreamConnection};
+use streamkeeper_api::{Tenant, crd::StreamConnection, kube_yaml};
 use streamkeeper_controller::{
     admission::{self, Decision, Limits},
     render::{self, RenderOptions, WorkloadKey},
@@ -102,21 +101,31 @@ fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 (file.display().to_string(), s)
             };
-            for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-                let origin = format!("{name} (document {})", i + 1);
-                let value = serde_yaml_ng::Value::deserialize(doc)
-                    .map_err(|e| anyhow::anyhow!("{origin}: not YAML: {e}"))?;
-                if value.is_null() {
-                    continue;
+            let docs = kube_yaml::parse(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            for (i, parsed) in docs.iter().enumerate() {
+                let place = format!("{name}, document {} (line {})", i + 1, parsed.doc.line);
+                for (prefix, value) in kube_yaml::objects(&parsed.value) {
+                    if value.is_null() {
+                        continue;
+                    }
+                    let origin = format!(
+                        "{place}{}",
+                        prefix
+                            .strip_suffix('.')
+                            .map(|p| format!(", {p}"))
+                            .unwrap_or_default()
+                    );
+                    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+                    if kind != "StreamConnection" {
+                        eprintln!(
+                            "render: {origin}: skipping kind {kind:?} (not a StreamConnection)"
+                        );
+                        continue;
+                    }
+                    let sc: StreamConnection = serde_path_to_error::deserialize(value.clone())
+                        .map_err(|e| anyhow::anyhow!("{origin}: {}: {}", e.path(), e.inner()))?;
+                    out.push(Input { origin, sc });
                 }
-                let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-                if kind != "StreamConnection" {
-                    eprintln!("render: {origin}: skipping kind {kind:?} (not a StreamConnection)");
-                    continue;
-                }
-                let sc: StreamConnection = serde_path_to_error::deserialize(value)
-                    .map_err(|e| anyhow::anyhow!("{origin}: {}: {}", e.path(), e.inner()))?;
-                out.push(Input { origin, sc });
             }
         }
     }
@@ -222,7 +231,7 @@ pub fn run(
             }
             for cm in &maps {
                 out_text += "---\n";
-                out_text += &serde_yaml_ng::to_string(cm)?;
+                out_text += &kube_yaml::to_yaml(cm)?;
             }
         }
     }
