@@ -7,6 +7,7 @@ mod emulate;
 mod inject;
 mod render;
 mod status;
+mod yaml_input;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
