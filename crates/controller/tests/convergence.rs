@@ -40,8 +40,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn converge_one_thousand_stream_connections() {
     let c = k8s();
     let ns = c.namespace("bench");
-    let sa = "streamkeeper-controller";
-    apply_ok(c, &rbac_yaml(&ns, &[sa], true));
+    let sa = &chart_rbac(c, &ns, "bench", true);
     let kc = c
         .kubeconfig_for(sa, &token(c, &ns, sa), &ns)
         .to_string_lossy()
