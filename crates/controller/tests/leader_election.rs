@@ -179,4 +179,22 @@ async fn two_controllers_one_leads_and_after_a_sigkill_the_other_leads_within_th
         "{}",
         b.stderr_text()
     );
+    // Graceful: the last thing it wrote is the Lease's release, after its reconciles ended,
+    // and the Lease is free for a standby at once.
+    let last = audit(c)
+        .into_iter()
+        .rev()
+        .find(|e| e.user == user(&sa_b) && is_write(&e.verb))
+        .expect("ctl-b wrote");
+    assert_eq!(last.resource, "leases", "ctl-b's last write: {last:?}");
+    let holder = c.kubectl_ok(&[
+        "get",
+        "lease",
+        "streamkeeper-controller",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder.trim(), "", "the Lease still names a holder");
 }
