@@ -53,7 +53,7 @@ pub struct Options {
     pub namespace: Option<String>,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin: SocketAddr,
-    /// The kubeconfig to use (default: in-cluster, else `KUBECONFIG` / `~/.kube/config`).
+    /// The kubeconfig to use (default: `KUBECONFIG` or `~/.kube/config`, else in-cluster).
     pub kubeconfig: Option<std::path::PathBuf>,
     /// The holder identity (default `$POD_NAME`, else the hostname).
     pub identity: Option<String>,
