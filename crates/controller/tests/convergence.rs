@@ -11,27 +11,35 @@
 //!   the reconciles it ran;
 //! - the idle rate: requests per second while nothing changes (Lease renewals).
 //!
+//! The second benchmark adds runtime status: the controller reads a real Redis, and this test
+//! plays the sidecars (a lease and a record for every admitted stream, renewed every 15 s as a
+//! sidecar beats); it reports the status writes per second that the pongs cost at steady state
+//! (`--pong-granularity`, 30 s by default) and the RSS with the runtime view held too.
+//!
 //! Requests are counted from the API server's audit log (every request of the controller's
 //! ServiceAccount; watches are long-lived and counted apart).
 //!
 //! ```sh
 //! cargo build --release -p streamkeeper
-//! cargo test --release -p streamkeeper-controller --test convergence -- --ignored --nocapture
+//! cargo test --release -p streamkeeper-controller --test convergence -- --ignored --nocapture --test-threads 1
 //! ```
 
 mod common;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use common::*;
+use streamkeeper_api::{PodName, StreamState};
+use streamkeeper_coord::{Acquired, Beat, ConnRecord, RedisStore, Store, StreamKey};
 use streamkeeper_e2e::{
     process::{Running, http_get},
     util::{free_port, metric_value},
 };
+use streamkeeper_testkit::redis::RedisServer;
 
 const STREAMS: usize = 1000;
 const TENANTS: usize = 4;
@@ -41,6 +49,10 @@ const LIMIT: usize = 200;
 const POLL: Duration = Duration::from_secs(1);
 /// The idle window over which the steady-state request rate is measured.
 const IDLE: Duration = Duration::from_secs(30);
+/// How often the simulated sidecars beat (the default heartbeat interval).
+const BEAT: Duration = Duration::from_secs(15);
+/// The window over which the runtime status writes are counted (a few pong granularities).
+const RUNTIME: Duration = Duration::from_secs(120);
 
 /// (VmRSS, VmHWM) in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -105,6 +117,62 @@ async fn quiescent(c: &Cluster, user: &str) -> usize {
 #[tokio::test]
 #[ignore = "benchmark: run with --ignored --nocapture (see the module doc)"]
 async fn converge_one_thousand_stream_connections() {
+    bench(None).await;
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run with --ignored --nocapture (see the module doc)"]
+async fn one_thousand_stream_connections_with_runtime_status_from_redis() {
+    let redis = RedisServer::start();
+    bench(Some(&redis)).await;
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Plays the sidecars of every stream in `rendered`: takes its lease and beats it every
+/// [`BEAT`] until dropped.
+async fn sidecars(store: std::sync::Arc<dyn Store>, rendered: Vec<(StreamKey, PodName)>) {
+    let ttl = Duration::from_secs(45);
+    let mut held = Vec::new();
+    for (key, pod) in rendered {
+        match store.try_acquire(&key, &pod, ttl).await.expect("store") {
+            Acquired::Granted { fence, .. } => held.push((key, pod, fence)),
+            other => panic!("{}: {other:?}", key.stream),
+        }
+    }
+    let mut tick = tokio::time::interval(BEAT);
+    loop {
+        tick.tick().await;
+        let now = epoch_ms();
+        let beats: Vec<Beat> = held
+            .iter()
+            .map(|(key, pod, fence)| Beat {
+                key: key.clone(),
+                fence: *fence,
+                record: ConnRecord {
+                    stream: key.stream.clone(),
+                    tenant: key.tenant.clone(),
+                    socket_id: "bench".into(),
+                    last_pong: now,
+                    platform: "genesys".into(),
+                    state: StreamState::Active,
+                    retry_count: 0,
+                    owner: pod.clone(),
+                    fence: *fence,
+                },
+                lease_ttl: ttl,
+            })
+            .collect();
+        store.beat(&beats).await;
+    }
+}
+
+async fn bench(redis: Option<&RedisServer>) {
     let c = k8s();
     assert!(c.owns_apiserver(), "counts requests from the audit log");
     let ns = c.namespace("bench");
@@ -116,22 +184,25 @@ async fn converge_one_thousand_stream_connections() {
         .into_owned();
     let client = c.client().await;
     let admin = format!("127.0.0.1:{}", free_port());
-    let ctl = Running::spawn(
-        &[
-            "controller",
-            "--kubeconfig",
-            &kc,
-            "--identity",
-            "bench",
-            "--namespace",
-            &ns,
-            "--admin",
-            &admin,
-            "--default-tenant-limit",
-            &LIMIT.to_string(),
-        ],
-        "warn",
-    );
+    let limit = LIMIT.to_string();
+    let url = redis.map(|r| r.url());
+    let mut args = vec![
+        "controller",
+        "--kubeconfig",
+        &kc,
+        "--identity",
+        "bench",
+        "--namespace",
+        &ns,
+        "--admin",
+        &admin,
+        "--default-tenant-limit",
+        &limit,
+    ];
+    if let Some(u) = &url {
+        args.extend(["--redis", u]);
+    }
+    let ctl = Running::spawn(&args, "warn");
     let admin: SocketAddr = admin.parse().expect("addr");
     eventually(Duration::from_secs(60), "controller leads", || async move {
         let (_, body) = http_get(admin, "/metrics").await.ok()?;
@@ -157,15 +228,18 @@ async fn converge_one_thousand_stream_connections() {
     let applied = started.elapsed();
     let workloads: Vec<String> = (0..WORKLOADS).map(|w| format!("w{w:02}")).collect();
     let deadline = started + Duration::from_secs(900);
+    let mut rendered: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let s = streams(&client, &ns).await;
         let decided = s.len() == STREAMS
             && s.iter()
                 .all(|x| matches!(phase(x).as_deref(), Some("Active" | "Queued")));
         if decided {
-            let mut rendered = BTreeSet::new();
+            rendered.clear();
             for w in &workloads {
-                rendered.extend(config_streams(&client, &ns, w).await.unwrap_or_default());
+                for id in config_streams(&client, &ns, w).await.unwrap_or_default() {
+                    rendered.insert(id, w.clone());
+                }
             }
             if rendered.len() == TENANTS * LIMIT {
                 break;
@@ -230,13 +304,87 @@ async fn converge_one_thousand_stream_connections() {
     let idle_calls: Vec<Audited> = requests(c, &user).into_iter().skip(idle_from).collect();
     let errors = metric(admin, "streamkeeper_controller_reconcile_errors_total", "").await;
 
+    // Runtime status: the sidecars report every admitted stream; the first report changes
+    // every status (owner, state), the pongs after it only every pong granularity.
+    let runtime = match redis {
+        None => String::new(),
+        Some(r) => {
+            let store: std::sync::Arc<dyn Store> =
+                std::sync::Arc::new(RedisStore::connect(&r.url()).expect("url"));
+            let tenant_of = |id: &str| {
+                let n: usize = id
+                    .rsplit('s')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("s{i}");
+                format!("t{}", n % TENANTS)
+            };
+            let keys: Vec<(StreamKey, PodName)> = rendered
+                .iter()
+                .map(|(id, w)| {
+                    (
+                        StreamKey {
+                            tenant: tenant_of(id).parse().expect("tenant"),
+                            stream: id.parse().expect("id"),
+                        },
+                        format!("{w}-pod-0").parse().expect("pod"),
+                    )
+                })
+                .collect();
+            let sim = tokio::spawn(sidecars(store, keys));
+            let first = Instant::now();
+            eventually(
+                Duration::from_secs(300),
+                "every admitted stream shows its owner",
+                || {
+                    let (client, ns) = (client.clone(), ns.clone());
+                    async move {
+                        let s = streams(&client, &ns).await;
+                        let owned = s
+                            .iter()
+                            .filter(|x| x.status.as_ref().is_some_and(|st| st.owner.is_some()))
+                            .count();
+                        (owned == TENANTS * LIMIT).then_some(())
+                    }
+                },
+            )
+            .await;
+            let reported = first.elapsed();
+            let from = requests(c, &user).len();
+            tokio::time::sleep(RUNTIME).await;
+            let calls: Vec<Audited> = requests(c, &user).into_iter().skip(from).collect();
+            let (rss, peak) = rss_kib(ctl.pid());
+            sim.abort();
+            let writes = calls
+                .iter()
+                .filter(|e| e.resource == "streamconnections/status")
+                .count();
+            format!(
+                "\n  runtime: every owner in status {reported:.1?} after the first beat; then over {RUNTIME:?} \
+                 ({TENANTS}x{LIMIT} streams beating every {BEAT:?}): {} requests, {writes} status writes = {:.1}/s \
+                 ({:.2} per stream per minute): {:?}; RSS {:.1} MiB (peak {:.1} MiB)",
+                calls.len(),
+                writes as f64 / RUNTIME.as_secs_f64(),
+                writes as f64 / (TENANTS * LIMIT) as f64 / (RUNTIME.as_secs_f64() / 60.0),
+                by_kind(&calls),
+                rss as f64 / 1024.0,
+                peak as f64 / 1024.0,
+            )
+        }
+    };
+
     eprintln!(
-        "BENCH {STREAMS} StreamConnections ({TENANTS} tenants, limit {LIMIT}, {WORKLOADS} workloads):\n\
+        "BENCH {STREAMS} StreamConnections{} ({TENANTS} tenants, limit {LIMIT}, {WORKLOADS} workloads):\n\
          \x20 applied in {applied:.1?}; converged (every status and ConfigMap written) {converged:.1?} after the apply\n\
          \x20 controller RSS {:.1} MiB while holding them (peak {:.1} MiB; {:.1} MiB before any object)\n\
          \x20 requests to converge: {} ({:.2} per object): {:?}\n\
          \x20 steady state: {} requests over {} reconciles = {per:.3} per reconcile: {:?}\n\
-         \x20 idle: {} requests in {IDLE:?} ({:.2}/s): {:?}; reconcile errors so far: {errors}",
+         \x20 idle: {} requests in {IDLE:?} ({:.2}/s): {:?}; reconcile errors so far: {errors}{runtime}",
+        if redis.is_some() {
+            " with runtime status"
+        } else {
+            ""
+        },
         rss as f64 / 1024.0,
         peak as f64 / 1024.0,
         idle_rss as f64 / 1024.0,
