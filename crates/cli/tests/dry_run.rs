@@ -219,18 +219,7 @@ fn render_output_and_the_example_streams_are_accepted_by_a_server_side_dry_run()
     namespace(c, "cc");
     let crd = std::fs::read_to_string(root().join("crds/streamconnections.streamkeeper.dev.yaml"))
         .expect("crds/");
-    let out = c.apply(&crd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/streamconnections.streamkeeper.dev",
-        "--timeout=60s",
-    ]);
+    c.install_crd(&crd, "streamconnections.streamkeeper.dev");
 
     // Every example StreamConnection and Secret, as the API server's schema sees them.
     let mut examples = String::new();

@@ -476,11 +476,6 @@ async fn with_the_store_unreachable_the_finalizer_is_released_after_a_bounded_re
     ctl.stop().await.expect("clean stop");
 }
 
-/// `sconn` with another tenant and workload, as the same object.
-fn moved(ns: &str, name: &str, tenant: &str, priority: u16, workload: &str) -> String {
-    sconn(ns, name, tenant, priority, workload)
-}
-
 #[tokio::test]
 async fn a_stream_that_moves_leaves_its_old_configmap_and_frees_its_slot_for_the_next_in_its_old_pool()
  {
@@ -515,7 +510,7 @@ async fn a_stream_that_moves_leaves_its_old_configmap_and_frees_its_slot_for_the
     // First moves to another tenant and workload: it leaves wl-a's ConfigMap, and its slot in
     // acme's pool goes to second at once (not at the next resync).
     let started = tokio::time::Instant::now();
-    apply_ok(c, &moved(&ns, "first", "globex", 900, "wl-b"));
+    apply_ok(c, &sconn(&ns, "first", "globex", 900, "wl-b"));
     eventually(
         CONVERGE,
         "second admitted into wl-a, first only in wl-b",
@@ -551,7 +546,7 @@ async fn a_stream_that_moves_leaves_its_old_configmap_and_frees_its_slot_for_the
     // A move while no controller runs: at start, the workload first left (which no stream
     // names any more) gets a config without streams.
     ctl.stop().await.expect("clean stop");
-    apply_ok(c, &moved(&ns, "first", "globex", 900, "wl-c"));
+    apply_ok(c, &sconn(&ns, "first", "globex", 900, "wl-c"));
     let ctl = InProcess::start(&ns, limits(1, &[]), None, None).await;
     eventually(
         CONVERGE,

@@ -443,6 +443,23 @@ impl Cluster {
         self.kubectl_with(&self.kubeconfig, &["apply", "-f", "-"], Some(yaml))
     }
 
+    /// Applies a CustomResourceDefinition (`yaml`, named `name`) and waits until it is
+    /// established, so its objects can be created at once.
+    pub fn install_crd(&self, yaml: &str, name: &str) {
+        let out = self.apply(yaml);
+        assert!(
+            out.status.success(),
+            "CRD {name} refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            &format!("crd/{name}"),
+            "--timeout=60s",
+        ]);
+    }
+
     /// Runs helm against this cluster (admin kubeconfig), with its config, cache and data
     /// directories in the scratch directory so the user's helm setup is neither read nor
     /// written. Panics, saying how to build it, when there is no helm.

@@ -28,18 +28,10 @@ static CRD: OnceLock<()> = OnceLock::new();
 pub fn k8s() -> &'static Cluster {
     let c = cluster();
     CRD.get_or_init(|| {
-        let out = c.apply(&streamkeeper_api::crd::crd_yaml());
-        assert!(
-            out.status.success(),
-            "CRD refused: {}",
-            String::from_utf8_lossy(&out.stderr)
+        c.install_crd(
+            &streamkeeper_api::crd::crd_yaml(),
+            "streamconnections.streamkeeper.dev",
         );
-        c.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/streamconnections.streamkeeper.dev",
-            "--timeout=60s",
-        ]);
     });
     c
 }
