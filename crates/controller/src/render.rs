@@ -11,6 +11,7 @@ use streamkeeper_api::{
     SidecarConfig, StreamId, StreamSpec,
     config::{self, Credentials},
     crd::{SpecError, StreamConnection},
+    kube_yaml,
 };
 
 use crate::admission::{Candidate, Decision, Limits};
@@ -216,10 +217,11 @@ pub fn configs(
         .collect()
 }
 
-/// The config as the sidecar reads it.
+/// The config as the sidecar reads it (written as every YAML streamkeeper writes: readable
+/// alike by YAML 1.1 and 1.2 parsers, so `kubectl get -o yaml` and the sidecar agree).
 pub fn sidecar_yaml(config: &SidecarConfig) -> String {
-    // Our own config type always serializes.
-    serde_yaml_ng::to_string(config).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
+    // Our own config type always serializes, and has no YAML tags.
+    kube_yaml::to_yaml(config).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
 }
 
 /// The ConfigMap the controller applies for a workload.
