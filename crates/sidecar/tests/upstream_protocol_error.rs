@@ -20,7 +20,7 @@ use streamkeeper_api::{
 use streamkeeper_emulator::{Emulator, EmulatorConfig};
 use streamkeeper_sidecar::{
     app::Hub,
-    auth::{ClientCredentials, TokenClient, spawn_manager},
+    auth::{ClientCredentials, CredentialFiles, Grant, TokenSource, spawn_manager},
     metrics::Metrics,
     net,
     platforms::generic::Generic,
@@ -93,6 +93,7 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
         platform: Platform::Generic,
         priority: 500,
         endpoints: Endpoints {
+            region: None,
             api: Some(base.clone()),
             login: Some(base.clone()),
             stream: Some(
@@ -122,9 +123,12 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
         tls: None,
     };
     let http = net::plain_http_client();
-    let creds = ClientCredentials::load(&spec.credentials).expect("load");
-    let client = TokenClient::new(http.clone(), &base, &base, "/api/v2/users/me", creds);
-    let (tokens, refresh_now, token_task) = spawn_manager(client, spec.token, Arc::new(|_| {}));
+    let source = TokenSource::new(
+        CredentialFiles::new(Platform::Generic, &spec.credentials).expect("files"),
+        Grant::for_platform(Platform::Generic, http.clone(), &base, Some(&base)).expect("grant"),
+    );
+    let (tokens, refresh_now, token_task) =
+        spawn_manager(source, Arc::new(Mutex::new(spec.token)), Arc::new(|_| {}));
     let recorder = Arc::new(Recorder::default());
     let ctx = SessionCtx {
         spec: spec.clone(),
@@ -137,9 +141,12 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
         status: Default::default(),
         http,
         connect: upstream::connect_options(&spec, None),
+        proxy: net::ProxyPolicy::direct(),
         tokens,
         refresh_now,
+        channels: Arc::new(tokio::sync::Semaphore::new(20)),
         lease: watch::channel(tokio::time::Instant::now() + Duration::from_secs(3600)).1,
+        gap_from: None,
     };
     let (stop, stop_rx) = watch::channel(None);
     let running = tokio::spawn(upstream::run(ctx, stop_rx));
