@@ -20,8 +20,9 @@
 //!
 //! Parameters (environment): `SK_BENCH_STREAMS` (1000, in tenants of 50), `SK_BENCH_WINDOW`
 //! (30s, the measured window after every stream streams), `SK_BENCH_EVENT_INTERVAL` (5s per
-//! stream), `SK_BENCH_PHASES` (`one,two,idle`). The sidecars run with the production defaults:
-//! heartbeat 15 s / 35 s, checkpoint window 1 s.
+//! stream), `SK_BENCH_PHASES` (`one,two,idle`), `SK_BENCH_CHECKPOINT_WINDOW` (the sidecars'
+//! `checkpointWindow`, 1s). The sidecars run with the production defaults otherwise:
+//! heartbeat 15 s / 35 s.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -154,7 +155,10 @@ async fn run(streams: usize, pods: usize, event_interval: Duration, window: Dura
         reconnect: Duration::from_millis(500),
     };
     let mut fleet = Fleet::start("redis-cost", redis.url(), &refs, event_interval, timers).await;
-    fleet.checkpoint_window = streamkeeper_api::config::DEFAULT_CHECKPOINT_WINDOW;
+    fleet.checkpoint_window = env_duration(
+        "SK_BENCH_CHECKPOINT_WINDOW",
+        streamkeeper_api::config::DEFAULT_CHECKPOINT_WINDOW,
+    );
     fleet.tenants = names
         .iter()
         .enumerate()
@@ -253,7 +257,11 @@ fn main() {
         .expect("a runtime");
     println!(
         "redis_cost: {streams} streams in tenants of {TENANT_SIZE}, one event per {interval:?} \
-         per stream, measured over {window:?}; figures per 1,000 streams"
+         per stream, measured over {window:?}, checkpoint window {:?}; figures per 1,000 streams",
+        env_duration(
+            "SK_BENCH_CHECKPOINT_WINDOW",
+            streamkeeper_api::config::DEFAULT_CHECKPOINT_WINDOW
+        )
     );
     for phase in phases.split(',') {
         let (label, pods, every) = match phase.trim() {
