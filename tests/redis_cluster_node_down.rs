@@ -7,12 +7,14 @@
 //! owner_lost, and nothing more is delivered while its slot is unserved), and streams again on
 //! a pod when the slot is served again, with nothing lost and nothing acked delivered again;
 //! the other tenants' streams never stop (no `dropped`, never silent for more than 1.5 s), and
-//! at no moment do two pods stream the same stream.
+//! at no moment do two pods stream the same stream. `streamkeeper_redis_up` reads 0 on every
+//! pod while the master is down (steadily: the other masters' answers do not flip it) and 1
+//! again once it serves; `/status` names the tenant whose node does not answer.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use streamkeeper_e2e::{
-    fleet::{Fleet, Ledger, Sampler, Timers, stream_id},
+    fleet::{Fleet, Ledger, Sampler, Timers, plain_metric, stream_id},
     redis::RedisCluster,
 };
 use tokio::time::{Instant, sleep};
@@ -77,17 +79,76 @@ async fn a_stopped_master_stops_only_its_tenants_streams_and_they_resume_when_it
 
     let down_at = Instant::now();
     cluster.stop_node(down_node);
-    sleep(TTL * 2).await;
+    // While the master is down, every pod's `streamkeeper_redis_up` reads 0 and its /status
+    // names that tenant, steadily, although the other masters answer every call: once each
+    // pod called the tenant's node (beats and lease looks every 500 ms; a call to the stopped
+    // node fails within the store's 2 s operation timeout), every sample until the restart.
+    let settled = down_at + Duration::from_secs(3);
+    let mut gauge_samples = 0;
+    let mut gauge_wrong = Vec::new();
+    while down_at.elapsed() < TTL * 2 {
+        sleep(Duration::from_millis(200)).await;
+        if Instant::now() < settled {
+            continue;
+        }
+        for i in 0..2 {
+            let up = fleet
+                .metrics(i)
+                .await
+                .ok()
+                .and_then(|m| plain_metric(&m, "streamkeeper_redis_up"));
+            let down_tenants = fleet
+                .status(i)
+                .await
+                .ok()
+                .map(|doc| doc["storeDownTenants"].clone());
+            gauge_samples += 1;
+            if up != Some(0.0) || down_tenants != Some(serde_json::json!([tenants[0].0])) {
+                gauge_wrong.push((i, down_at.elapsed(), up, down_tenants));
+            }
+        }
+    }
     let stopped_for = down_at.elapsed();
     let up_at = Instant::now();
     cluster.restart_node(down_node);
     let served_at = Instant::now();
+    eprintln!(
+        "redis_up while master {down_node} was down: {gauge_samples} samples of both pods, \
+         {} not 0 with [{}] down: {gauge_wrong:?}",
+        gauge_wrong.len(),
+        tenants[0].0
+    );
+    assert!(
+        gauge_samples >= 10 && gauge_wrong.is_empty(),
+        "redis_up / storeDownTenants not steady while a master was down: {gauge_wrong:?} of \
+         {gauge_samples}\n{}",
+        fleet.diagnostics()
+    );
     let resumed = ledgers[0]
         .wait(TTL + Duration::from_secs(3), |d| {
             d.iter().any(|x| x.at >= served_at)
         })
         .await;
     sleep(Duration::from_secs(2)).await;
+    // Up again once the tenant's node answers: both pods, within the lease.
+    let deadline = served_at + TTL + Duration::from_secs(3);
+    let mut back_up = [false; 2];
+    while !back_up.iter().all(|b| *b) && Instant::now() < deadline {
+        for (i, b) in back_up.iter_mut().enumerate() {
+            *b = fleet
+                .metrics(i)
+                .await
+                .ok()
+                .and_then(|m| plain_metric(&m, "streamkeeper_redis_up"))
+                == Some(1.0);
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back_up.iter().all(|b| *b),
+        "redis_up did not read 1 again on every pod once the master served: {back_up:?}\n{}",
+        fleet.diagnostics()
+    );
 
     let samples = sampler.finish().await;
     let mut reports = Vec::new();
