@@ -29,7 +29,7 @@ use std::{collections::BTreeMap, time::Duration};
 use streamkeeper_e2e::{
     fleet::{Fleet, Ledger, Timers, owns_active, stream_id},
     process::stream_entry,
-    redis::RedisServer,
+    redis::{RedisServer, Transitions},
 };
 use streamkeeper_testkit::redis::{command, value_text};
 use tokio::time::{Instant, sleep};
@@ -59,6 +59,9 @@ struct Measured {
     top: Vec<(String, f64, f64)>,
     acks_per_s: f64,
     clients: String,
+    /// Transitions published in the window, by `from>to reason` (a stream that reconnects or
+    /// changes owner costs a publish and a record write; at steady state there are none).
+    transitions: BTreeMap<String, usize>,
 }
 
 /// One command's calls and time since the last `CONFIG RESETSTAT`.
@@ -196,6 +199,8 @@ async fn run(streams: usize, pods: usize, event_interval: Duration, window: Dura
     }
     // Past every stream's first beat (which writes its record in full): the steady state.
     sleep(timers.interval + Duration::from_secs(5)).await;
+    // Heard by one more subscriber than the pods: its share of each PUBLISH is counted too.
+    let heard = Transitions::subscribe(&redis.url()).await;
     command(redis.port, &["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
     let cpu0 = cpu_seconds(redis.port);
     let floor0 = cpu_seconds(control.port);
@@ -207,6 +212,18 @@ async fn run(streams: usize, pods: usize, event_interval: Duration, window: Dura
     let floor1 = cpu_seconds(control.port);
     let elapsed = t0.elapsed().as_secs_f64();
     let acked = ledger.deliveries().len() - acked0;
+    let mut transitions = BTreeMap::new();
+    for (at, t) in heard.all() {
+        if at >= t0 {
+            let key = format!(
+                "{}>{} {}",
+                t["from"].as_str().unwrap_or("?"),
+                t["to"].as_str().unwrap_or("?"),
+                t["reason"].as_str().unwrap_or("?")
+            );
+            *transitions.entry(key).or_insert(0) += 1;
+        }
+    }
     for t in taps {
         t.abort();
     }
@@ -239,6 +256,7 @@ async fn run(streams: usize, pods: usize, event_interval: Duration, window: Dura
         top,
         acks_per_s: acked as f64 / elapsed,
         clients,
+        transitions,
     }
 }
 
@@ -277,7 +295,8 @@ fn main() {
         println!(
             "{label}: {:.1} commands/s, {:.2} ms Redis CPU/s per 1,000 streams (the server used \
              {:.2} ms/s; an idle server beside it {:.2}); {:.2} ms/s running commands \
-             (wall); {:.0} acks/s reached the apps; {}\n  calls/s (µs per call, wall): {}",
+             (wall); {:.0} acks/s reached the apps; {}; transitions in the window: {:?}\n  \
+             calls/s (µs per call, wall): {}",
             m.commands_per_s,
             m.cpu_streams,
             m.cpu_raw,
@@ -285,6 +304,7 @@ fn main() {
             m.exec_ms_per_s,
             m.acks_per_s,
             m.clients,
+            m.transitions,
             m.top
                 .iter()
                 .map(|(k, v, us)| format!("{k} {v:.1} ({us:.0})"))
