@@ -494,8 +494,14 @@ pub fn check(outcomes: &[Outcome], stats: &Stats, cfg: &EmulatorConfig, checks: 
         } else {
             String::new()
         };
+        // The generic fault's refusals are not counted by the emulator; the Genesys and CXone
+        // faults' are.
+        let pending = match issued.saturating_sub(rotated + 1) {
+            0 => String::new(),
+            n => format!(", {n} not in use yet"),
+        };
         parts.push(format!(
-            "{who}: {issued} tokens{refused} for {rotated} rotations"
+            "{who}: {issued} tokens{refused}: the first, {rotated} rotations{pending}"
         ));
     }
     checks.add(
@@ -533,10 +539,11 @@ pub fn print(outcomes: &[Outcome], stats: &Stats, cfg: &EmulatorConfig) {
         );
     }
     let requests = |client: Option<&str>| {
-        client.map_or(0, |c| {
-            let (issued, refused) = granted(stats, c);
-            issued + refused
-        })
+        let (issued, refused) = client.map_or((0, 0), |c| granted(stats, c));
+        match refused {
+            0 => issued.to_string(),
+            n => format!("{issued} (+{n} refused)"),
+        }
     };
     println!(
         "  token requests                    genesys {}, cxone {} (one manager for dfo and aah)",
