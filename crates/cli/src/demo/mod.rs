@@ -594,7 +594,9 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     checks.add(
         duplicate_count == 0,
         "no acked event delivered again",
-        format!("{duplicate_count} duplicates {}", first_dups.join(", ")),
+        format!("{duplicate_count} duplicates {}", first_dups.join(", "))
+            .trim_end()
+            .to_owned(),
     );
     let first_lost = lost.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
     checks.add(
@@ -603,7 +605,9 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         format!(
             "{} of {emitted_total} emitted events never acked {first_lost}",
             lost.len()
-        ),
+        )
+        .trim_end()
+        .to_owned(),
     );
     let end_stats = emu.stats();
     platforms::check(&outcomes, &end_stats, &emu_cfg, &mut checks);
