@@ -76,39 +76,65 @@ fn stream_id(name: &str) -> StreamId {
     StreamId::new("cc", name).expect("demo stream names are valid ids")
 }
 
+/// What differs between the demo's streams; the rest (heartbeat, backoff, limits) is shared.
+struct DemoStream<'a> {
+    name: &'a str,
+    tenant: &'a str,
+    platform: Platform,
+    endpoints: Endpoints,
+    creds: &'a std::path::Path,
+    topics: Vec<String>,
+    token: TokenSpec,
+}
+
+impl DemoStream<'_> {
+    fn spec(self) -> anyhow::Result<StreamSpec> {
+        Ok(StreamSpec {
+            id: stream_id(self.name),
+            tenant: self.tenant.parse().context("tenant")?,
+            platform: self.platform,
+            priority: 500,
+            endpoints: self.endpoints,
+            credentials: Credentials {
+                dir: Some(self.creds.to_path_buf()),
+                secret: None,
+            },
+            topics: self.topics,
+            heartbeat: HEARTBEAT,
+            token: self.token,
+            reconnect: ReconnectSpec {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(2),
+            },
+            limits: LimitsSpec::default(),
+            tls: None,
+        })
+    }
+}
+
 fn config(emu: &Emulator, creds: &std::path::Path, tenant: &str) -> anyhow::Result<SidecarConfig> {
     let base: url::Url = emu.base_url().parse().context("emulator URL")?;
     let streams = STREAMS
         .iter()
-        .map(|name| -> anyhow::Result<StreamSpec> {
-            Ok(StreamSpec {
-                id: stream_id(name),
-                tenant: tenant.parse().context("tenant")?,
+        .map(|name| {
+            DemoStream {
+                name,
+                tenant,
                 platform: Platform::Generic,
-                priority: 500,
                 endpoints: Endpoints {
                     region: None,
                     api: Some(base.clone()),
                     login: Some(base.clone()),
                     stream: Some(emu.stream_url(name).parse().context("stream URL")?),
                 },
-                credentials: Credentials {
-                    dir: Some(creds.to_path_buf()),
-                    secret: None,
-                },
+                creds,
                 topics: Vec::new(),
-                heartbeat: HEARTBEAT,
                 token: TokenSpec {
                     refresh_lead: Duration::from_secs(3),
                     retry: Duration::from_secs(1),
                 },
-                reconnect: ReconnectSpec {
-                    initial: Duration::from_millis(200),
-                    max: Duration::from_secs(2),
-                },
-                limits: LimitsSpec::default(),
-                tls: None,
-            })
+            }
+            .spec()
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     sidecar_config(streams)
@@ -248,8 +274,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
             ),
         };
     let config = config(&emu, &creds, &tenant)?;
-    let (platform_specs, platform_streams) =
-        platforms::streams(&emu, &emu_cfg, &work, &tenant, HEARTBEAT)?;
+    let (platform_specs, platform_streams) = platforms::streams(&emu, &emu_cfg, &work, &tenant)?;
     let platform_config = sidecar_config(platform_specs)?;
     timeline.step(&format!(
         "emulator on {}; {} pods of one workload share {store_name}; heartbeat {}s, timeout {}s",

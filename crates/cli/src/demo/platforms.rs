@@ -11,9 +11,7 @@ use std::{path::Path, time::Duration};
 use anyhow::Context as _;
 use streamkeeper_api::{
     StreamId, StreamSpec,
-    config::{
-        Credentials, Endpoints, HeartbeatSpec, LimitsSpec, Platform, ReconnectSpec, TokenSpec,
-    },
+    config::{Endpoints, Platform, TokenSpec},
 };
 use streamkeeper_emulator::{
     CxoneConfig, Emulator, EmulatorConfig, Fault, GenesysConfig, GenesysFault, Stats,
@@ -21,7 +19,7 @@ use streamkeeper_emulator::{
 use streamkeeper_sidecar::{auth::ClientCredentials, upstream::SessionEvent};
 
 use super::{
-    Checks,
+    Checks, DemoStream,
     app::{Ledger, StreamLedger},
     timeline::{Entry, Timeline},
 };
@@ -95,7 +93,6 @@ pub fn streams(
     cfg: &EmulatorConfig,
     work: &Path,
     tenant: &str,
-    heartbeat: HeartbeatSpec,
 ) -> anyhow::Result<(Vec<StreamSpec>, Vec<PlatformStream>)> {
     let genesys_dir = work.join("genesys");
     let cxone_dir = work.join("cxone");
@@ -115,30 +112,21 @@ pub fn streams(
     ClientCredentials::write_files(&cxone_dir, Platform::CxoneDfo, &key.id, &key.secret)
         .context("write the CXone credentials")?;
     let base: url::Url = emu.base_url().parse().context("emulator URL")?;
-    let spec = |name: &str, platform, endpoints, dir: &Path, topics: Vec<String>| {
-        Ok::<_, anyhow::Error>(StreamSpec {
-            id: super::stream_id(name),
-            tenant: tenant.parse().context("tenant")?,
+    let token = TokenSpec {
+        refresh_lead: REFRESH_LEAD,
+        retry: Duration::from_millis(300),
+    };
+    let spec = |name, platform, endpoints, creds, topics| {
+        DemoStream {
+            name,
+            tenant,
             platform,
-            priority: 500,
             endpoints,
-            credentials: Credentials {
-                dir: Some(dir.to_path_buf()),
-                secret: None,
-            },
+            creds,
             topics,
-            heartbeat,
-            token: TokenSpec {
-                refresh_lead: REFRESH_LEAD,
-                retry: Duration::from_millis(300),
-            },
-            reconnect: ReconnectSpec {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(2),
-            },
-            limits: LimitsSpec::default(),
-            tls: None,
-        })
+            token,
+        }
+        .spec()
     };
     let genesys_topics: Vec<String> = GENESYS_TOPICS.iter().map(|t| (*t).to_owned()).collect();
     let specs = vec![
