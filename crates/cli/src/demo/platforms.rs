@@ -210,13 +210,16 @@ pub async fn socket_closing(
         close_after_ms: Some(1000),
         code: None,
     }));
+    // The handover must be done before the platform closes the old socket. It is the
+    // announced close's own, unless a token rotation already under way took the old socket
+    // away first: either way the app must see no break.
+    let closed_by = since + Duration::from_millis(1300);
     let moved = timeline
-        .wait_for(since, Duration::from_secs(4), |e| {
-            is_rotation(e, &genesys.id, "announced close")
+        .wait_for(since, closed_by.saturating_sub(timeline.elapsed()), |e| {
+            e.stream == genesys.id && matches!(e.event, SessionEvent::Rotated { .. })
         })
         .await;
     // Past the old socket's close: no `dropped` for it may follow.
-    let closed_by = since + Duration::from_millis(1300);
     let wait = closed_by.saturating_sub(timeline.elapsed());
     tokio::time::sleep(wait).await;
     let reaped = timeline
@@ -225,13 +228,19 @@ pub async fn socket_closing(
         .any(|e| e.at >= since && e.stream == genesys.id && is_any_drop(&e.event));
     let detail = match moved.as_ref().map(|e| &e.event) {
         Some(SessionEvent::Rotated {
-            overlap, proven, ..
+            overlap,
+            proven,
+            why,
+            ..
         }) => format!(
-            "new channel live before the close; {:.0} ms of overlap, handover {}",
+            "new channel live before the close ({why}); {:.0} ms of overlap, handover {}",
             overlap.as_secs_f64() * 1000.0,
             if *proven { "proven" } else { "by bound" }
         ),
-        _ => format!("no rotation within 4 s ({} socket(s) told)", report.applied),
+        _ => format!(
+            "no new channel before the close ({} socket(s) told)",
+            report.applied
+        ),
     };
     checks.add(
         report.applied >= 1 && moved.is_some() && !reaped,
