@@ -263,3 +263,49 @@ pub fn spawn(pod: PodName, listen: SocketAddr, stream: StreamId, ledger: Arc<Led
     });
     AppHandle { away }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(frame: &str) -> Option<(String, u64)> {
+        feed_key(&serde_json::from_str(frame).expect("json"))
+    }
+
+    #[test]
+    fn every_platform_payload_names_its_feed_and_sequence() {
+        // The emulator's shapes: Genesys, DFO, AAH and generic.
+        let genesys = r#"{"topicName":"v2.users.u1.presence","version":"2","eventBody":{"seq":7,"topic":"v2.users.u1.presence","at":1},"metadata":{"CorrelationId":"c"}}"#;
+        let dfo = r#"{"eventId":"e","eventType":"CaseStatusChanged","data":{"seq":3,"stream":"t/u","at":1}}"#;
+        let aah = r#"{"command":"MESSAGE","headers":{"topic":"contact-1"},"body":{"seq":9,"topic":"contact-1","at":1}}"#;
+        let generic = r#"{"seq":4,"stream":"queue-events","at":1}"#;
+        assert_eq!(key(genesys), Some(("v2.users.u1.presence".into(), 7)));
+        assert_eq!(key(dfo), Some(("t/u".into(), 3)));
+        assert_eq!(key(aah), Some(("contact-1".into(), 9)));
+        assert_eq!(key(generic), Some(("queue-events".into(), 4)));
+        assert_eq!(key(r#"{"eventBody":{"message":"pong"}}"#), None);
+    }
+
+    #[test]
+    fn a_sequence_acked_then_delivered_under_another_id_is_a_duplicate() {
+        let ledger = Ledger::default();
+        let s = StreamId::new("cc", "g").expect("id");
+        let k = |n| Some(("topic".to_owned(), n));
+        for (id, n) in [("a", 1), ("b", 2), ("d", 4)] {
+            ledger.delivered(&s, id, k(n).as_ref());
+            ledger.acked(&s, id, k(n));
+        }
+        assert_eq!(ledger.stream(&s).duplicates, 0);
+        // The same event again, under an id the id-based check has never seen.
+        ledger.delivered(&s, "b-again", k(2).as_ref());
+        let seen = ledger.stream(&s);
+        assert_eq!(seen.duplicates, 1);
+        assert_eq!(seen.delivered, 4);
+        assert_eq!(seen.first("topic"), Some(1));
+        assert_eq!(seen.missing("topic", 5), vec![3, 5]);
+        assert!(
+            seen.missing("other", 5).is_empty(),
+            "an unknown feed owes nothing here"
+        );
+    }
+}
