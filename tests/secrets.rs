@@ -191,6 +191,10 @@ async fn a_whole_debug_run_prints_no_secret_anywhere() {
 
     let (code, status) = http_get(side.admin, "/status").await.expect("/status");
     assert_eq!(code, 200, "{status}");
+    assert!(
+        status.contains(r#""storeUp":true"#),
+        "the Redis store (with its password) is in use: {status}"
+    );
     let (code, metrics) = http_get(side.admin, "/metrics").await.expect("/metrics");
     assert_eq!(code, 200, "{metrics}");
     side.stop().await;
