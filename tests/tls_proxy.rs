@@ -2,8 +2,10 @@
 //! (its proxy variables are its own environment): the emulator serves `https` and `wss` with
 //! its test CA, the sidecar trusts that CA through `tls.caFile`, and every connection (the
 //! token, the REST calls, each socket) rides a tunnel of the test proxy; `NO_PROXY` makes the
-//! same flow go direct. A certificate the sidecar cannot trust is refused and `/status` and
-//! the log say so; a proxy that answers 407 is named in the error.
+//! same flow go direct. A certificate the sidecar cannot trust (signed by another CA than
+//! `tls.caFile`, or not by a system root; on the token endpoint or on the socket) is refused,
+//! the stream never goes ACTIVE, and `/status` and the log say so; a proxy that answers 407 is
+//! named in the error.
 
 use std::{path::Path, time::Duration};
 
@@ -12,10 +14,10 @@ use streamkeeper_api::{StreamSpec, config::Platform};
 use streamkeeper_e2e::{
     AckMode, App, TempDir,
     harness::stream_id,
-    platform::{Tally, Timing, genesys, topics, with_ca, write_credential},
+    platform::{Tally, Timing, dfo, genesys, topics, with_ca, write_credential},
     process::{SidecarProcess, status, stream_entry},
 };
-use streamkeeper_emulator::{Emulator, EmulatorConfig, GenesysConfig, TlsConfig};
+use streamkeeper_emulator::{CxoneConfig, Emulator, EmulatorConfig, GenesysConfig, TlsConfig};
 use streamkeeper_testkit::proxy::ConnectProxy;
 use tokio::time::Instant;
 
@@ -23,6 +25,8 @@ use tokio::time::Instant;
 const BOUND: Duration = Duration::from_secs(30);
 /// The proxy's password: it must never show in anything the sidecar prints.
 const PROXY_PASSWORD: &str = "pr0xy-pa55word-e2e";
+/// The emulator's Genesys OAuth client.
+const GENESYS_CLIENT: &str = "genesys-client";
 
 /// An emulator serving TLS with its test CA (written to `ca`), or, with `untrusted`, a server
 /// certificate signed by another CA than the one written.
@@ -258,19 +262,46 @@ async fn an_untrusted_certificate_is_refused_and_status_and_log_say_so() {
     let test_ca = dir.path().join("test-ca.pem");
     let private = tls_emulator(&test_ca, false, Duration::from_secs(3600)).await;
     let system_roots = stream(&private, "system", &dir.path().join("b"));
+    // (c) The socket's certificate is refused, not the token endpoint's: a CXone DFO stream
+    // whose login is the trusted emulator and whose socket is the other one.
+    let creds = dir.path().join("c");
+    write_credential(
+        &creds,
+        Platform::CxoneDfo,
+        &CxoneConfig::default().access_keys[0],
+    );
+    let mut socket_refused = with_ca(
+        dfo(
+            &private,
+            "socket",
+            "emulated-tenant",
+            "agent-1",
+            &creds,
+            Timing::default(),
+        ),
+        &test_ca,
+    );
+    socket_refused.endpoints.stream = Some(
+        rogue
+            .dfo_url("emulated-tenant", "agent-1")
+            .parse()
+            .expect("URL"),
+    );
 
     let mut side = SidecarProcess::start(
         dir.path(),
         "tls-untrusted",
-        vec![signed_elsewhere, system_roots],
+        vec![signed_elsewhere, system_roots, socket_refused],
         None,
         &proxy_env("", ""),
         "info",
     );
-    let ids = [stream_id("rogue"), stream_id("system")];
+    let ids = [stream_id("rogue"), stream_id("system"), stream_id("socket")];
     let ids: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
     let entries = wait_errors(&mut side, &ids, &["certificate", "not trusted"]).await;
-    eprintln!("lastError: {}", entries[0]["lastError"]);
+    for e in &entries {
+        eprintln!("{}: lastError: {}", e["id"], e["lastError"]);
+    }
     let logged = side
         .child
         .stderr
@@ -283,13 +314,29 @@ async fn an_untrusted_certificate_is_refused_and_status_and_log_say_so() {
         "the log says the certificate was not trusted:\n{}",
         side.child.stderr_text()
     );
-    // Nothing got past the handshake: no token, no channel, no socket.
+    // Nothing got past a refused handshake: no Genesys token, no channel, no socket; the
+    // DFO stream had its token from the trusted login, and its socket was refused.
     for emu in [&rogue, &private] {
         let stats = emu.stats();
-        assert_eq!(stats.tokens_issued, 0, "{stats:?}");
+        assert!(!stats.tokens.contains_key(GENESYS_CLIENT), "{stats:?}");
         assert_eq!(stats.connections_total, 0, "{stats:?}");
         assert!(stats.genesys.channels.is_empty(), "{stats:?}");
     }
+    let key = &CxoneConfig::default().access_keys[0].id;
+    assert!(
+        private
+            .stats()
+            .tokens
+            .get(key)
+            .is_some_and(|t| t.last_serial > 0),
+        "the DFO stream had a token: {:?}",
+        private.stats().tokens
+    );
+    assert!(
+        entries[2]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("TLS handshake"))
+    );
     side.stop().await;
     rogue.shutdown().await;
     private.shutdown().await;

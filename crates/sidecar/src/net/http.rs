@@ -24,16 +24,19 @@ pub(crate) fn rest_client(
     tls: rustls::ClientConfig,
     proxy: &ProxyPolicy,
 ) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .no_proxy()
         .proxy(proxy.for_reqwest())
-        .connector_layer(NameTheProxy {
-            proxy: proxy.tunnel_proxy().map(|p| Arc::from(p.authority())),
-        })
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .build()
+        .timeout(Duration::from_secs(15));
+    // Without a proxy there is no tunnel to name, and reqwest keeps its unlayered connector.
+    if let Some(p) = proxy.tunnel_proxy() {
+        builder = builder.connector_layer(NameTheProxy {
+            proxy: Arc::from(p.authority()),
+        });
+    }
+    builder.build()
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,7 +47,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// only, and those go through the one `HTTPS_PROXY`, so that is the proxy named.
 #[derive(Clone)]
 struct NameTheProxy {
-    proxy: Option<Arc<str>>,
+    proxy: Arc<str>,
 }
 
 impl<S> tower_layer::Layer<S> for NameTheProxy {
@@ -62,7 +65,7 @@ impl<S> tower_layer::Layer<S> for NameTheProxy {
 #[derive(Clone)]
 struct NamedProxyErrors<S> {
     inner: S,
-    proxy: Option<Arc<str>>,
+    proxy: Arc<str>,
 }
 
 impl<S, R> tower_service::Service<R> for NamedProxyErrors<S>
@@ -80,20 +83,15 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         let connecting = self.inner.call(req);
-        let proxy = self.proxy.clone();
-        Box::pin(async move {
-            connecting
-                .await
-                .map_err(|e| name_the_proxy(e, proxy.as_deref()))
-        })
+        let proxy = Arc::clone(&self.proxy);
+        Box::pin(async move { connecting.await.map_err(|e| name_the_proxy(e, &proxy)) })
     }
 }
 
 /// hyper-util's tunnel error is not exported; its text is its contract.
 const TUNNEL_ERROR: &str = "tunnel error: ";
 
-fn name_the_proxy(err: BoxError, proxy: Option<&str>) -> BoxError {
-    let Some(proxy) = proxy else { return err };
+fn name_the_proxy(err: BoxError, proxy: &str) -> BoxError {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
     while let Some(e) = cur {
         let text = e.to_string();
@@ -138,18 +136,22 @@ mod tests {
     fn a_refused_tunnel_names_the_proxy_and_other_errors_pass_through() {
         let named = name_the_proxy(
             Box::new(Tunnel("proxy authorization required")),
-            Some("proxy.corp:3128"),
+            "proxy.corp:3128",
         );
         let said = named.to_string();
         assert!(
             said.contains("proxy.corp:3128") && said.contains("407"),
             "{said}"
         );
-        let direct = name_the_proxy(Box::new(Tunnel("unsuccessful")), None);
-        assert_eq!(direct.to_string(), "tunnel error: unsuccessful");
+        let refused = name_the_proxy(Box::new(Tunnel("unsuccessful")), "proxy.corp:3128");
+        assert!(
+            refused
+                .to_string()
+                .starts_with("proxy proxy.corp:3128: refused")
+        );
         let other = name_the_proxy(
             Box::new(std::io::Error::other("connection refused")),
-            Some("proxy.corp:3128"),
+            "proxy.corp:3128",
         );
         assert_eq!(other.to_string(), "connection refused");
     }
