@@ -2,8 +2,9 @@
 //! sidecar` process at debug log level (every crate), over a Genesys stream and a CXone DFO
 //! stream (TLS with the emulator's test CA, through a CONNECT proxy that wants a password,
 //! checkpoints in a Redis that wants one), through token rotations and a refused token on each
-//! platform. Everything it printed (stdout and stderr), a `/status` and a `/metrics` scrape, and
-//! the `Debug` of the config as loaded are searched for the Genesys client secret, the CXone
+//! platform. Everything it printed (stdout and stderr), a `/status` and a `/metrics` scrape,
+//! the `Debug` of the config as loaded, and what `streamkeeper status` prints from the same
+//! Redis are searched for the Genesys client secret, the CXone
 //! access key secret, the Redis password, the proxy password and every token the emulator
 //! issued: zero hits, and a hit is reported by where it was found.
 
@@ -14,7 +15,7 @@ use streamkeeper_e2e::{
     AckMode, App, TempDir,
     harness::stream_id,
     platform::{Tally, Timing, dfo, genesys, topics, with_ca, write_credential},
-    process::{SidecarProcess, http_get},
+    process::{Running, SidecarProcess, http_get},
 };
 use streamkeeper_emulator::{
     Credential, CxoneConfig, CxoneFault, Emulator, EmulatorConfig, Fault, GenesysConfig,
@@ -197,6 +198,19 @@ async fn a_whole_debug_run_prints_no_secret_anywhere() {
     );
     let (code, metrics) = http_get(side.admin, "/metrics").await.expect("/metrics");
     assert_eq!(code, 200, "{metrics}");
+    // `streamkeeper status` reads the same password-protected store.
+    let mut cli = Running::spawn(&["status", "--redis", &redis_url], "debug");
+    let exit = cli.wait(BOUND).await;
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "streamkeeper status: {exit:?}\n{}",
+        cli.stderr_text()
+    );
+    let cli_out = [cli.stdout.all(), cli.stderr.all()].concat().join("\n");
+    assert!(
+        cli_out.contains(queue.as_str()) && cli_out.contains(hub.as_str()),
+        "streamkeeper status lists both streams:\n{cli_out}"
+    );
     side.stop().await;
 
     let text = std::fs::read_to_string(&side.config).expect("the config file");
@@ -237,10 +251,11 @@ async fn a_whole_debug_run_prints_no_secret_anywhere() {
         ("/status", status.as_str()),
         ("/metrics", metrics.as_str()),
         ("config Debug", config_debug.as_str()),
+        ("streamkeeper status", cli_out.as_str()),
     ];
     let found = hits(&sources, &needles);
     eprintln!(
-        "searched {} stderr lines, {} stdout lines, /status, /metrics and the config's Debug for {} secrets",
+        "searched {} stderr lines, {} stdout lines, /status, /metrics, the config's Debug and `streamkeeper status` for {} secrets",
         stderr.lines().count(),
         stdout.lines().count(),
         needles.len()
