@@ -4,9 +4,9 @@
 //! checkpoints in a Redis that wants one), through token rotations and a refused token on each
 //! platform. Everything it printed (stdout and stderr), a `/status` and a `/metrics` scrape,
 //! the `Debug` of the config as loaded, and what `streamkeeper status` prints from the same
-//! Redis are searched for the Genesys client secret, the CXone
-//! access key secret, the Redis password, the proxy password and every token the emulator
-//! issued: zero hits, and a hit is reported by where it was found.
+//! Redis are searched for the Genesys client secret, the CXone access key secret, the Redis
+//! password, the proxy password and every token the emulator issued: zero hits, and a hit is
+//! reported by where it was found.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
