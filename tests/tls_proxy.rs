@@ -166,6 +166,11 @@ async fn genesys_over_tls_through_a_connect_proxy_and_direct_under_no_proxy() {
         "every socket the emulator accepted ({}) came through a tunnel: {targets:?}",
         stats.connections_total
     );
+    assert!(
+        proxy.refusals().is_empty(),
+        "the proxy URL's credentials go with every CONNECT, REST and socket: {:?}",
+        proxy.refusals()
+    );
     for route in [
         "POST /oauth/token",
         "GET /api/v2/tokens/me",
