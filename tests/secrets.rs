@@ -127,8 +127,8 @@ async fn a_whole_debug_run_prints_no_secret_anywhere() {
         ("HTTPS_PROXY", proxy_url.as_str()),
         ("no_proxy", ""),
         ("NO_PROXY", ""),
-        ("RUST_LOG", "debug"),
     ];
+    // `STREAMKEEPER_LOG=debug` (the sidecar's filter, not RUST_LOG): every crate at debug.
     let mut side = SidecarProcess::start(
         dir.path(),
         "secrets",
