@@ -1,0 +1,282 @@
+//! A takeover on Genesys (which never replays), with two `streamkeeper sidecar` processes on one
+//! real Redis against the emulator, each pod with an app that acks everything: SIGKILL the
+//! owner mid-stream and the standby takes over within the lease TTL (+ 1 s), and its app gets
+//! exactly one `gap` that covers every event neither app received, then events again; no event
+//! reaches both apps. The gap's start is the previous owner's last renewal of its connection
+//! record in the store (when it last heard the platform), not the successor's start.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use streamkeeper_api::config::{HeartbeatSpec, Platform};
+use streamkeeper_e2e::{
+    AckMode, App, FromServer, TempDir,
+    fleet::{Fleet, Sampler, Timers, stream_id},
+    platform::{Tally, Timing, genesys, topics, write_credential},
+    redis::RedisServer,
+};
+use streamkeeper_emulator::{EmulatorConfig, GenesysConfig};
+use tokio::{
+    sync::Notify,
+    task::JoinHandle,
+    time::{Instant, timeout_at},
+};
+
+/// The emulator's event period on the stream's one topic: 20 events a second.
+const EVENT_INTERVAL: Duration = Duration::from_millis(50);
+/// The emulator stamps `at` when it makes an event; the sidecar's clock is the same host's.
+/// The neighbours of a lost run are read instead of the run itself, so one period of slack.
+const SLACK_MS: u64 = 50;
+
+/// What one pod's app read, shared with the test as it reads.
+#[derive(Default)]
+struct Tap {
+    tally: Mutex<Tally>,
+    ended: Mutex<bool>,
+    changed: Notify,
+}
+
+impl Tap {
+    /// Connects an app that acks everything to `pod`'s endpoint and tallies what it reads
+    /// until its socket ends.
+    async fn start(fleet: &Fleet, pod: usize, name: &str) -> (Arc<Self>, JoinHandle<()>) {
+        let id = stream_id(name).parse().expect("a stream id");
+        let mut app = App::connect(fleet.pods[pod].listen, &id, AckMode::All).await;
+        let tap = Arc::new(Self::default());
+        let me = Arc::clone(&tap);
+        let task = tokio::spawn(async move {
+            loop {
+                let seen = app.try_recv(Duration::from_secs(3600)).await;
+                let end = matches!(seen, None | Some(FromServer::Ended(_)));
+                if let Some(f) = seen {
+                    lock(&me.tally).take(f);
+                }
+                if end {
+                    *lock(&me.ended) = true;
+                }
+                me.changed.notify_waiters();
+                if end {
+                    return;
+                }
+            }
+        });
+        (tap, task)
+    }
+
+    /// Waits, at most `bound`, until `done` holds of what the app read; whether it did.
+    async fn wait(&self, bound: Duration, done: impl Fn(&Tally, bool) -> bool) -> bool {
+        let deadline = Instant::now() + bound;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(&lock(&self.tally), *lock(&self.ended)) {
+                return true;
+            }
+            if timeout_at(deadline, notified).await.is_err() {
+                return done(&lock(&self.tally), *lock(&self.ended));
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Events of `topic` an app got: sequence number → emulator time (epoch ms).
+fn events(t: &Tally, topic: &str) -> std::collections::BTreeMap<u64, u64> {
+    t.seqs
+        .get(topic)
+        .map(|m| m.iter().map(|(s, (_, at))| (*s, *at)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_the_successor_sends_exactly_one_gap_that_covers_what_neither_app_got() {
+    let redis = RedisServer::start();
+    let name = "queue";
+    let id = stream_id(name);
+    let topic = topics("u", 1).remove(0);
+    let timers = Timers {
+        interval: Duration::from_millis(300),
+        timeout: Duration::from_millis(1500),
+        ..Timers::default()
+    };
+    let ttl = timers.timeout;
+    let cfg = EmulatorConfig {
+        genesys: GenesysConfig {
+            event_interval: EVENT_INTERVAL,
+            heartbeat_interval: Duration::from_secs(1),
+            token_ttl: Duration::from_secs(3600),
+            // Produces from the start, whoever is subscribed: no replay, so what no socket
+            // takes is lost.
+            topics: vec![topic.clone()],
+            ..GenesysConfig::default()
+        },
+        ..EmulatorConfig::default()
+    };
+    let client = cfg.genesys.clients[0].clone();
+    let mut fleet = Fleet::start_with("genesys-takeover", redis.url(), cfg, timers).await;
+    let creds = TempDir::new("genesys-takeover-creds");
+    write_credential(creds.path(), Platform::Genesys, &client);
+    let timing = Timing {
+        heartbeat: HeartbeatSpec {
+            interval: timers.interval,
+            timeout: timers.timeout,
+        },
+        ..Timing::default()
+    };
+    let spec = genesys(
+        &fleet.emu,
+        name,
+        std::slice::from_ref(&topic),
+        creds.path(),
+        timing,
+    );
+    fleet.specs.insert(name.to_owned(), spec);
+    let mut taps = Vec::new();
+    for _ in 0..2 {
+        let i = fleet.add_pod(&[name]).await;
+        taps.push(Tap::start(&fleet, i, name).await);
+    }
+    // Owner rounds only: the emulator's Genesys sockets are not per stream.
+    let sampler = Sampler::start(&fleet, &[], 0, Some(id.clone()));
+    let (a, _, _) = fleet
+        .wait_owner(&[0, 1], name, Duration::from_secs(10))
+        .await;
+    let b = 1 - a;
+    let (tap_a, tap_b) = (Arc::clone(&taps[a].0), Arc::clone(&taps[b].0));
+    assert!(
+        tap_a
+            .wait(Duration::from_secs(10), |t, _| t.events() >= 20)
+            .await,
+        "pod-{a}'s app got no events\n{}",
+        fleet.diagnostics()
+    );
+
+    let killed_at = Instant::now();
+    let killed_ms = epoch_ms();
+    fleet.kill(a).await;
+    let bound = ttl + Duration::from_secs(1);
+    let (_, entry, seen) = fleet.wait_owner(&[b], name, bound).await;
+    let took = seen - killed_at;
+    assert!(
+        tap_a.wait(Duration::from_secs(5), |_, ended| ended).await,
+        "pod-{a}'s app socket outlived SIGKILL"
+    );
+    // The gap, then events well past it (a second gap would show by then).
+    let flowing = tap_b
+        .wait(Duration::from_secs(10), |t, _| {
+            !t.gaps.is_empty() && t.events() >= 40
+        })
+        .await;
+    let got = lock(&tap_b.tally).events();
+    assert!(
+        flowing,
+        "pod-{b}'s app: gaps {:?}, {got} events after the takeover\n{}",
+        lock(&tap_b.tally).gaps,
+        fleet.diagnostics()
+    );
+    let samples = sampler.finish().await;
+
+    // Everything both apps read so far, checked under the locks (released before reading on).
+    let more = {
+        let (ta, tb) = (lock(&tap_a.tally), lock(&tap_b.tally));
+        let (ea, eb) = (events(&ta, &topic), events(&tb, &topic));
+        let (a_last, b_first) = (
+            *ea.keys().next_back().expect("A delivered"),
+            *eb.keys().next().expect("B delivered"),
+        );
+        let lost: Vec<u64> = (a_last + 1..b_first).collect();
+        eprintln!(
+            "SIGKILL pod-{a}: pod-{b} owns after {took:?} (fence {}); A's app got {} events (last \
+             seq {a_last}), B's app {} (first seq {b_first}); lost {} ({:?}); B's gaps {:?}; B's \
+             dropped {:?}",
+            entry["fence"],
+            ea.len(),
+            eb.len(),
+            lost.len(),
+            lost.first().zip(lost.last()),
+            tb.gaps,
+            tb.dropped,
+        );
+        assert!(
+            took <= bound,
+            "takeover took {took:?}, over the lease TTL + 1 s = {bound:?}\n{}",
+            fleet.diagnostics()
+        );
+        assert!(
+            samples.violations.is_empty(),
+            "single owner: {:?}\n{}",
+            samples.violations,
+            fleet.diagnostics()
+        );
+        // Each app's own run is whole: the loss is one run, between the two pods.
+        assert!(ta.missing().is_empty() && tb.missing().is_empty());
+        assert_eq!((ta.duplicates(), tb.duplicates()), (0, 0));
+        // Genesys cannot replay, so the successor starts from what the platform sends now: the
+        // checkpoint (batched per window, not per event) decides nothing here, and no event A's
+        // app got (acked or not) can reach B's app.
+        let both: Vec<&u64> = ea.keys().filter(|s| eb.contains_key(s)).collect();
+        assert!(both.is_empty(), "delivered to both apps: {both:?}");
+        assert!(
+            !lost.is_empty(),
+            "the takeover waited out a lease and the emulator does not replay: events were lost"
+        );
+        assert!(ta.gaps.is_empty(), "A's app: no gap: {:?}", ta.gaps);
+        assert!(
+            tb.dropped.is_empty(),
+            "B's app: no dropped: {:?}",
+            tb.dropped
+        );
+        assert_eq!(tb.gaps.len(), 1, "exactly one gap: {:?}", tb.gaps);
+        let (from, to, reason) = &tb.gaps[0];
+        let rel = |t: u64| t as i64 - killed_ms as i64;
+        eprintln!(
+            "relative to the kill (ms): gap {}..{}; A's last event made at {}, B's first at {}",
+            rel(*from),
+            rel(*to),
+            rel(ea[&a_last]),
+            rel(eb[&b_first])
+        );
+        // The neighbours of the lost run bound it: the first lost was made one period after A's
+        // last, the last lost one period before B's first.
+        let (before, after) = (ea[&a_last], eb[&b_first]);
+        assert!(
+            *from <= before + SLACK_MS && *to >= after.saturating_sub(SLACK_MS),
+            "gap {from}..{to} ({reason}) covers the loss between {before} and {after}"
+        );
+        // Its start is when A last heard the platform (its last renewal), not some older time:
+        // no earlier than a lease TTL before A's last event.
+        assert!(
+            *from + ttl.as_millis() as u64 >= before,
+            "gap starts {} ms before A's last event ({before}); the kill was at {killed_ms}",
+            before - from
+        );
+        tb.events() + 20
+    };
+    // Events again, and nothing more owed.
+    assert!(
+        tap_b
+            .wait(Duration::from_secs(10), |t, _| t.events() >= more)
+            .await,
+        "events keep flowing on pod-{b}"
+    );
+    {
+        let tb = lock(&tap_b.tally);
+        assert_eq!(tb.gaps.len(), 1, "still one gap: {:?}", tb.gaps);
+        assert!(tb.missing().is_empty() && tb.duplicates() == 0);
+    }
+    for (_, t) in taps {
+        t.abort();
+    }
+}
