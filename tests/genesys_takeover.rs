@@ -157,7 +157,7 @@ async fn after_sigkill_the_successor_sends_exactly_one_gap_that_covers_what_neit
     let (tap_a, tap_b) = (Arc::clone(&taps[a].0), Arc::clone(&taps[b].0));
     assert!(
         tap_a
-            .wait(Duration::from_secs(10), |t, _| t.events() >= 20)
+            .wait(Duration::from_secs(10), |t, _| t.events() >= 80)
             .await,
         "pod-{a}'s app got no events\n{}",
         fleet.diagnostics()
