@@ -1,9 +1,10 @@
 //! A takeover on Genesys (which never replays), with two `streamkeeper sidecar` processes on one
-//! real Redis against the emulator, each pod with an app that acks everything: SIGKILL the
-//! owner mid-stream and the standby takes over within the lease TTL (+ 1 s), and its app gets
+//! real Redis against the emulator, each pod with an app that acks everything. SIGKILL the
+//! owner mid-stream: the standby takes over within the lease TTL (+ 1 s), and its app gets
 //! exactly one `gap` that covers every event neither app received, then events again; no event
-//! reaches both apps. The gap's start is the previous owner's last renewal of its connection
-//! record in the store (when it last heard the platform), not the successor's start.
+//! reaches both apps. The gap starts at the previous owner's last renewal of its connection
+//! record in the store (when it last heard the platform), not at its connect long before.
+//! SIGTERM instead: the release hands over at once; a gap, if any, covers what was lost.
 
 use std::{
     sync::{Arc, Mutex},
@@ -100,8 +101,21 @@ fn events(t: &Tally, topic: &str) -> std::collections::BTreeMap<u64, u64> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_sigkill_the_successor_sends_exactly_one_gap_that_covers_what_neither_app_got() {
+/// How the owner goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// SIGKILL: no release; the successor waits out the lease and reads when the owner last
+    /// heard the platform from its connection record.
+    Kill,
+    /// SIGTERM: a release after the last checkpoint (the record goes with it); the successor
+    /// starts at once and dates the gap from the checkpoint's handover bound.
+    Term,
+}
+
+/// Two pods on one Redis run one Genesys stream, each with an app that acks everything; the
+/// owner streams ~4 s (so its record's last change, the connect, is long past), then goes as
+/// `ending` says. Checks the successor's app: the gap(s), what neither app got, flow again.
+async fn takeover(ending: Ending) {
     let redis = RedisServer::start();
     let name = "queue";
     let id = stream_id(name);
@@ -163,20 +177,31 @@ async fn after_sigkill_the_successor_sends_exactly_one_gap_that_covers_what_neit
         fleet.diagnostics()
     );
 
-    let killed_at = Instant::now();
-    let killed_ms = epoch_ms();
-    fleet.kill(a).await;
+    let gone_at = Instant::now();
+    let gone_ms = epoch_ms();
+    match ending {
+        Ending::Kill => fleet.kill(a).await,
+        Ending::Term => fleet.pods[a].proc.terminate(),
+    }
     let bound = ttl + Duration::from_secs(1);
     let (_, entry, seen) = fleet.wait_owner(&[b], name, bound).await;
-    let took = seen - killed_at;
+    let took = seen - gone_at;
     assert!(
-        tap_a.wait(Duration::from_secs(5), |_, ended| ended).await,
-        "pod-{a}'s app socket outlived SIGKILL"
+        tap_a.wait(Duration::from_secs(10), |_, ended| ended).await,
+        "pod-{a}'s app socket outlived {ending:?}"
     );
-    // The gap, then events well past it (a second gap would show by then).
+    if ending == Ending::Term {
+        let exit = fleet.pods[a].proc.wait(Duration::from_secs(10)).await;
+        assert!(
+            exit.is_some_and(|e| e.success()),
+            "SIGTERM exits 0: {exit:?}\n{}",
+            fleet.diagnostics()
+        );
+    }
+    // Events well past the takeover (a second gap would show by then).
     let flowing = tap_b
         .wait(Duration::from_secs(10), |t, _| {
-            !t.gaps.is_empty() && t.events() >= 40
+            (ending == Ending::Term || !t.gaps.is_empty()) && t.events() >= 40
         })
         .await;
     let got = lock(&tap_b.tally).events();
@@ -197,16 +222,24 @@ async fn after_sigkill_the_successor_sends_exactly_one_gap_that_covers_what_neit
             *eb.keys().next().expect("B delivered"),
         );
         let lost: Vec<u64> = (a_last + 1..b_first).collect();
+        let rel = |t: u64| t as i64 - gone_ms as i64;
         eprintln!(
-            "SIGKILL pod-{a}: pod-{b} owns after {took:?} (fence {}); A's app got {} events (last \
-             seq {a_last}), B's app {} (first seq {b_first}); lost {} ({:?}); B's gaps {:?}; B's \
-             dropped {:?}",
+            "{ending:?} pod-{a}: pod-{b} owns after {took:?} (fence {}); A's app got {} events \
+             (last seq {a_last}, made at {} ms), B's app {} (first seq {b_first}, made at {} \
+             ms); lost {} ({:?}); B's gaps {:?} (at {:?} ms); A's dropped {:?}; B's dropped {:?}",
             entry["fence"],
             ea.len(),
+            rel(ea[&a_last]),
             eb.len(),
+            rel(eb[&b_first]),
             lost.len(),
             lost.first().zip(lost.last()),
             tb.gaps,
+            tb.gaps
+                .iter()
+                .map(|(f, t, _)| (rel(*f), rel(*t)))
+                .collect::<Vec<_>>(),
+            ta.dropped,
             tb.dropped,
         );
         assert!(
@@ -228,40 +261,45 @@ async fn after_sigkill_the_successor_sends_exactly_one_gap_that_covers_what_neit
         // app got (acked or not) can reach B's app.
         let both: Vec<&u64> = ea.keys().filter(|s| eb.contains_key(s)).collect();
         assert!(both.is_empty(), "delivered to both apps: {both:?}");
-        assert!(
-            !lost.is_empty(),
-            "the takeover waited out a lease and the emulator does not replay: events were lost"
-        );
         assert!(ta.gaps.is_empty(), "A's app: no gap: {:?}", ta.gaps);
         assert!(
             tb.dropped.is_empty(),
             "B's app: no dropped: {:?}",
             tb.dropped
         );
-        assert_eq!(tb.gaps.len(), 1, "exactly one gap: {:?}", tb.gaps);
-        let (from, to, reason) = &tb.gaps[0];
-        let rel = |t: u64| t as i64 - killed_ms as i64;
-        eprintln!(
-            "relative to the kill (ms): gap {}..{}; A's last event made at {}, B's first at {}",
-            rel(*from),
-            rel(*to),
-            rel(ea[&a_last]),
-            rel(eb[&b_first])
-        );
-        // The neighbours of the lost run bound it: the first lost was made one period after A's
-        // last, the last lost one period before B's first.
-        let (before, after) = (ea[&a_last], eb[&b_first]);
-        assert!(
-            *from <= before + SLACK_MS && *to >= after.saturating_sub(SLACK_MS),
-            "gap {from}..{to} ({reason}) covers the loss between {before} and {after}"
-        );
-        // Its start is when A last heard the platform (its last renewal), not some older time:
-        // no earlier than a lease TTL before A's last event.
-        assert!(
-            *from + ttl.as_millis() as u64 >= before,
-            "gap starts {} ms before A's last event ({before}); the kill was at {killed_ms}",
-            before - from
-        );
+        if ending == Ending::Kill {
+            assert!(
+                !lost.is_empty(),
+                "the takeover waited out a lease and the emulator does not replay: events were lost"
+            );
+        }
+        if !lost.is_empty() {
+            assert_eq!(tb.gaps.len(), 1, "exactly one gap: {:?}", tb.gaps);
+        } else {
+            // Nothing lost: a gap would be a false alarm, but a conservative one.
+            assert!(tb.gaps.len() <= 1, "at most one gap: {:?}", tb.gaps);
+        }
+        if let (Some((from, to, reason)), false) = (tb.gaps.first(), lost.is_empty()) {
+            // The neighbours of the lost run bound it: the first lost was made one period
+            // after A's last, the last lost one period before B's first.
+            let (before, after) = (ea[&a_last], eb[&b_first]);
+            assert!(
+                *from <= before + SLACK_MS && *to >= after.saturating_sub(SLACK_MS),
+                "gap {from}..{to} ({reason}) covers the loss between {before} and {after}"
+            );
+            // Its start is when A last heard the platform, not some older time. After a kill,
+            // A's last renewal of its record: within a lease TTL of A's last event. After a
+            // release, the handover bound (a lease plus the ack grace) before B's claim.
+            let earliest = match ending {
+                Ending::Kill => ttl,
+                Ending::Term => ttl + Duration::from_secs(1),
+            };
+            assert!(
+                *from + earliest.as_millis() as u64 >= before,
+                "gap starts {} ms before A's last event ({before}), over {earliest:?}",
+                before - from
+            );
+        }
         tb.events() + 20
     };
     // Events again, and nothing more owed.
@@ -272,11 +310,22 @@ async fn after_sigkill_the_successor_sends_exactly_one_gap_that_covers_what_neit
         "events keep flowing on pod-{b}"
     );
     {
-        let tb = lock(&tap_b.tally);
-        assert_eq!(tb.gaps.len(), 1, "still one gap: {:?}", tb.gaps);
+        let (ta, tb) = (lock(&tap_a.tally), lock(&tap_b.tally));
+        let n = ta.gaps.len() + tb.gaps.len();
+        assert!(n <= 1, "still at most one gap: {:?}", tb.gaps);
         assert!(tb.missing().is_empty() && tb.duplicates() == 0);
     }
     for (_, t) in taps {
         t.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_the_successor_sends_exactly_one_gap_that_covers_what_neither_app_got() {
+    takeover(Ending::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_the_successor_sends_one_gap_for_what_the_handover_lost() {
+    takeover(Ending::Term).await;
 }
