@@ -25,11 +25,30 @@ use tokio::{
     time::{Instant, timeout_at},
 };
 
-/// The emulator's event period on the stream's one topic: 20 events a second.
+/// The event period on the stream's one topic: 20 events a second.
 const EVENT_INTERVAL: Duration = Duration::from_millis(50);
-/// The emulator stamps `at` when it makes an event; the sidecar's clock is the same host's.
-/// The neighbours of a lost run are read instead of the run itself, so one period of slack.
-const SLACK_MS: u64 = 50;
+
+/// Per sequence number `n` (at `n - 1`): epoch ms just before and just after its emission.
+type Stamps = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// Emits one event every [`EVENT_INTERVAL`] on `topic` (the test's ticker, not the emulator's,
+/// so that the emission time of every event is known, lost ones included): for sequence number
+/// `n`, entry `n - 1` holds epoch ms read just before and just after the emulator stamped it
+/// (the sidecar's clock is the same host's).
+fn emitter(emu: Arc<streamkeeper_emulator::Emulator>, topic: String) -> (Stamps, JoinHandle<()>) {
+    let stamps: Stamps = Arc::default();
+    let out = Arc::clone(&stamps);
+    let task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(EVENT_INTERVAL);
+        loop {
+            every.tick().await;
+            let before = epoch_ms();
+            emu.emit_genesys(&topic, 1);
+            lock(&out).push((before, epoch_ms()));
+        }
+    });
+    (stamps, task)
+}
 
 /// What one pod's app read, shared with the test as it reads.
 #[derive(Default)]
@@ -128,11 +147,12 @@ async fn takeover(ending: Ending) {
     let ttl = timers.timeout;
     let cfg = EmulatorConfig {
         genesys: GenesysConfig {
-            event_interval: EVENT_INTERVAL,
+            // Events come from the test's emitter.
+            event_interval: Duration::ZERO,
             heartbeat_interval: Duration::from_secs(1),
             token_ttl: Duration::from_secs(3600),
-            // Produces from the start, whoever is subscribed: no replay, so what no socket
-            // takes is lost.
+            // Exists from the start, whoever is subscribed: no replay, so what no socket takes
+            // is lost.
             topics: vec![topic.clone()],
             ..GenesysConfig::default()
         },
@@ -157,6 +177,7 @@ async fn takeover(ending: Ending) {
         timing,
     );
     fleet.specs.insert(name.to_owned(), spec);
+    let (stamps, emitting) = emitter(Arc::clone(&fleet.emu), topic.clone());
     let mut taps = Vec::new();
     for _ in 0..2 {
         let i = fleet.add_pod(&[name]).await;
@@ -280,13 +301,24 @@ async fn takeover(ending: Ending) {
             assert!(tb.gaps.len() <= 1, "at most one gap: {:?}", tb.gaps);
         }
         if let (Some((from, to, reason)), false) = (tb.gaps.first(), lost.is_empty()) {
-            // The neighbours of the lost run bound it: the first lost was made one period
-            // after A's last, the last lost one period before B's first.
-            let (before, after) = (ea[&a_last], eb[&b_first]);
+            // The loss lies inside the gap, by the emission times of the lost events
+            // themselves (bracketed by the emitter's clock reads: no slack needed).
+            let (first, last) = {
+                let st = lock(&stamps);
+                (
+                    st[lost[0] as usize - 1],
+                    st[lost[lost.len() - 1] as usize - 1],
+                )
+            };
             assert!(
-                *from <= before + SLACK_MS && *to >= after.saturating_sub(SLACK_MS),
-                "gap {from}..{to} ({reason}) covers the loss between {before} and {after}"
+                *from <= first.1 && *to >= last.0,
+                "gap {from}..{to} ({reason}) covers the loss, made from {} to {} ({} ms \
+                 relative to {ending:?})",
+                first.1,
+                last.0,
+                rel(first.1)
             );
+            let before = ea[&a_last];
             // Its start is when A last heard the platform, not some older time. After a kill,
             // A's last renewal of its record: within a lease TTL of A's last event. After a
             // release, the handover bound (a lease plus the ack grace) before B's claim.
@@ -315,6 +347,7 @@ async fn takeover(ending: Ending) {
         assert!(n <= 1, "still at most one gap: {:?}", tb.gaps);
         assert!(tb.missing().is_empty() && tb.duplicates() == 0);
     }
+    emitting.abort();
     for (_, t) in taps {
         t.abort();
     }
