@@ -168,6 +168,12 @@ async fn rotations_and_socket_closing_deliver_every_event_once_with_no_drop_or_g
     h.shutdown().await;
 }
 
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_exactly_one_gap_that_covers_it() {
     let h = start(emulator(Duration::from_secs(3600)), 1).await;
@@ -180,6 +186,17 @@ async fn an_outage_is_exactly_one_gap_that_covers_it() {
             .read_until(&mut app, BOUND, |t| t.events() >= 20)
             .await
     );
+    // The reconnect's channel creation gets a 429 with `Retry-After: 1`, so the outage lasts
+    // at least a second whatever the jittered backoff draws (which may be ~0 ms): events are
+    // certainly produced, and lost, inside it.
+    let limited = h.emu.fault(Fault::Genesys(GenesysFault::RateLimit {
+        path: Some("/api/v2/notifications/channels".into()),
+        method: Some("POST".into()),
+        count: 1,
+        retry_after_secs: 1,
+    }));
+    assert_eq!(limited.applied, 1);
+    let reset_at = epoch_ms();
     let report = h.emu.fault(Fault::Genesys(GenesysFault::Reset {
         channel: None,
         client: None,
@@ -190,6 +207,14 @@ async fn an_outage_is_exactly_one_gap_that_covers_it() {
             .read_until(&mut app, BOUND, |t| !t.gaps.is_empty() && t.events() >= 60)
             .await,
         "a gap, then events again"
+    );
+    // No channel request before the Retry-After ended: the gap ends a second or more after
+    // the reset.
+    let (_, gap_to, _) = &tally.gaps[0];
+    assert!(
+        *gap_to >= reset_at + 1000,
+        "reconnected {} ms after the reset, inside a 1 s Retry-After",
+        gap_to.saturating_sub(reset_at)
     );
     // Nothing more is owed.
     let more = tally.events() + 20;

@@ -17,7 +17,7 @@ use std::{
 };
 
 use serde_json::Value;
-use streamkeeper_api::{StreamId, app_protocol::AppFrame};
+use streamkeeper_api::{StreamId, StreamSpec, app_protocol::AppFrame};
 use streamkeeper_emulator::{Emulator, EmulatorConfig};
 use tokio::{
     sync::Notify,
@@ -111,6 +111,9 @@ pub struct Fleet {
     pub tenant_limit: Option<u32>,
     /// The tenant of a stream, by emulator stream name, where it is not [`TENANT`].
     pub tenants: std::collections::HashMap<String, String>,
+    /// Whole specs by stream name (e.g. a Genesys stream from [`crate::platform::genesys`]),
+    /// written as they are instead of the `generic` stream of that name.
+    pub specs: std::collections::HashMap<String, StreamSpec>,
     /// `checkpointWindow` of every pod (250 ms here: a SIGKILL redelivers at most what was
     /// acked within it, well inside [`crate::scenarios::CHECKPOINT_LAG`]).
     pub checkpoint_window: Duration,
@@ -142,14 +145,24 @@ impl Fleet {
         event_interval: Duration,
         timers: Timers,
     ) -> Self {
-        crate::process::binary();
-        let dir = TempDir::new(label);
-        let creds = dir.path().join("credentials");
         let cfg = EmulatorConfig {
             streams: streams.iter().map(|s| s.to_string()).collect(),
             event_interval,
             ..EmulatorConfig::default()
         };
+        Self::start_with(label, redis_url, cfg, timers).await
+    }
+
+    /// Starts the emulator as `cfg` says (e.g. with Genesys topics, for [`Fleet::specs`]).
+    pub async fn start_with(
+        label: &str,
+        redis_url: String,
+        cfg: EmulatorConfig,
+        timers: Timers,
+    ) -> Self {
+        crate::process::binary();
+        let dir = TempDir::new(label);
+        let creds = dir.path().join("credentials");
         write_credentials(&cfg, &creds);
         let emu = Arc::new(Emulator::start(cfg).await.expect("start the emulator"));
         Self {
@@ -161,6 +174,7 @@ impl Fleet {
             tenant_limit: None,
             checkpoint_window: Duration::from_millis(250),
             tenants: Default::default(),
+            specs: Default::default(),
             dir,
             creds,
             ports: HashSet::new(),
@@ -196,6 +210,12 @@ impl Fleet {
         }
         y.push_str("streams:\n");
         for s in streams {
+            if let Some(spec) = self.specs.get(*s) {
+                // JSON is YAML.
+                let json = serde_json::to_string(spec).expect("a spec serializes");
+                y.push_str(&format!("  - {json}\n"));
+                continue;
+            }
             y.push_str(&format!(
                 "  - id: {id}\n    tenant: {tenant}\n    platform: generic\n    \
                  endpoints: {{api: \"{base}\", login: \"{base}\", stream: \"{url}\"}}\n    \

@@ -121,12 +121,29 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
+/// Reads `pipe` line by line into `lines` until it closes.
+fn collect(
+    pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    lines: Arc<Lines>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            lines.push(strip_ansi(&line));
+        }
+    })
+}
+
 /// A running `streamkeeper` child; killed on drop, so a failing test leaves nothing behind.
 #[derive(Debug)]
 pub struct Running {
     child: Option<Child>,
     /// Its stderr, line by line, ANSI colours removed.
     pub stderr: Arc<Lines>,
+    /// Its stdout, line by line, ANSI colours removed.
+    pub stdout: Arc<Lines>,
+    /// The tasks reading stdout and stderr (done when the pipes close).
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -135,9 +152,19 @@ impl Running {
         Self::spawn_under(&[], args, log)
     }
 
+    /// Like [`spawn`](Self::spawn), with `env` added to the child's environment (e.g.
+    /// `HTTPS_PROXY`, which the sidecar reads per process).
+    pub fn spawn_with_env(env: &[(&str, &str)], args: &[&str], log: &str) -> Self {
+        Self::spawn_inner(&[], env, args, log)
+    }
+
     /// Like [`spawn`](Self::spawn), with the binary run by `wrapper` (a program and its
     /// arguments, e.g. `ip netns exec NAME`); an empty `wrapper` runs it directly.
     pub fn spawn_under(wrapper: &[&str], args: &[&str], log: &str) -> Self {
+        Self::spawn_inner(wrapper, &[], args, log)
+    }
+
+    fn spawn_inner(wrapper: &[&str], env: &[(&str, &str)], args: &[&str], log: &str) -> Self {
         let bin = binary();
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
@@ -151,25 +178,27 @@ impl Running {
             .args(args)
             .env("STREAMKEEPER_LOG", log)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {wrapper:?} {}: {e}", bin.display()));
         let stderr = Arc::new(Lines::default());
+        let stdout = Arc::new(Lines::default());
+        let mut readers = Vec::new();
         if let Some(pipe) = child.stderr.take() {
-            let lines = Arc::clone(&stderr);
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    lines.push(strip_ansi(&line));
-                }
-            });
+            readers.push(collect(pipe, Arc::clone(&stderr)));
+        }
+        if let Some(pipe) = child.stdout.take() {
+            readers.push(collect(pipe, Arc::clone(&stdout)));
         }
         Self {
             child: Some(child),
             stderr,
+            stdout,
+            readers,
         }
     }
 
@@ -195,8 +224,10 @@ impl Running {
         let child = self.child.as_mut()?;
         match timeout(bound, child.wait()).await {
             Ok(Ok(status)) => {
-                // Let the reader take the last lines.
-                tokio::task::yield_now().await;
+                // The readers end when the pipes close: then every line is in.
+                for reader in self.readers.drain(..) {
+                    let _ = timeout(Duration::from_secs(2), reader).await;
+                }
                 Some(status)
             }
             Ok(Err(e)) => panic!("waiting for the child failed: {e}"),
@@ -270,4 +301,101 @@ pub fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).expect("write the temp file");
     std::fs::rename(&tmp, path).expect("rename over the target");
+}
+
+/// A `streamkeeper sidecar --config FILE` process with its config written from a
+/// [`SidecarConfig`](streamkeeper_api::SidecarConfig) (as JSON, which is YAML), its app and
+/// admin endpoints on free loopback ports, and its own environment (proxy variables are read
+/// per process, so each process is its own egress).
+#[derive(Debug)]
+pub struct SidecarProcess {
+    /// The child.
+    pub child: Running,
+    /// Its admin endpoint (`/status`, `/metrics`).
+    pub admin: SocketAddr,
+    /// Its app endpoint.
+    pub app: SocketAddr,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl SidecarProcess {
+    /// Writes `dir/{name}.yaml` for `streams` (and `redis`, if any) and starts the sidecar on it
+    /// with `env` added and log filter `log`.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        streams: Vec<streamkeeper_api::StreamSpec>,
+        redis: Option<&str>,
+        env: &[(&str, &str)],
+        log: &str,
+    ) -> Self {
+        let app_port = crate::free_port();
+        let admin_port = std::iter::repeat_with(crate::free_port)
+            .find(|p| *p != app_port)
+            .expect("a second free port");
+        let app: SocketAddr = ([127, 0, 0, 1], app_port).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+        let config = streamkeeper_api::SidecarConfig {
+            pod: Some(name.parse().expect("a pod name")),
+            listen: app,
+            admin,
+            redis: redis.map(streamkeeper_api::config::RedisUrl::from),
+            streams,
+            ..streamkeeper_api::SidecarConfig::default()
+        };
+        let file = dir.join(format!("{name}.yaml"));
+        let text = serde_json::to_string_pretty(&config).expect("the config serialises");
+        write_atomically(&file, &text);
+        let path = file.to_str().expect("a UTF-8 temp path");
+        let child = Running::spawn_with_env(env, &["sidecar", "--config", path], log);
+        Self {
+            child,
+            admin,
+            app,
+            config: file,
+        }
+    }
+
+    /// Polls `/status` until stream `id`'s entry satisfies `pred` and returns it; fails the
+    /// test with the last document and the child's stderr after `bound`, or when it exits.
+    pub async fn wait_stream(
+        &mut self,
+        id: &str,
+        bound: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + bound;
+        loop {
+            assert!(
+                self.child.is_running(),
+                "the sidecar exited; stderr:\n{}",
+                self.child.stderr_text()
+            );
+            let last = match status(self.admin).await {
+                Ok(doc) => match stream_entry(&doc, id).filter(|e| pred(e)) {
+                    Some(entry) => return entry.clone(),
+                    None => doc.to_string(),
+                },
+                Err(e) => e,
+            };
+            assert!(
+                Instant::now() < deadline,
+                "{id} not as expected within {bound:?}; last /status: {last}\nstderr:\n{}",
+                self.child.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit; fails the test if it does not exit 0.
+    pub async fn stop(&mut self) {
+        self.child.terminate();
+        let exit = self.child.wait(Duration::from_secs(15)).await;
+        assert!(
+            exit.is_some_and(|e| e.success()),
+            "the sidecar did not exit 0 after SIGTERM: {exit:?}; stderr:\n{}",
+            self.child.stderr_text()
+        );
+    }
 }

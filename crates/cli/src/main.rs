@@ -32,8 +32,9 @@ enum Command {
     /// Run the platform emulator (generic, Genesys, CXone DFO and AAH, optionally over TLS)
     /// with its fault API, for tests and benchmarks.
     Emulate(Box<emulate::EmulateArgs>),
-    /// The newcomer's tour: an emulator, three sidecar pods and their apps in one process, a
-    /// scripted fault scenario, a live timeline and a scorecard. Exits 0 when every check holds.
+    /// The newcomer's tour: an emulator, four sidecar pods (generic, Genesys and CXone streams)
+    /// and their apps in one process, a scripted fault scenario with token rotations, a live
+    /// timeline and a scorecard. Exits 0 when every check holds.
     Demo {
         /// Print only the scorecard.
         #[arg(long)]

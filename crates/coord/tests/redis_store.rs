@@ -541,3 +541,36 @@ async fn with_one_cluster_node_down_each_lease_gets_its_own_beat_outcome() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swept_record_keeps_the_last_pong_of_its_last_beat() {
+    // The live index holds the pong of every beat; the record's hash is rewritten only when
+    // the rest of it changes. A successor on a platform without replay starts its gap at the
+    // swept record's pong, so the sweep must not leave the hash's older one behind.
+    let server = RedisServer::start();
+    let s = server.store();
+    let k = key("pongs", "cc/p");
+    assert_eq!(
+        s.beat(&[beat(&k, "pod-a", Fence(1), 1_000)]).await,
+        [BeatOutcome::Reasserted]
+    );
+    assert_eq!(
+        s.beat(&[last_beat(&k, "pod-a", Fence(1), 5_000)]).await,
+        [BeatOutcome::Renewed]
+    );
+    wait_until("the lease lapses", Duration::from_secs(5), || async {
+        lease_lapsed(&server, &k).await
+    })
+    .await;
+    let dead = s
+        .sweep_stale(&k.tenant, 100_001, Duration::from_secs(35))
+        .await
+        .expect("ok");
+    assert_eq!(dead.len(), 1);
+    let r = s
+        .record(&k)
+        .await
+        .expect("ok")
+        .expect("a swept record stays");
+    assert_eq!((r.state, r.last_pong), (StreamState::Dead, 5_000));
+}

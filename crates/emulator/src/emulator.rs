@@ -145,6 +145,12 @@ impl Emulator {
         lock(&self.shared.tokens).serial(token)
     }
 
+    /// Every access and refresh token issued since start, of every platform, oldest first (the
+    /// last 10,000): what a test greps a run's output for, to prove no token leaked.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.shared.tokens).issued()
+    }
+
     /// Produce `n` events on Genesys `topic` now (creating it if needed).
     pub fn emit_genesys(&self, topic: &str, n: usize) {
         self.shared.genesys.feeds.topic(topic).emit(n);

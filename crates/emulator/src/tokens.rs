@@ -1,7 +1,7 @@
 //! Issued tokens of every platform: random opaque strings with their platform, client, serial
 //! number and expiry, plus CXone refresh tokens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -83,11 +83,18 @@ pub(crate) struct TokenSelector {
     pub token: Option<String>,
 }
 
+/// Tokens kept for [`Tokens::issued`]: enough for any test run; a long bench run forgets the
+/// oldest.
+const ISSUED_KEPT: usize = 10_000;
+
 /// Every token issued and not yet pruned. `Debug` shows counts, never tokens.
 #[derive(Default)]
 pub(crate) struct Tokens {
     by_token: HashMap<String, Issued>,
     refresh: HashMap<String, Refresh>,
+    /// Every access and refresh token issued, oldest first (the last [`ISSUED_KEPT`]), for
+    /// tests that prove no token leaked: pruning does not forget them.
+    issued: VecDeque<String>,
     next_serial: u64,
     /// Size of the maps after the last prune; the next prune runs when one has doubled.
     pruned_at: usize,
@@ -140,12 +147,26 @@ impl Tokens {
                 revoked: false,
             },
         );
+        self.remember(&token);
         (token, info)
+    }
+
+    fn remember(&mut self, token: &str) {
+        if self.issued.len() == ISSUED_KEPT {
+            self.issued.pop_front();
+        }
+        self.issued.push_back(token.to_owned());
+    }
+
+    /// Every access and refresh token issued, oldest first (the last 10,000).
+    pub fn issued(&self) -> Vec<String> {
+        self.issued.iter().cloned().collect()
     }
 
     /// Issue a refresh token for `client` that goes with `access`.
     pub fn issue_refresh(&mut self, client: &str, access: &str, ttl: Duration) -> String {
         let token = random_token();
+        self.remember(&token);
         self.refresh.insert(
             token.clone(),
             Refresh {
@@ -259,6 +280,8 @@ mod tests {
         assert!(tokens.check(&g, None).is_some(), "any platform");
         let shown = format!("{tokens:?}");
         assert!(!shown.contains(&g) && !shown.contains(&c), "{shown}");
+        let r = tokens.issue_refresh("key", &c, Duration::from_secs(60));
+        assert_eq!(tokens.issued(), [g, c, r], "every token issued, in order");
     }
 
     #[tokio::test(start_paused = true)]

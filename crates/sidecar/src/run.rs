@@ -62,6 +62,9 @@ pub fn load(path: &PathBuf) -> Result<SidecarConfig, RunError> {
     for w in warnings {
         tracing::warn!(file = %path.display(), "{w}");
     }
+    // The config as understood, for debugging a deployment; its Debug hides the secrets it
+    // holds (the Redis password).
+    tracing::debug!(file = %path.display(), ?config, "config loaded");
     Ok(config)
 }
 

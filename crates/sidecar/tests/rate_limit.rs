@@ -114,6 +114,7 @@ async fn gaps_between_attempts(limit: RateLimit, window: Duration) -> Vec<Durati
     let (_token_tx, tokens) = watch::channel(TokenView {
         token: Some(Arc::new(token)),
         generation: 1,
+        error: None,
     });
     let (_lease_tx, lease) = watch::channel(Instant::now() + Duration::from_secs(24 * 3600));
     let ctx = SessionCtx {

@@ -4,4 +4,6 @@
 
 #[cfg(feature = "k8s")]
 pub mod k8s;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 pub mod redis;

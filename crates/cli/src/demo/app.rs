@@ -1,9 +1,11 @@
 //! A demo app: what a team's service does with streamkeeper. It connects to its pod's sidecar
 //! over localhost, acks every event, and reports to the ledger, which checks that no acked
-//! event is ever delivered again and that none is lost.
+//! event is ever delivered again and that none is lost: by event id, and by the emulator's
+//! sequence number per feed (a Genesys topic, a CXone DFO stream or AAH contact id), which
+//! catches an event delivered twice under two ids.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -33,6 +35,56 @@ struct LedgerState {
     dropped: BTreeMap<String, u64>,
     gaps: u64,
     seen_unacked: HashMap<StreamId, HashSet<String>>,
+    /// Per stream: what its app saw.
+    streams: HashMap<StreamId, StreamLedger>,
+}
+
+/// What one stream's apps saw.
+#[derive(Debug, Clone, Default)]
+pub struct StreamLedger {
+    /// Per feed (the emulator's topic or stream name in the payload): sequence numbers acked.
+    pub acked: BTreeMap<String, BTreeSet<u64>>,
+    /// Deliveries of a feed's sequence number after it was acked.
+    pub duplicates: u64,
+    /// Events delivered (including redeliveries).
+    pub delivered: u64,
+    /// `dropped` frames.
+    pub dropped: u64,
+    /// `gap` frames.
+    pub gaps: u64,
+}
+
+impl StreamLedger {
+    /// The first sequence number acked on `feed`: where the feed started for the app (the
+    /// platforms do not replay what came before the first socket).
+    pub fn first(&self, feed: &str) -> Option<u64> {
+        self.acked.get(feed).and_then(|s| s.first().copied())
+    }
+
+    /// Sequence numbers of `feed` from its first acked one through `last` never acked.
+    pub fn missing(&self, feed: &str, last: u64) -> Vec<u64> {
+        let Some(acked) = self.acked.get(feed) else {
+            return Vec::new();
+        };
+        let first = acked.first().copied().unwrap_or(1);
+        (first..=last).filter(|n| !acked.contains(n)).collect()
+    }
+}
+
+/// The feed and sequence number the emulator puts in every payload: a Genesys frame's
+/// `eventBody`, an AAH `body`, a DFO `data`, or a generic payload itself, each with `seq` and
+/// `topic` or `stream`.
+fn feed_key(data: &serde_json::Value) -> Option<(String, u64)> {
+    let body = ["eventBody", "body", "data"]
+        .iter()
+        .find_map(|k| data.get(k))
+        .unwrap_or(data);
+    let seq = body.get("seq")?.as_u64()?;
+    let feed = body
+        .get("topic")
+        .or_else(|| body.get("stream"))
+        .and_then(serde_json::Value::as_str)?;
+    Some((feed.to_owned(), seq))
 }
 
 impl Ledger {
@@ -40,10 +92,17 @@ impl Ledger {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a delivery; returns whether the app should ack it.
-    fn delivered(&self, stream: &StreamId, id: &str) {
+    /// Records a delivery.
+    fn delivered(&self, stream: &StreamId, id: &str, key: Option<&(String, u64)>) {
         let mut st = self.lock();
         st.delivered += 1;
+        let per = st.streams.entry(stream.clone()).or_default();
+        per.delivered += 1;
+        if let Some((feed, seq)) = key
+            && per.acked.get(feed).is_some_and(|s| s.contains(seq))
+        {
+            per.duplicates += 1;
+        }
         if st.acked.get(stream).is_some_and(|s| s.contains(id)) {
             st.duplicates.push((stream.clone(), id.to_owned()));
             return;
@@ -58,8 +117,17 @@ impl Ledger {
         }
     }
 
-    fn acked(&self, stream: &StreamId, id: &str) {
+    fn acked(&self, stream: &StreamId, id: &str, key: Option<(String, u64)>) {
         let mut st = self.lock();
+        if let Some((feed, seq)) = key {
+            st.streams
+                .entry(stream.clone())
+                .or_default()
+                .acked
+                .entry(feed)
+                .or_default()
+                .insert(seq);
+        }
         st.acked
             .entry(stream.clone())
             .or_default()
@@ -69,12 +137,21 @@ impl Ledger {
         }
     }
 
-    fn dropped(&self, reason: &str) {
-        *self.lock().dropped.entry(reason.to_owned()).or_default() += 1;
+    fn dropped(&self, stream: &StreamId, reason: &str) {
+        let mut st = self.lock();
+        *st.dropped.entry(reason.to_owned()).or_default() += 1;
+        st.streams.entry(stream.clone()).or_default().dropped += 1;
     }
 
-    fn gap(&self) {
-        self.lock().gaps += 1;
+    fn gap(&self, stream: &StreamId) {
+        let mut st = self.lock();
+        st.gaps += 1;
+        st.streams.entry(stream.clone()).or_default().gaps += 1;
+    }
+
+    /// What the apps of `stream` saw.
+    pub fn stream(&self, stream: &StreamId) -> StreamLedger {
+        self.lock().streams.get(stream).cloned().unwrap_or_default()
     }
 
     /// The first id of `stream` any app acked: where the stream started for the apps (a new
@@ -156,16 +233,19 @@ pub fn spawn(pod: PodName, listen: SocketAddr, stream: StreamId, ledger: Arc<Led
                         let Some(Ok(msg)) = msg else { break };
                         let Message::Text(text) = msg else { continue };
                         match serde_json::from_str::<AppFrame>(&text) {
-                            Ok(AppFrame::Event { id, .. }) => {
-                                ledger.delivered(&stream, id.as_str());
+                            Ok(AppFrame::Event { id, data, .. }) => {
+                                let key = feed_key(&data);
+                                ledger.delivered(&stream, id.as_str(), key.as_ref());
                                 let ack = serde_json::json!({"type": "ack", "id": id}).to_string();
                                 if tx.send(Message::text(ack)).await.is_err() {
                                     break;
                                 }
-                                ledger.acked(&stream, id.as_str());
+                                ledger.acked(&stream, id.as_str(), key);
                             }
-                            Ok(AppFrame::Dropped { reason, .. }) => ledger.dropped(reason.as_str()),
-                            Ok(AppFrame::Gap { .. }) => ledger.gap(),
+                            Ok(AppFrame::Dropped { reason, .. }) => {
+                                ledger.dropped(&stream, reason.as_str());
+                            }
+                            Ok(AppFrame::Gap { .. }) => ledger.gap(&stream),
                             Ok(_) => {}
                             Err(e) => tracing::warn!(%pod, %stream, error = %e, "demo app: unreadable frame"),
                         }
@@ -182,4 +262,50 @@ pub fn spawn(pod: PodName, listen: SocketAddr, stream: StreamId, ledger: Arc<Led
         }
     });
     AppHandle { away }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(frame: &str) -> Option<(String, u64)> {
+        feed_key(&serde_json::from_str(frame).expect("json"))
+    }
+
+    #[test]
+    fn every_platform_payload_names_its_feed_and_sequence() {
+        // The emulator's shapes: Genesys, DFO, AAH and generic.
+        let genesys = r#"{"topicName":"v2.users.u1.presence","version":"2","eventBody":{"seq":7,"topic":"v2.users.u1.presence","at":1},"metadata":{"CorrelationId":"c"}}"#;
+        let dfo = r#"{"eventId":"e","eventType":"CaseStatusChanged","data":{"seq":3,"stream":"t/u","at":1}}"#;
+        let aah = r#"{"command":"MESSAGE","headers":{"topic":"contact-1"},"body":{"seq":9,"topic":"contact-1","at":1}}"#;
+        let generic = r#"{"seq":4,"stream":"queue-events","at":1}"#;
+        assert_eq!(key(genesys), Some(("v2.users.u1.presence".into(), 7)));
+        assert_eq!(key(dfo), Some(("t/u".into(), 3)));
+        assert_eq!(key(aah), Some(("contact-1".into(), 9)));
+        assert_eq!(key(generic), Some(("queue-events".into(), 4)));
+        assert_eq!(key(r#"{"eventBody":{"message":"pong"}}"#), None);
+    }
+
+    #[test]
+    fn a_sequence_acked_then_delivered_under_another_id_is_a_duplicate() {
+        let ledger = Ledger::default();
+        let s = StreamId::new("cc", "g").expect("id");
+        let k = |n| Some(("topic".to_owned(), n));
+        for (id, n) in [("a", 1), ("b", 2), ("d", 4)] {
+            ledger.delivered(&s, id, k(n).as_ref());
+            ledger.acked(&s, id, k(n));
+        }
+        assert_eq!(ledger.stream(&s).duplicates, 0);
+        // The same event again, under an id the id-based check has never seen.
+        ledger.delivered(&s, "b-again", k(2).as_ref());
+        let seen = ledger.stream(&s);
+        assert_eq!(seen.duplicates, 1);
+        assert_eq!(seen.delivered, 4);
+        assert_eq!(seen.first("topic"), Some(1));
+        assert_eq!(seen.missing("topic", 5), vec![3, 5]);
+        assert!(
+            seen.missing("other", 5).is_empty(),
+            "an unknown feed owes nothing here"
+        );
+    }
 }

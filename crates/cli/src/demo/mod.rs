@@ -1,8 +1,11 @@
 //! `streamkeeper demo`: the platform emulator, three sidecar "pods" of one workload sharing a
-//! store, a demo app per pod and stream, and a scripted fault scenario with a live timeline and
-//! a final scorecard. Needs no cluster and no Redis; exits 0 only when every check holds.
+//! store, a fourth pod of a second workload running a Genesys and two CXone streams through
+//! token rotations (platforms.rs), a demo app per pod and stream, and a scripted fault scenario
+//! with a live timeline and a final scorecard. Needs no cluster and no Redis; exits 0 only when
+//! every check holds.
 
 mod app;
+mod platforms;
 mod timeline;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
@@ -73,41 +76,71 @@ fn stream_id(name: &str) -> StreamId {
     StreamId::new("cc", name).expect("demo stream names are valid ids")
 }
 
+/// What differs between the demo's streams; the rest (heartbeat, backoff, limits) is shared.
+struct DemoStream<'a> {
+    name: &'a str,
+    tenant: &'a str,
+    platform: Platform,
+    endpoints: Endpoints,
+    creds: &'a std::path::Path,
+    topics: Vec<String>,
+    token: TokenSpec,
+}
+
+impl DemoStream<'_> {
+    fn spec(self) -> anyhow::Result<StreamSpec> {
+        Ok(StreamSpec {
+            id: stream_id(self.name),
+            tenant: self.tenant.parse().context("tenant")?,
+            platform: self.platform,
+            priority: 500,
+            endpoints: self.endpoints,
+            credentials: Credentials {
+                dir: Some(self.creds.to_path_buf()),
+                secret: None,
+            },
+            topics: self.topics,
+            heartbeat: HEARTBEAT,
+            token: self.token,
+            reconnect: ReconnectSpec {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(2),
+            },
+            limits: LimitsSpec::default(),
+            tls: None,
+        })
+    }
+}
+
 fn config(emu: &Emulator, creds: &std::path::Path, tenant: &str) -> anyhow::Result<SidecarConfig> {
     let base: url::Url = emu.base_url().parse().context("emulator URL")?;
     let streams = STREAMS
         .iter()
-        .map(|name| -> anyhow::Result<StreamSpec> {
-            Ok(StreamSpec {
-                id: stream_id(name),
-                tenant: tenant.parse().context("tenant")?,
+        .map(|name| {
+            DemoStream {
+                name,
+                tenant,
                 platform: Platform::Generic,
-                priority: 500,
                 endpoints: Endpoints {
                     region: None,
                     api: Some(base.clone()),
                     login: Some(base.clone()),
                     stream: Some(emu.stream_url(name).parse().context("stream URL")?),
                 },
-                credentials: Credentials {
-                    dir: Some(creds.to_path_buf()),
-                    secret: None,
-                },
+                creds,
                 topics: Vec::new(),
-                heartbeat: HEARTBEAT,
                 token: TokenSpec {
                     refresh_lead: Duration::from_secs(3),
                     retry: Duration::from_secs(1),
                 },
-                reconnect: ReconnectSpec {
-                    initial: Duration::from_millis(200),
-                    max: Duration::from_secs(2),
-                },
-                limits: LimitsSpec::default(),
-                tls: None,
-            })
+            }
+            .spec()
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    sidecar_config(streams)
+}
+
+fn sidecar_config(streams: Vec<StreamSpec>) -> anyhow::Result<SidecarConfig> {
     let config = SidecarConfig {
         pod: None,
         listen: "127.0.0.1:0".parse().context("listen")?,
@@ -156,10 +189,11 @@ async fn start_pod(
     ));
     pod.spawn_loops(until(stop_rx));
     pod.apply(config).map_err(anyhow::Error::from)?;
-    let apps = STREAMS
+    let apps = config
+        .streams
         .iter()
         .map(|s| {
-            let id = stream_id(s);
+            let id = s.id.clone();
             (
                 id.clone(),
                 app::spawn(name.clone(), listen, id, Arc::clone(ledger)),
@@ -208,15 +242,16 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     let mut checks = Checks::default();
     let work = std::env::temp_dir().join(format!("streamkeeper-demo-{}", std::process::id()));
     let creds = work.join("credentials");
-    let emu_cfg = EmulatorConfig {
+    let mut emu_cfg = EmulatorConfig {
         streams: STREAMS.iter().map(|s| (*s).to_owned()).collect(),
         event_interval: Duration::from_millis(100),
         token_ttl: TOKEN_TTL,
         ..EmulatorConfig::default()
     };
+    platforms::emulator(&mut emu_cfg);
     ClientCredentials::write_dir(&creds, &emu_cfg.client_id, &emu_cfg.client_secret)
         .context("write demo credentials")?;
-    let emu = Emulator::start(emu_cfg)
+    let emu = Emulator::start(emu_cfg.clone())
         .await
         .context("start the emulator")?;
     // With REDIS_URL the pods coordinate through Redis (a tenant of this run's own, so runs
@@ -239,6 +274,8 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
             ),
         };
     let config = config(&emu, &creds, &tenant)?;
+    let (platform_specs, platform_streams) = platforms::streams(&emu, &emu_cfg, &work, &tenant)?;
+    let platform_config = sidecar_config(platform_specs)?;
     timeline.step(&format!(
         "emulator on {}; {} pods of one workload share {store_name}; heartbeat {}s, timeout {}s",
         emu.base_url(),
@@ -250,6 +287,23 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     for name in PODS {
         pods.push(start_pod(name, Arc::clone(&store), &config, &timeline, &ledger).await?);
     }
+    timeline.step(&format!(
+        "{} (a second workload) runs {}: tokens live 4 s, so each rotates every ~2 s",
+        platforms::POD,
+        platform_streams
+            .iter()
+            .map(|s| format!("{} ({})", s.id, s.platform.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let platform_pod = start_pod(
+        platforms::POD,
+        Arc::clone(&store),
+        &platform_config,
+        &timeline,
+        &ledger,
+    )
+    .await?;
 
     // 1. Every stream gets exactly one owner.
     timeline.step("1. start: each stream is leased to exactly one pod");
@@ -263,16 +317,29 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         let owners = pods.iter().filter(|p| p.pod.owns(&id)).count();
         all_owned &= owners == 1;
     }
+    let mut platforms_up = true;
+    for s in &platform_streams {
+        platforms_up &= wait_owner(
+            std::slice::from_ref(&platform_pod),
+            &s.id,
+            Duration::from_secs(10),
+        )
+        .await
+        .is_some();
+    }
     checks.add(
-        all_owned,
+        all_owned && platforms_up,
         "every stream runs on exactly one pod",
         "lease with fencing in the shared store",
     );
     // Faults start once every app has its first event: the streams' starting points.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while STREAMS
+    while (STREAMS
         .iter()
         .any(|s| ledger.first_acked(&stream_id(s)).is_none())
+        || platform_streams
+            .iter()
+            .any(|s| ledger.stream(&s.id).delivered == 0))
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -352,7 +419,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     // 4. Token rotation, with one refused refresh.
     let since = timeline.elapsed();
     timeline.step(
-        "4. tokens expire every 8 s: refreshed in-stream; the next token request is refused once",
+        "4. generic tokens expire every 8 s: refreshed in-stream; the next token request (of any stream) is refused once",
     );
     emu.fault(Fault::RefuseToken {
         stream: None,
@@ -371,10 +438,15 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
             rotated += 1;
         }
     }
+    let generic: Vec<StreamId> = STREAMS.iter().map(|s| stream_id(s)).collect();
     let reconnects = timeline
         .entries()
         .iter()
-        .filter(|e| e.at >= since && matches!(e.event, SessionEvent::Connected { .. }))
+        .filter(|e| {
+            e.at >= since
+                && generic.contains(&e.stream)
+                && matches!(e.event, SessionEvent::Connected { .. })
+        })
         .count();
     checks.add(
         rotated == STREAMS.len() && reconnects == 0,
@@ -385,10 +457,13 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         ),
     );
 
-    // 5. The app goes away and comes back.
+    // 5. Genesys announces a maintenance close.
+    platforms::socket_closing(&emu, &timeline, &platform_streams, &mut checks).await;
+
+    // 6. The app goes away and comes back.
     let legs = stream_id(STREAMS[2]);
     timeline.step(&format!(
-        "5. the app of {legs} disconnects for 2 s, then comes back"
+        "6. the app of {legs} disconnects for 2 s, then comes back"
     ));
     if let Some(app) = owner(&pods, &legs)
         .and_then(|p| p.apps.iter().find(|(s, _)| *s == legs))
@@ -418,9 +493,9 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         );
     }
 
-    // 6. Rolling update: the owner of the first stream shuts down and hands over.
+    // 7. Rolling update: the owner of the first stream shuts down and hands over.
     timeline.step(&format!(
-        "6. rolling update: the pod running {victim} shuts down (SIGTERM) and hands over"
+        "7. rolling update: the pod running {victim} shuts down (SIGTERM) and hands over"
     ));
     if let Some(idx) = pods.iter().position(|p| p.pod.owns(&victim)) {
         let leaving = pods.remove(idx);
@@ -454,10 +529,10 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         );
     }
 
-    // 7. Malformed frames from the platform.
+    // 8. Malformed frames from the platform.
     let since = timeline.elapsed();
     timeline.step(&format!(
-        "7. the platform sends {reset} a non-JSON frame, then invalid UTF-8"
+        "8. the platform sends {reset} a non-JSON frame, then invalid UTF-8"
     ));
     emu.fault(Fault::SendGarbage {
         stream: Some(STREAMS[1].into()),
@@ -490,8 +565,8 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         "process keeps running",
     );
 
-    // 8. Settle and count.
-    timeline.step("8. settle: every event emitted so far must be acked exactly once by some app");
+    // 9. Settle and count.
+    timeline.step("9. settle: every event emitted so far must be acked exactly once by some app");
     let stats = emu.stats();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut lost: Vec<String> = Vec::new();
@@ -513,6 +588,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
                     .filter(|e| !ledger.is_acked(&id, e)),
             );
         }
+        lost.extend(platforms::lost(&ledger, &platform_streams, &stats));
         if lost.is_empty() || Instant::now() >= deadline {
             break;
         }
@@ -530,10 +606,22 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         .take(5)
         .map(|(s, id)| format!("{s} {id}"))
         .collect();
+    let outcomes = platforms::outcomes(&ledger, &timeline, &platform_streams, &stats);
+    let (platform_emitted, _) = platforms::totals(&outcomes);
+    emitted_total += platform_emitted;
+    // On the platform streams a duplicate is a feed's sequence number acked, then delivered
+    // again (under any id).
+    let platform_dups: u64 = platform_streams
+        .iter()
+        .map(|s| ledger.stream(&s.id).duplicates)
+        .sum();
+    let duplicate_count = duplicates.len() as u64 + platform_dups;
     checks.add(
-        duplicates.is_empty(),
+        duplicate_count == 0,
         "no acked event delivered again",
-        format!("{} duplicates {}", duplicates.len(), first_dups.join(", ")),
+        format!("{duplicate_count} duplicates {}", first_dups.join(", "))
+            .trim_end()
+            .to_owned(),
     );
     let first_lost = lost.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
     checks.add(
@@ -542,8 +630,12 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         format!(
             "{} of {emitted_total} emitted events never acked {first_lost}",
             lost.len()
-        ),
+        )
+        .trim_end()
+        .to_owned(),
     );
+    let end_stats = emu.stats();
+    platforms::check(&outcomes, &end_stats, &emu_cfg, &mut checks);
     let elapsed = timeline.elapsed();
     checks.add(
         elapsed < Duration::from_secs(90),
@@ -551,7 +643,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
         format!("{:.1} s", elapsed.as_secs_f64()),
     );
 
-    for p in &pods {
+    for p in pods.iter().chain([&platform_pod]) {
         p.pod.shutdown(Duration::from_secs(2)).await;
         let _ = p.stop_servers.send(true);
     }
@@ -564,7 +656,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
     println!(
         "  events delivered to apps          {delivered} ({redelivered} redelivered before their ack)"
     );
-    println!("  duplicates (acked, then again)    {}", duplicates.len());
+    println!("  duplicates (acked, then again)    {duplicate_count}");
     println!("  lost (emitted, never acked)       {}", lost.len());
     println!("  gaps reported                     {gaps}");
     println!(
@@ -591,6 +683,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    platforms::print(&outcomes, &end_stats, &emu_cfg);
     println!();
     let mut ok = true;
     for c in &checks.0 {

@@ -106,20 +106,28 @@ impl Timeline {
 
     fn record(&self, pod: &PodName, stream: &StreamId, event: SessionEvent) {
         let at = self.elapsed();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        // After a make-before-break the session reports the token generation the new channel
+        // runs on; the rotation line already said it all.
+        let after_rotation = matches!(event, SessionEvent::TokenRotated { .. })
+            && entries
+                .iter()
+                .rev()
+                .find(|e| &e.stream == stream)
+                .is_some_and(|e| matches!(e.event, SessionEvent::Rotated { .. }));
         if !self.quiet
+            && !after_rotation
             && let Some(line) = describe(&event)
         {
             println!("[{:>7.3}s] {pod:<6} {stream:<22} {line}", at.as_secs_f64());
         }
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Entry {
-                at,
-                pod: pod.clone(),
-                stream: stream.clone(),
-                event,
-            });
+        entries.push(Entry {
+            at,
+            pod: pod.clone(),
+            stream: stream.clone(),
+            event,
+        });
+        drop(entries);
         self.changed.notify_waiters();
     }
 }

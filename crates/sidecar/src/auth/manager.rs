@@ -24,6 +24,9 @@ pub struct TokenView {
     pub token: Option<Arc<Token>>,
     /// Grows with every new token.
     pub generation: u64,
+    /// Why the last grant failed, while no grant has succeeded since (for `/status`: a
+    /// refused certificate or proxy says so there, not only in the log).
+    pub error: Option<String>,
 }
 
 /// Reports each refresh result (to metrics).
@@ -87,7 +90,7 @@ async fn manage(
             _ = wake.wake.notified() => {
                 if wake.refused.load(Ordering::Relaxed) >= generation && current.take().is_some() {
                     // The platform refused the current token: it is no longer usable.
-                    tx.send_replace(TokenView { token: None, generation });
+                    tx.send_modify(|v| v.token = None);
                     next_try = next_try.min(Instant::now());
                 }
             }
@@ -95,7 +98,7 @@ async fn manage(
             _ = async { match expiry { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
                 tracing::warn!("token expired before a new one could be had; forwarding pauses");
                 current = None;
-                tx.send_replace(TokenView { token: None, generation });
+                tx.send_modify(|v| v.token = None);
                 continue;
             }
         }
@@ -114,6 +117,7 @@ async fn manage(
                 tx.send_replace(TokenView {
                     token: Some(token),
                     generation,
+                    error: None,
                 });
                 tracing::debug!(generation, "new token in use");
             }
@@ -123,6 +127,12 @@ async fn manage(
                 let delay = retry_delay(spec.retry, failures, e.retry_after());
                 next_try = Instant::now() + delay;
                 tracing::warn!(error = %e, retry_in = ?delay, keeping_old = current.is_some(), "token refresh failed");
+                let error = e.to_string();
+                tx.send_if_modified(|v| {
+                    let changed = v.error.as_ref() != Some(&error);
+                    v.error = Some(error);
+                    changed
+                });
             }
         }
     }

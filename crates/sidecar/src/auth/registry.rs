@@ -27,6 +27,9 @@ pub struct CredentialKey {
     login: Url,
     /// The client id or access key id.
     client_id: String,
+    /// The CA file the token host is trusted by (system roots: none): the manager's REST client
+    /// is the first stream's, so streams that trust differently must not share it.
+    trust: Option<std::path::PathBuf>,
 }
 
 impl CredentialKey {
@@ -140,6 +143,7 @@ impl TokenManagers {
             family: CredentialKey::family(spec.platform),
             login: login.clone(),
             client_id: creds.client_id,
+            trust: spec.tls.as_ref().map(|t| t.ca_file.clone()),
         };
         let mut managers = self.lock();
         managers.retain(|_, w| w.strong_count() > 0);
@@ -172,5 +176,57 @@ impl TokenManagers {
         });
         managers.insert(key, Arc::downgrade(&shared));
         Ok(TokenLease { shared })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ClientCredentials;
+
+    fn spec(dir: &std::path::Path, id: &str, tls: &str) -> StreamSpec {
+        let yaml = format!(
+            "streams:\n  - {{id: {id}, tenant: t, platform: generic, \
+             endpoints: {{api: 'http://127.0.0.1:9', login: 'http://127.0.0.1:9', stream: 'ws://127.0.0.1:9/s'}}, \
+             credentials: {{dir: {}}}{tls}}}\n",
+            dir.display()
+        );
+        streamkeeper_api::SidecarConfig::from_yaml(&yaml)
+            .expect("config")
+            .config
+            .streams
+            .remove(0)
+    }
+
+    #[tokio::test]
+    async fn one_manager_per_credential_and_trust() {
+        let dir = std::env::temp_dir().join(format!("sk-registry-{}", std::process::id()));
+        ClientCredentials::write_dir(&dir, "client", "secret").expect("creds");
+        let managers = TokenManagers::new();
+        let http = crate::net::plain_http_client();
+        let hook: RefreshHook = Arc::new(|_| {});
+        let a = managers
+            .lease(&spec(&dir, "cc/a", ""), &http, hook.clone())
+            .await
+            .expect("a");
+        let b = managers
+            .lease(&spec(&dir, "cc/b", ""), &http, hook.clone())
+            .await
+            .expect("b");
+        let private = managers
+            .lease(
+                &spec(&dir, "cc/c", ", tls: {caFile: /etc/ca.pem}"),
+                &http,
+                hook,
+            )
+            .await
+            .expect("c");
+        assert!(a.same_manager(&b), "one credential, one manager");
+        assert!(
+            !a.same_manager(&private),
+            "a stream trusting another CA gets its own manager (and REST client)"
+        );
+        assert_eq!(managers.live(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -233,6 +233,17 @@ impl ProxyPolicy {
         Ok(())
     }
 
+    /// The proxy that `https` URLs not exempted by `NO_PROXY` tunnel through, if any (the
+    /// one a failed tunnel can have been made with).
+    pub fn tunnel_proxy(&self) -> Option<ProxyTarget> {
+        let url = url::Url::parse("https://proxy-check.invalid").ok()?;
+        let without_exemptions = |var: &str| match var {
+            "no_proxy" | "NO_PROXY" => None,
+            _ => self.vars.get(var).cloned(),
+        };
+        proxy_for(&url, &without_exemptions).ok().flatten()
+    }
+
     /// The proxy `url` goes through, if any.
     pub fn for_url(&self, url: &url::Url) -> Result<Option<ProxyTarget>, NetError> {
         proxy_for(url, &|var| self.vars.get(var).cloned())

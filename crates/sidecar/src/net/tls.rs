@@ -122,17 +122,27 @@ pub async fn tls_handshake(
 pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        let rustls_err = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(r) = rustls_err {
+        if let Some(r) = unwrap_io(e).downcast_ref::<rustls::Error>() {
             return describe_rustls(r);
         }
         cur = e.source();
     }
     None
+}
+
+/// The error inside any layers of `io::Error`. reqwest's connector wraps rustls's error in an
+/// `io::Error` inside another `io::Error`, and `io::Error::source` skips the wrapped error
+/// itself, so walking `source()` alone never meets it.
+fn unwrap_io<'a>(
+    mut e: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    while let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        e = inner;
+    }
+    e
 }
 
 fn describe_rustls(err: &rustls::Error) -> Option<String> {
@@ -176,5 +186,17 @@ mod tests {
             "/src/ws/testdata/ca.pem"
         ));
         tls_connector(Some(ca)).expect("the test CA loads");
+    }
+
+    #[test]
+    fn a_refused_certificate_is_found_under_nested_io_errors() {
+        // How reqwest's rustls connector reports it: io(Other, io(InvalidData, rustls)).
+        let rustls_err = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_err);
+        let outer = std::io::Error::other(inner);
+        let said = certificate_problem(&outer).expect("a certificate problem");
+        assert!(said.contains("not trusted"), "{said}");
+        let other = std::io::Error::other(std::io::Error::other("connection refused"));
+        assert_eq!(certificate_problem(&other), None);
     }
 }

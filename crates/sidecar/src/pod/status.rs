@@ -26,6 +26,7 @@ impl StatusSource for Pod {
                     "retryCount": st.retry_count,
                     "reconnects": st.reconnects,
                     "lastDropReason": st.last_drop,
+                    "lastError": st.last_error,
                     "pendingEvents": e.hub.pending_events(),
                     "appClients": e.hub.consumers(),
                 })

@@ -103,7 +103,9 @@ impl Pod {
                 }
                 continue;
             };
-            let gap_from = self.last_heard(&key, &spec, &hub, adapter.as_ref()).await;
+            let gap_from = self
+                .last_heard(&key, claim.fence, &spec, &hub, adapter.as_ref())
+                .await;
             let observer = Arc::new(StreamObserver {
                 ownership: Arc::clone(&self.ownership),
                 key: key.clone(),
@@ -356,6 +358,7 @@ impl Pod {
     async fn last_heard(
         &self,
         key: &StreamKey,
+        fence: Fence,
         spec: &StreamSpec,
         hub: &Hub,
         adapter: &dyn Adapter,
@@ -364,7 +367,13 @@ impl Pod {
             return None;
         }
         let record = match self.ownership.store().record(key).await {
-            Ok(record) => record.map(|r| r.last_pong).filter(|t| *t > 0),
+            // Only an earlier fence's record says when the previous owner last heard the
+            // platform: once this pod's first beat replaced it, it holds this pod's own
+            // (never connected) status, whose pong is a placeholder.
+            Ok(record) => record
+                .filter(|r| r.fence != fence)
+                .map(|r| r.last_pong)
+                .filter(|t| *t > 0),
             Err(e) => {
                 tracing::debug!(stream = %key.stream, error = %e, "previous record unreadable");
                 None

@@ -338,6 +338,7 @@ impl Session {
             st.connection = Some(link.id.clone());
             st.last_pong_ms = epoch_ms();
             st.retry_count = self.backoff.attempts();
+            st.last_error = None;
             if self.connections > 1 {
                 st.reconnects += 1;
             }
@@ -377,6 +378,9 @@ impl Session {
             if let Some(token) = view.token.filter(|t| t.valid_at(Instant::now())) {
                 return Ok((token, view.generation));
             }
+            if let Some(error) = view.error {
+                self.status().last_error = Some(format!("no token: {error}"));
+            }
             if self.connections > 0 {
                 // Not at start-up: the app was streaming and now waits on a token.
                 self.pause();
@@ -409,7 +413,11 @@ impl Session {
             .closed_until(now)
             .map(|at| at.saturating_duration_since(now));
         let delay = self.backoff.next_delay(rand::random::<f64>(), floor);
-        self.status().retry_count = self.backoff.attempts();
+        {
+            let mut st = self.status();
+            st.retry_count = self.backoff.attempts();
+            st.last_error = Some(why.clone());
+        }
         self.ctx.observer.observe(
             &self.ctx.spec.id,
             SessionEvent::ConnectFailed {

@@ -25,6 +25,9 @@ pub struct StreamStatus {
     pub reconnects: u64,
     /// The last reason a socket was dropped.
     pub last_drop: Option<DropReason>,
+    /// Why the stream is not connected, while it is not: the last failed connect or token
+    /// grant (an untrusted certificate, a proxy's refusal). Cleared once a socket is up.
+    pub last_error: Option<String>,
 }
 
 impl Default for StreamStatus {
@@ -37,6 +40,7 @@ impl Default for StreamStatus {
             retry_count: 0,
             reconnects: 0,
             last_drop: None,
+            last_error: None,
         }
     }
 }

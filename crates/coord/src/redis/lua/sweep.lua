@@ -28,7 +28,10 @@ for _, stream in ipairs(cands) do
       local h = redis.call('HMGET', conn, 'state', 'owner', 'fence')
       local from = h[1] or 'ACTIVE'
       if from ~= 'DEAD' then
-        redis.call('HSET', conn, 'state', 'DEAD')
+        -- The last pong lives in the live index, which the stream leaves now: the record
+        -- keeps it (the hash's own is from its last change, maybe its connect), for a
+        -- successor on a platform without replay, whose gap starts there.
+        redis.call('HSET', conn, 'state', 'DEAD', 'lastPong', string.format('%d', tonumber(pong)))
         local owner = 'null'
         if h[2] then owner = cjson.encode(h[2]) end
         local fence = 'null'
