@@ -6,6 +6,7 @@
 //! | `GET /healthz` | liveness: 200 `ok`, or 503 with the reason ([`StatusSource::healthy`]) |
 //! | `GET /readyz` | readiness: 200 `ok`, or 503 with the reason ([`StatusSource::ready`]) |
 //! | `GET /status` | 200, JSON view of every stream ([`StatusSource::status`]) |
+//! | `GET /debug/heap` | built with the `heap-stats` feature only: 200, the live-heap census (`heap::census_json`) |
 //! | another method on one of those paths | 405 with `Allow: GET` |
 //! | any other path | 404 |
 //!
@@ -223,6 +224,14 @@ fn route<B>(
     source: &dyn StatusSource,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
+    #[cfg(feature = "heap-stats")]
+    if path == "/debug/heap" && request.method() == Method::GET {
+        return respond(
+            StatusCode::OK,
+            "application/json",
+            crate::heap::census_json().into(),
+        );
+    }
     if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/status") {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
