@@ -245,7 +245,7 @@ fn route<B>(
     match path {
         "/metrics" => respond(
             StatusCode::OK,
-            prometheus::TEXT_FORMAT,
+            crate::metrics::TEXT_FORMAT,
             metrics.encode().into(),
         ),
         "/healthz" => check(source.healthy()),
