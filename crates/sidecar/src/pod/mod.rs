@@ -35,9 +35,10 @@ use crate::{
     upstream::{Observer, StatusCell, StreamStatus, read_status},
 };
 
-/// A running stream.
+/// A running stream. The spec is behind an `Arc`: inline it would make every slot of the
+/// pod's map (which keeps up to twice as many slots as streams) the size of a spec.
 struct Entry {
-    spec: StreamSpec,
+    spec: Arc<StreamSpec>,
     hub: Arc<Hub>,
     status: StatusCell,
     stop: watch::Sender<Option<DropReason>>,
@@ -130,7 +131,10 @@ impl Pod {
             adapters.insert(spec.id.clone(), Arc::from(adapter));
         }
         let mut streams = self.streams();
-        let diff = ConfigDiff::new(streams.iter().map(|(id, e)| (id, &e.spec)), &config.streams);
+        let diff = ConfigDiff::new(
+            streams.iter().map(|(id, e)| (id, &*e.spec)),
+            &config.streams,
+        );
         for id in diff.restart.iter().chain(&diff.remove) {
             if let Some(e) = streams.remove(id) {
                 e.stop.send_replace(Some(DropReason::Removed));
@@ -186,7 +190,7 @@ impl Pod {
             stop_rx,
         ));
         Entry {
-            spec,
+            spec: Arc::new(spec),
             hub,
             status,
             stop,
