@@ -58,6 +58,11 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub trait StatusSource: Send + Sync {
     /// A JSON view of every stream, served at `/status`.
     fn status(&self) -> serde_json::Value;
+    /// [`status`](Self::status) as JSON text, what `/status` sends. A source with many streams
+    /// writes it straight from its own types, without building the `Value` tree.
+    fn status_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&self.status())
+    }
     /// `Ok` when the sidecar should receive traffic (`/readyz`); else why not.
     fn ready(&self) -> Result<(), String>;
     /// `Ok` while the sidecar's loops are running (`/healthz`); else what is stuck.
@@ -250,7 +255,7 @@ fn route<B>(
         ),
         "/healthz" => check(source.healthy()),
         "/readyz" => check(source.ready()),
-        _ => match serde_json::to_vec(&source.status()) {
+        _ => match source.status_json() {
             Ok(json) => respond(StatusCode::OK, "application/json", json.into()),
             Err(error) => {
                 tracing::warn!(%error, "admin /status: cannot serialise the status");
