@@ -21,17 +21,18 @@
 use std::time::Duration;
 
 use streamkeeper_api::{
-    ConnectionId, DropReason, StreamState, app_protocol::AppFrame, config::Credentials,
-    config::HeartbeatSpec,
+    ConnectionId, DropReason, StreamState,
+    app_protocol::AppFrame,
+    config::{Credentials, HeartbeatSpec, Platform},
 };
 use streamkeeper_e2e::{
-    AckMode, App, FromServer, LocalPod, Options, TempDir, event_seq,
+    AckMode, App, FromServer, LocalPod, Options, Rig, TempDir, event_seq,
     harness::{stream_id, stream_spec_at, write_credentials},
     netns::{Dropped, Netns, NsEmulator},
 };
 use streamkeeper_emulator::EmulatorConfig;
 use streamkeeper_sidecar::{
-    auth::{ClientCredentials, Token, TokenClient},
+    auth::{CredentialFiles, Grant, Token, TokenSource},
     liveness::HeartbeatPolicy,
     net::{SocketOptions, plain_http_client},
     platforms::Ping,
@@ -67,7 +68,7 @@ async fn a_path_cut_at_the_kernel_is_declared_dead_within_the_deadline_reset_and
     };
     let spec = stream_spec_at(&emu.base_url(), &emu.stream_url(name), name, &creds, &opts);
     let timeout = spec.heartbeat.timeout;
-    let pod = LocalPod::start(vec![spec], &opts).await;
+    let pod = LocalPod::start(vec![spec], &Rig::from(&opts)).await;
     let id = stream_id(name);
     pod.wait_active(&id).await;
 
@@ -254,13 +255,18 @@ async fn a_path_cut_at_the_kernel_is_declared_dead_within_the_deadline_reset_and
 async fn token(emu: &NsEmulator, dir: &TempDir) -> Token {
     let creds_dir = dir.path().join("credentials");
     write_credentials(&EmulatorConfig::default(), &creds_dir);
-    let creds = ClientCredentials::load(&Credentials {
-        dir: Some(creds_dir),
-        secret: None,
-    })
+    let files = CredentialFiles::new(
+        Platform::Generic,
+        &Credentials {
+            dir: Some(creds_dir),
+            secret: None,
+        },
+    )
     .expect("the credentials just written");
     let base: url::Url = emu.base_url().parse().expect("base URL");
-    TokenClient::new(plain_http_client(), &base, &base, "/api/v2/users/me", creds)
+    let grant = Grant::for_platform(Platform::Generic, plain_http_client(), &base, Some(&base))
+        .expect("a generic grant");
+    TokenSource::new(files, grant)
         .obtain()
         .await
         .expect("a token from the emulator")

@@ -18,6 +18,7 @@ use streamkeeper_sidecar::{
     auth::ClientCredentials,
     liveness::HeartbeatPolicy,
     metrics::Metrics,
+    net::ProxyPolicy,
     pod::Pod,
     upstream::{Observer, StreamStatus},
 };
@@ -124,6 +125,7 @@ pub fn stream_spec_at(
         platform: Platform::Generic,
         priority: 500,
         endpoints: Endpoints {
+            region: None,
             api: Some(base.clone()),
             login: Some(base),
             stream: Some(stream_url.parse().expect("emulator stream URL")),
@@ -138,6 +140,36 @@ pub fn stream_spec_at(
         reconnect: opts.reconnect,
         limits: opts.limits,
         tls: None,
+    }
+}
+
+/// How the pod and its app server run, whatever the streams are.
+#[derive(Debug, Clone)]
+pub struct Rig {
+    /// The app server's heartbeat.
+    pub app_heartbeat: HeartbeatSpec,
+    /// The app server's largest frame.
+    pub max_frame: usize,
+    /// The pod's proxy decision (REST and sockets); direct by default, so a proxy in the
+    /// test machine's environment never changes a test.
+    pub proxy: ProxyPolicy,
+}
+
+impl Default for Rig {
+    fn default() -> Self {
+        Self::from(&Options::new(&[]))
+    }
+}
+
+impl From<&Options> for Rig {
+    /// The app server of [`Options`]: its heartbeat (`app_heartbeat`, else the upstream one)
+    /// and `limits.max_frame_bytes`.
+    fn from(opts: &Options) -> Self {
+        Self {
+            app_heartbeat: opts.app_heartbeat.unwrap_or(opts.heartbeat),
+            max_frame: opts.limits.max_frame_bytes,
+            proxy: ProxyPolicy::direct(),
+        }
     }
 }
 
@@ -168,9 +200,9 @@ impl std::fmt::Debug for LocalPod {
 }
 
 impl LocalPod {
-    /// Starts the pod and its app server (heartbeat and frame limit from `opts`) and applies a
-    /// config of `streams`; does not wait for the streams to connect.
-    pub async fn start(streams: Vec<StreamSpec>, opts: &Options) -> Self {
+    /// Starts the pod and its app server under `rig` and applies a config of `streams`; does
+    /// not wait for the streams to connect. The one way every test starts an in-process pod.
+    pub async fn start(streams: Vec<StreamSpec>, rig: &Rig) -> Self {
         crate::util::init_logs();
         let config = SidecarConfig {
             pod: None,
@@ -186,11 +218,12 @@ impl LocalPod {
 
         let recorder = Recorder::new();
         let metrics = Arc::new(Metrics::new());
-        let pod = Pod::new(
+        let pod = Pod::with_proxy(
             "e2e-pod".parse().expect("pod name"),
             Arc::new(MemoryStore::new()),
             Arc::clone(&metrics),
             Some(Arc::clone(&recorder) as Arc<dyn Observer>),
+            rig.proxy.clone(),
         );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -204,8 +237,8 @@ impl LocalPod {
             listener,
             Arc::clone(&pod) as Arc<dyn HubDirectory>,
             AppServerConfig {
-                max_frame: opts.limits.max_frame_bytes,
-                heartbeat: HeartbeatPolicy::from(opts.app_heartbeat.unwrap_or(opts.heartbeat)),
+                max_frame: rig.max_frame,
+                heartbeat: HeartbeatPolicy::from(rig.app_heartbeat),
                 ..AppServerConfig::default()
             },
             until(stop_rx.clone()),
@@ -296,11 +329,9 @@ impl std::ops::Deref for Harness {
 }
 
 impl Harness {
-    /// Starts everything and applies the config; does not wait for the streams to connect.
+    /// Starts a `generic` emulator with `opts.streams` and a pod running them; does not wait
+    /// for the streams to connect.
     pub async fn start(opts: Options) -> Self {
-        crate::util::init_logs();
-        let dir = TempDir::new("harness");
-        let creds = dir.path().join("credentials");
         let emu_cfg = EmulatorConfig {
             streams: opts.streams.clone(),
             event_interval: opts.event_interval,
@@ -308,19 +339,43 @@ impl Harness {
             token_ttl: opts.token_ttl,
             ..EmulatorConfig::default()
         };
-        write_credentials(&emu_cfg, &creds);
-        let emu = Emulator::start(emu_cfg).await.expect("start the emulator");
-        let streams = opts
-            .streams
-            .iter()
-            .map(|s| stream_spec(&emu, s, &creds, &opts))
-            .collect();
-        let local = LocalPod::start(streams, &opts).await;
+        let rig = Rig::from(&opts);
+        Self::start_with(emu_cfg, rig, move |emu, emu_cfg, dir| {
+            let creds = dir.join("credentials");
+            write_credentials(emu_cfg, &creds);
+            opts.streams
+                .iter()
+                .map(|s| stream_spec(emu, s, &creds, &opts))
+                .collect()
+        })
+        .await
+    }
+
+    /// Starts an emulator with `emu_cfg` and a [`LocalPod`] under `rig` running the streams
+    /// `specs` makes (given the emulator, its config and a scratch directory for credentials):
+    /// any platform, any number of streams.
+    pub async fn start_with(
+        emu_cfg: EmulatorConfig,
+        rig: Rig,
+        specs: impl FnOnce(&Emulator, &EmulatorConfig, &Path) -> Vec<StreamSpec>,
+    ) -> Self {
+        crate::util::init_logs();
+        let dir = TempDir::new("harness");
+        let emu = Emulator::start(emu_cfg.clone())
+            .await
+            .expect("start the emulator");
+        let streams = specs(&emu, &emu_cfg, dir.path());
+        let local = LocalPod::start(streams, &rig).await;
         Self {
             emu,
             local,
             _dir: dir,
         }
+    }
+
+    /// The scratch directory (credentials live under it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// The sidecar's id of emulator stream `name`.

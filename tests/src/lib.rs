@@ -1,7 +1,12 @@
 //! Fixtures for streamkeeper's end-to-end tests: everything runs for real on loopback.
 //!
-//! * [`Harness`] starts the platform emulator, a sidecar [`Pod`](streamkeeper_sidecar::pod::Pod)
-//!   with an in-process store, and its app server on `127.0.0.1:0`.
+//! * [`LocalPod`] is a sidecar [`Pod`](streamkeeper_sidecar::pod::Pod) with an in-process
+//!   store and its app server on `127.0.0.1:0`, run under a [`Rig`] (app heartbeat, frame
+//!   limit, proxy) against whatever platform its streams name: the one way a test starts a pod
+//!   in this process.
+//! * [`Harness`] is an emulator plus a [`LocalPod`]: [`Harness::start`] for `generic` streams
+//!   from [`Options`], [`Harness::start_with`] for any emulator config and stream specs
+//!   (genesys, cxone, [`platform`] builds them).
 //! * [`Recorder`] is the pod's observer: tests wait on session events with
 //!   [`Recorder::wait_for`] (a [`Notify`](tokio::sync::Notify), never a sleep).
 //! * [`App`] is a local app client that reads [`AppFrame`](streamkeeper_api::app_protocol::AppFrame)s
@@ -28,6 +33,7 @@ pub mod app;
 pub mod fleet;
 pub mod harness;
 pub mod netns;
+pub mod platform;
 pub mod process;
 pub mod recorder;
 pub mod redis;
@@ -36,6 +42,6 @@ pub mod scenarios;
 pub mod util;
 
 pub use app::{AckMode, App, FromServer};
-pub use harness::{Harness, LocalPod, Options};
+pub use harness::{Harness, LocalPod, Options, Rig};
 pub use recorder::{Recorder, Seen};
 pub use util::{Logs, TempDir, event_seq, free_port, logs, metric_value};

@@ -153,6 +153,41 @@ impl Recorder {
         }
     }
 
+    /// Waits at most `bound` until `pred` holds of the events kept at or after `from`, taken
+    /// together (a predicate over one event cannot count across streams; this one can, without
+    /// taking the log's lock again inside it); a timeout fails the test, naming `what`.
+    pub async fn wait_until(
+        &self,
+        from: usize,
+        bound: Duration,
+        what: &str,
+        pred: impl Fn(&[Seen]) -> bool,
+    ) {
+        let holds = || {
+            let log = self.log();
+            let start = log.entries.partition_point(|s| s.index < from);
+            pred(&log.entries[start..])
+        };
+        let deadline = Instant::now() + bound;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if holds() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                if holds() {
+                    return;
+                }
+                panic!(
+                    "no {what} within {bound:?}; events since then:\n{}",
+                    self.describe(from)
+                );
+            }
+        }
+    }
+
     /// The events since `from`, one a line, for failure messages.
     pub fn describe(&self, from: usize) -> String {
         let mut out = String::new();

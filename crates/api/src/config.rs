@@ -53,9 +53,10 @@ pub struct SidecarConfig {
     /// The admin endpoint: `/metrics`, `/healthz`, `/readyz`, `/status`.
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
-    /// Redis URL; absent means the in-process store (one pod only).
+    /// Redis URL; absent means the in-process store (one pod only). Its `Debug` hides the
+    /// password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
     /// Per-tenant caps on streams connected at once across every pod (enforced atomically in
     /// the store); tenants not listed get [`DEFAULT_TENANT_LIMIT`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -72,6 +73,79 @@ pub struct SidecarConfig {
     #[serde(default)]
     pub streams: Vec<StreamSpec>,
 }
+
+/// A Redis URL (`redis://[user:password@]host:port/db`, `rediss://`, `redis+cluster://...`).
+/// `Debug` shows it with the password replaced, so a logged config never carries it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `<redacted>`: safe to log.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return url.clone();
+        };
+        let rest = &url[scheme_end..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        // The last '@' of the authority ends the userinfo (a password may contain '@').
+        let Some(at) = rest[..authority_end].rfind('@') else {
+            return url.clone();
+        };
+        let userinfo = &rest[..at];
+        let user = match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:<redacted>"),
+            // `redis://password@host` is how some clients spell a password without a user.
+            None => "<redacted>".to_owned(),
+        };
+        format!("{}{user}{}", &url[..scheme_end], &rest[at..])
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({:?})", self.redacted())
+    }
+}
+
+impl From<&str> for RedisUrl {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+/// Genesys Cloud regions (the domain of `api.{region}` and `login.{region}`), from the
+/// platform's documentation. Another region still loads, with a warning.
+pub const GENESYS_REGIONS: &[&str] = &[
+    "mypurecloud.com",
+    "mypurecloud.ie",
+    "mypurecloud.com.au",
+    "mypurecloud.jp",
+    "mypurecloud.de",
+    "usw2.pure.cloud",
+    "cac1.pure.cloud",
+    "apne2.pure.cloud",
+    "euw2.pure.cloud",
+    "aps1.pure.cloud",
+    "sae1.pure.cloud",
+    "mec1.pure.cloud",
+    "apne3.pure.cloud",
+    "euc2.pure.cloud",
+    "mxc1.pure.cloud",
+    "apse1.pure.cloud",
+    "use2.us-gov-pure.cloud",
+];
 
 impl Default for SidecarConfig {
     /// The config of a file that says nothing: no streams, every field at its default.
@@ -186,6 +260,10 @@ fn default_priority() -> u16 {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoints {
+    /// Genesys only: the region's domain, e.g. `mypurecloud.ie`; stands for
+    /// `api: https://api.{region}` and `login: https://login.{region}`, which override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// REST API base, e.g. `https://api.mypurecloud.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<Url>,
@@ -197,11 +275,43 @@ pub struct Endpoints {
     pub stream: Option<Url>,
 }
 
+impl Endpoints {
+    /// The REST API base: `api`, else `https://api.{region}`.
+    pub fn api_url(&self) -> Option<Url> {
+        self.api.clone().or_else(|| self.region_url("api"))
+    }
+
+    /// The OAuth login base: `login`, else `https://login.{region}`.
+    pub fn login_url(&self) -> Option<Url> {
+        self.login.clone().or_else(|| self.region_url("login"))
+    }
+
+    fn region_url(&self, host: &str) -> Option<Url> {
+        let region = self.region.as_deref()?;
+        Url::parse(&format!("https://{host}.{region}")).ok()
+    }
+}
+
+/// Whether `s` is a DNS name of at least two labels (`mypurecloud.com`).
+fn is_domain(s: &str) -> bool {
+    let labels: Vec<&str> = s.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
 /// Where credentials come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Credentials {
-    /// A directory with files `clientId` and `clientSecret` (a mounted Secret).
+    /// A directory with files `clientId` and `clientSecret` (a mounted Secret); for the CXone
+    /// platforms `accessKeyId` and `accessKeySecret`. Re-read for every grant, so a rotated
+    /// Secret is used without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
     /// A Secret's name, read through the API server in-cluster.
@@ -467,31 +577,93 @@ impl SidecarConfig {
             match (&s.credentials.dir, &s.credentials.secret) {
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => {
+                    let files = match s.platform {
+                        Platform::CxoneDfo | Platform::CxoneAah => "accessKeyId, accessKeySecret",
+                        Platform::Genesys | Platform::Generic => "clientId, clientSecret",
+                    };
                     return Err(ConfigError::new(
                         at("credentials"),
-                        "set exactly one of `dir` (files clientId, clientSecret) or `secret`",
+                        format!("set exactly one of `dir` (files {files}) or `secret`"),
                     ));
                 }
             }
+            if let Some(region) = &s.endpoints.region {
+                if s.platform != Platform::Genesys {
+                    return Err(ConfigError::new(
+                        at("endpoints.region"),
+                        format!(
+                            "applies to genesys only; for {} set endpoints.login and endpoints.stream",
+                            s.platform.as_str()
+                        ),
+                    ));
+                }
+                if !is_domain(region) {
+                    return Err(ConfigError::new(
+                        at("endpoints.region"),
+                        format!(
+                            "{region:?} is not a region domain (like mypurecloud.com or euw2.pure.cloud)"
+                        ),
+                    ));
+                }
+                if !GENESYS_REGIONS.contains(&region.as_str()) {
+                    warnings.push(format!(
+                        "{}: {region:?} is not a Genesys Cloud region this build knows ({}); using api.{region} and login.{region}",
+                        at("endpoints.region"),
+                        GENESYS_REGIONS.join(", ")
+                    ));
+                }
+            }
+            let api = s.endpoints.api_url().is_some();
+            let login = s.endpoints.login_url().is_some();
             let needs: &[(&str, bool)] = match s.platform {
                 Platform::Generic => &[
                     ("endpoints.stream", s.endpoints.stream.is_some()),
                     ("endpoints.login", s.endpoints.login.is_some()),
                     ("endpoints.api", s.endpoints.api.is_some()),
                 ],
-                Platform::Genesys => &[
-                    ("endpoints.api", s.endpoints.api.is_some()),
-                    ("endpoints.login", s.endpoints.login.is_some()),
-                ],
+                // `region` stands for both; the message says so.
+                Platform::Genesys => &[("endpoints.api", api), ("endpoints.login", login)],
                 Platform::CxoneDfo | Platform::CxoneAah => &[
                     ("endpoints.stream", s.endpoints.stream.is_some()),
                     ("endpoints.login", s.endpoints.login.is_some()),
                 ],
             };
             if let Some((field, _)) = needs.iter().find(|(_, present)| !present) {
+                let or_region = if s.platform == Platform::Genesys {
+                    " (or endpoints.region)"
+                } else {
+                    ""
+                };
                 return Err(ConfigError::new(
                     at(field),
-                    format!("is required for platform {}", s.platform.as_str()),
+                    format!(
+                        "is required for platform {}{or_region}",
+                        s.platform.as_str()
+                    ),
+                ));
+            }
+            if s.platform == Platform::Genesys && s.topics.is_empty() {
+                return Err(ConfigError::new(
+                    at("topics"),
+                    "genesys needs at least one topic to subscribe (like v2.users.{id}.presence)",
+                ));
+            }
+            if s.platform == Platform::CxoneAah && s.topics.is_empty() {
+                return Err(ConfigError::new(
+                    at("topics"),
+                    "cxone-aah needs at least one contact id to SUBSCRIBE",
+                ));
+            }
+            if s.platform == Platform::Genesys
+                && let Some((j, t)) = s
+                    .topics
+                    .iter()
+                    .enumerate()
+                    .find(|(_, t)| t.is_empty() || t.len() > 200)
+            {
+                return Err(ConfigError::new(
+                    at(&format!("topics[{j}]")),
+                    format!("a Genesys topic is 1..=200 characters ({} given)", t.len()),
                 ));
             }
             if let Some(url) = &s.endpoints.stream
@@ -600,5 +772,76 @@ streams:
         let loaded = SidecarConfig::from_yaml(&fast).expect("valid");
         assert_eq!(loaded.warnings.len(), 2);
         assert!(loaded.warnings[0].starts_with("streams[0].heartbeat.interval"));
+    }
+
+    #[test]
+    fn genesys_region_maps_to_api_and_login_and_explicit_endpoints_override() {
+        let yaml = |endpoints: &str| {
+            format!(
+                "streams:\n  - {{id: cc/g, tenant: t, platform: genesys, endpoints: {endpoints}, credentials: {{dir: /c}}, topics: [v2.users.u1.presence]}}\n"
+            )
+        };
+        let loaded = SidecarConfig::from_yaml(&yaml("{region: mypurecloud.ie}")).expect("valid");
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let e = &loaded.config.streams[0].endpoints;
+        assert_eq!(
+            e.api_url().expect("api").as_str(),
+            "https://api.mypurecloud.ie/"
+        );
+        assert_eq!(
+            e.login_url().expect("login").as_str(),
+            "https://login.mypurecloud.ie/"
+        );
+        let loaded = SidecarConfig::from_yaml(&yaml(
+            "{region: mypurecloud.ie, api: 'http://127.0.0.1:9/'}",
+        ))
+        .expect("valid");
+        let e = &loaded.config.streams[0].endpoints;
+        assert_eq!(e.api_url().expect("api").as_str(), "http://127.0.0.1:9/");
+        assert_eq!(
+            e.login_url().expect("login").as_str(),
+            "https://login.mypurecloud.ie/"
+        );
+        // An unknown region loads with a warning; a malformed one is refused, naming the field.
+        let loaded = SidecarConfig::from_yaml(&yaml("{region: xyz9.pure.cloud}")).expect("valid");
+        assert!(
+            loaded.warnings[0].starts_with("streams[0].endpoints.region"),
+            "{:?}",
+            loaded.warnings
+        );
+        let err = SidecarConfig::from_yaml(&yaml("{region: 'not a region'}")).expect_err("bad");
+        assert_eq!(err.field, "streams[0].endpoints.region");
+        let err = SidecarConfig::from_yaml(&yaml("{}")).expect_err("no hosts");
+        assert_eq!(err.field, "streams[0].endpoints.api");
+        assert!(err.message.contains("endpoints.region"), "{err}");
+        let err =
+            SidecarConfig::from_yaml(&GOOD.replace("{api:", "{region: mypurecloud.com, api:"))
+                .expect_err("region on generic");
+        assert_eq!(err.field, "streams[0].endpoints.region");
+    }
+
+    #[test]
+    fn the_redis_password_never_reaches_debug() {
+        let yaml = "redis: redis://app:s3cr%40t@redis.example:6379/0\n";
+        let config = SidecarConfig::from_yaml(yaml).expect("valid").config;
+        let url = config.redis.as_ref().expect("redis");
+        assert_eq!(url.expose(), "redis://app:s3cr%40t@redis.example:6379/0");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(
+            shown.contains("redis://app:<redacted>@redis.example:6379/0"),
+            "{shown}"
+        );
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("rediss://:pw@h:1", "rediss://:<redacted>@h:1"),
+            ("redis://pw@h:1", "redis://<redacted>@h:1"),
+            (
+                "redis+cluster://u:p@a@h1:1,h2:2",
+                "redis+cluster://u:<redacted>@h1:1,h2:2",
+            ),
+        ] {
+            assert_eq!(RedisUrl::new(url).redacted(), shown);
+        }
     }
 }

@@ -37,30 +37,11 @@ pub const HEARTBEAT_RANGE: std::ops::RangeInclusive<Duration> =
     crate::config::RECOMMENDED_HEARTBEAT;
 /// The highest priority.
 pub const MAX_PRIORITY: u16 = 1000;
-/// Topics on one stream: a Genesys channel takes at most 1,000.
-pub const MAX_TOPICS: usize = 1000;
+/// Topics on one stream. A Genesys channel takes at most 1,000, so the sidecar shards them over
+/// channels; ten channels leave half of a client's 20 to its other streams and to rotation.
+pub const MAX_TOPICS: usize = 10_000;
 
-/// Genesys Cloud regions (PLATFORMS.md): `region: R` means `https://api.R` and
-/// `https://login.R`.
-pub const GENESYS_REGIONS: [&str; 17] = [
-    "mypurecloud.com",
-    "mypurecloud.ie",
-    "mypurecloud.com.au",
-    "mypurecloud.jp",
-    "mypurecloud.de",
-    "usw2.pure.cloud",
-    "cac1.pure.cloud",
-    "apne2.pure.cloud",
-    "euw2.pure.cloud",
-    "aps1.pure.cloud",
-    "sae1.pure.cloud",
-    "mec1.pure.cloud",
-    "apne3.pure.cloud",
-    "euc2.pure.cloud",
-    "mxc1.pure.cloud",
-    "apse1.pure.cloud",
-    "use2.us-gov-pure.cloud",
-];
+pub use crate::config::GENESYS_REGIONS;
 
 /// A stream the operator admits under its tenant's pool and renders into its workload's
 /// sidecar config.
@@ -114,6 +95,11 @@ pub const GENESYS_REGIONS: [&str; 17] = [
         "rule": "!has(self.endpoints) || !(self.platform in ['cxone-dfo', 'cxone-aah']) || (has(self.endpoints.login) && has(self.endpoints.stream))",
         "message": "platforms cxone-dfo and cxone-aah need endpoints.login and endpoints.stream",
         "fieldPath": ".endpoints"
+    },
+    {
+        "rule": "!(self.platform in ['genesys', 'cxone-aah']) || (has(self.topics) && size(self.topics) > 0)",
+        "message": "platforms genesys and cxone-aah need at least one topic (a contact id on cxone-aah)",
+        "fieldPath": ".topics"
     }
 ]))]
 pub struct StreamConnectionSpec {
@@ -139,9 +125,10 @@ pub struct StreamConnectionSpec {
     /// generic) or accessKeyId and accessKeySecret (cxone-*). Mounted into the sidecar; the
     /// controller never reads it.
     pub credentials_secret_ref: SecretRef,
-    /// Topics to subscribe (genesys topics, cxone-aah contact ids); at most 1,000.
+    /// Topics to subscribe (genesys topics, cxone-aah contact ids): at least one on those two
+    /// platforms, at most 10,000 (Genesys takes 1,000 per channel; the sidecar shards).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000), inner(length(min = 1, max = 256)))]
+    #[schemars(length(max = 10000), inner(length(min = 1, max = 200)))]
     pub topics: Vec<String>,
     /// Ping interval and dead timeout: each 5s to 45s, timeout longer than interval.
     #[serde(default)]
@@ -415,7 +402,14 @@ impl StreamConnectionSpec {
             return Err(bad("spec.credentialsSecretRef.name", "is required"));
         }
         if self.topics.len() > MAX_TOPICS {
-            return Err(bad("spec.topics", "at most 1000 topics"));
+            return Err(bad("spec.topics", "at most 10000 topics"));
+        }
+        if self.topics.is_empty() && matches!(self.platform, Platform::Genesys | Platform::CxoneAah)
+        {
+            return Err(bad(
+                "spec.topics",
+                "platforms genesys and cxone-aah need at least one topic (a contact id on cxone-aah)",
+            ));
         }
         match (&self.region, &self.endpoints) {
             (Some(_), Some(_)) | (None, None) => {
@@ -560,7 +554,8 @@ mod tests {
     fn spec() -> StreamConnectionSpec {
         serde_yaml_ng::from_str(
             "platform: genesys\ntenant: acme\nworkloadRef: {kind: Deployment, name: wem}\n\
-             region: mypurecloud.com\ncredentialsSecretRef: {name: acme-oauth}\n",
+             region: mypurecloud.com\ncredentialsSecretRef: {name: acme-oauth}\n\
+             topics: [v2.routing.queues.q1.conversations]\n",
         )
         .expect("spec")
     }
@@ -602,6 +597,9 @@ mod tests {
         assert_eq!(s.validate().expect_err("bad").field, "spec");
         s.region = None;
         assert_eq!(s.validate().expect_err("bad").field, "spec.endpoints");
+        let mut s = spec();
+        s.topics.clear();
+        assert_eq!(s.validate().expect_err("bad").field, "spec.topics");
         let mut s = spec();
         s.priority = 1001;
         assert_eq!(s.validate().expect_err("bad").field, "spec.priority");

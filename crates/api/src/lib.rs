@@ -8,6 +8,7 @@ pub mod config;
 pub mod crd;
 pub mod duration;
 pub mod ids;
+pub mod kube_yaml;
 pub mod state;
 pub mod transition;
 

@@ -40,7 +40,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use streamkeeper_api::{ConnectionId, StreamSpec};
 use streamkeeper_sidecar::{
     liveness::{self, HeartbeatPolicy, Liveness},
-    platforms::{Adapter, Inbound, generic::Generic},
+    platforms::{Connection, Inbound, generic::Generic},
     upstream::{self, Tick, Upstream},
     ws::{ConnectOptions, Frame, ProxyMode, WsClient},
 };
@@ -434,9 +434,11 @@ impl Params {
 struct Plan {
     url: Url,
     headers: Vec<(&'static str, String)>,
+    token: String,
     opts: ConnectOptions,
     policy: HeartbeatPolicy,
-    adapter: Arc<dyn Adapter>,
+    /// The dialect; each socket gets its own [`Connection`] from it, as in the session.
+    adapter: Generic,
     /// With `SK_BENCH_PHASE_GRID`: the grid's origin and step.
     grid: Option<(Instant, Duration)>,
     /// The product's ping-grid origin (process-wide, like the session's).
@@ -455,14 +457,14 @@ impl Plan {
         }))?;
         spec.heartbeat.interval = params.interval;
         spec.heartbeat.timeout = params.timeout;
-        let adapter: Arc<dyn Adapter> =
-            Arc::new(Generic::new(&spec).map_err(|e| anyhow::anyhow!(e))?);
+        let adapter = Generic::new(&spec).map_err(|e| anyhow::anyhow!(e))?;
         let mut opts = upstream::connect_options(&spec, None);
         // Loopback: never through a proxy the environment may name.
         opts.proxy = ProxyMode::Direct;
         Ok(Self {
             url,
             headers: vec![("Authorization", format!("Bearer {token}"))],
+            token: token.to_owned(),
             opts,
             policy: HeartbeatPolicy::from(spec.heartbeat),
             adapter,
@@ -580,17 +582,17 @@ impl Counters {
 #[allow(clippy::manual_async_fn, reason = "an async fn would store `up` twice")]
 fn drive(
     mut up: Upstream,
-    adapter: Arc<dyn Adapter>,
+    mut conn: Box<dyn Connection>,
     counters: Arc<Counters>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let mut answered = false;
         loop {
-            let tick = up.next(|seq| adapter.ping(seq)).await;
+            let tick = up.next(|seq| conn.ping(seq, "")).await;
             let now = Instant::now();
             match tick {
                 Ok(Tick::Frame(Frame::Pong(payload))) => {
-                    if let Inbound::Pong { seq } = adapter.classify_pong(&payload) {
+                    if let Inbound::Pong { seq } = conn.classify_pong(&payload) {
                         up.liveness_mut().on_pong(now, seq);
                     }
                     counters.pongs.fetch_add(1, Relaxed);
@@ -647,7 +649,8 @@ async fn open_all(plan: &Arc<Plan>, counters: &Arc<Counters>, n: usize) -> anyho
                     let id = ConnectionId(format!("bench-{i}"));
                     let phase = plan.first_ping_after(i, n);
                     let up = Upstream::new(ws, plan.policy, phase, id);
-                    let task = drive(up, Arc::clone(&plan.adapter), Arc::clone(&counters));
+                    let conn = Box::new(plan.adapter.connection(&plan.token, None));
+                    let task = drive(up, conn, Arc::clone(&counters));
                     DRIVE_FUTURE_SIZE.store(size_of_val(&task), Relaxed);
                     tokio::spawn(task);
                     counters.connected.fetch_add(1, Relaxed);
@@ -681,12 +684,13 @@ async fn warm_up(plan: Arc<Plan>) -> anyhow::Result<usize> {
         Duration::ZERO,
         ConnectionId("warm-up".into()),
     );
-    let next_size = size_of_val(&up.next(|seq| plan.adapter.ping(seq)));
+    let mut conn = plan.adapter.connection(&plan.token, None);
+    let next_size = size_of_val(&up.next(|seq| conn.ping(seq, "")));
     let answered = tokio::time::timeout(plan.policy.timeout, async {
         loop {
-            match up.next(|seq| plan.adapter.ping(seq)).await {
+            match up.next(|seq| conn.ping(seq, "")).await {
                 Ok(Tick::Frame(Frame::Pong(payload))) => {
-                    if let Inbound::Pong { seq } = plan.adapter.classify_pong(&payload) {
+                    if let Inbound::Pong { seq } = conn.classify_pong(&payload) {
                         up.liveness_mut().on_pong(Instant::now(), seq);
                     }
                     return Ok(());

@@ -6,13 +6,15 @@
 //! this build's Kubernetes types or not, survives in its order.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
 use anyhow::Context as _;
 use streamkeeper_api::ids::is_dns_label;
+
+use crate::yaml_input;
 
 /// The sidecar image when `--image` is not given: this build's release.
 pub const DEFAULT_IMAGE: &str = concat!(
@@ -120,28 +122,6 @@ use sidecar::{PullPolicy, QuantitySetting, Resources, Sidecar, quantity_setting}
 use streams::parse_streams;
 use workload::{Options, inject};
 
-/// The YAML files `--streams PATH` stands for: the file, or a directory's *.yaml, *.yml and
-/// *.json files in name order (not recursive).
-fn stream_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("--streams {}", path.display()))?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_owned()]);
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(path).with_context(|| format!("--streams {}", path.display()))? {
-        let p = entry?.path();
-        let yaml = p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-        if yaml && p.is_file() {
-            files.push(p);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// `streamkeeper inject`: reads the input and the StreamConnections, writes the result to stdout
 /// and the warnings to stderr.
 pub fn run(args: InjectArgs) -> anyhow::Result<ExitCode> {
@@ -169,23 +149,18 @@ pub fn run(args: InjectArgs) -> anyhow::Result<ExitCode> {
     } else {
         let mut all = Vec::new();
         for path in &args.streams {
-            for file in stream_files(path)? {
-                let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                all.extend(parse_streams(&file.display().to_string(), &text)?);
+            let files =
+                yaml_input::files(path).with_context(|| format!("--streams {}", path.display()))?;
+            for file in files {
+                let input = yaml_input::read(&file)?;
+                all.extend(parse_streams(&input.name, &input.text)?);
             }
         }
         Some(all)
     };
 
-    let (source, text) = match &args.file {
-        None => ("<stdin>".to_owned(), read_stdin()?),
-        Some(p) if p.as_os_str() == "-" => ("<stdin>".to_owned(), read_stdin()?),
-        Some(p) => (
-            p.display().to_string(),
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
-        ),
-    };
+    let input = yaml_input::read(args.file.as_deref().unwrap_or(Path::new("-")))?;
+    let (source, text) = (input.name, input.text);
     let options = Options {
         sidecar: &sidecar,
         namespace: &args.namespace,
@@ -201,14 +176,6 @@ pub fn run(args: InjectArgs) -> anyhow::Result<ExitCode> {
         .and_then(|()| stdout.flush())
         .context("cannot write stdout")?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn read_stdin() -> anyhow::Result<String> {
-    let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .context("cannot read stdin")?;
-    Ok(text)
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@ mod crdgen;
 mod demo;
 mod emulate;
 mod inject;
-mod kube_yaml;
 mod render;
 mod status;
+mod yaml_input;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -47,12 +47,14 @@ enum Command {
     },
     /// Run the operator: admit StreamConnections under tenant pools, write each workload's
     /// ConfigMap, report status and Events (in-cluster config or KUBECONFIG).
+    #[command(long_about = CONTROLLER_ABOUT)]
     Controller(Box<ControllerArgs>),
     /// Offline: StreamConnection YAML in, admission decisions and the ConfigMaps the controller
     /// would write out.
+    #[command(long_about = RENDER_ABOUT)]
     Render {
-        /// StreamConnection YAML files or directories (`-` for stdin); multi-document files are
-        /// read whole, other kinds skipped.
+        /// StreamConnection YAML files or directories of *.yaml, *.yml and *.json (`-` for
+        /// stdin); every document is read, a `kind: List` item by item, other kinds skipped.
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
         #[command(flatten)]
@@ -64,7 +66,8 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
         output: render::Format,
     },
-    /// Print the StreamConnection CRD (what crds/ holds).
+    /// Print the StreamConnection CRD (what crds/ and the chart's crds/ hold; a test keeps
+    /// them equal): `streamkeeper crdgen | kubectl apply -f -`.
     Crdgen,
     /// Add the streamkeeper sidecar to Deployment and StatefulSet YAML (stdin to stdout).
     #[command(long_about = inject::LONG_ABOUT)]
@@ -77,12 +80,45 @@ enum Command {
     },
 }
 
+/// `streamkeeper controller --help`.
+const CONTROLLER_ABOUT: &str = "\
+Runs the operator: admits StreamConnections under per-tenant pools (priority, then age; a
+higher-priority stream preempts the lowest running one), server-side applies each workload's
+ConfigMap streamkeeper-{workload} (key sidecar.yaml), and writes status (phase, owner, lastPong,
+reconnects, conditions Ready and Degraded, only when it changes) and Events (Admitted, Queued,
+Preempted, StreamDead, Recovered). Runtime status comes from the Redis the sidecars share
+(--redis); without it, streams are still admitted and rendered.
+
+It needs the StreamConnection CRD (it refuses to start without, saying how to install it) and the
+RBAC of charts/streamkeeper: StreamConnections, ConfigMaps, Events, and its Lease; never Secrets.
+Replicas elect a leader on Lease streamkeeper-controller in $POD_NAMESPACE (else the kubeconfig
+context's namespace); only the leader writes. On SIGTERM the running reconciles finish (5 s at
+most) and the Lease is released, so a standby takes over at once. Deleting a StreamConnection
+removes it from its ConfigMap and from Redis behind the finalizer streamkeeper.dev/cleanup.
+
+Example:
+  streamkeeper controller --redis redis://redis.data.svc:6379 --default-tenant-limit 50 \\
+    --tenant-limit acme=80";
+
+/// `streamkeeper render --help`.
+const RENDER_ABOUT: &str = "\
+Offline, with the controller's own admission and rendering code: reads StreamConnections and
+prints what the controller would decide and write. The YAML output starts with the decisions as
+comments (per tenant: admitted and limit; per stream: priority and decision) followed by one
+ConfigMap streamkeeper-{workload} per workload, which `kubectl apply -f -` reads. An invalid
+StreamConnection is reported naming the field, nothing is printed, and the exit code is 1.
+Objects without a creationTimestamp are ordered by their place in the input.
+
+Examples:
+  streamkeeper render -f manifests/streams --tenant-limit acme=10
+  kubectl get sconn -A -o yaml | streamkeeper render -f - -o json";
+
 /// `streamkeeper controller` flags.
 #[derive(Debug, clap::Args)]
 struct ControllerArgs {
     #[command(flatten)]
     limits: render::LimitArgs,
-    /// The kubeconfig (default: in-cluster config, else `~/.kube/config`).
+    /// The kubeconfig (default: `~/.kube/config` if there is one, else the in-cluster config).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// This replica's identity in the leader Lease (`POD_NAME`, else the hostname).
@@ -95,7 +131,8 @@ struct ControllerArgs {
     /// The Redis URL rendered into sidecar configs (default: `--redis`).
     #[arg(long)]
     sidecar_redis: Option<String>,
-    /// Watch only this namespace (default: all namespaces).
+    /// Watch only this namespace (default: all namespaces; the RBAC must match: the chart's
+    /// `controller.watchNamespace` sets both).
     #[arg(long)]
     namespace: Option<String>,
     /// The admin endpoint: /metrics, /healthz, /readyz.

@@ -3,19 +3,19 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{Read as _, Write as _},
-    path::{Path, PathBuf},
+    io::Write as _,
+    path::PathBuf,
     process::ExitCode,
 };
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use serde::Deserialize;
-use streamkeeper_api::{Tenant, crd::StreamConnection};
+use streamkeeper_api::{Tenant, crd::StreamConnection, kube_yaml};
 use streamkeeper_controller::{
     admission::{self, Decision, Limits},
     render::{self, RenderOptions, WorkloadKey},
 };
+
+use crate::yaml_input;
 
 /// The pool limit flags `render` and `controller` share.
 #[derive(Debug, Clone, Args)]
@@ -69,52 +69,29 @@ struct Input {
     sc: StreamConnection,
 }
 
-fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-            })
-            .collect();
-        v.sort();
-        Ok(v)
-    } else {
-        Ok(vec![path.to_owned()])
-    }
-}
-
 fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
     let mut out = Vec::new();
-    for p in paths {
-        for file in files(p)? {
-            let (name, text) = if file.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("cannot read stdin")?;
-                ("stdin".to_owned(), s)
-            } else {
-                let s = std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                (file.display().to_string(), s)
-            };
-            for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-                let origin = format!("{name} (document {})", i + 1);
-                let value = serde_yaml_ng::Value::deserialize(doc)
-                    .map_err(|e| anyhow::anyhow!("{origin}: not YAML: {e}"))?;
+    for yaml_input::Input { name, text } in yaml_input::read_all(paths)? {
+        let docs = kube_yaml::parse(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        for (i, parsed) in docs.iter().enumerate() {
+            let place = format!("{name}, document {} (line {})", i + 1, parsed.doc.line);
+            for (prefix, value) in kube_yaml::objects(&parsed.value) {
                 if value.is_null() {
                     continue;
                 }
+                let origin = format!(
+                    "{place}{}",
+                    prefix
+                        .strip_suffix('.')
+                        .map(|p| format!(", {p}"))
+                        .unwrap_or_default()
+                );
                 let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
                 if kind != "StreamConnection" {
                     eprintln!("render: {origin}: skipping kind {kind:?} (not a StreamConnection)");
                     continue;
                 }
-                let sc: StreamConnection = serde_path_to_error::deserialize(value)
+                let sc: StreamConnection = serde_path_to_error::deserialize(value.clone())
                     .map_err(|e| anyhow::anyhow!("{origin}: {}: {}", e.path(), e.inner()))?;
                 out.push(Input { origin, sc });
             }
@@ -222,7 +199,7 @@ pub fn run(
             }
             for cm in &maps {
                 out_text += "---\n";
-                out_text += &serde_yaml_ng::to_string(cm)?;
+                out_text += &kube_yaml::to_yaml(cm)?;
             }
         }
     }

@@ -6,7 +6,7 @@ fn sconn(name: &str, priority: u16, extra: &str) -> String {
     format!(
         "apiVersion: streamkeeper.dev/v1alpha1\nkind: StreamConnection\nmetadata: {{name: {name}, namespace: cc}}\n\
          spec:\n  platform: genesys\n  tenant: acme\n  priority: {priority}\n  workloadRef: {{kind: Deployment, name: wem}}\n\
-         \x20 region: mypurecloud.com\n  credentialsSecretRef: {{name: acme-oauth}}\n{extra}"
+         \x20 region: mypurecloud.com\n  credentialsSecretRef: {{name: acme-oauth}}\n  topics: [v2.routing.queues.q1.conversations]\n{extra}"
     )
 }
 
@@ -96,4 +96,42 @@ fn crdgen_prints_the_committed_crd() {
     ))
     .expect("crds/");
     assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
+}
+
+#[test]
+fn render_reads_a_kubectl_list_and_writes_yaml_that_kubectl_reads_back_the_same() {
+    // What `kubectl get sconn -o yaml` prints: a List. The workload is named `on`, which a YAML
+    // 1.1 reader (kubectl's) takes for `true` unless it is quoted.
+    let item = |name: &str| {
+        sconn(name, 500, "")
+            .replace("name: wem", "name: \"on\"")
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+            .replacen("  apiVersion", "- apiVersion", 1)
+    };
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}{}",
+        item("one"),
+        item("two")
+    );
+    let d = dir("list", &[list]);
+    let out = Command::new(env!("CARGO_BIN_EXE_streamkeeper"))
+        .args(["render", "-f"])
+        .arg(&d)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("skipping"), "{stderr}");
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(
+        text.contains("#   cc/one") && text.contains("#   cc/two"),
+        "{text}"
+    );
+    assert!(text.contains("name: streamkeeper-on\n"), "{text}");
+    assert!(
+        text.contains("streamkeeper.dev/workload: \"on\"\n"),
+        "the label must be quoted for YAML 1.1:\n{text}"
+    );
 }

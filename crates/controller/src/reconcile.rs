@@ -67,6 +67,8 @@ pub struct Settings {
     pub store_cleanup_attempts: u32,
     /// Pause between those attempts.
     pub store_cleanup_backoff: Duration,
+    /// How long one attempt may take (an unreachable store can hang rather than refuse).
+    pub store_cleanup_timeout: Duration,
     /// Every object is reconciled again after this long (drift repair).
     pub resync: Duration,
 }
@@ -79,6 +81,7 @@ impl Default for Settings {
             pong_granularity: Duration::from_secs(30),
             store_cleanup_attempts: 3,
             store_cleanup_backoff: Duration::from_millis(500),
+            store_cleanup_timeout: Duration::from_secs(3),
             resync: Duration::from_secs(600),
         }
     }
@@ -95,6 +98,9 @@ struct Memory {
     /// The status last written per stream: the cache lags our own writes, and comparing with
     /// it alone would write the same status twice.
     written: HashMap<StreamId, StreamConnectionStatus>,
+    /// The tenant and workload each stream was last decided and rendered under: a stream that
+    /// moves leaves a slot free in the old tenant's pool and must leave the old ConfigMap.
+    placed: HashMap<StreamId, (Tenant, WorkloadKey)>,
 }
 
 /// What every reconcile shares.
@@ -306,65 +312,93 @@ async fn apply(sc: &StreamConnection, ctx: &Arc<Context>) -> Result<Action, Erro
         return Ok(Action::await_change());
     }
     let tenant = sc.spec.tenant.clone();
-    let lock = Context::lock_of(&ctx.tenant_locks, &tenant);
-    let _held = lock.lock().await;
-    let streams = tenant_streams(ctx, &tenant);
-    let changed = readmit(ctx, &tenant, &streams, None);
-    let mut workloads: BTreeSet<WorkloadKey> =
-        changed.iter().map(|(s, _, _)| WorkloadKey::of(s)).collect();
-    workloads.insert(WorkloadKey::of(sc));
-    for w in &workloads {
-        sync_config_map(ctx, w).await?;
+    let workload = WorkloadKey::of(sc);
+    let before = ctx.memory().placed.get(&id).cloned();
+    let mut workloads = BTreeSet::from([workload.clone()]);
+    if let Some((old_tenant, old_workload)) = before {
+        // It moved: out of the old ConfigMap, and its slot in the old pool goes to the next.
+        workloads.insert(old_workload);
+        if old_tenant != tenant {
+            readmit_tenant(ctx, &old_tenant, None, BTreeSet::new()).await?;
+        }
     }
-    publish_decisions(ctx, &changed).await?;
+    readmit_tenant(ctx, &tenant, None, workloads).await?;
+    ctx.memory().placed.insert(id.clone(), (tenant, workload));
     let decision = ctx.memory().decisions.get(&id).copied();
     write_status(ctx, sc, decision, None).await?;
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// Recomputes `tenant`'s pool (without `gone`, a stream being deleted), then re-renders the
+/// workloads whose streams' decisions changed, plus `also`, and publishes the changes. One
+/// tenant at a time: the lock is held throughout and never together with another tenant's.
+async fn readmit_tenant(
+    ctx: &Arc<Context>,
+    tenant: &Tenant,
+    gone: Option<&StreamId>,
+    mut also: BTreeSet<WorkloadKey>,
+) -> Result<(), Error> {
+    let lock = Context::lock_of(&ctx.tenant_locks, tenant);
+    let _held = lock.lock().await;
+    let streams = tenant_streams(ctx, tenant);
+    let changed = readmit(ctx, tenant, &streams, gone);
+    also.extend(changed.iter().map(|(s, _, _)| WorkloadKey::of(s)));
+    for w in &also {
+        sync_config_map(ctx, w).await?;
+    }
+    publish_decisions(ctx, &changed).await
 }
 
 async fn cleanup(sc: &StreamConnection, ctx: &Arc<Context>) -> Result<Action, Error> {
     let workload = WorkloadKey::of(sc);
     let id = render::stream_id(sc).ok();
     let tenant = sc.spec.tenant.clone();
-    {
-        let lock = Context::lock_of(&ctx.tenant_locks, &tenant);
-        let _held = lock.lock().await;
-        let streams = tenant_streams(ctx, &tenant);
-        let changed = readmit(ctx, &tenant, &streams, id.as_ref());
-        let mut workloads: BTreeSet<WorkloadKey> =
-            changed.iter().map(|(s, _, _)| WorkloadKey::of(s)).collect();
-        workloads.insert(workload.clone());
-        for w in &workloads {
-            sync_config_map(ctx, w).await?;
+    let mut workloads = BTreeSet::from([workload.clone()]);
+    let before = id
+        .as_ref()
+        .and_then(|id| ctx.memory().placed.get(id).cloned());
+    if let Some((old_tenant, old_workload)) = before {
+        // Moved and deleted before the move was reconciled: out of where it was too.
+        workloads.insert(old_workload);
+        if old_tenant != tenant {
+            readmit_tenant(ctx, &old_tenant, id.as_ref(), BTreeSet::new()).await?;
         }
-        publish_decisions(ctx, &changed).await?;
     }
+    readmit_tenant(ctx, &tenant, id.as_ref(), workloads).await?;
     if let (Some(store), Some(id)) = (ctx.store.as_ref(), id.as_ref()) {
         let key = StreamKey {
             tenant: tenant.clone(),
             stream: id.clone(),
         };
+        let attempts = ctx.settings.store_cleanup_attempts.max(1);
         let mut last = String::new();
         let mut removed = false;
-        for attempt in 0..ctx.settings.store_cleanup_attempts.max(1) {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(ctx.settings.store_cleanup_backoff * attempt).await;
             }
-            match store.remove_stream(&key).await {
-                Ok(_) => {
+            match tokio::time::timeout(
+                ctx.settings.store_cleanup_timeout,
+                store.remove_stream(&key),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {
                     removed = true;
                     break;
                 }
-                Err(e) => last = e.to_string(),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => {
+                    last = format!("no answer within {:?}", ctx.settings.store_cleanup_timeout)
+                }
             }
         }
         if !removed {
             ctx.guard()?;
             let note = format!(
-                "removed from ConfigMap {}, but the store was unreachable after {} attempts ({last}): \
+                "removed from ConfigMap {}, but the store was unreachable after {attempts} attempts ({last}): \
                  its lease and records lapse by themselves within the heartbeat timeout; the finalizer is released",
                 workload.config_map_name(),
-                ctx.settings.store_cleanup_attempts.max(1)
             );
             tracing::warn!(stream = %id, "{note}");
             publish(
@@ -379,13 +413,34 @@ async fn cleanup(sc: &StreamConnection, ctx: &Arc<Context>) -> Result<Action, Er
             .await;
         }
     }
+    // The store's retries take a while: the finalizer helper removes the finalizer right after
+    // this returns, and only a leader may.
+    ctx.guard()?;
     if let Some(id) = &id {
         ctx.view.forget(id);
         let mut mem = ctx.memory();
         mem.reconnects_base.remove(id);
         mem.written.remove(id);
+        mem.placed.remove(id);
     }
     Ok(Action::await_change())
+}
+
+/// Renders a managed ConfigMap's workload that no StreamConnection names any more (its last
+/// stream moved or went while no controller ran): its config then holds no streams, so its
+/// sidecars stop what they ran. Waits for the StreamConnection cache first: a workload is
+/// memberless only once every object is listed.
+pub async fn sync_memberless(ctx: &Arc<Context>, workload: &WorkloadKey) -> Result<(), Error> {
+    let _ = ctx.streams.wait_until_ready().await;
+    let member = ctx
+        .streams
+        .state()
+        .iter()
+        .any(|s| !deleting(s) && &WorkloadKey::of(s) == workload);
+    if member {
+        return Ok(());
+    }
+    sync_config_map(ctx, workload).await
 }
 
 /// Renders `workload`'s config from the current decisions and applies it when it changed.

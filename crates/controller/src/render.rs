@@ -11,6 +11,7 @@ use streamkeeper_api::{
     SidecarConfig, StreamId, StreamSpec,
     config::{self, Credentials},
     crd::{SpecError, StreamConnection},
+    kube_yaml,
 };
 
 use crate::admission::{Candidate, Decision, Limits};
@@ -114,11 +115,13 @@ pub fn stream_spec(sc: &StreamConnection) -> Result<StreamSpec, RenderError> {
     let spec = &sc.spec;
     let endpoints = match (&spec.region, &spec.endpoints) {
         (Some(region), _) => config::Endpoints {
+            region: None,
             api: Some(url(&format!("https://api.{region}"), "spec.region")?),
             login: Some(url(&format!("https://login.{region}"), "spec.region")?),
             stream: None,
         },
         (None, Some(ep)) => config::Endpoints {
+            region: None,
             api: ep
                 .api
                 .as_deref()
@@ -187,7 +190,7 @@ pub fn workload_config<'a>(
         .map(|s| (s.tenant.clone(), opts.limits.of(&s.tenant).max(1)))
         .collect();
     SidecarConfig {
-        redis: opts.redis.clone(),
+        redis: opts.redis.as_deref().map(config::RedisUrl::new),
         tenant_limits,
         streams: specs,
         ..SidecarConfig::default()
@@ -214,10 +217,11 @@ pub fn configs(
         .collect()
 }
 
-/// The config as the sidecar reads it.
+/// The config as the sidecar reads it (written as every YAML streamkeeper writes: readable
+/// alike by YAML 1.1 and 1.2 parsers, so `kubectl get -o yaml` and the sidecar agree).
 pub fn sidecar_yaml(config: &SidecarConfig) -> String {
-    // Our own config type always serializes.
-    serde_yaml_ng::to_string(config).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
+    // Our own config type always serializes, and has no YAML tags.
+    kube_yaml::to_yaml(config).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
 }
 
 /// The ConfigMap the controller applies for a workload.

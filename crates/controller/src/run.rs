@@ -36,6 +36,10 @@ use crate::{
 /// The Lease the replicas elect a leader on.
 pub const LEASE_NAME: &str = "streamkeeper-controller";
 
+/// How long the reconciles running at SIGTERM may take to finish before the Lease is released
+/// (well inside the chart's 30 s termination grace period).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Everything `streamkeeper controller` takes.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -49,7 +53,7 @@ pub struct Options {
     pub namespace: Option<String>,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin: SocketAddr,
-    /// The kubeconfig to use (default: in-cluster, else `KUBECONFIG` / `~/.kube/config`).
+    /// The kubeconfig to use (default: `KUBECONFIG` or `~/.kube/config`, else in-cluster).
     pub kubeconfig: Option<std::path::PathBuf>,
     /// The holder identity (default `$POD_NAME`, else the hostname).
     pub identity: Option<String>,
@@ -201,12 +205,9 @@ pub async fn run_with(
     tracing::info!(identity = %me, lease = %format!("{lease_ns}/{LEASE_NAME}"), "standing for leader");
     let (lease_tx, lease_rx) = watch::channel(None);
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &lease_ns);
-    let election = tokio::spawn(leader::run(
-        lease_api,
-        cfg,
-        lease_tx,
-        stopped(stop_rx.clone()),
-    ));
+    // The election stops (and releases the Lease) only once this replica stopped writing.
+    let (release_tx, release_rx) = watch::channel(false);
+    let election = tokio::spawn(leader::run(lease_api, cfg, lease_tx, stopped(release_rx)));
     let mut leadership = Leadership::new(lease_rx);
     loop {
         tokio::select! {
@@ -221,10 +222,12 @@ pub async fn run_with(
             &me,
             metrics.clone(),
             leadership.clone(),
+            stop_rx.clone(),
         );
+        tokio::pin!(session);
         let mut watch_lost = leadership.clone();
         let end = tokio::select! {
-            r = session => Some(r),
+            r = &mut session => Some(r),
             _ = watch_lost.lost() => {
                 if *stop_rx.borrow() {
                     break;
@@ -233,7 +236,12 @@ pub async fn run_with(
                 None
             }
             _ = stopped(stop_rx.clone()) => {
-                metrics.leader.set(0);
+                // The controller starts no new reconcile now; the ones running finish (each
+                // write still checks the Lease), bounded, so the next leader starts from
+                // finished work. Then the Lease is released.
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut session).await.is_err() {
+                    tracing::warn!("reconciles still running after {SHUTDOWN_GRACE:?}: stopping them");
+                }
                 break;
             }
         };
@@ -243,7 +251,9 @@ pub async fn run_with(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    // The election releases the Lease when it sees the stop.
+    metrics.leader.set(0);
+    // Nothing of the leader session runs any more: give the Lease up.
+    let _ = release_tx.send(true);
     let _ = election.await;
     tracing::info!("stopped");
     Ok(())
@@ -257,7 +267,8 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// Everything that runs while this replica leads; returns only on a fatal error.
+/// Everything that runs while this replica leads; returns on a fatal error, or once the
+/// reconciles running when `stop` came have finished.
 async fn lead(
     client: Client,
     store: Option<Arc<dyn Store>>,
@@ -265,6 +276,7 @@ async fn lead(
     me: &str,
     metrics: Metrics,
     leadership: Leadership,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (sc_api, cm_api): (Api<StreamConnection>, Api<ConfigMap>) = match &opts.namespace {
         Some(ns) => (
@@ -281,7 +293,8 @@ async fn lead(
     )
     .default_backoff();
     let controller = Controller::new(sc_api, watcher::Config::default())
-        .with_config(ControllerConfig::default().concurrency(16));
+        .with_config(ControllerConfig::default().concurrency(16))
+        .graceful_shutdown_on(stopped(stop.clone()));
     let streams = controller.store();
     let view = Arc::new(RuntimeView::default());
     let recorder = Recorder::new(
@@ -324,8 +337,12 @@ async fn lead(
         let ctx = Arc::clone(&cm_ctx);
         let tx = cm_trigger.clone();
         async move {
-            let cm = match ev {
-                Ok(watcher::Event::Apply(cm)) | Ok(watcher::Event::Delete(cm)) => cm,
+            // At start (InitApply) only the ConfigMaps of workloads without streams need a
+            // look: every stream is reconciled at start anyway, and renders its workload.
+            let (cm, initial, removed) = match ev {
+                Ok(watcher::Event::Apply(cm)) => (cm, false, false),
+                Ok(watcher::Event::Delete(cm)) => (cm, false, true),
+                Ok(watcher::Event::InitApply(cm)) => (cm, true, false),
                 Ok(_) => return,
                 Err(e) => {
                     tracing::debug!(error = %e, "ConfigMap watch");
@@ -348,16 +365,26 @@ async fn lead(
                 .and_then(|d| d.get(render::CONFIG_KEY))
                 .cloned()
                 .unwrap_or_default();
-            let deleted = cm.metadata.deletion_timestamp.is_some();
-            if deleted || !ctx.applied_is(&wk, &data) {
+            let deleted = removed || cm.metadata.deletion_timestamp.is_some();
+            if initial || deleted || !ctx.applied_is(&wk, &data) {
                 ctx.invalidate(&wk);
-                if let Some(sc) = ctx
+                let member = ctx
                     .streams
                     .state()
                     .into_iter()
-                    .find(|s| WorkloadKey::of(s) == wk)
-                {
-                    let _ = tx.send(ObjectRef::from(sc.as_ref())).await;
+                    .find(|s| WorkloadKey::of(s) == wk);
+                match member {
+                    Some(_) if initial => {}
+                    Some(sc) => {
+                        let _ = tx.send(ObjectRef::from(sc.as_ref())).await;
+                    }
+                    // Deleted with no stream left: nothing to bring back.
+                    None if deleted => {}
+                    None => {
+                        if let Err(e) = reconcile::sync_memberless(&ctx, &wk).await {
+                            tracing::warn!(workload = %wk, error = %e, "cannot render a ConfigMap without streams");
+                        }
+                    }
                 }
             }
         }
@@ -414,7 +441,10 @@ async fn lead(
             std::future::ready(())
         });
     tokio::select! {
-        _ = run => anyhow::bail!("the StreamConnection watch ended"),
+        _ = run => {
+            anyhow::ensure!(*stop.borrow(), "the StreamConnection watch ended");
+            Ok(())
+        }
         _ = cm_watch => anyhow::bail!("the ConfigMap watch ended"),
         _ = store_watch => anyhow::bail!("the store watch ended"),
     }

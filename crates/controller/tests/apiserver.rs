@@ -42,6 +42,10 @@ async fn invalid_specs_are_rejected_by_the_api_server_naming_the_field() {
         ),
         (base.replace("  region: mypurecloud.com\n", ""), "region or endpoints"),
         (base.replace("platform: genesys", "platform: teams"), "spec.platform"),
+        (
+            base.replace("  topics: [v2.routing.queues.q1.conversations]\n", ""),
+            "spec.topics",
+        ),
         (base.replace("tenant: acme", "tenant: \"ac{me}\""), "spec.tenant"),
         (base.replace("kind: Deployment", "kind: DaemonSet"), "spec.workloadRef.kind"),
         (base.replace("name: bad,", "name: bad.dotted,"), "metadata.name"),
@@ -473,5 +477,98 @@ async fn with_the_store_unreachable_the_finalizer_is_released_after_a_bounded_re
         Some(BTreeSet::new())
     );
     eprintln!("finalizer released {took:?} after the delete, with the store down");
+    ctl.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_stream_that_moves_leaves_its_old_configmap_and_frees_its_slot_for_the_next_in_its_old_pool()
+ {
+    let c = k8s();
+    let ns = c.namespace("move");
+    let client = c.client().await;
+    let ctl = InProcess::start(&ns, limits(1, &[]), None, None).await;
+    apply_ok(c, &sconn(&ns, "first", "acme", 900, "wl-a"));
+    apply_ok(c, &sconn(&ns, "second", "acme", 500, "wl-a"));
+    let state = |client: kube::Client, ns: String| async move {
+        let first = phase(&stream(&client, &ns, "first").await?)?;
+        let second = phase(&stream(&client, &ns, "second").await?)?;
+        let a = config_streams(&client, &ns, "wl-a")
+            .await
+            .unwrap_or_default();
+        let b = config_streams(&client, &ns, "wl-b")
+            .await
+            .unwrap_or_default();
+        Some((first, second, a, b))
+    };
+    let id = |n: &str| format!("{ns}/{n}");
+    eventually(CONVERGE, "first Active, second Queued (limit 1)", || {
+        let (client, ns) = (client.clone(), ns.clone());
+        let want = BTreeSet::from([id("first")]);
+        async move {
+            let (f, s, a, _) = state(client, ns).await?;
+            (f == "Active" && s == "Queued" && a == want).then_some(())
+        }
+    })
+    .await;
+
+    // First moves to another tenant and workload: it leaves wl-a's ConfigMap, and its slot in
+    // acme's pool goes to second at once (not at the next resync).
+    let started = tokio::time::Instant::now();
+    apply_ok(c, &sconn(&ns, "first", "globex", 900, "wl-b"));
+    eventually(
+        CONVERGE,
+        "second admitted into wl-a, first only in wl-b",
+        || {
+            let (client, ns) = (client.clone(), ns.clone());
+            let (want_a, want_b) = (
+                BTreeSet::from([id("second")]),
+                BTreeSet::from([id("first")]),
+            );
+            async move {
+                let (f, s, a, b) = state(client, ns).await?;
+                (f == "Active" && s == "Active" && a == want_a && b == want_b).then_some(())
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "the move was rendered {:?} after the apply",
+        started.elapsed()
+    );
+    let events = events_about(&client, &ns, "second").await;
+    assert!(events.iter().any(|(r, _, _)| r == "Admitted"), "{events:?}");
+
+    // A ConfigMap deleted by hand is written again.
+    c.kubectl_ok(&["delete", "configmap", "streamkeeper-wl-b", "-n", &ns]);
+    eventually(CONVERGE, "wl-b's ConfigMap is back", || {
+        let (client, ns) = (client.clone(), ns.clone());
+        let want = BTreeSet::from([id("first")]);
+        async move { (config_streams(&client, &ns, "wl-b").await? == want).then_some(()) }
+    })
+    .await;
+
+    // A move while no controller runs: at start, the workload first left (which no stream
+    // names any more) gets a config without streams.
+    ctl.stop().await.expect("clean stop");
+    apply_ok(c, &sconn(&ns, "first", "globex", 900, "wl-c"));
+    let ctl = InProcess::start(&ns, limits(1, &[]), None, None).await;
+    eventually(
+        CONVERGE,
+        "wl-b emptied, first in wl-c, second still in wl-a",
+        || {
+            let (client, ns) = (client.clone(), ns.clone());
+            let (want_a, want_c) = (
+                BTreeSet::from([id("second")]),
+                BTreeSet::from([id("first")]),
+            );
+            async move {
+                let a = config_streams(&client, &ns, "wl-a").await?;
+                let b = config_streams(&client, &ns, "wl-b").await?;
+                let cc = config_streams(&client, &ns, "wl-c").await?;
+                (a == want_a && b.is_empty() && cc == want_c).then_some(())
+            }
+        },
+    )
+    .await;
     ctl.stop().await.expect("clean stop");
 }

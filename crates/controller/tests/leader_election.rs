@@ -1,5 +1,5 @@
 //! Two real `streamkeeper controller` processes, each with its own ServiceAccount token and the
-//! contract's RBAC, against a real kube-apiserver. Who wrote what, and when, is read from the
+//! chart's RBAC (two releases of it), against a real kube-apiserver. Who wrote what, and when, is read from the
 //! API server's audit log, not from the controllers' own word.
 
 mod common;
@@ -46,16 +46,18 @@ async fn two_controllers_one_leads_and_after_a_sigkill_the_other_leads_within_th
         "this test reads the API server's audit log: run it on the test API server"
     );
     let ns = c.namespace("leader");
-    apply_ok(c, &rbac_yaml(&ns, &["ctl-a", "ctl-b"], true));
+    // Two releases of the chart's RBAC, so the audit log tells the replicas apart.
+    let sa_a = chart_rbac(c, &ns, "ctl-a", true);
+    let sa_b = chart_rbac(c, &ns, "ctl-b", true);
     let client = c.client().await;
     let user = |sa: &str| format!("system:serviceaccount:{ns}:{sa}");
 
-    let mut a = controller(c, &ns, "ctl-a");
+    let mut a = controller(c, &ns, &sa_a);
     a.stderr
         .wait_for(0, Duration::from_secs(60), |l| l.contains("leading"))
         .await
         .unwrap_or_else(|| panic!("ctl-a never led:\n{}", a.stderr_text()));
-    let mut b = controller(c, &ns, "ctl-b");
+    let mut b = controller(c, &ns, &sa_b);
     b.stderr
         .wait_for(0, Duration::from_secs(60), |l| {
             l.contains("standing for leader")
@@ -84,11 +86,11 @@ async fn two_controllers_one_leads_and_after_a_sigkill_the_other_leads_within_th
     let before = audit(c);
     let b_writes: Vec<&Audited> = before
         .iter()
-        .filter(|e| e.user == user("ctl-b") && is_write(&e.verb))
+        .filter(|e| e.user == user(&sa_b) && is_write(&e.verb))
         .collect();
     assert!(b_writes.is_empty(), "the standby wrote: {b_writes:?}");
     assert!(
-        before.iter().any(|e| e.user == user("ctl-a")
+        before.iter().any(|e| e.user == user(&sa_a)
             && e.resource == "streamconnections/status"
             && is_write(&e.verb)),
         "the leader wrote no status"
@@ -138,7 +140,7 @@ async fn two_controllers_one_leads_and_after_a_sigkill_the_other_leads_within_th
     // ctl-b's first write is its Lease takeover; every other write of it comes after that.
     let b_all: Vec<&Audited> = after
         .iter()
-        .filter(|e| e.user == user("ctl-b") && is_write(&e.verb))
+        .filter(|e| e.user == user(&sa_b) && is_write(&e.verb))
         .collect();
     let first = b_all.first().expect("ctl-b wrote");
     assert_eq!(first.resource, "leases", "ctl-b's first write: {first:?}");
@@ -155,7 +157,7 @@ async fn two_controllers_one_leads_and_after_a_sigkill_the_other_leads_within_th
     // ctl-a wrote nothing after it died (a dead process cannot, but its in-flight requests could).
     let a_late: Vec<&Audited> = after
         .iter()
-        .filter(|e| e.user == user("ctl-a") && e.at > dead)
+        .filter(|e| e.user == user(&sa_a) && e.at > dead)
         .collect();
     assert!(
         a_late.is_empty(),
@@ -163,7 +165,7 @@ async fn two_controllers_one_leads_and_after_a_sigkill_the_other_leads_within_th
     );
     let refused: Vec<&Audited> = after
         .iter()
-        .filter(|e| (e.user == user("ctl-a") || e.user == user("ctl-b")) && e.code == 403)
+        .filter(|e| (e.user == user(&sa_a) || e.user == user(&sa_b)) && e.code == 403)
         .collect();
     assert!(refused.is_empty(), "RBAC refused calls: {refused:?}");
     b.terminate();
@@ -177,4 +179,22 @@ async fn two_controllers_one_leads_and_after_a_sigkill_the_other_leads_within_th
         "{}",
         b.stderr_text()
     );
+    // Graceful: the last thing it wrote is the Lease's release, after its reconciles ended,
+    // and the Lease is free for a standby at once.
+    let last = audit(c)
+        .into_iter()
+        .rev()
+        .find(|e| e.user == user(&sa_b) && is_write(&e.verb))
+        .expect("ctl-b wrote");
+    assert_eq!(last.resource, "leases", "ctl-b's last write: {last:?}");
+    let holder = c.kubectl_ok(&[
+        "get",
+        "lease",
+        "streamkeeper-controller",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder.trim(), "", "the Lease still names a holder");
 }

@@ -1,6 +1,7 @@
 //! The real `streamkeeper controller` with its own ServiceAccount (a TokenRequest token, not
-//! admin) and exactly the contract's RBAC, cluster-wide: every call it makes is allowed, and
-//! a call outside it (reading a Secret) is refused.
+//! admin) and exactly the RBAC the Helm chart grants (rendered by `helm template` from
+//! charts/streamkeeper, cluster-wide): every call it makes is allowed, and a call outside it
+//! (reading a Secret) is refused. The chart and the controller cannot drift apart unnoticed.
 
 mod common;
 
@@ -10,7 +11,7 @@ use common::*;
 use streamkeeper_e2e::process::Running;
 
 #[tokio::test]
-async fn the_controller_with_its_serviceaccount_and_the_contract_rbac_is_never_refused_and_cannot_read_secrets()
+async fn the_controller_with_the_charts_serviceaccount_and_rbac_is_never_refused_and_cannot_read_secrets()
  {
     let c = k8s();
     assert!(
@@ -18,8 +19,8 @@ async fn the_controller_with_its_serviceaccount_and_the_contract_rbac_is_never_r
         "this test reads the API server's audit log: run it on the test API server"
     );
     let ns = c.namespace("rbac");
-    let sa = "streamkeeper-controller";
-    apply_ok(c, &rbac_yaml(&ns, &[sa], false));
+    // The chart's RBAC, cluster-wide, for a release named after the namespace.
+    let sa = &chart_rbac(c, &ns, &ns, false);
     c.kubectl_ok(&[
         "create",
         "secret",

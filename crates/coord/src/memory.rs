@@ -416,6 +416,10 @@ impl Store for MemoryStore {
         Ok(v)
     }
 
+    async fn record(&self, key: &StreamKey) -> Result<Option<ConnRecord>, StoreError> {
+        Ok(self.lock().records.get(key).cloned())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -360,6 +360,17 @@ pub trait Store: Send + Sync + 'static {
     /// Every connection record, for `status`.
     async fn records(&self) -> Result<Vec<ConnRecord>, StoreError>;
 
+    /// One stream's connection record, if the store holds one: after a takeover it is the
+    /// previous owner's, whose `last_pong` says when that pod last heard the platform (the
+    /// start of what a platform without replay lost). A release removes it.
+    async fn record(&self, key: &StreamKey) -> Result<Option<ConnRecord>, StoreError> {
+        Ok(self
+            .records()
+            .await?
+            .into_iter()
+            .find(|r| r.stream == key.stream && r.tenant == key.tenant))
+    }
+
     /// Whether the store answers right now.
     async fn ping(&self) -> Result<(), StoreError>;
 }

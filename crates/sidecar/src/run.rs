@@ -93,7 +93,8 @@ pub fn store_for(config: &SidecarConfig) -> Result<Arc<dyn Store>, RunError> {
     match &config.redis {
         None => Ok(Arc::new(MemoryStore::new())),
         Some(url) => {
-            let store = RedisStore::connect(url).map_err(|e| RunError::Store(e.to_string()))?;
+            let store =
+                RedisStore::connect(url.expose()).map_err(|e| RunError::Store(e.to_string()))?;
             tracing::info!(redis = %store.target(), "using the Redis store");
             Ok(Arc::new(store))
         }

@@ -16,7 +16,7 @@ use std::{
 
 use async_trait::async_trait;
 use streamkeeper_api::{
-    EventId, StreamId, StreamSpec,
+    StreamId, StreamSpec,
     config::{
         Credentials, Endpoints, HeartbeatSpec, LimitsSpec, Platform, ReconnectSpec, TokenSpec,
     },
@@ -24,10 +24,10 @@ use streamkeeper_api::{
 use streamkeeper_emulator::{Emulator, EmulatorConfig};
 use streamkeeper_sidecar::{
     app::Hub,
-    auth::{ClientCredentials, TokenClient, spawn_manager},
+    auth::{ClientCredentials, CredentialFiles, Grant, TokenSource, spawn_manager},
     metrics::Metrics,
     net,
-    platforms::{Adapter, AdapterError, Inbound, Ping, Rotation, SocketPlan, generic::Generic},
+    platforms::{Adapter, AdapterError, Connection, Prepare, Rotation, generic::Generic},
     upstream::{self, Observer, SessionCtx, SessionEvent},
 };
 use tokio::sync::{Notify, watch};
@@ -40,31 +40,14 @@ impl Adapter for TokenBound {
     fn platform(&self) -> Platform {
         Platform::Generic
     }
-    fn validate_path(&self) -> &'static str {
-        self.0.validate_path()
-    }
-    async fn plan(
-        &self,
-        http: &reqwest::Client,
-        token: &str,
-        resume_after: Option<&EventId>,
-    ) -> Result<SocketPlan, AdapterError> {
-        self.0.plan(http, token, resume_after).await
-    }
-    fn ping(&self, seq: u64) -> Ping {
-        self.0.ping(seq)
-    }
-    fn classify_text(&self, text: &str) -> Inbound {
-        self.0.classify_text(text)
-    }
-    fn classify_pong(&self, payload: &[u8]) -> Inbound {
-        self.0.classify_pong(payload)
+    fn replays(&self) -> bool {
+        self.0.replays()
     }
     fn rotation(&self) -> Rotation {
         Rotation::NewSocket
     }
-    fn refresh_frame(&self, _token: &str) -> Option<String> {
-        None
+    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
+        self.0.prepare(p).await
     }
 }
 
@@ -127,6 +110,7 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
         platform: Platform::Generic,
         priority: 500,
         endpoints: Endpoints {
+            region: None,
             api: Some(base.clone()),
             login: Some(base.clone()),
             stream: Some(emu.stream_url("q").parse().expect("url")),
@@ -153,9 +137,12 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
         tls: None,
     };
     let http = net::plain_http_client();
-    let creds = ClientCredentials::load(&spec.credentials).expect("load");
-    let client = TokenClient::new(http.clone(), &base, &base, "/api/v2/users/me", creds);
-    let (tokens, refresh_now, token_task) = spawn_manager(client, spec.token, Arc::new(|_| {}));
+    let source = TokenSource::new(
+        CredentialFiles::new(Platform::Generic, &spec.credentials).expect("files"),
+        Grant::for_platform(Platform::Generic, http.clone(), &base, Some(&base)).expect("grant"),
+    );
+    let (tokens, refresh_now, token_task) =
+        spawn_manager(source, Arc::new(Mutex::new(spec.token)), Arc::new(|_| {}));
     let hub = Hub::new(spec.id.clone(), 100_000, None);
     let recorder = Arc::new(Recorder::default());
     let metrics = Metrics::new();
@@ -170,9 +157,12 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
         status: Default::default(),
         http,
         connect: upstream::connect_options(&spec, None),
+        proxy: net::ProxyPolicy::direct(),
         tokens,
         refresh_now,
+        channels: Arc::new(tokio::sync::Semaphore::new(20)),
         lease: watch::channel(tokio::time::Instant::now() + Duration::from_secs(3600)).1,
+        gap_from: None,
     };
     let (stop, stop_rx) = watch::channel(None);
     let running = tokio::spawn(upstream::run(ctx, stop_rx));
@@ -180,10 +170,15 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
     // Three rotations.
     let rotated = recorder
         .wait(Duration::from_secs(10), |r| {
-            r.count(|e| matches!(e, SessionEvent::TokenRotated { .. })) >= 3
+            r.count(|e| matches!(e, SessionEvent::Rotated { .. })) >= 3
         })
         .await;
     assert!(rotated, "three rotations within 10 s");
+    assert_eq!(
+        recorder.count(|e| matches!(e, SessionEvent::Rotated { proven: false, .. })),
+        0,
+        "every handover was proven by an event seen on both sockets"
+    );
     stop.send_replace(Some(streamkeeper_api::DropReason::Shutdown));
     tokio::time::timeout(Duration::from_secs(5), running)
         .await

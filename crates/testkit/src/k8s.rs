@@ -443,6 +443,63 @@ impl Cluster {
         self.kubectl_with(&self.kubeconfig, &["apply", "-f", "-"], Some(yaml))
     }
 
+    /// Applies a CustomResourceDefinition (`yaml`, named `name`) and waits until it is
+    /// established, so its objects can be created at once.
+    pub fn install_crd(&self, yaml: &str, name: &str) {
+        let out = self.apply(yaml);
+        assert!(
+            out.status.success(),
+            "CRD {name} refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            &format!("crd/{name}"),
+            "--timeout=60s",
+        ]);
+    }
+
+    /// Runs helm against this cluster (admin kubeconfig), with its config, cache and data
+    /// directories in the scratch directory so the user's helm setup is neither read nor
+    /// written. Panics, saying how to build it, when there is no helm.
+    pub fn helm(&self, args: &[&str]) -> Output {
+        let helm = self.helm.as_deref().unwrap_or_else(|| {
+            panic!(
+                "no helm beside kube-apiserver ({}): build it with `scripts/k8s-test-tools`",
+                self.kubectl
+                    .parent()
+                    .map(Path::display)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default()
+            )
+        });
+        let home = self.dir.join("helm-home");
+        Command::new(helm)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", helm.display()))
+    }
+
+    /// [`Cluster::helm`] that must succeed; returns stdout.
+    pub fn helm_ok(&self, args: &[&str]) -> String {
+        let out = self.helm(args);
+        assert!(
+            out.status.success(),
+            "helm {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Creates a fresh namespace `{prefix}-{random}` and returns its name.
     pub fn namespace(&self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", random_hex(3));

@@ -84,6 +84,7 @@ fn config(emu: &Emulator, creds: &std::path::Path, tenant: &str) -> anyhow::Resu
                 platform: Platform::Generic,
                 priority: 500,
                 endpoints: Endpoints {
+                    region: None,
                     api: Some(base.clone()),
                     login: Some(base.clone()),
                     stream: Some(emu.stream_url(name).parse().context("stream URL")?),

@@ -172,6 +172,23 @@ fn describe(event: &SessionEvent) -> Option<String> {
         SessionEvent::TokenRotated { generation } => {
             format!("token #{generation} accepted in-stream; no reconnect")
         }
+        SessionEvent::Rotated {
+            from,
+            to,
+            overlap,
+            proven,
+            why,
+        } => {
+            let how = if *proven {
+                "an event seen on both proved the handover"
+            } else {
+                "overlap bound reached"
+            };
+            format!(
+                "{why}: {to} took over from {from} after {} of overlap ({how}); no drop, no gap",
+                ms(*overlap)
+            )
+        }
         SessionEvent::Malformed { what } => format!("skipped a bad upstream frame: {what}"),
     })
 }

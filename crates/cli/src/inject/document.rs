@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde_yaml_ng::Value;
 
-use crate::kube_yaml::Document;
+use streamkeeper_api::kube_yaml::{self, Document};
 
 /// An input inject cannot transform, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Fail {
     }
 }
 
-/// One document of an input, parsed.
+/// One document of an input, parsed, with where it came from.
 pub(super) struct Parsed<'a> {
     /// The text it came from.
     pub(super) doc: Document<'a>,
@@ -66,71 +66,38 @@ pub(super) struct Parsed<'a> {
 impl Parsed<'_> {
     /// An error at `field` of this document, in the object `what` (like `Deployment cc/web`).
     pub(super) fn error(&self, what: Option<&str>, f: Fail) -> InjectError {
-        let (source, n, line) = (&self.source, self.index + 1, self.doc.line);
         InjectError {
-            place: match what {
-                Some(w) => format!("{source}, document {n} (line {line}, {w})"),
-                None => format!("{source}, document {n} (line {line})"),
-            },
+            place: place(&self.source, self.index + 1, self.doc.line, what),
             field: f.field,
             message: f.message,
         }
     }
 }
 
+fn place(source: &str, n: usize, line: usize, what: Option<&str>) -> String {
+    match what {
+        Some(w) => format!("{source}, document {n} (line {line}, {w})"),
+        None => format!("{source}, document {n} (line {line})"),
+    }
+}
+
 /// Parses every document of `text`, which errors call `source`.
 pub(super) fn parse_all<'a>(source: &str, text: &'a str) -> Result<Vec<Parsed<'a>>, InjectError> {
-    crate::kube_yaml::split(text)
+    let parsed = kube_yaml::parse(text).map_err(|e| InjectError {
+        place: place(source, e.number, e.line, None),
+        field: String::new(),
+        message: format!("not valid YAML: {}", e.message),
+    })?;
+    Ok(parsed
         .into_iter()
         .enumerate()
-        .map(|(index, doc)| {
-            // Blank lines first, so the parser's line numbers are the file's.
-            let padded = format!("{}{}", "\n".repeat(doc.line - 1), doc.body);
-            let parsed = serde_yaml_ng::from_str(&padded);
-            let mut out = Parsed {
-                doc,
-                value: Value::Null,
-                source: source.to_owned(),
-                index,
-            };
-            match parsed {
-                Ok(value) => {
-                    out.value = value;
-                    Ok(out)
-                }
-                Err(e) => Err(out.error(None, fail("", format!("not valid YAML: {e}")))),
-            }
+        .map(|(index, p)| Parsed {
+            doc: p.doc,
+            value: p.value,
+            source: source.to_owned(),
+            index,
         })
-        .collect()
-}
-
-/// The objects of a document: itself, or each item of a `List` with its field prefix.
-pub(super) fn objects(value: &Value) -> Vec<(String, &Value)> {
-    if kind_of(value) == Some("List") {
-        sequence(value.get("items"))
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (format!("items[{i}]."), item))
-            .collect()
-    } else {
-        vec![(String::new(), value)]
-    }
-}
-
-/// [`objects`], for changing them.
-pub(super) fn objects_mut(value: &mut Value) -> Vec<(String, &mut Value)> {
-    if kind_of(value) == Some("List") {
-        match value.get_mut("items").and_then(Value::as_sequence_mut) {
-            Some(items) => items
-                .iter_mut()
-                .enumerate()
-                .map(|(i, item)| (format!("items[{i}]."), item))
-                .collect(),
-            None => Vec::new(),
-        }
-    } else {
-        vec![(String::new(), value)]
-    }
+        .collect())
 }
 
 /// The items of a sequence, or none when it is absent or not a sequence.

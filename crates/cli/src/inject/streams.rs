@@ -5,7 +5,7 @@ use std::{fmt, str::FromStr};
 
 use serde_yaml_ng::Value;
 
-use streamkeeper_api::ids::is_dns_label;
+use streamkeeper_api::{ids::is_dns_label, kube_yaml};
 
 use super::document::{self, Fail, InjectError, fail};
 
@@ -90,7 +90,7 @@ pub struct StreamRef {
 pub fn parse_streams(source: &str, text: &str) -> Result<Vec<StreamRef>, InjectError> {
     let mut out = Vec::new();
     for parsed in document::parse_all(source, text)? {
-        for (prefix, item) in document::objects(&parsed.value) {
+        for (prefix, item) in kube_yaml::objects(&parsed.value) {
             if document::kind_of(item) != Some("StreamConnection") {
                 continue;
             }

@@ -9,7 +9,7 @@ use super::{
     streams::{StreamRef, WorkloadKind, parse_streams},
     workload::{Injected, Options, inject},
 };
-use crate::kube_yaml;
+use streamkeeper_api::kube_yaml;
 
 const DEPLOYMENT: &str = "\
 apiVersion: apps/v1

@@ -11,7 +11,7 @@ use super::{
     sidecar::{Sidecar, map, s, sidecar_container, volume_name},
     streams::{SecretName, StreamRef, WorkloadKind, is_dns_subdomain},
 };
-use crate::kube_yaml;
+use streamkeeper_api::kube_yaml;
 
 /// The result of [`inject`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub fn inject(source: &str, text: &str, options: &Options<'_>) -> Result<Injecte
     for mut parsed in document::parse_all(source, text)? {
         let before = parsed.value.clone();
         let mut failed = None;
-        for (prefix, object) in document::objects_mut(&mut parsed.value) {
+        for (prefix, object) in kube_yaml::objects_mut(&mut parsed.value) {
             match inject_object(object, options) {
                 Ok(Some(notes)) => {
                     out.workloads += 1;

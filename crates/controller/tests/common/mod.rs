@@ -13,7 +13,7 @@ use std::{
 
 use k8s_openapi::api::{core::v1::ConfigMap, events::v1::Event};
 use kube::{Api, Client, api::ListParams};
-use streamkeeper_api::{SidecarConfig, crd::StreamConnection};
+use streamkeeper_api::{SidecarConfig, crd::StreamConnection, kube_yaml};
 use streamkeeper_controller::{
     admission::Limits,
     run::{self, Options},
@@ -28,18 +28,10 @@ static CRD: OnceLock<()> = OnceLock::new();
 pub fn k8s() -> &'static Cluster {
     let c = cluster();
     CRD.get_or_init(|| {
-        let out = c.apply(&streamkeeper_api::crd::crd_yaml());
-        assert!(
-            out.status.success(),
-            "CRD refused: {}",
-            String::from_utf8_lossy(&out.stderr)
+        c.install_crd(
+            &streamkeeper_api::crd::crd_yaml(),
+            "streamconnections.streamkeeper.dev",
         );
-        c.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/streamconnections.streamkeeper.dev",
-            "--timeout=60s",
-        ]);
     });
     c
 }
@@ -193,70 +185,60 @@ pub fn limits(default: u32, tenants: &[(&str, u32)]) -> Limits {
     }
 }
 
-/// The controller's RBAC exactly as the operator contract lists it: a ClusterRole for
-/// StreamConnections, ConfigMaps and Events, a Role for Leases in its own namespace. Bound
-/// cluster-wide (`namespaced: false`) or within `ns` only (for `--namespace ns`).
-pub fn rbac_yaml(ns: &str, sa: &[&str], namespaced: bool) -> String {
-    let subjects: String = sa
-        .iter()
-        .map(|s| format!("- kind: ServiceAccount\n  name: {s}\n  namespace: {ns}\n"))
-        .collect();
-    let accounts: String = sa
-        .iter()
-        .map(|s| format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {s}, namespace: {ns}}}\n---\n"))
-        .collect();
-    let binding = if namespaced {
-        format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: streamkeeper-controller, namespace: {ns}}}\n"
-        )
+/// The chart's own RBAC for the controller, as `helm template` renders charts/streamkeeper for
+/// release `release` in namespace `ns`: its ServiceAccount, the ClusterRole and its binding
+/// (or, with `watch_namespace`, a Role and RoleBinding in `ns`, for `--namespace ns`), and the
+/// leader-election Role; applied, so the tests run the controller with exactly what the chart
+/// grants. Returns the ServiceAccount's name.
+pub fn chart_rbac(c: &Cluster, ns: &str, release: &str, watch_namespace: bool) -> String {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/streamkeeper");
+    let watch = format!("controller.watchNamespace={ns}");
+    let mut args = vec!["template", release, chart, "--namespace", ns];
+    if watch_namespace {
+        args.extend(["--set", &watch]);
+    }
+    let rendered = c.helm_ok(&args);
+    let docs = kube_yaml::parse(&rendered)
+        .unwrap_or_else(|e| panic!("helm template printed no YAML: {e}\n{rendered}"));
+    let mut yaml = String::new();
+    let mut account = None;
+    let mut kinds = BTreeSet::new();
+    for d in &docs {
+        let kind = d.value["kind"].as_str().unwrap_or_default();
+        if !matches!(
+            kind,
+            "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+        ) {
+            continue;
+        }
+        if kind == "ServiceAccount" {
+            account = d.value["metadata"]["name"].as_str().map(str::to_owned);
+        }
+        kinds.insert(kind.to_owned());
+        // The chart's bytes, as helm printed them.
+        if !d.doc.raw.starts_with("---") {
+            yaml.push_str("---\n");
+        }
+        yaml.push_str(d.doc.raw);
+    }
+    let expected: BTreeSet<String> = if watch_namespace {
+        ["ServiceAccount", "Role", "RoleBinding"]
+            .map(String::from)
+            .into()
     } else {
-        format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: streamkeeper-controller-{ns}}}\n"
-        )
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ]
+        .map(String::from)
+        .into()
     };
-    format!(
-        "{accounts}\
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {{name: streamkeeper-controller-{ns}}}
-rules:
-- apiGroups: [streamkeeper.dev]
-  resources: [streamconnections]
-  verbs: [get, list, watch, patch, update]
-- apiGroups: [streamkeeper.dev]
-  resources: [streamconnections/status]
-  verbs: [get, patch, update]
-- apiGroups: [streamkeeper.dev]
-  resources: [streamconnections/finalizers]
-  verbs: [update]
-- apiGroups: [\"\"]
-  resources: [configmaps]
-  verbs: [get, list, watch, create, patch, update, delete]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
-- apiGroups: [\"\"]
-  resources: [events]
-  verbs: [create, patch]
----
-{binding}roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streamkeeper-controller-{ns}}}
-subjects:
-{subjects}---
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: streamkeeper-controller-leases, namespace: {ns}}}
-rules:
-- apiGroups: [coordination.k8s.io]
-  resources: [leases]
-  verbs: [get, list, watch, create, update, patch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: streamkeeper-controller-leases, namespace: {ns}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: streamkeeper-controller-leases}}
-subjects:
-{subjects}"
-    )
+    assert_eq!(kinds, expected, "the chart's RBAC:\n{yaml}");
+    apply_ok(c, &yaml);
+    account.unwrap_or_else(|| panic!("the chart rendered no ServiceAccount:\n{yaml}"))
 }
 
 /// A token for ServiceAccount `sa` from the TokenRequest API (`kubectl create token`).

@@ -718,6 +718,35 @@ impl Store for RedisStore {
         )
     }
 
+    async fn record(&self, key: &StreamKey) -> Result<Option<ConnRecord>, StoreError> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(keys::conn(key))
+            .cmd("ZSCORE")
+            .arg(keys::live(&key.tenant))
+            .arg(key.stream.as_str());
+        let (hash, score): (HashMap<String, String>, Option<f64>) = self
+            .conn
+            .run("read a record", |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        // lastPong lives in the live index while the stream runs; a swept record keeps its own.
+        let last_pong = score
+            .map(|s| s.max(0.0) as u64)
+            .or_else(|| hash.get("lastPong").and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        Ok(record_from(
+            &key.tenant,
+            key.stream.as_str(),
+            last_pong,
+            &hash,
+        ))
+    }
+
     async fn records(&self) -> Result<Vec<ConnRecord>, StoreError> {
         let names: Vec<String> = self
             .conn

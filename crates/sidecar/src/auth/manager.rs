@@ -1,8 +1,12 @@
-//! The token manager: one task that keeps a valid token on hand, refreshes it `refreshLead`
-//! before expiry, keeps the old one while a refresh fails, and tells the session when none is
-//! valid.
+//! The token manager: one task per credential that keeps a valid token on hand, refreshes it
+//! `refreshLead` before expiry, keeps the old one while a refresh fails, and tells the
+//! sessions when none is valid. Every stream on the credential watches the same
+//! [`TokenView`], so ten streams make one grant per rotation, not ten.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
 
 use streamkeeper_api::config::TokenSpec;
 use tokio::{
@@ -10,10 +14,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Token, TokenClient, refresh_at, retry_delay};
+use super::{Token, TokenSource, refresh_at, retry_delay};
 use crate::metrics::TokenRefreshResult;
 
-/// What the session sees: the token to use, if a valid one is held.
+/// What the sessions see: the token to use, if a valid one is held.
 #[derive(Debug, Clone, Default)]
 pub struct TokenView {
     /// The current valid token.
@@ -25,22 +29,32 @@ pub struct TokenView {
 /// Reports each refresh result (to metrics).
 pub type RefreshHook = Arc<dyn Fn(TokenRefreshResult) + Send + Sync>;
 
-/// Asks the manager for a new token now (the platform refused the current one).
+/// Tells the manager the platform refused a token, so it gets another now.
 #[derive(Debug, Clone, Default)]
-pub struct RefreshNow(Arc<Notify>);
+pub struct RefreshNow {
+    wake: Arc<Notify>,
+    /// The newest generation a platform refused.
+    refused: Arc<AtomicU64>,
+}
 
 impl RefreshNow {
-    /// Wakes the manager.
-    pub fn request(&self) {
-        self.0.notify_one();
+    /// The platform refused the token of `generation`: if it is still the current one, it is
+    /// dropped and a new one fetched at once. Many streams refusing the same generation make
+    /// one refresh; a refusal of an older generation changes nothing.
+    pub fn refused(&self, generation: u64) {
+        self.refused.fetch_max(generation, Ordering::Relaxed);
+        self.wake.notify_one();
     }
 }
 
-/// Runs one stream's token schedule until the returned receiver's senders are dropped (the
-/// task ends when every [`TokenView`] receiver is gone).
+/// The refresh schedule the manager follows; the pod widens it as streams with other
+/// settings join (the longest lead, the shortest retry).
+pub type SharedSpec = Arc<Mutex<TokenSpec>>;
+
+/// Runs one credential's token schedule until every [`TokenView`] receiver is gone.
 pub fn spawn_manager(
-    client: TokenClient,
-    spec: TokenSpec,
+    source: TokenSource,
+    spec: SharedSpec,
     hook: RefreshHook,
 ) -> (
     watch::Receiver<TokenView>,
@@ -50,13 +64,13 @@ pub fn spawn_manager(
     let (tx, rx) = watch::channel(TokenView::default());
     let now = RefreshNow::default();
     let wake = now.clone();
-    let task = tokio::spawn(async move { manage(client, spec, hook, tx, wake).await });
+    let task = tokio::spawn(async move { manage(source, spec, hook, tx, wake).await });
     (rx, now, task)
 }
 
 async fn manage(
-    client: TokenClient,
-    spec: TokenSpec,
+    mut source: TokenSource,
+    spec: SharedSpec,
     hook: RefreshHook,
     tx: watch::Sender<TokenView>,
     wake: RefreshNow,
@@ -66,16 +80,16 @@ async fn manage(
     let mut failures = 0u32;
     let mut next_try = Instant::now();
     loop {
-        // Sleep until the refresh is due, the token expires, or the session asks.
+        // Sleep until the refresh is due, the token expires, or a session reports a refusal.
         let expiry = current.as_ref().map(|t| t.expires);
         tokio::select! {
             _ = tx.closed() => return,
-            _ = wake.0.notified() => {
-                // The platform refused the token: it is no longer usable.
-                if current.take().is_some() {
+            _ = wake.wake.notified() => {
+                if wake.refused.load(Ordering::Relaxed) >= generation && current.take().is_some() {
+                    // The platform refused the current token: it is no longer usable.
                     tx.send_replace(TokenView { token: None, generation });
+                    next_try = next_try.min(Instant::now());
                 }
-                next_try = next_try.min(Instant::now());
             }
             _ = tokio::time::sleep_until(next_try) => {}
             _ = async { match expiry { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
@@ -88,7 +102,8 @@ async fn manage(
         if Instant::now() < next_try {
             continue;
         }
-        match client.obtain().await {
+        let spec = *spec.lock().unwrap_or_else(|p| p.into_inner());
+        match source.obtain().await {
             Ok(token) => {
                 hook(TokenRefreshResult::Ok);
                 failures = 0;

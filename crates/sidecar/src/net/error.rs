@@ -84,12 +84,16 @@ pub enum NetError {
     /// TLS setup failed (no usable roots, bad server name, configuration).
     #[error("TLS: {0}")]
     Tls(String),
-    /// The TLS handshake failed (includes certificate verification errors).
-    #[error("TLS handshake with {host}: {source}")]
+    /// The TLS handshake failed; a refused certificate (untrusted issuer, wrong name,
+    /// expired) is said so in `detail`.
+    #[error("TLS handshake with {host}: {detail}")]
     TlsHandshake {
         /// The server name.
         host: String,
         /// The error, as rustls reports it through I/O.
         source: io::Error,
+        /// What went wrong, for people: "the server certificate was refused: it is not
+        /// trusted ..." when verification failed.
+        detail: String,
     },
 }

@@ -1,25 +1,27 @@
-//! The REST client (tokens, validation, channels) on the same TLS settings as the sockets.
+//! The REST client (tokens, validation, channels) on the same TLS settings and the same proxy
+//! decision as the sockets.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use super::{NetError, client_config, client_config_without_roots};
+use super::{ProxyPolicy, client_config_without_roots};
 
-/// An HTTP client for plain-text REST endpoints only (the emulator): it trusts no roots.
+/// An HTTP client for plain-text REST endpoints only (the emulator): it trusts no roots and
+/// connects directly.
 pub fn plain_http_client() -> reqwest::Client {
-    rest_client(client_config_without_roots())
+    rest_client(client_config_without_roots(), &ProxyPolicy::direct())
         .expect("a client with a preconfigured rustls config always builds")
 }
 
-/// An HTTP client for REST calls (tokens, validation, channels) that trusts the same roots
-/// as the sockets, on the ring provider. Proxies come from `HTTPS_PROXY`/`NO_PROXY`.
-pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, NetError> {
-    rest_client(client_config(ca_file)?).map_err(|e| NetError::Tls(format!("HTTP client: {e}")))
-}
-
-/// The REST client's one set of settings: timeouts, and TLS from `tls`.
-fn rest_client(tls: rustls::ClientConfig) -> reqwest::Result<reqwest::Client> {
+/// The REST client's one set of settings: timeouts, TLS from `tls`, and proxies decided by
+/// `proxy` (reqwest's own environment rules stay off, so REST and sockets never disagree).
+pub(crate) fn rest_client(
+    tls: rustls::ClientConfig,
+    proxy: &ProxyPolicy,
+) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .proxy(proxy.for_reqwest())
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
         .build()

@@ -6,10 +6,12 @@
 //! - `proxy.rs`: [`proxy_for`] (which proxy a URL uses), [`connect_via_proxy`]
 //! - `tls.rs`: root stores and connectors, [`tls_handshake`]
 //! - `http.rs`: the REST client builders
+//! - `egress.rs`: [`Egress`], the pod's routes: one proxy decision, TLS trust loaded once
 //! - `transport.rs`: [`Transport`], plain or TLS
 //! - `error.rs`: [`NetError`]
 
 mod addr;
+mod egress;
 mod error;
 mod http;
 mod proxy;
@@ -17,11 +19,13 @@ mod socket;
 mod tls;
 mod transport;
 
+pub use egress::{Egress, Route};
 pub use error::NetError;
-pub use http::{http_client, plain_http_client};
-pub use proxy::{ProxyTarget, connect_via_proxy, proxy_for};
+pub use http::plain_http_client;
+pub use proxy::{ProxyPolicy, ProxyTarget, connect_via_proxy, proxy_for};
 pub use socket::{SocketOptions, connect_tcp, reset};
 pub use tls::{
-    TlsSettings, client_config, client_config_without_roots, tls_connector, tls_handshake,
+    TlsSettings, certificate_problem, client_config, client_config_without_roots, tls_connector,
+    tls_handshake,
 };
 pub use transport::Transport;

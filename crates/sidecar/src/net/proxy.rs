@@ -1,7 +1,7 @@
-//! HTTP CONNECT proxies from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`: which proxy a URL uses,
-//! and the tunnel through it.
+//! HTTP CONNECT proxies from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`: which proxy a URL uses
+//! ([`ProxyPolicy`], the one decision for REST calls and sockets), and the tunnel through it.
 
-use std::{fmt, net::IpAddr};
+use std::{collections::HashMap, fmt, net::IpAddr, sync::Arc};
 
 use base64::Engine as _;
 use tokio::{
@@ -26,6 +26,8 @@ pub struct ProxyTarget {
     pub port: u16,
     /// `base64(user:password)` for `Proxy-Authorization: Basic`, kept out of `Debug`.
     auth: Option<String>,
+    /// The decoded user and password, for the REST client's proxy URL; kept out of `Debug`.
+    basic: Option<(String, String)>,
 }
 
 impl fmt::Debug for ProxyTarget {
@@ -34,7 +36,7 @@ impl fmt::Debug for ProxyTarget {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,6 +47,7 @@ impl ProxyTarget {
             host: bare_host(&host.into()).to_owned(),
             port,
             auth: None,
+            basic: None,
         }
     }
 
@@ -53,7 +56,19 @@ impl ProxyTarget {
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         self.auth = Some(encoded);
+        self.basic = Some((user.to_owned(), password.to_owned()));
         self
+    }
+
+    /// The proxy as an `http://[user:password@]host:port` URL (for the REST client). Holds the
+    /// password: never log it.
+    pub fn to_url(&self) -> Option<url::Url> {
+        let mut url = url::Url::parse(&format!("http://{}", self.authority())).ok()?;
+        if let Some((user, password)) = &self.basic {
+            url.set_username(user).ok()?;
+            url.set_password(Some(password)).ok()?;
+        }
+        Some(url)
     }
 
     /// Whether credentials are sent to the proxy.
@@ -153,6 +168,94 @@ pub fn proxy_for(
     ProxyTarget::parse(value.trim())
         .map(Some)
         .map_err(|reason| NetError::ProxyConfig { var, reason })
+}
+
+/// The proxy variables this policy reads.
+const PROXY_VARS: [&str; 6] = [
+    "https_proxy",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "HTTP_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
+/// The pod's one proxy decision, for REST calls and sockets alike: the proxy variables read
+/// once (at start), checked once, then asked per URL with [`proxy_for`]'s rules.
+#[derive(Clone, Default)]
+pub struct ProxyPolicy {
+    vars: Arc<HashMap<&'static str, String>>,
+}
+
+impl fmt::Debug for ProxyPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may carry proxy passwords: only which variables are set.
+        let mut set: Vec<&str> = self.vars.keys().copied().collect();
+        set.sort_unstable();
+        f.debug_struct("ProxyPolicy").field("set", &set).finish()
+    }
+}
+
+impl ProxyPolicy {
+    /// The policy of the process environment.
+    pub fn from_env() -> Self {
+        Self::from_vars(|var| std::env::var(var).ok())
+    }
+
+    /// Direct connections only.
+    pub fn direct() -> Self {
+        Self::default()
+    }
+
+    /// The policy of an environment as `env` reads it (tests, and `from_env`).
+    pub fn from_vars(env: impl Fn(&str) -> Option<String>) -> Self {
+        let vars = PROXY_VARS
+            .iter()
+            .filter_map(|var| env(var).map(|v| (*var, v)))
+            .collect();
+        Self {
+            vars: Arc::new(vars),
+        }
+    }
+
+    /// Fails when a proxy variable is set but unusable (naming the variable, not the value),
+    /// so a typo is refused instead of silently connecting directly.
+    pub fn check(&self) -> Result<(), NetError> {
+        for url in ["https://proxy-check.invalid", "http://proxy-check.invalid"] {
+            let url = url::Url::parse(url).map_err(|e| NetError::Tls(e.to_string()))?;
+            // NO_PROXY must not hide a bad proxy value from the check.
+            let without_exemptions = |var: &str| match var {
+                "no_proxy" | "NO_PROXY" => None,
+                _ => self.vars.get(var).cloned(),
+            };
+            proxy_for(&url, &without_exemptions)?;
+        }
+        Ok(())
+    }
+
+    /// The proxy `url` goes through, if any.
+    pub fn for_url(&self, url: &url::Url) -> Result<Option<ProxyTarget>, NetError> {
+        proxy_for(url, &|var| self.vars.get(var).cloned())
+    }
+
+    /// The socket client's proxy setting for `url`: the same decision as the REST client's.
+    pub fn mode_for(&self, url: &url::Url) -> Result<crate::ws::ProxyMode, NetError> {
+        Ok(match self.for_url(url)? {
+            Some(p) => crate::ws::ProxyMode::Via(p),
+            None => crate::ws::ProxyMode::Direct,
+        })
+    }
+
+    /// The REST client's proxy: this policy, asked per request URL (reqwest's own
+    /// environment rules stay off).
+    pub fn for_reqwest(&self) -> reqwest::Proxy {
+        let policy = self.clone();
+        reqwest::Proxy::custom(move |url| match policy.for_url(url) {
+            Ok(Some(p)) => p.to_url(),
+            // `check` refused an unusable setting before any client was built.
+            Ok(None) | Err(_) => None,
+        })
+    }
 }
 
 /// Whether a `NO_PROXY` list exempts `host`.
@@ -558,5 +661,42 @@ mod tests {
             "{text}"
         );
         proxy_task.await.expect("proxy task");
+    }
+
+    #[test]
+    fn the_policy_reads_once_checks_once_and_decides_for_both_clients() {
+        let policy = ProxyPolicy::from_vars(env_of(&[
+            ("HTTPS_PROXY", "http://user:pw%21@proxy.example:3128"),
+            ("NO_PROXY", "internal.example"),
+        ]));
+        policy.check().expect("usable");
+        let via = policy
+            .for_url(&url("https://api.mypurecloud.com/api/v2"))
+            .expect("decision")
+            .expect("proxied");
+        assert_eq!(via.authority(), "proxy.example:3128");
+        let rest = via.to_url().expect("url");
+        assert_eq!(rest.username(), "user");
+        assert!(rest.password().is_some_and(|p| p.starts_with("pw")));
+        assert!(
+            policy
+                .for_url(&url("wss://streaming.internal.example/x"))
+                .expect("decision")
+                .is_none()
+        );
+        assert!(matches!(
+            policy.mode_for(&url("wss://streaming.mypurecloud.com/x")),
+            Ok(crate::ws::ProxyMode::Via(_))
+        ));
+        let shown = format!("{policy:?}");
+        assert!(!shown.contains("pw"), "{shown}");
+        let bad = ProxyPolicy::from_vars(env_of(&[
+            ("HTTPS_PROXY", "socks5://u:hunter2@p:1"),
+            ("NO_PROXY", "*"),
+        ]));
+        let err = bad
+            .check()
+            .expect_err("socks is refused even when NO_PROXY is *");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

@@ -12,7 +12,8 @@ use tokio_rustls::TlsConnector;
 
 use super::{NetError, Transport, addr::bare_host};
 
-/// Where TLS trust comes from for a stream (`tls.caFile` in the sidecar config).
+/// Where TLS trust comes from for a stream (`tls.caFile` in the sidecar config). The pod
+/// loads each source once ([`super::Egress`]) and shares it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsSettings {
     /// A PEM file of CA certificates that replaces the system roots; `None` uses the system
@@ -102,10 +103,57 @@ pub async fn tls_handshake(
         .connect(name, tcp)
         .await
         .map(|tls| Transport::Tls(Box::new(tls)))
-        .map_err(|source| NetError::TlsHandshake {
-            host: host.to_owned(),
-            source,
+        .map_err(|source| {
+            let detail = match certificate_problem(&source) {
+                Some(reason) => format!("the server certificate was refused: {reason}"),
+                None => source.to_string(),
+            };
+            NetError::TlsHandshake {
+                host: host.to_owned(),
+                source,
+                detail,
+            }
         })
+}
+
+/// What was wrong with the server's certificate, when `err` (or an error it wraps, as
+/// reqwest and tokio-rustls wrap it) is a certificate verification failure; said so that an
+/// operator knows what to fix.
+pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let rustls_err = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(r) = rustls_err {
+            return describe_rustls(r);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn describe_rustls(err: &rustls::Error) -> Option<String> {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(cert) = err else {
+        return None;
+    };
+    Some(match cert {
+        C::UnknownIssuer => "it is not trusted: issued by a CA that is not among the trusted \
+             roots (set tls.caFile to the CA that signed it)"
+            .to_owned(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it is not valid for this host name".to_owned()
+        }
+        C::Expired | C::ExpiredContext { .. } => "it has expired".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet".to_owned(),
+        C::Revoked => "it was revoked".to_owned(),
+        C::BadSignature => "its signature does not verify".to_owned(),
+        C::BadEncoding => "it is not a well-formed certificate".to_owned(),
+        other => format!("it failed verification ({other:?})"),
+    })
 }
 
 #[cfg(test)]

@@ -105,7 +105,8 @@ pub struct Ownership {
     /// their leases tells them when to ask.
     standbys: Mutex<HashMap<StreamKey, Standby>>,
     draining: AtomicBool,
-    /// Whether the store answered the last call (the `streamkeeper_redis_up` gauge).
+    /// Whether the store answered the last call and every tenant's node its last one (the
+    /// `streamkeeper_redis_up` gauge).
     store_up: AtomicBool,
     /// Per tenant (on a Redis Cluster each tenant's slot is on one node, which may be down
     /// alone): whether it answers, and since when again. Absent: up.
@@ -194,7 +195,11 @@ impl Ownership {
         self.standbys().len()
     }
 
+    /// Records whether a call reached the store. The pod's store counts as up only while every
+    /// tenant's node answered its last call too: on a cluster with one node down, a success on
+    /// another node must not flip it back up until the next failure (a flapping gauge).
     fn mark_store(&self, up: bool) {
+        let up = up && self.every_tenant_up();
         if self.store_up.swap(up, Ordering::Relaxed) != up {
             if up {
                 tracing::info!("store reachable again; re-asserting ownership");
@@ -207,20 +212,31 @@ impl Ownership {
         }
     }
 
+    /// Whether every tenant's node answered the pod's last call about that tenant.
+    fn every_tenant_up(&self) -> bool {
+        self.tenant_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .all(|h| h.up)
+    }
+
     /// Records whether a call about `tenant` reached the store (and the store as a whole).
     fn mark_tenant(&self, tenant: &Tenant, up: bool) {
-        self.mark_store(up);
-        let mut health = self.tenant_health.lock().unwrap_or_else(|p| p.into_inner());
-        let h = health.entry(tenant.clone()).or_insert(StoreHealth {
-            up: true,
-            back_at: None,
-        });
-        if h.up != up {
-            h.up = up;
-            if up {
-                h.back_at = Some(Instant::now());
+        {
+            let mut health = self.tenant_health.lock().unwrap_or_else(|p| p.into_inner());
+            let h = health.entry(tenant.clone()).or_insert(StoreHealth {
+                up: true,
+                back_at: None,
+            });
+            if h.up != up {
+                h.up = up;
+                if up {
+                    h.back_at = Some(Instant::now());
+                }
             }
         }
+        self.mark_store(up);
     }
 
     fn health_of(&self, tenant: &Tenant) -> StoreHealth {

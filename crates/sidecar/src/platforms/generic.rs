@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use streamkeeper_api::{EventId, StreamSpec, config::Platform};
 use url::Url;
 
-use super::{Adapter, AdapterError, Inbound, Ping, Rotation, SocketPlan};
+use super::{Adapter, AdapterError, Connection, Inbound, Ping, Prepare, Rotation, SocketPlan};
 
 /// The generic dialect.
 #[derive(Debug)]
@@ -28,6 +28,26 @@ impl Generic {
         })?;
         Ok(Self { stream_url })
     }
+
+    /// The one socket's connection, for a token and a resume point.
+    pub fn connection(&self, token: &str, resume_after: Option<&EventId>) -> GenericSocket {
+        let mut headers = vec![("Authorization", format!("Bearer {token}"))];
+        if let Some(id) = resume_after {
+            headers.push(("Last-Event-ID", id.0.clone()));
+        }
+        GenericSocket {
+            plan: SocketPlan {
+                url: self.stream_url.clone(),
+                headers,
+            },
+        }
+    }
+}
+
+/// The generic socket.
+#[derive(Debug)]
+pub struct GenericSocket {
+    plan: SocketPlan,
 }
 
 #[derive(Deserialize)]
@@ -48,61 +68,35 @@ impl Adapter for Generic {
         Platform::Generic
     }
 
-    fn validate_path(&self) -> &'static str {
-        "/api/v2/users/me"
-    }
-
-    async fn plan(
-        &self,
-        _http: &reqwest::Client,
-        token: &str,
-        resume_after: Option<&EventId>,
-    ) -> Result<SocketPlan, AdapterError> {
-        let mut headers = vec![("Authorization", format!("Bearer {token}"))];
-        if let Some(id) = resume_after {
-            headers.push(("Last-Event-ID", id.0.clone()));
-        }
-        Ok(SocketPlan {
-            url: self.stream_url.clone(),
-            headers,
-            first_frames: Vec::new(),
-            replays: true,
-        })
-    }
-
-    fn ping(&self, seq: u64) -> Ping {
-        Ping::Control(seq.to_be_bytes().to_vec())
-    }
-
-    fn classify_text(&self, text: &str) -> Inbound {
-        let env: Envelope<'_> = match serde_json::from_str(text) {
-            Ok(e) => e,
-            Err(e) => return Inbound::Malformed(format!("not a generic envelope: {e}")),
-        };
-        match env.kind.as_ref() {
-            "event" => match (env.id, env.data) {
-                (Some(id), Some(data)) if !id.is_empty() => Inbound::Event {
-                    id: EventId(id.into_owned()),
-                    data,
-                },
-                _ => Inbound::Malformed("event without a non-empty `id` and a `data`".into()),
-            },
-            "token-refresh-ack" => Inbound::TokenAccepted,
-            "token-refresh-nack" => {
-                Inbound::TokenRefused(env.reason.map(|r| r.into_owned()).unwrap_or_default())
-            }
-            "heartbeat" => Inbound::Heartbeat,
-            other => Inbound::Malformed(format!("unknown message type {other:?}")),
-        }
-    }
-
-    fn classify_pong(&self, payload: &[u8]) -> Inbound {
-        let seq = <[u8; 8]>::try_from(payload).ok().map(u64::from_be_bytes);
-        Inbound::Pong { seq }
+    fn replays(&self) -> bool {
+        true
     }
 
     fn rotation(&self) -> Rotation {
         Rotation::InStream
+    }
+
+    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
+        Ok(vec![Box::new(self.connection(p.token, p.resume_after))])
+    }
+}
+
+impl Connection for GenericSocket {
+    fn plan(&self) -> &SocketPlan {
+        &self.plan
+    }
+
+    fn ping(&self, seq: u64, _token: &str) -> Ping {
+        Ping::Control(seq.to_be_bytes().to_vec())
+    }
+
+    fn classify_text(&mut self, text: &str, out: &mut Vec<Inbound>) {
+        out.push(classify(text));
+    }
+
+    fn classify_pong(&mut self, payload: &[u8]) -> Inbound {
+        let seq = <[u8; 8]>::try_from(payload).ok().map(u64::from_be_bytes);
+        Inbound::Pong { seq }
     }
 
     fn refresh_frame(&self, token: &str) -> Option<String> {
@@ -110,20 +104,53 @@ impl Adapter for Generic {
     }
 }
 
+fn classify(text: &str) -> Inbound {
+    let env: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(e) => e,
+        Err(e) => return Inbound::Malformed(format!("not a generic envelope: {e}")),
+    };
+    match env.kind.as_ref() {
+        "event" => match (env.id, env.data) {
+            (Some(id), Some(data)) if !id.is_empty() => Inbound::Event {
+                id: EventId(id.into_owned()),
+                data,
+            },
+            _ => Inbound::Malformed("event without a non-empty `id` and a `data`".into()),
+        },
+        "token-refresh-ack" => Inbound::TokenAccepted,
+        "token-refresh-nack" => {
+            Inbound::TokenRefused(env.reason.map(|r| r.into_owned()).unwrap_or_default())
+        }
+        "heartbeat" => Inbound::Heartbeat,
+        other => Inbound::Malformed(format!("unknown message type {other:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn adapter() -> Generic {
+    fn socket() -> GenericSocket {
         Generic {
             stream_url: "ws://127.0.0.1:1/streams/q".parse().expect("url"),
         }
+        .connection("tok", Some(&EventId("q:7".into())))
+    }
+
+    fn one(c: &mut GenericSocket, text: &str) -> Inbound {
+        let mut out = Vec::new();
+        c.classify_text(text, &mut out);
+        assert_eq!(out.len(), 1, "one frame, one meaning");
+        out.remove(0)
     }
 
     #[test]
     fn events_keep_their_payload_bytes() {
-        let a = adapter();
-        match a.classify_text(r#"{"type":"event","id":"q:1","data":{"b": 2,"a":[1]}}"#) {
+        let mut c = socket();
+        match one(
+            &mut c,
+            r#"{"type":"event","id":"q:1","data":{"b": 2,"a":[1]}}"#,
+        ) {
             Inbound::Event { id, data } => {
                 assert_eq!(id.0, "q:1");
                 assert_eq!(data.get(), r#"{"b": 2,"a":[1]}"#);
@@ -134,46 +161,49 @@ mod tests {
 
     #[test]
     fn malformed_and_unknown_frames_are_named() {
-        let a = adapter();
+        let mut c = socket();
         assert!(
-            matches!(a.classify_text("nope"), Inbound::Malformed(m) if m.contains("not a generic envelope"))
+            matches!(one(&mut c, "nope"), Inbound::Malformed(m) if m.contains("not a generic envelope"))
         );
         assert!(matches!(
-            a.classify_text(r#"{"type":"event","data":{}}"#),
+            one(&mut c, r#"{"type":"event","data":{}}"#),
             Inbound::Malformed(_)
         ));
         assert!(
-            matches!(a.classify_text(r#"{"type":"mystery"}"#), Inbound::Malformed(m) if m.contains("mystery"))
+            matches!(one(&mut c, r#"{"type":"mystery"}"#), Inbound::Malformed(m) if m.contains("mystery"))
         );
         assert!(matches!(
-            a.classify_text(r#"{"type":"token-refresh-ack"}"#),
+            one(&mut c, r#"{"type":"token-refresh-ack"}"#),
             Inbound::TokenAccepted
         ));
     }
 
     #[test]
     fn pongs_echo_the_sequence() {
-        let a = adapter();
-        let Ping::Control(p) = a.ping(42) else {
+        let mut c = socket();
+        let Ping::Control(p) = c.ping(42, "tok") else {
             panic!("generic pings are control frames")
         };
         assert!(matches!(
-            a.classify_pong(&p),
+            c.classify_pong(&p),
             Inbound::Pong { seq: Some(42) }
         ));
-        assert!(matches!(a.classify_pong(b"x"), Inbound::Pong { seq: None }));
+        assert!(matches!(c.classify_pong(b"x"), Inbound::Pong { seq: None }));
     }
 
-    #[tokio::test]
-    async fn the_plan_carries_bearer_and_resume_point() {
-        let a = adapter();
-        let http = crate::net::plain_http_client();
-        let plan = a
-            .plan(&http, "tok", Some(&EventId("q:7".into())))
-            .await
-            .expect("plan");
-        assert_eq!(plan.headers[0], ("Authorization", "Bearer tok".to_owned()));
-        assert_eq!(plan.headers[1], ("Last-Event-ID", "q:7".to_owned()));
-        assert!(plan.replays);
+    #[test]
+    fn the_plan_carries_bearer_and_resume_point_but_debug_shows_neither() {
+        let c = socket();
+        assert_eq!(
+            c.plan().headers[0],
+            ("Authorization", "Bearer tok".to_owned())
+        );
+        assert_eq!(c.plan().headers[1], ("Last-Event-ID", "q:7".to_owned()));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("tok\"") && !shown.contains("Bearer"),
+            "{shown}"
+        );
+        assert!(shown.contains("Authorization"), "{shown}");
     }
 }

@@ -28,8 +28,9 @@ pub use diff::{Applied, ConfigDiff};
 
 use crate::{
     app::{Hub, server::HubDirectory},
+    auth::TokenManagers,
     metrics::Metrics,
-    net,
+    net::{Egress, ProxyPolicy},
     ownership::Ownership,
     platforms::{Adapter, adapter_for},
     upstream::{Observer, StatusCell, StreamStatus, read_status},
@@ -51,7 +52,10 @@ pub struct Pod {
     name: PodName,
     ownership: Arc<Ownership>,
     metrics: Arc<Metrics>,
-    http: reqwest::Client,
+    /// How streams reach the platforms: one proxy decision, TLS trust loaded once.
+    egress: Egress,
+    /// One token manager per credential, shared by the streams that use it.
+    tokens: TokenManagers,
     extra_observer: Option<Arc<dyn Observer>>,
     streams: Mutex<HashMap<StreamId, Entry>>,
     tick: watch::Sender<(Duration, Duration)>,
@@ -66,23 +70,39 @@ impl std::fmt::Debug for Pod {
 }
 
 impl Pod {
-    /// A pod with no streams yet. `extra_observer` also hears every session event (the demo's
-    /// timeline).
+    /// A pod with no streams yet, egress through the process environment's proxy settings.
+    /// `extra_observer` also hears every session event (the demo's timeline).
     pub fn new(
         name: PodName,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         extra_observer: Option<Arc<dyn Observer>>,
     ) -> Arc<Self> {
+        Self::with_proxy(
+            name,
+            store,
+            metrics,
+            extra_observer,
+            ProxyPolicy::from_env(),
+        )
+    }
+
+    /// [`Pod::new`] with an explicit proxy policy (read once; REST and sockets both follow it).
+    pub fn with_proxy(
+        name: PodName,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        extra_observer: Option<Arc<dyn Observer>>,
+        proxy: ProxyPolicy,
+    ) -> Arc<Self> {
         let m = Arc::clone(&metrics);
         let ownership = Ownership::new(store, name.clone(), Arc::new(move |up| m.redis_up(up)));
-        // Plain-text REST (no roots needed); streams with https endpoints build their own.
-        let http = net::plain_http_client();
         Arc::new(Self {
             name,
             ownership,
             metrics,
-            http,
+            egress: Egress::new(proxy),
+            tokens: TokenManagers::new(),
             extra_observer,
             streams: Mutex::new(HashMap::new()),
             tick: watch::channel((Duration::from_secs(15), Duration::from_secs(35))).0,
@@ -102,6 +122,11 @@ impl Pod {
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The pod's token managers (one per credential).
+    pub fn token_managers(&self) -> &TokenManagers {
+        &self.tokens
     }
 
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Entry>> {

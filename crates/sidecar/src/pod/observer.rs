@@ -70,6 +70,15 @@ impl Observer for StreamObserver {
             SessionEvent::TokenRotated { generation } => {
                 tracing::info!(%stream, generation, "token rotated without a reconnect");
             }
+            SessionEvent::Rotated {
+                from,
+                to,
+                overlap,
+                proven,
+                why,
+            } => {
+                tracing::info!(%stream, %from, %to, overlap_ms = overlap.as_millis() as u64, proven, why, "rotated to a new socket before dropping the old one");
+            }
             SessionEvent::Malformed { .. } => {}
         }
         if let Some(extra) = &self.extra {

@@ -14,8 +14,8 @@ use tokio::{sync::watch, time::Instant};
 use super::{Pod, observer::StreamObserver};
 use crate::{
     app::Hub,
-    auth::{ClientCredentials, TokenClient, spawn_manager},
-    net,
+    auth::{CredentialFiles, TokenLease},
+    net::{self, Route},
     ownership::Claim,
     platforms::Adapter,
     upstream::{self, SessionCtx, StatusCell, read_status},
@@ -42,19 +42,16 @@ impl Pod {
         };
         let metrics = self.metrics.stream(&spec.id, &spec.tenant);
         metrics.state(StreamState::Stopped);
-        let (tls, http) = match self.tls(&spec) {
-            Ok(t) => t,
+        let route = match self.route(&spec).await {
+            Ok(r) => r,
             Err(e) => {
-                tracing::error!(stream = %spec.id, error = %e, "TLS settings unusable; stream not started");
+                tracing::error!(stream = %spec.id, error = %e, "TLS or proxy settings unusable; stream not started");
                 return;
             }
         };
-        let Some(token_client) = self
-            .token_client(&spec, &http, adapter.as_ref(), &mut stop)
-            .await
-        else {
+        if !self.wait_for_credentials(&spec, &mut stop).await {
             return;
-        };
+        }
         loop {
             let claim = self
                 .ownership
@@ -98,15 +95,15 @@ impl Pod {
                 self.ownership.forget(&claim);
                 continue;
             }
-            let (tokens, refresh_now, token_task) = {
-                let m = Arc::clone(&self.metrics);
-                let tenant = spec.tenant.clone();
-                spawn_manager(
-                    token_client.clone(),
-                    spec.token,
-                    Arc::new(move |r| m.token_refresh(&tenant, r)),
-                )
+            let Some(tokens) = self.token_lease(&spec, &route.http).await else {
+                self.ownership.forget(&claim);
+                tokio::select! {
+                    _ = tokio::time::sleep(spec.token.retry) => {}
+                    _ = stop.wait_for(Option::is_some) => return,
+                }
+                continue;
             };
+            let gap_from = self.last_heard(&key, &spec, &hub, adapter.as_ref()).await;
             let observer = Arc::new(StreamObserver {
                 ownership: Arc::clone(&self.ownership),
                 key: key.clone(),
@@ -126,11 +123,14 @@ impl Pod {
                 },
                 observer,
                 status: Arc::clone(&status),
-                http: http.clone(),
-                connect: upstream::connect_options(&spec, tls.clone()),
-                tokens,
-                refresh_now,
+                http: route.http.clone(),
+                connect: upstream::connect_options(&spec, route.tls.clone()),
+                proxy: route.proxy.clone(),
+                tokens: tokens.view(),
+                refresh_now: tokens.refresh(),
+                channels: tokens.channels(),
                 lease: claim.valid_until.clone(),
+                gap_from,
             };
             let mut session = tokio::spawn(upstream::run(ctx, session_stop_rx));
             let mut acked = hub.acked();
@@ -199,7 +199,7 @@ impl Pod {
                     }
                 }
             };
-            token_task.abort();
+            drop(tokens);
             *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let last_state = read_status(&status).state;
             if matches!(reason, DropReason::OwnerLost | DropReason::Preempted) {
@@ -309,57 +309,91 @@ impl Pod {
         }
     }
 
-    async fn token_client(
+    /// Waits until the stream's credential files can be read (a Secret mounted late is
+    /// common: keep trying, say why). False when stopped first.
+    async fn wait_for_credentials(
         &self,
         spec: &StreamSpec,
-        http: &reqwest::Client,
-        adapter: &dyn Adapter,
         stop: &mut watch::Receiver<Option<DropReason>>,
-    ) -> Option<TokenClient> {
-        let (Some(login), Some(api)) = (&spec.endpoints.login, &spec.endpoints.api) else {
-            tracing::error!(stream = %spec.id, "endpoints.login and endpoints.api are required");
-            return None;
-        };
+    ) -> bool {
         loop {
-            match ClientCredentials::load(&spec.credentials)
-                .map(|c| TokenClient::new(http.clone(), login, api, adapter.validate_path(), c))
-            {
-                Ok(c) => return Some(c),
+            let read = match CredentialFiles::new(spec.platform, &spec.credentials) {
+                Ok(files) => files.read().await.map(drop),
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(()) => return true,
                 Err(e) => {
-                    // A Secret mounted late is common: keep trying, say why.
                     tracing::error!(stream = %spec.id, error = %e, retry_in = ?spec.token.retry, "credentials unusable");
                     tokio::select! {
                         _ = tokio::time::sleep(spec.token.retry) => {}
-                        _ = stop.wait_for(Option::is_some) => return None,
+                        _ = stop.wait_for(Option::is_some) => return false,
                     }
                 }
             }
         }
     }
 
-    /// The stream's TLS connector (for `wss`) and REST client, trusting `tls.caFile` or the
-    /// system roots. Plain-text endpoints (the emulator) need no roots at all.
-    fn tls(
+    /// The token manager of the stream's credential, shared with the pod's other streams on
+    /// it; started while this pod runs the stream (a standby makes no grants).
+    async fn token_lease(&self, spec: &StreamSpec, http: &reqwest::Client) -> Option<TokenLease> {
+        let m = Arc::clone(&self.metrics);
+        let tenant = spec.tenant.clone();
+        match self
+            .tokens
+            .lease(spec, http, Arc::new(move |r| m.token_refresh(&tenant, r)))
+            .await
+        {
+            Ok(lease) => Some(lease),
+            Err(e) => {
+                tracing::error!(stream = %spec.id, error = %e, "no token manager for the stream's credential");
+                None
+            }
+        }
+    }
+
+    /// When the stream was last heard before this claim, for a platform that cannot replay:
+    /// what this pod's first socket cannot deliver is a `gap` from then. After a crash or a
+    /// lost lease the store's record says when its owner last heard the platform. A release
+    /// removes the record; a checkpoint then says the stream ran before and was handed over,
+    /// which takes the previous owner at most a lease (`heartbeat.timeout`) plus the handover
+    /// grace: the gap starts that long before this claim. A stream that never ran gets none.
+    async fn last_heard(
         &self,
+        key: &StreamKey,
         spec: &StreamSpec,
-    ) -> Result<(Option<Arc<tokio_rustls::TlsConnector>>, reqwest::Client), net::NetError> {
+        hub: &Hub,
+        adapter: &dyn Adapter,
+    ) -> Option<u64> {
+        if adapter.replays() {
+            return None;
+        }
+        let record = match self.ownership.store().record(key).await {
+            Ok(record) => record.map(|r| r.last_pong).filter(|t| *t > 0),
+            Err(e) => {
+                tracing::debug!(stream = %key.stream, error = %e, "previous record unreadable");
+                None
+            }
+        };
+        record.or_else(|| {
+            hub.last_acked().map(|_| {
+                let handover = spec.heartbeat.timeout + HANDOVER_ACK_GRACE;
+                crate::clock::epoch_ms().saturating_sub(handover.as_millis() as u64)
+            })
+        })
+    }
+
+    /// The stream's route: its TLS trust (`tls.caFile` or the system roots, loaded once for
+    /// the pod) and REST client, both under the pod's proxy decision. Plain-text endpoints
+    /// (the emulator) need no roots at all.
+    async fn route(&self, spec: &StreamSpec) -> Result<Route, net::NetError> {
         let ca = spec.tls.as_ref().map(|t| t.ca_file.as_path());
         let e = &spec.endpoints;
-        let wss = e.stream.as_ref().is_some_and(|u| u.scheme() == "wss");
-        let https = [&e.api, &e.login]
-            .into_iter()
-            .flatten()
-            .any(|u| u.scheme() == "https");
-        let connector = if wss {
-            Some(Arc::new(net::tls_connector(ca)?))
-        } else {
-            None
-        };
-        let http = if https || ca.is_some() {
-            net::http_client(ca)?
-        } else {
-            self.http.clone()
-        };
-        Ok((connector, http))
+        let tls = e.stream.as_ref().is_some_and(|u| u.scheme() == "wss")
+            || [e.api_url(), e.login_url()]
+                .into_iter()
+                .flatten()
+                .any(|u| u.scheme() == "https");
+        self.egress.route(ca, tls).await
     }
 }

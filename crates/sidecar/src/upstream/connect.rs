@@ -1,14 +1,19 @@
-//! Opening one upstream socket: the adapter's plan (REST calls first), the WebSocket
-//! handshake, the plan's first frames, and why an attempt failed.
+//! Opening a stream's sockets: the adapter's REST calls, one WebSocket per connection it
+//! returns (through the pod's one proxy decision), each greeted with the token current now;
+//! and why an attempt failed.
 
 use std::{sync::Arc, time::Duration};
 
-use streamkeeper_api::{EventId, StreamSpec};
+use streamkeeper_api::{ConnectionId, EventId, StreamSpec};
+use tokio::sync::Semaphore;
 
+use super::link::{Link, Socket};
 use crate::{
     auth::Token,
-    net::SocketOptions,
-    platforms::{Adapter, AdapterError, SocketPlan},
+    liveness::HeartbeatPolicy,
+    net::{ProxyPolicy, SocketOptions},
+    platforms::{Adapter, AdapterError, Prepare, RateLimit},
+    upstream::monitor::Upstream,
     ws::{ConnectOptions, WsClient, WsError},
 };
 
@@ -30,39 +35,96 @@ pub fn connect_options(
     }
 }
 
-/// Plans a socket (the adapter's REST calls), opens it, and queues the plan's first frames.
-pub(super) async fn open_socket(
-    adapter: &dyn Adapter,
-    http: &reqwest::Client,
-    connect: &ConnectOptions,
-    token: &Token,
-    resume_after: Option<&EventId>,
-) -> Result<(WsClient, SocketPlan), OpenFailure> {
-    let plan = adapter
-        .plan(http, token.value.expose(), resume_after)
-        .await
-        .map_err(OpenFailure::from_adapter)?;
-    let headers: Vec<(&str, String)> = plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
-    let mut ws = WsClient::connect(&plan.url, &headers, connect)
-        .await
-        .map_err(OpenFailure::from_ws)?;
-    for f in &plan.first_frames {
-        ws.queue_text(f);
-    }
-    Ok((ws, plan))
+/// What opening a link needs; cheap to clone into a successor's task.
+#[derive(Clone)]
+pub(super) struct Opener {
+    pub(super) adapter: Arc<dyn Adapter>,
+    pub(super) http: reqwest::Client,
+    pub(super) connect: ConnectOptions,
+    pub(super) proxy: ProxyPolicy,
+    pub(super) channels: Arc<Semaphore>,
+    pub(super) policy: HeartbeatPolicy,
 }
 
-/// Why a socket could not be opened.
+impl Opener {
+    /// Prepares and opens every socket of one link, bound to `token`. `phase` picks each
+    /// socket's first ping.
+    pub(super) async fn open(
+        &self,
+        token: Arc<Token>,
+        generation: u64,
+        resume_after: Option<&EventId>,
+        id: ConnectionId,
+        phase: impl Fn() -> Duration,
+    ) -> Result<Link, OpenFailure> {
+        let conns = self
+            .adapter
+            .prepare(Prepare {
+                http: &self.http,
+                token: token.value.expose(),
+                resume_after,
+                channels: &self.channels,
+            })
+            .await
+            .map_err(OpenFailure::from_adapter)?;
+        let mut sockets = Vec::with_capacity(conns.len());
+        for (i, mut conn) in conns.into_iter().enumerate() {
+            let plan = conn.plan();
+            let mut opts = self.connect.clone();
+            opts.proxy = self.proxy.mode_for(&plan.url).map_err(|e| OpenFailure {
+                error: e.to_string(),
+                retry_after: None,
+                token_rejected: false,
+            })?;
+            let headers: Vec<(&str, String)> =
+                plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
+            let mut ws = match WsClient::connect(&plan.url, &headers, &opts).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    for s in sockets {
+                        Socket::reset(s);
+                    }
+                    return Err(OpenFailure::from_ws(e));
+                }
+            };
+            for frame in conn.greeting(token.value.expose()) {
+                ws.queue_text(&frame);
+            }
+            let socket_id = if i == 0 {
+                id.clone()
+            } else {
+                ConnectionId(format!("{id}.{i}"))
+            };
+            let ready = conn.ready_on_open();
+            sockets.push(Socket {
+                up: Upstream::new(ws, self.policy, phase(), socket_id),
+                conn,
+                ready,
+                pings_since_pong: 0,
+            });
+        }
+        Ok(Link {
+            id,
+            sockets,
+            token,
+            generation,
+            opened: tokio::time::Instant::now(),
+        })
+    }
+}
+
+/// Why sockets could not be opened.
+#[derive(Debug)]
 pub(super) struct OpenFailure {
     pub(super) error: String,
-    pub(super) retry_after: Option<Duration>,
+    pub(super) retry_after: Option<RateLimit>,
     pub(super) token_rejected: bool,
 }
 
 impl OpenFailure {
     fn from_adapter(e: AdapterError) -> Self {
         let (retry_after, token_rejected) = match &e {
-            AdapterError::RateLimited { retry_after, .. } => (*retry_after, false),
+            AdapterError::RateLimited { retry_after, .. } => (Some(*retry_after), false),
             AdapterError::TokenRefused { .. } => (None, true),
             AdapterError::Other { .. } => (None, false),
         };
@@ -81,7 +143,7 @@ impl OpenFailure {
                 ..
             } => Self {
                 error: format!("upgrade refused with HTTP {status}"),
-                retry_after: *retry_after,
+                retry_after: retry_after.map(RateLimit::RetryAfter),
                 token_rejected: matches!(status, 401 | 403),
             },
             _ => Self {

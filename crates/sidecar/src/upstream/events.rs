@@ -50,6 +50,20 @@ pub enum SessionEvent {
         /// The token generation now in use.
         generation: u64,
     },
+    /// Make-before-break: the successor took over and the old socket was retired, with no
+    /// `dropped` and no `gap` for the app.
+    Rotated {
+        /// The retired connection.
+        from: ConnectionId,
+        /// The connection in use now.
+        to: ConnectionId,
+        /// How long both were read.
+        overlap: Duration,
+        /// Whether an event seen on both proved the handover (else the bounded overlap ended).
+        proven: bool,
+        /// What asked for it: token rotation, channel expiry, announced close.
+        why: &'static str,
+    },
     /// An inbound frame was skipped.
     Malformed {
         /// What was wrong (never the payload).

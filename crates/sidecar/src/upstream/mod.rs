@@ -2,14 +2,22 @@
 //! (token, connect, heartbeat, reap, reconnect with jitter, resume, rotation).
 //!
 //! - `session.rs`: [`run`], the per-stream loop, and [`SessionCtx`]
-//! - `connect.rs`: opening one socket from the adapter's plan; [`connect_options`]
+//! - `rotate.rs`: in-stream token messages and make-before-break with an overlap
+//! - `overlap.rs`: which events both sockets saw (pure), when the old one may go
+//! - `gate.rs`: the platform's rate-limit backoff (pure)
+//! - `link.rs`: the sockets bound to one token, waited on together
+//! - `connect.rs`: opening a link from the adapter's connections; [`connect_options`]
 //! - `monitor.rs`: [`Upstream`], one socket with its liveness deadline
 //! - `events.rs`: [`SessionEvent`] and [`Observer`]
 //! - `status.rs`: [`StreamStatus`], the live view
 
 mod connect;
 mod events;
+pub mod gate;
+mod link;
 mod monitor;
+pub mod overlap;
+mod rotate;
 mod session;
 mod status;
 

@@ -1,11 +1,12 @@
 //! One stream's upstream session: token, connect, heartbeat, reap, reconnect with jitter,
-//! resume, and token rotation, for any platform [`Adapter`].
+//! resume or `gap`, rate-limit backoff and token rotation, for any platform [`Adapter`].
 //!
-//! One task drives everything for the stream: the socket's reads (cancel-safe), its liveness
-//! deadline, token changes and the stop signal, in one `select!`. Events go into the [`Hub`]
-//! without waiting, so a slow app never delays pong handling. A dead connection is reaped with
-//! a TCP reset; every reap tells the app (`dropped`), the runtime ([`SessionEvent`]) and the
-//! metrics.
+//! One task drives everything for the stream: the reads of its sockets (cancel-safe), their
+//! liveness deadlines, token changes, a successor's opening and the stop signal, in one
+//! `select!`. Events go into the [`Hub`] without waiting, so a slow app never delays pong
+//! handling. A dead connection is reaped with a TCP reset; every reap tells the app
+//! (`dropped`), the runtime ([`SessionEvent`]) and the metrics. The rotation of token-bound
+//! sockets is in `rotate.rs`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,24 +14,29 @@ use streamkeeper_api::{
     ConnectionId, DropReason, EventId, PodName, StreamId, StreamSpec, StreamState, ToApp,
 };
 use tokio::{
-    sync::{oneshot, watch},
+    sync::{Semaphore, watch},
     time::Instant,
 };
 
 use super::{
     Observer, SessionEvent, StatusCell, StreamStatus,
-    connect::{OpenFailure, open_socket},
-    monitor::{Tick, Upstream},
+    connect::{OpenFailure, Opener},
+    gate::RateGate,
+    link::{self, Link, Next},
+    monitor::Tick,
+    overlap::Side,
+    rotate::Rotating,
 };
 use crate::{
     app::hub::{Hub, Push},
     auth::{RefreshNow, Token, TokenView},
     backoff::Backoff,
     clock::epoch_ms,
-    liveness::{self, Health, HeartbeatPolicy},
+    liveness::{self, Health},
     metrics::{EventOutcome, StreamMetrics},
-    platforms::{Adapter, Inbound, Rotation, SocketPlan},
-    ws::{ConnectOptions, Frame, WsClient, WsError},
+    net::ProxyPolicy,
+    platforms::{Adapter, Inbound, Rotation},
+    ws::{ConnectOptions, Frame, WsError},
 };
 
 /// Everything a session needs.
@@ -51,33 +57,40 @@ pub struct SessionCtx {
     pub observer: Arc<dyn Observer>,
     /// Live status.
     pub status: StatusCell,
-    /// REST client for adapters.
+    /// REST client for adapters (the stream's trust and the pod's proxy decision).
     pub http: reqwest::Client,
     /// Socket options and TLS.
     pub connect: ConnectOptions,
-    /// The token manager's view.
+    /// The pod's proxy decision, for the sockets (the REST client asks the same one).
+    pub proxy: ProxyPolicy,
+    /// The token manager's view (shared by every stream on the credential).
     pub tokens: watch::Receiver<TokenView>,
-    /// Asks the token manager for a new token.
+    /// Tells the token manager a token was refused.
     pub refresh_now: RefreshNow,
+    /// The credential's Genesys channel budget.
+    pub channels: Arc<Semaphore>,
     /// Until when this pod may act on its lease. A session never (re)connects past it, and
     /// tears the socket down the moment it passes, before reading anything more: a pod frozen
     /// past its lease (another pod may own the stream now) must not deliver a single event.
     pub lease: watch::Receiver<Instant>,
+    /// When the stream was last heard before this session (epoch ms), on a platform that
+    /// cannot replay: a takeover, so the app gets a `gap` from then to the first socket.
+    pub gap_from: Option<u64>,
 }
 
 /// How the connection ended, from inside the drive loop.
-struct Ended {
-    reason: DropReason,
+pub(super) struct Ended {
+    pub(super) reason: DropReason,
     /// Reset (RST) rather than a polite close.
-    abortive: bool,
-    late_by: Option<Duration>,
+    pub(super) abortive: bool,
+    pub(super) late_by: Option<Duration>,
     /// Reconnect without waiting (the platform announced the close).
-    immediate: bool,
+    pub(super) immediate: bool,
 }
 
 impl Ended {
     /// The socket is reset (RST); the next one follows a backoff.
-    fn reset(reason: DropReason) -> Self {
+    pub(super) fn reset(reason: DropReason) -> Self {
         Self {
             reason,
             abortive: true,
@@ -87,7 +100,7 @@ impl Ended {
     }
 
     /// The socket is closed politely (its peer is alive).
-    fn close(reason: DropReason) -> Self {
+    pub(super) fn close(reason: DropReason) -> Self {
         Self {
             abortive: false,
             ..Self::reset(reason)
@@ -95,16 +108,13 @@ impl Ended {
     }
 }
 
-/// One socket and what the session knows about it.
-struct Link {
-    up: Upstream,
-    /// The token the platform knows this socket by, and its generation.
-    token: Arc<Token>,
-    token_generation: u64,
+/// What the drive loop does after a step.
+pub(super) enum Step {
+    /// Keep driving.
+    Continue,
+    /// The connection is over.
+    Ended(Ended),
 }
-
-/// A successor socket being opened for make-before-break rotation, with its token.
-type Successor = oneshot::Receiver<Result<(WsClient, Arc<Token>, u64), String>>;
 
 /// Runs the stream until `stop` carries a reason; returns that reason.
 ///
@@ -122,46 +132,60 @@ pub fn run(
     }
 }
 
-struct Session {
-    ctx: SessionCtx,
+pub(super) struct Session {
+    pub(super) ctx: SessionCtx,
+    pub(super) opener: Opener,
     state: StreamState,
     backoff: Backoff,
     /// The newest event id seen from upstream: where a reconnect resumes.
-    last_seen: Option<EventId>,
+    pub(super) last_seen: Option<EventId>,
     connections: u64,
-    /// When the last socket dropped (epoch ms), for a `gap` if the next cannot replay.
+    /// When the stream stopped being heard (epoch ms), for a `gap` if the next socket cannot
+    /// replay.
     dropped_at_ms: Option<u64>,
+    /// The platform's rate-limit backoff: no request or socket before it opens.
+    pub(super) gate: RateGate,
+    /// Classified inbound messages of the frame being handled (reused).
+    scratch: Vec<Inbound>,
 }
 
 impl Session {
     fn new(ctx: SessionCtx) -> Self {
         let backoff = Backoff::new(ctx.spec.reconnect.initial, ctx.spec.reconnect.max);
         let last_seen = ctx.hub.last_acked();
+        let opener = Opener {
+            adapter: Arc::clone(&ctx.adapter),
+            http: ctx.http.clone(),
+            connect: ctx.connect.clone(),
+            proxy: ctx.proxy.clone(),
+            channels: Arc::clone(&ctx.channels),
+            policy: ctx.spec.heartbeat.into(),
+        };
+        let dropped_at_ms = ctx.gap_from.filter(|_| !ctx.adapter.replays());
         Self {
             ctx,
+            opener,
             state: StreamState::Connecting,
             backoff,
             last_seen,
             connections: 0,
-            dropped_at_ms: None,
+            dropped_at_ms,
+            gate: RateGate::default(),
+            scratch: Vec::new(),
         }
     }
 
-    fn stream(&self) -> &StreamId {
+    pub(super) fn stream(&self) -> &StreamId {
         &self.ctx.spec.id
     }
 
-    fn set_state(&mut self, to: StreamState, reason: Option<DropReason>) {
+    pub(super) fn set_state(&mut self, to: StreamState, reason: Option<DropReason>) {
         if self.state == to {
             return;
         }
         let from = std::mem::replace(&mut self.state, to);
         self.ctx.metrics.state(to);
-        self.ctx
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .state = to;
+        self.status().state = to;
         self.ctx.hub.push_control(&ToApp::State {
             stream: &self.ctx.spec.id,
             state: to,
@@ -171,7 +195,7 @@ impl Session {
             .observe(&self.ctx.spec.id, SessionEvent::State { from, to, reason });
     }
 
-    fn status(&self) -> std::sync::MutexGuard<'_, StreamStatus> {
+    pub(super) fn status(&self) -> std::sync::MutexGuard<'_, StreamStatus> {
         self.ctx.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -191,6 +215,18 @@ impl Session {
                 stream: &self.ctx.spec.id,
             });
         }
+    }
+
+    /// A `gap` from `from` to now, when the platform cannot replay what was missed.
+    pub(super) fn gap(&mut self, from: u64, reason: &str) {
+        let to = epoch_ms();
+        self.ctx.metrics.gap();
+        self.ctx.hub.push_control(&ToApp::Gap {
+            stream: &self.ctx.spec.id,
+            from: from.min(to),
+            to,
+            reason,
+        });
     }
 
     async fn run(&mut self, stop: &mut watch::Receiver<Option<DropReason>>) -> DropReason {
@@ -216,73 +252,35 @@ impl Session {
                 }
                 continue;
             }
+            if let Some(open_at) = self.gate.closed_until(Instant::now()) {
+                // The platform asked us to slow down: not a request, not a socket, before then.
+                self.set_state(StreamState::Backoff, None);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(open_at) => {}
+                    r = stop.wait_for(Option::is_some) => {
+                        if let Some(reason) = r.ok().and_then(|r| *r) { return reason; }
+                    }
+                }
+                continue;
+            }
             self.set_state(StreamState::Connecting, None);
+            self.connections += 1;
+            let id = self.next_connection_id();
             let opened = tokio::select! {
-                r = self.open(&token) => r,
+                r = self.opener.open(Arc::clone(&token), generation, self.last_seen.as_ref(), id.clone(), || self.ping_phase()) => r,
                 _ = stop.changed() => continue,
             };
-            let (ws, plan) = match opened {
-                Ok(x) => x,
+            let mut link = match opened {
+                Ok(link) => link,
                 Err(failure) => {
-                    if failure.token_rejected {
-                        self.ctx.refresh_now.request();
-                    }
-                    if let Some(reason) = self
-                        .back_off(stop, failure.error, failure.retry_after)
-                        .await
-                    {
+                    self.connections -= 1;
+                    if let Some(reason) = self.open_failed(stop, failure, generation).await {
                         return reason;
                     }
                     continue;
                 }
             };
-            self.connections += 1;
-            let id = self.next_connection_id();
-            if let (Some(from), None, true) = (self.dropped_at_ms, &self.last_seen, plan.replays) {
-                // Dropped before the first event: there is no id to resume after.
-                self.ctx.metrics.gap();
-                self.ctx.hub.push_control(&ToApp::Gap {
-                    stream: &self.ctx.spec.id,
-                    from,
-                    to: epoch_ms(),
-                    reason: "no event seen before the drop: nothing to resume after",
-                });
-            }
-            if let (Some(from), false) = (self.dropped_at_ms, plan.replays) {
-                let to = epoch_ms();
-                self.ctx.metrics.gap();
-                self.ctx.hub.push_control(&ToApp::Gap {
-                    stream: &self.ctx.spec.id,
-                    from,
-                    to,
-                    reason: "platform cannot replay events missed while reconnecting",
-                });
-            }
-            let mut link = Link {
-                up: Upstream::new(ws, self.policy(), self.ping_phase(), id.clone()),
-                token: Arc::clone(&token),
-                token_generation: generation,
-            };
-            {
-                let mut st = self.status();
-                st.connection = Some(id.clone());
-                st.last_pong_ms = epoch_ms();
-                st.retry_count = self.backoff.attempts();
-                if self.connections > 1 {
-                    st.reconnects += 1;
-                }
-            }
-            self.ctx.observer.observe(
-                &self.ctx.spec.id,
-                SessionEvent::Connected {
-                    connection: id,
-                    attempts: self.backoff.attempts(),
-                    resumed_after: self.last_seen.clone(),
-                },
-            );
-            self.resume();
-            self.set_state(StreamState::Active, None);
-
+            self.on_connected(&link);
             let ended = self.drive(&mut link, stop).await;
             self.reap(link, &ended);
             if let Some(reason) = *stop.borrow() {
@@ -294,34 +292,79 @@ impl Session {
                 continue;
             }
             let why = format!("connection dropped: {}", ended.reason);
-            if let Some(reason) = self.back_off(stop, why, None).await {
+            if let Some(reason) = self.back_off(stop, why).await {
                 return reason;
             }
         }
     }
 
+    /// A connect attempt failed: tell the token manager about a refused token, close the gate
+    /// on a rate limit, and wait out the backoff.
+    async fn open_failed(
+        &mut self,
+        stop: &mut watch::Receiver<Option<DropReason>>,
+        failure: OpenFailure,
+        generation: u64,
+    ) -> Option<DropReason> {
+        if failure.token_rejected {
+            self.ctx.refresh_now.refused(generation);
+        }
+        if let Some(limit) = failure.retry_after {
+            let wait = self.gate.hit(limit, Instant::now());
+            tracing::warn!(stream = %self.stream(), wait_ms = wait.as_millis() as u64, "rate limited by the platform; no request before the wait ends");
+        }
+        self.back_off(stop, failure.error).await
+    }
+
+    /// A link is up: the `gap` a platform without replay owes the app, status, events.
+    fn on_connected(&mut self, link: &Link) {
+        let replays = self.ctx.adapter.replays();
+        if let Some(from) = self.dropped_at_ms.take() {
+            if !replays {
+                self.gap(
+                    from,
+                    "platform cannot replay events missed while reconnecting",
+                );
+            } else if self.last_seen.is_none() {
+                // Dropped before the first event: there is no id to resume after.
+                self.gap(
+                    from,
+                    "no event seen before the drop: nothing to resume after",
+                );
+            }
+        }
+        {
+            let mut st = self.status();
+            st.connection = Some(link.id.clone());
+            st.last_pong_ms = epoch_ms();
+            st.retry_count = self.backoff.attempts();
+            if self.connections > 1 {
+                st.reconnects += 1;
+            }
+        }
+        self.ctx.observer.observe(
+            &self.ctx.spec.id,
+            SessionEvent::Connected {
+                connection: link.id.clone(),
+                attempts: self.backoff.attempts(),
+                resumed_after: self.last_seen.clone(),
+            },
+        );
+        self.resume();
+        self.set_state(StreamState::Active, None);
+    }
+
     /// `{pod}-{n}`, unique for the life of the process (sessions come and go with leases).
-    fn next_connection_id(&self) -> ConnectionId {
+    pub(super) fn next_connection_id(&self) -> ConnectionId {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ConnectionId(format!("{}-{n}", self.ctx.pod))
     }
 
-    fn policy(&self) -> HeartbeatPolicy {
-        self.ctx.spec.heartbeat.into()
-    }
-
     /// The first ping goes out at a random point of the first interval, so thousands of
     /// sockets opened together do not ping together forever after.
-    fn ping_phase(&self) -> Duration {
-        static GRID_ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        let origin = *GRID_ORIGIN.get_or_init(Instant::now);
-        liveness::ping_phase(
-            origin,
-            Instant::now(),
-            self.ctx.spec.heartbeat.interval,
-            rand::random::<f64>(),
-        )
+    pub(super) fn ping_phase(&self) -> Duration {
+        ping_phase(self.ctx.spec.heartbeat.interval)
     }
 
     /// Waits until the token manager holds a valid token; paused meanwhile.
@@ -353,26 +396,19 @@ impl Session {
         }
     }
 
-    /// Plans and opens one socket.
-    async fn open(&self, token: &Token) -> Result<(WsClient, SocketPlan), OpenFailure> {
-        open_socket(
-            self.ctx.adapter.as_ref(),
-            &self.ctx.http,
-            &self.ctx.connect,
-            token,
-            self.last_seen.as_ref(),
-        )
-        .await
-    }
-
-    /// Waits out a jittered backoff; returns a stop reason if stopped meanwhile.
+    /// Waits out a jittered backoff (never shorter than the rate-limit gate); returns a stop
+    /// reason if stopped meanwhile.
     async fn back_off(
         &mut self,
         stop: &mut watch::Receiver<Option<DropReason>>,
         why: String,
-        retry_after: Option<Duration>,
     ) -> Option<DropReason> {
-        let delay = self.backoff.next_delay(rand::random::<f64>(), retry_after);
+        let now = Instant::now();
+        let floor = self
+            .gate
+            .closed_until(now)
+            .map(|at| at.saturating_duration_since(now));
+        let delay = self.backoff.next_delay(rand::random::<f64>(), floor);
         self.status().retry_count = self.backoff.attempts();
         self.ctx.observer.observe(
             &self.ctx.spec.id,
@@ -388,52 +424,37 @@ impl Session {
         }
     }
 
-    /// Drives one socket until it ends.
+    /// Drives one link (and its successor during a rotation) until it ends.
     async fn drive(
         &mut self,
         link: &mut Link,
         stop: &mut watch::Receiver<Option<DropReason>>,
     ) -> Ended {
-        let rotation = self.ctx.adapter.rotation();
-        let mut pending_refresh: Option<(u64, Arc<Token>)> = None;
+        let mut r = Rotating::new(&self.ctx.spec);
         let mut tokens_open = true;
-        let mut successor: Option<Successor> = None;
         let mut first_pong = true;
         loop {
-            let adapter = Arc::clone(&self.ctx.adapter);
             let lease_until = *self.ctx.lease.borrow();
+            let token_expires = link.token.expires;
+            let wake = r.next_wake(self, link);
             tokio::select! {
                 biased;
                 // First: after a freeze the expired lease must win over buffered frames.
                 _ = tokio::time::sleep_until(lease_until) => {
                     if Instant::now() >= *self.ctx.lease.borrow() {
                         tracing::warn!(stream = %self.stream(), "lease not confirmed in time (store unreachable, or this pod was frozen); terminating");
+                        r.abandon();
                         return Ended::reset(DropReason::OwnerLost);
                     }
                 }
-                tick = link.up.next(|seq| adapter.ping(seq)) => {
-                    let now = Instant::now();
-                    match tick {
-                        Ok(Tick::Frame(frame)) => {
-                            if let Some(ended) = self.on_frame(link, frame, now, &mut pending_refresh, &mut first_pong) {
-                                if ended.immediate && rotation == Rotation::NewSocket && successor.is_none() {
-                                    // Announced close on a token-bound socket: open the next one now.
-                                    successor = Some(self.open_successor());
-                                    continue;
-                                }
-                                return ended;
-                            }
-                        }
-                        Ok(Tick::Pinged) => self.ctx.metrics.ping_sent(),
-                        Ok(Tick::Degraded) => self.set_state(StreamState::Degraded, None),
-                        Ok(Tick::Dead { late_by, .. }) => {
-                            return Ended { late_by: Some(late_by), ..Ended::reset(DropReason::PongTimeout) };
-                        }
-                        Err(e) => return self.on_ws_error(e),
+                next = link::next(link, r.successor.as_mut()) => {
+                    if let Step::Ended(ended) = self.on_next(link, &mut r, next, &mut first_pong) {
+                        r.abandon();
+                        return ended;
                     }
                 }
                 // The socket's token expired and no new one was accepted: hold events.
-                _ = tokio::time::sleep_until(link.token.expires), if !self.ctx.hub.paused() => {
+                _ = tokio::time::sleep_until(token_expires), if !self.ctx.hub.paused() => {
                     tracing::warn!(stream = %self.stream(), "the socket's token expired before a new one was accepted; forwarding paused");
                     self.pause();
                 }
@@ -444,56 +465,17 @@ impl Session {
                         continue;
                     }
                     let view = self.ctx.tokens.borrow_and_update().clone();
-                    match view.token {
-                        // No valid token right now: the socket's own token may still be good;
-                        // the expiry branch above pauses when it is not.
-                        None => {}
-                        Some(token) if view.generation != link.token_generation => match rotation {
-                            Rotation::InStream => {
-                                if let Some(frame) = self.ctx.adapter.refresh_frame(token.value.expose()) {
-                                    link.up.ws_mut().queue_text(&frame);
-                                    pending_refresh = Some((view.generation, token));
-                                }
-                            }
-                            Rotation::PerMessage => {
-                                link.token = token;
-                                link.token_generation = view.generation;
-                                self.token_ok(view.generation);
-                            }
-                            Rotation::NewSocket => {
-                                if successor.is_none() {
-                                    successor = Some(self.open_successor());
-                                }
-                            }
-                        },
-                        Some(_) => {}
-                    }
+                    self.on_token(link, &mut r, view);
                 }
-                next = async { match successor.as_mut() { Some(rx) => rx.await, None => std::future::pending().await } } => {
-                    successor = None;
-                    match next {
-                        Ok(Ok((ws, token, generation))) => {
-                            // Make-before-break: the new socket is up; retire the old politely.
-                            self.connections += 1;
-                            let id = self.next_connection_id();
-                            let mut old = link.up.replace(ws, id, self.ping_phase());
-                            old.queue_close(1000, "rotated");
-                            tokio::spawn(async move {
-                                let _ = tokio::time::timeout(Duration::from_secs(1), old.flush()).await;
-                                old.reset();
-                            });
-                            link.token = token;
-                            link.token_generation = generation;
-                            self.token_ok(generation);
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(stream = %self.stream(), error = %e, "successor socket failed; keeping the current one");
-                        }
-                        Err(_) => {}
-                    }
+                opened = Rotating::opened(&mut r.opening), if r.opening() => {
+                    self.on_successor_opened(link, &mut r, opened);
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    self.on_wake(link, &mut r);
                 }
                 _ = stop.changed() => {
                     if let Some(reason) = *stop.borrow() {
+                        r.abandon();
                         // Another pod may stream it already: no goodbye that could race it.
                         return match reason {
                             DropReason::OwnerLost | DropReason::Preempted => Ended::reset(reason),
@@ -505,7 +487,41 @@ impl Session {
         }
     }
 
-    fn token_ok(&mut self, generation: u64) {
+    /// A new token from the manager: how it reaches the platform depends on the platform.
+    fn on_token(&mut self, link: &mut Link, r: &mut Rotating, view: TokenView) {
+        // No valid token right now: the socket's own token may still be good; the expiry
+        // branch pauses when it is not.
+        let Some(token) = view.token else { return };
+        if view.generation == link.generation {
+            return;
+        }
+        match self.ctx.adapter.rotation() {
+            Rotation::InStream => r.refresh_in_stream(self, link, view.generation, token),
+            Rotation::PerMessage => {
+                // Every later message carries the new token: nothing to send for the rotation.
+                let refused: Vec<usize> = (0..link.sockets.len())
+                    .filter(|i| r.refused_sockets.contains(i))
+                    .collect();
+                link.token = Arc::clone(&token);
+                link.generation = view.generation;
+                for i in refused {
+                    // That socket's setup was refused: set it up again with the new token.
+                    let s = &mut link.sockets[i];
+                    if !s.ready {
+                        for f in s.conn.greeting(token.value.expose()) {
+                            s.up.ws_mut().queue_text(&f);
+                        }
+                    }
+                }
+                r.refused_sockets.clear();
+                self.token_ok(view.generation);
+            }
+            Rotation::NewSocket => r.want_successor(self, link, "token rotation"),
+        }
+    }
+
+    /// The token now in use was accepted.
+    pub(super) fn token_ok(&mut self, generation: u64) {
         self.resume();
         if self.state == StreamState::Paused {
             self.set_state(StreamState::Active, None);
@@ -515,64 +531,176 @@ impl Session {
             .observe(&self.ctx.spec.id, SessionEvent::TokenRotated { generation });
     }
 
-    /// Opens a successor socket in the background with the current token.
-    fn open_successor(&self) -> Successor {
-        let (tx, rx) = oneshot::channel();
-        let view = self.ctx.tokens.borrow().clone();
-        let adapter = Arc::clone(&self.ctx.adapter);
-        let http = self.ctx.http.clone();
-        let connect = self.ctx.connect.clone();
-        let resume = self.last_seen.clone();
-        tokio::spawn(async move {
-            let result = async {
-                let token = view.token.ok_or("no valid token")?;
-                let (ws, _) =
-                    open_socket(adapter.as_ref(), &http, &connect, &token, resume.as_ref())
-                        .await
-                        .map_err(|f| f.error)?;
-                Ok::<_, String>((ws, token, view.generation))
+    /// One wait's result: a frame, a ping, a liveness change or a failure on some socket.
+    fn on_next(
+        &mut self,
+        link: &mut Link,
+        r: &mut Rotating,
+        next: Next,
+        first_pong: &mut bool,
+    ) -> Step {
+        let Next { side, socket, tick } = next;
+        let now = Instant::now();
+        match tick {
+            Ok(Tick::Frame(frame)) => self.on_frame(link, r, side, socket, frame, now, first_pong),
+            Ok(Tick::Pinged) => {
+                self.ctx.metrics.ping_sent();
+                let max_missed = self.ctx.adapter.max_missed_pongs();
+                let Some(s) = r.socket_mut(link, side, socket) else {
+                    return Step::Continue;
+                };
+                s.pings_since_pong += 1;
+                if max_missed.is_some_and(|n| s.pings_since_pong > n) {
+                    tracing::warn!(stream = %self.stream(), missed = s.pings_since_pong - 1, "pongs missed: the platform's limit is reached");
+                    return self.socket_ended(link, r, side, Ended::reset(DropReason::PongTimeout));
+                }
+                Step::Continue
             }
-            .await;
-            let _ = tx.send(result);
-        });
-        rx
+            Ok(Tick::Degraded) => {
+                if side == Side::Old {
+                    self.set_state(StreamState::Degraded, None);
+                }
+                Step::Continue
+            }
+            Ok(Tick::Dead { late_by, .. }) => {
+                let ended = Ended {
+                    late_by: Some(late_by),
+                    ..Ended::reset(DropReason::PongTimeout)
+                };
+                self.socket_ended(link, r, side, ended)
+            }
+            Err(e) => {
+                let ended = self.on_ws_error(e);
+                self.socket_ended(link, r, side, ended)
+            }
+        }
     }
 
-    /// Handles one inbound frame; returns how the connection ended, if it did.
+    /// A socket of the current link (or of the successor) is over.
+    fn socket_ended(
+        &mut self,
+        link: &mut Link,
+        r: &mut Rotating,
+        side: Side,
+        ended: Ended,
+    ) -> Step {
+        match side {
+            Side::New => {
+                tracing::warn!(stream = %self.stream(), reason = %ended.reason, "successor socket failed during the overlap; keeping the current one");
+                r.successor_lost(self);
+                Step::Continue
+            }
+            Side::Old if r.successor.is_some() => {
+                // The successor is open: it takes over now. A reset may have lost what was in
+                // flight on the old socket before the handover was proven.
+                let lost_from = (ended.abortive && !r.confirmed()).then(|| {
+                    epoch_ms().saturating_sub(
+                        link.sockets
+                            .iter()
+                            .map(|s| {
+                                Instant::now()
+                                    .saturating_duration_since(s.up.liveness().last_inbound())
+                            })
+                            .max()
+                            .unwrap_or_default()
+                            .as_millis() as u64,
+                    )
+                });
+                r.promote(self, link, lost_from);
+                Step::Continue
+            }
+            Side::Old => Step::Ended(ended),
+        }
+    }
+
+    /// Handles one inbound frame on socket `i` of `side`.
+    #[allow(clippy::too_many_arguments)]
     fn on_frame(
         &mut self,
         link: &mut Link,
+        r: &mut Rotating,
+        side: Side,
+        i: usize,
         frame: Frame,
         now: Instant,
-        pending_refresh: &mut Option<(u64, Arc<Token>)>,
         first_pong: &mut bool,
-    ) -> Option<Ended> {
-        let inbound = match frame {
-            Frame::Text(text) => self.ctx.adapter.classify_text(&text),
-            Frame::Pong(payload) => self.ctx.adapter.classify_pong(&payload),
-            Frame::Ping(_) => Inbound::Heartbeat,
-            Frame::Binary(b) => Inbound::Malformed(format!("binary frame of {} bytes", b.len())),
-            Frame::Close(close) => {
-                let (code, reason) = close.unwrap_or((1005, String::new()));
-                tracing::info!(stream = %self.stream(), code, reason = %reason, "platform closed the socket");
-                return Some(Ended::close(DropReason::ServerClose));
+    ) -> Step {
+        let mut inbound = std::mem::take(&mut self.scratch);
+        {
+            let Some(s) = r.socket_mut(link, side, i) else {
+                return Step::Continue;
+            };
+            match frame {
+                Frame::Text(text) => s.conn.classify_text(&text, &mut inbound),
+                Frame::Pong(payload) => inbound.push(s.conn.classify_pong(&payload)),
+                Frame::Ping(_) => inbound.push(Inbound::Heartbeat),
+                Frame::Binary(b) => inbound.push(Inbound::Malformed(format!(
+                    "binary frame of {} bytes",
+                    b.len()
+                ))),
+                Frame::Close(close) => {
+                    let (code, reason) = close.unwrap_or((1005, String::new()));
+                    tracing::info!(stream = %self.stream(), code, reason = %reason, "platform closed the socket");
+                    self.scratch = inbound;
+                    let ended = Ended {
+                        // Going away (maintenance, often unannounced): the next socket at once.
+                        immediate: code == 1001,
+                        ..Ended::close(DropReason::ServerClose)
+                    };
+                    return self.socket_ended(link, r, side, ended);
+                }
             }
-        };
+        }
         self.status().last_pong_ms = epoch_ms();
-        match inbound {
+        let mut step = Step::Continue;
+        for msg in inbound.drain(..) {
+            step = self.on_inbound(link, r, side, i, msg, now, first_pong);
+            if matches!(step, Step::Ended(_)) {
+                break;
+            }
+        }
+        inbound.clear();
+        self.scratch = inbound;
+        if matches!(step, Step::Continue) && r.handover_proven() {
+            r.promote(self, link, None);
+        }
+        step
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_inbound(
+        &mut self,
+        link: &mut Link,
+        r: &mut Rotating,
+        side: Side,
+        i: usize,
+        msg: Inbound,
+        now: Instant,
+        first_pong: &mut bool,
+    ) -> Step {
+        match msg {
             Inbound::Event { id, data } => {
                 let outcome = match self.ctx.hub.push_event(&id, &data, epoch_ms()) {
                     Push::Queued => EventOutcome::Delivered,
                     Push::Duplicate => EventOutcome::DuplicateSuppressed,
                 };
                 self.ctx.metrics.event(outcome);
+                r.saw(side, &id);
                 self.last_seen = Some(id);
             }
             Inbound::Pong { seq } => {
-                let out = link.up.liveness_mut().on_pong(now, seq);
+                let Some(s) = r.socket_mut(link, side, i) else {
+                    return Step::Continue;
+                };
+                s.pings_since_pong = 0;
+                let out = s.up.liveness_mut().on_pong(now, seq);
+                let srtt = s.up.liveness().srtt();
+                if side == Side::New {
+                    return Step::Continue;
+                }
                 if let Some(rtt) = out.rtt {
                     self.ctx.metrics.pong(rtt);
-                    self.status().rtt = link.up.liveness().srtt();
+                    self.status().rtt = srtt;
                 }
                 if *first_pong {
                     // The socket answered: the outage is over, start backoff from the bottom.
@@ -589,36 +717,76 @@ impl Session {
                 }
             }
             Inbound::Heartbeat | Inbound::Ignored => {}
+            Inbound::Ready => {
+                self.gate.passed();
+                if let Some(s) = r.socket_mut(link, side, i) {
+                    s.ready = true;
+                }
+            }
+            Inbound::Proceed => {
+                let token = match side {
+                    Side::Old => Arc::clone(&link.token),
+                    Side::New => match &r.successor {
+                        Some(l) => Arc::clone(&l.token),
+                        None => return Step::Continue,
+                    },
+                };
+                if let Some(s) = r.socket_mut(link, side, i) {
+                    for f in s.conn.proceed(token.value.expose()) {
+                        s.up.ws_mut().queue_text(&f);
+                    }
+                }
+            }
             Inbound::TokenAccepted => {
-                if let Some((generation, token)) = pending_refresh.take() {
+                if side == Side::Old
+                    && let Some((generation, token)) = r.pending_refresh.take()
+                {
                     link.token = token;
-                    link.token_generation = generation;
+                    link.generation = generation;
                     self.token_ok(generation);
                 }
             }
             Inbound::TokenRefused(why) => {
-                tracing::warn!(stream = %self.stream(), reason = %why, "platform refused the new token in-stream; asking for another");
-                pending_refresh.take();
-                self.ctx.refresh_now.request();
+                tracing::warn!(stream = %self.stream(), reason = %why, "platform refused a token; asking for another");
+                let refused = match (side, r.pending_refresh.take()) {
+                    (Side::Old, Some((generation, _))) => generation,
+                    (Side::Old, None) => {
+                        r.refused_sockets.insert(i);
+                        link.generation
+                    }
+                    (Side::New, _) => r.successor.as_ref().map_or(0, |l| l.generation),
+                };
+                self.ctx.refresh_now.refused(refused);
             }
             Inbound::Closing(why) => {
+                if self.ctx.adapter.rotation() == Rotation::NewSocket {
+                    if side == Side::Old {
+                        tracing::info!(stream = %self.stream(), reason = %why, "platform announced a close; opening the next socket first");
+                        r.want_successor(self, link, "announced close");
+                    } else {
+                        r.successor_lost(self);
+                    }
+                    return Step::Continue;
+                }
                 tracing::info!(stream = %self.stream(), reason = %why, "platform announced a close; reconnecting now");
-                return Some(Ended {
+                return Step::Ended(Ended {
                     immediate: true,
                     ..Ended::close(DropReason::ServerClose)
                 });
             }
-            Inbound::RateLimited(after) => {
-                tracing::warn!(stream = %self.stream(), retry_after = ?after, "platform rate limited the socket");
+            Inbound::RateLimited(limit) => {
+                let wait = self.gate.hit(limit, now);
+                tracing::warn!(stream = %self.stream(), wait_ms = wait.as_millis() as u64, "platform rate limited the socket; no request before the wait ends");
+                r.resend_after_gate(self, link, side, i);
             }
             Inbound::Malformed(what) => {
-                tracing::warn!(stream = %self.stream(), connection = %link.up.id(), problem = %what, "skipped an upstream frame");
+                tracing::warn!(stream = %self.stream(), connection = %link.id, problem = %what, "skipped an upstream frame");
                 self.ctx
                     .observer
                     .observe(&self.ctx.spec.id, SessionEvent::Malformed { what });
             }
         }
-        None
+        Step::Continue
     }
 
     fn on_ws_error(&self, e: WsError) -> Ended {
@@ -631,32 +799,40 @@ impl Session {
         Ended::reset(DropReason::TcpError)
     }
 
-    /// Terminates the socket and tells everyone.
+    /// Terminates the link's sockets and tells everyone.
     fn reap(&mut self, link: Link, ended: &Ended) {
-        let id = link.up.id().clone();
-        let silent_for =
-            Instant::now().saturating_duration_since(link.up.liveness().last_inbound());
-        let ws = link.up.into_ws();
-        if ended.abortive {
-            ws.reset();
-        } else {
-            let code = if ended.reason == DropReason::Shutdown {
-                1001
+        let now = Instant::now();
+        let silent_for = link
+            .sockets
+            .iter()
+            .map(|s| now.saturating_duration_since(s.up.liveness().last_inbound()))
+            .min()
+            .unwrap_or_default();
+        for s in link.sockets {
+            let ws = s.up.into_ws();
+            if ended.abortive {
+                ws.reset();
             } else {
-                1000
-            };
-            // Best effort, bounded: a polite close must never wait on a dead peer.
-            let reason = ended.reason.as_str();
-            tokio::spawn(ws.close(code, reason, Duration::from_millis(500)));
+                let code = if ended.reason == DropReason::Shutdown {
+                    1001
+                } else {
+                    1000
+                };
+                // Best effort, bounded: a polite close must never wait on a dead peer.
+                let reason = ended.reason.as_str();
+                tokio::spawn(ws.close(code, reason, Duration::from_millis(500)));
+            }
         }
         (self.ctx.on_reaped)(ended.reason);
         let pending_bytes = self.ctx.hub.pending_bytes();
         let last_acked = self.ctx.hub.last_acked();
         let at = epoch_ms();
-        self.dropped_at_ms = Some(at);
+        // The outage started when the stream was last heard, not when it was noticed.
+        let heard = at.saturating_sub(silent_for.as_millis() as u64);
+        self.dropped_at_ms = Some(self.dropped_at_ms.map_or(heard, |d| d.min(heard)));
         self.ctx.hub.push_control(&ToApp::Dropped {
             stream: &self.ctx.spec.id,
-            connection_id: &id,
+            connection_id: &link.id,
             reason: ended.reason,
             pending_bytes,
             last_acked_id: last_acked.as_ref(),
@@ -666,7 +842,7 @@ impl Session {
         self.ctx.observer.observe(
             &self.ctx.spec.id,
             SessionEvent::Dropped {
-                connection: id,
+                connection: link.id,
                 reason: ended.reason,
                 late_by: ended.late_by,
                 silent_for,
@@ -675,4 +851,11 @@ impl Session {
         );
         self.set_state(StreamState::Dead, Some(ended.reason));
     }
+}
+
+/// A first-ping delay on the process-wide grid (see [`liveness::ping_phase`]).
+pub(super) fn ping_phase(interval: Duration) -> Duration {
+    static GRID_ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *GRID_ORIGIN.get_or_init(Instant::now);
+    liveness::ping_phase(origin, Instant::now(), interval, rand::random::<f64>())
 }

@@ -16,7 +16,10 @@ mod props;
 
 use allocation_counter::{AllocationInfo, measure};
 use proptest::{collection::vec, prelude::*, sample::select};
-use streamkeeper_sidecar::ws::{frame::MAX_HEADER_LEN, handshake};
+use streamkeeper_sidecar::ws::{
+    frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN},
+    handshake,
+};
 
 use props::{FrameCase, check_frames, model, run_inbound};
 
@@ -269,11 +272,11 @@ proptest! {
         });
         prop_assert_eq!(end, Some(expected.end));
         let max_frame = case.max_frame.min(1 << 20);
-        // Kept input (an incomplete frame and a read, doubled by growth), the message being
-        // reassembled, the frame handed on, and small change (error texts, a Box).
-        let bound = 2 * (max_frame + MAX_HEADER_LEN + case.largest_read())
-            + 2 * max_frame
-            + 4096;
+        // Kept input (an incomplete frame, which may be a control frame, and a read, doubled
+        // by growth), the message being reassembled, the frame handed on, and small change
+        // (error texts, a Box).
+        let frame = max_frame.max(MAX_CONTROL_PAYLOAD);
+        let bound = 2 * (frame + MAX_HEADER_LEN + case.largest_read()) + 2 * frame + 4096;
         prop_assert!(
             info.bytes_max <= bound as u64,
             "peak {} bytes > {} (max_frame {}, input {})",

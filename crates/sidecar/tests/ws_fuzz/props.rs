@@ -15,7 +15,7 @@
 
 use streamkeeper_sidecar::ws::{
     Frame, WsError,
-    frame::{self, Decoder, MAX_HEADER_LEN, OpCode},
+    frame::{self, Decoder, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode},
     handshake::{self, Answer},
     inbound::Inbound,
 };
@@ -239,8 +239,10 @@ pub fn run_inbound(case: &FrameCase, mut on_frame: impl FnMut(Frame)) -> End {
     let max_frame = case.max_frame.min(u32::MAX as usize);
     let check_memory = |inbound: &Inbound| {
         let (partial, fragments) = inbound.capacities();
-        // The kept input holds at most an incomplete frame plus one read, doubled by growth.
-        let bound = 2 * (max_frame + MAX_HEADER_LEN + largest) + 64;
+        // The kept input holds at most an incomplete frame (a control frame may be bigger than
+        // a tiny limit) plus one read, doubled by growth.
+        let frame = max_frame.max(MAX_CONTROL_PAYLOAD);
+        let bound = 2 * (frame + MAX_HEADER_LEN + largest) + 64;
         assert!(
             partial <= bound,
             "kept input capacity {partial} > {bound} (max_frame {max_frame}, read {largest})"

@@ -1,8 +1,13 @@
-//! YAML documents as `kubectl` reads them.
+//! YAML documents as `kubectl` reads and writes them: the one implementation behind every
+//! YAML stream streamkeeper reads (`render -f`, `inject -f`, `inject --streams`) and every YAML
+//! it writes for kubectl or a sidecar (`render`, `inject`, `crdgen`, the ConfigMaps the
+//! controller applies).
 //!
-//! Two jobs serde_yaml_ng does not do for us:
+//! Three jobs serde_yaml_ng does not do for us:
 //! - [`split`] cuts a multi-document stream into its documents *as text*, so a document we do not
-//!   change is written back byte for byte (comments and formatting included).
+//!   change is written back byte for byte (comments and formatting included); [`parse`] parses
+//!   each with the stream's own line numbers in its errors.
+//! - [`objects`] sees through a `kind: List` (what `kubectl get -o yaml` prints) to its items.
 //! - [`to_string`] writes a value so that `kubectl` reads back the same value. kubectl parses
 //!   YAML 1.1 (go-yaml), where plain `yes`, `on`, `y`, `off` are booleans and `0644` is an octal
 //!   number; serde_yaml_ng quotes only what YAML 1.2 would misread, so a string `"y"` it writes
@@ -112,14 +117,100 @@ pub fn split(text: &str) -> Vec<Document<'_>> {
     docs
 }
 
+/// One document of a stream and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed<'a> {
+    /// The document's text.
+    pub doc: Document<'a>,
+    /// Its value (`Null` for a document of only comments).
+    pub value: Value,
+}
+
+/// A document that is not valid YAML.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("document {number} (line {line}): not valid YAML: {message}")]
+pub struct ParseError {
+    /// 1-based position of the document in the stream.
+    pub number: usize,
+    /// 1-based line where the document starts.
+    pub line: usize,
+    /// The parser's message (its line numbers are the stream's).
+    pub message: String,
+}
+
+/// Splits `text` into its documents and parses each; stops at the first that is not YAML.
+pub fn parse(text: &str) -> Result<Vec<Parsed<'_>>, ParseError> {
+    split(text)
+        .into_iter()
+        .enumerate()
+        .map(|(i, doc)| {
+            // Blank lines first, so the parser's line numbers are the stream's.
+            let padded = format!("{}{}", "\n".repeat(doc.line - 1), doc.body);
+            match serde_yaml_ng::from_str(&padded) {
+                Ok(value) => Ok(Parsed { doc, value }),
+                Err(e) => Err(ParseError {
+                    number: i + 1,
+                    line: doc.line,
+                    message: e.to_string(),
+                }),
+            }
+        })
+        .collect()
+}
+
+fn is_list(value: &Value) -> bool {
+    value.get("kind").and_then(Value::as_str) == Some("List")
+}
+
+/// The objects of a document: itself, or each item of a `kind: List` with its field prefix
+/// (`items[3].`) for error messages.
+pub fn objects(value: &Value) -> Vec<(String, &Value)> {
+    if !is_list(value) {
+        return vec![(String::new(), value)];
+    }
+    value
+        .get("items")
+        .and_then(Value::as_sequence)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (format!("items[{i}]."), item))
+        .collect()
+}
+
+/// [`objects`], for changing them.
+pub fn objects_mut(value: &mut Value) -> Vec<(String, &mut Value)> {
+    if !is_list(value) {
+        return vec![(String::new(), value)];
+    }
+    match value.get_mut("items").and_then(Value::as_sequence_mut) {
+        Some(items) => items
+            .iter_mut()
+            .enumerate()
+            .map(|(i, item)| (format!("items[{i}]."), item))
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
 /// A value that has no YAML form kubectl would read back as the same value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
 pub struct EmitError {
-    /// Where in the document, like `spec.template.metadata.labels.app`.
+    /// Where in the document, like `spec.template.metadata.labels.app`; empty for the whole.
     pub field: String,
     /// What is wrong.
     pub message: String,
+}
+
+impl std::fmt::Display for EmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
 }
 
 /// Writes one document in block style, two-space indentation, sequences at their key's
@@ -135,6 +226,15 @@ pub fn to_string(value: &Value) -> Result<String, EmitError> {
         }
     }
     Ok(out)
+}
+
+/// [`to_string`] of anything serde can write (a Kubernetes object, a sidecar config).
+pub fn to_yaml<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, EmitError> {
+    let value = serde_yaml_ng::to_value(value).map_err(|e| EmitError {
+        field: String::new(),
+        message: e.to_string(),
+    })?;
+    to_string(&value)
 }
 
 fn child(path: &str, key: &str) -> String {
@@ -325,7 +425,7 @@ fn literal_block(s: &str, level: usize) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Value {
+    fn parse_one(s: &str) -> Value {
         serde_yaml_ng::from_str(s).expect("valid YAML")
     }
 
@@ -340,7 +440,7 @@ mod tests {
         assert!(!docs[0].marked);
         assert_eq!(docs[1].body, "\na: 1\n");
         assert_eq!(docs[1].line, 2);
-        assert_eq!(parse(&docs[2].body), parse("b: \"---\\nx\\n\""));
+        assert_eq!(parse_one(&docs[2].body), parse_one("b: \"---\\nx\\n\""));
         assert_eq!(docs[3].body, "\n\n");
         assert_eq!(docs[0].header(), "# header\n");
         assert_eq!(docs[1].header(), "---\n");
@@ -355,10 +455,13 @@ mod tests {
     #[test]
     fn split_takes_content_on_the_marker_line_and_ignores_dashes_that_are_not_markers() {
         let docs = split("--- {a: 1}\n");
-        assert_eq!(parse(&docs[0].body), parse("a: 1"));
+        assert_eq!(parse_one(&docs[0].body), parse_one("a: 1"));
         let docs = split("---\na: 1\n----: 2\n---x: 3\n");
         assert_eq!(docs.len(), 1);
-        assert_eq!(parse(&docs[0].body), parse("{a: 1, '----': 2, '---x': 3}"));
+        assert_eq!(
+            parse_one(&docs[0].body),
+            parse_one("{a: 1, '----': 2, '---x': 3}")
+        );
     }
 
     #[test]
@@ -366,6 +469,58 @@ mod tests {
         let docs = split("---\na: 1\n");
         assert_eq!(docs.len(), 1);
         assert!(docs[0].marked);
+    }
+
+    #[test]
+    fn parse_names_the_document_and_the_stream_line_of_an_error() {
+        let text = "a: 1\n---\nb: 2\n---\n# c\nc: [1,\n";
+        let err = parse(text).expect_err("the third is broken");
+        assert_eq!((err.number, err.line), (3, 4), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("document 3 (line 4): not valid YAML")
+        );
+        // The end of the stream is its line 7 (the parser counts the lines before the document).
+        assert!(
+            err.message.contains("line 7"),
+            "stream lines: {}",
+            err.message
+        );
+        let ok = parse("a: 1\n---\n# only a comment\n").expect("valid");
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].value, parse_one("a: 1"));
+        assert!(ok[1].value.is_null());
+    }
+
+    #[test]
+    fn objects_see_through_a_list_to_its_items() {
+        let list = parse_one("{kind: List, items: [{kind: A}, {kind: B}]}");
+        let items = objects(&list);
+        let prefixes: Vec<&str> = items.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(prefixes, ["items[0].", "items[1]."]);
+        assert_eq!(items[1].1, &parse_one("{kind: B}"));
+        let one = parse_one("{kind: Deployment}");
+        assert_eq!(objects(&one), vec![(String::new(), &one)]);
+        let mut list = list;
+        for (_, item) in objects_mut(&mut list) {
+            item["seen"] = Value::Bool(true);
+        }
+        assert_eq!(list["items"][1]["seen"], Value::Bool(true));
+    }
+
+    #[test]
+    fn to_yaml_writes_any_serializable_value_readably_for_both_yaml_versions() {
+        #[derive(serde::Serialize)]
+        struct Labels {
+            workload: &'static str,
+            mode: &'static str,
+        }
+        let out = to_yaml(&Labels {
+            workload: "on",
+            mode: "0644",
+        })
+        .expect("emits");
+        assert_eq!(out, "workload: \"on\"\nmode: \"0644\"\n");
     }
 
     #[test]
@@ -377,7 +532,7 @@ mod tests {
         ] {
             let out = to_string(&Value::String(s.into())).expect("emits");
             assert!(out.starts_with('"'), "{s:?} must be quoted, got {out:?}");
-            assert_eq!(parse(&out), Value::String(s.into()), "{s:?}");
+            assert_eq!(parse_one(&out), Value::String(s.into()), "{s:?}");
         }
     }
 
@@ -412,7 +567,7 @@ mod tests {
             )]));
             let out = to_string(&doc).expect("emits");
             assert!(out.starts_with("k: |"), "{s:?}: {out}");
-            assert_eq!(parse(&out), doc, "{s:?}: {out}");
+            assert_eq!(parse_one(&out), doc, "{s:?}: {out}");
         }
     }
 
@@ -439,20 +594,20 @@ spec:
       f: 1.5
       t: true
 "#;
-        let value = parse(text);
+        let value = parse_one(text);
         let out = to_string(&value).expect("emits");
-        assert_eq!(parse(&out), value, "{out}");
+        assert_eq!(parse_one(&out), value, "{out}");
         assert!(
             out.contains("\n      containers:\n      - name: app\n"),
             "{out}"
         );
         assert!(out.contains("\"on\": \"yes\""), "{out}");
-        assert_eq!(to_string(&parse(&out)).expect("emits"), out, "stable");
+        assert_eq!(to_string(&parse_one(&out)).expect("emits"), out, "stable");
     }
 
     #[test]
     fn tags_are_refused_with_their_field() {
-        let value = parse("a:\n  b: !Ref x\n");
+        let value = parse_one("a:\n  b: !Ref x\n");
         let err = to_string(&value).expect_err("a tag");
         assert_eq!(err.field, "a.b");
     }

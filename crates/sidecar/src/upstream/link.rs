@@ -1,0 +1,93 @@
+//! [`Link`]: the sockets of one stream bound to one token (one, or one per Genesys channel),
+//! and waiting on all of them (and on a successor's during an overlap) at once.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use futures_util::future::select_all;
+use streamkeeper_api::ConnectionId;
+
+use super::{
+    monitor::{Tick, Upstream},
+    overlap::Side,
+};
+use crate::{auth::Token, platforms::Connection, ws::WsError};
+
+/// One platform socket and its protocol state.
+pub(super) struct Socket {
+    pub(super) up: Upstream,
+    pub(super) conn: Box<dyn Connection>,
+    /// Registered / subscribed: it delivers.
+    pub(super) ready: bool,
+    /// Pings sent since the last pong.
+    pub(super) pings_since_pong: u32,
+}
+
+impl Socket {
+    /// Terminates the socket at once (RST).
+    pub(super) fn reset(self) {
+        self.up.into_ws().reset();
+    }
+}
+
+/// The sockets bound to one token: what the stream's connection id names.
+pub(super) struct Link {
+    pub(super) id: ConnectionId,
+    pub(super) sockets: Vec<Socket>,
+    /// The token the platform knows these sockets by.
+    pub(super) token: Arc<Token>,
+    pub(super) generation: u64,
+    /// When it was opened.
+    pub(super) opened: tokio::time::Instant,
+}
+
+impl Link {
+    /// Whether every socket delivers.
+    pub(super) fn ready(&self) -> bool {
+        self.sockets.iter().all(|s| s.ready)
+    }
+}
+
+/// What one wait produced: which link and socket, and what happened there.
+pub(super) struct Next {
+    pub(super) side: Side,
+    pub(super) socket: usize,
+    pub(super) tick: Result<Tick, WsError>,
+}
+
+type Waiting<'a> = Pin<Box<dyn Future<Output = Next> + Send + 'a>>;
+
+/// Waits for the next frame or liveness duty on any socket of `current` and `successor`.
+/// Cancel-safe, as [`Upstream::next`] is. One socket (the common case) allocates nothing.
+pub(super) async fn next(current: &mut Link, successor: Option<&mut Link>) -> Next {
+    if successor.is_none() && current.sockets.len() == 1 {
+        let token = current.token.value.expose();
+        let Socket { up, conn, .. } = &mut current.sockets[0];
+        let tick = up.next(|seq| conn.ping(seq, token)).await;
+        return Next {
+            side: Side::Old,
+            socket: 0,
+            tick,
+        };
+    }
+    let mut waiting: Vec<Waiting<'_>> = Vec::new();
+    for (side, link) in [(Side::Old, Some(current)), (Side::New, successor)] {
+        let Some(link) = link else { continue };
+        let token: &str = link.token.value.expose();
+        for (i, s) in link.sockets.iter_mut().enumerate() {
+            let Socket { up, conn, .. } = s;
+            let conn: &dyn Connection = &**conn;
+            waiting.push(Box::pin(async move {
+                let tick = up.next(|seq| conn.ping(seq, token)).await;
+                Next {
+                    side,
+                    socket: i,
+                    tick,
+                }
+            }));
+        }
+    }
+    if waiting.is_empty() {
+        return std::future::pending().await;
+    }
+    select_all(waiting).await.0
+}
