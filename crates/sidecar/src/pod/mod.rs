@@ -206,8 +206,10 @@ impl Pod {
         let (stop, stop_rx) = watch::channel(None);
         let owner = Arc::new(Mutex::new(None));
         self.ownership.watch_tenant(&spec.tenant);
+        // One copy of the spec for the pod's map, the supervisor and the session.
+        let spec = Arc::new(spec);
         let task = tokio::spawn(Arc::clone(self).stream_task(
-            spec.clone(),
+            Arc::clone(&spec),
             adapter,
             Arc::clone(&hub),
             Arc::clone(&status),
@@ -215,7 +217,7 @@ impl Pod {
             stop_rx,
         ));
         Entry {
-            spec: Arc::new(spec),
+            spec,
             hub,
             status,
             stop,
