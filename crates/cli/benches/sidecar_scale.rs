@@ -49,6 +49,8 @@ const CLIENT_ID: &str = "streamkeeper";
 const CLIENT_SECRET: &str = "streamkeeper-secret";
 /// The tenant of every bench stream.
 const TENANT: &str = "bench";
+/// The census's last size class: it stands for every allocation of this size or more.
+const LARGE_CLASS: usize = 8192;
 
 // --- Parameters ------------------------------------------------------------------------------
 
@@ -359,6 +361,8 @@ struct Run {
 #[derive(Debug, Clone, Default)]
 struct Census {
     live: u64,
+    /// Bytes of the allocations larger than the census counts exactly (its last size class).
+    large: u64,
     by_size: BTreeMap<usize, i64>,
 }
 
@@ -378,6 +382,7 @@ impl Census {
             .collect();
         Ok(Some(Self {
             live: json["liveBytes"].as_u64().unwrap_or(0),
+            large: json["largeBytes"].as_u64().unwrap_or(0),
             by_size,
         }))
     }
@@ -628,20 +633,24 @@ fn print_transport(params: &Params, transport: Transport, runs: &[Run]) {
         "size", "count/strm", "bytes/strm"
     );
     let growth = after.growth(before);
-    let total: f64 = growth
-        .iter()
-        .map(|&(s, c)| s as f64 * c as f64)
-        .sum::<f64>()
-        / per;
+    // The last size class holds every larger allocation: its bytes are counted apart.
+    let class_bytes = |size: usize, change: i64| {
+        if size >= LARGE_CLASS {
+            after.large as f64 - before.large as f64
+        } else {
+            size as f64 * change as f64
+        }
+    };
+    let total: f64 = growth.iter().map(|&(s, c)| class_bytes(s, c)).sum::<f64>() / per;
     let mut shown = 0.0;
     for &(size, change) in growth.iter().take(24) {
         let count = change as f64 / per;
-        let b = size as f64 * count;
+        let b = class_bytes(size, change) / per;
         if b.abs() < 4.0 {
             break;
         }
         shown += b;
-        let label = if size >= 8192 {
+        let label = if size >= LARGE_CLASS {
             format!(">={size}")
         } else {
             size.to_string()

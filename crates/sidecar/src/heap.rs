@@ -18,8 +18,8 @@ use std::{
     sync::atomic::{AtomicIsize, AtomicUsize, Ordering::Relaxed},
 };
 
-/// Sizes counted exactly up to this; larger allocations share the last slot (their bytes are
-/// summed apart).
+/// Sizes counted exactly below this; this size and larger ones share the last slot (their
+/// bytes are summed apart).
 pub const TRACKED: usize = 8192;
 
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -33,12 +33,12 @@ pub struct Counting;
 fn record(size: usize, delta: isize) {
     if delta > 0 {
         LIVE_BYTES.fetch_add(size, Relaxed);
-        if size > TRACKED {
+        if size >= TRACKED {
             LARGE_BYTES.fetch_add(size, Relaxed);
         }
     } else {
         LIVE_BYTES.fetch_sub(size, Relaxed);
-        if size > TRACKED {
+        if size >= TRACKED {
             LARGE_BYTES.fetch_sub(size, Relaxed);
         }
     }
@@ -87,8 +87,8 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 /// The census as JSON: `{"liveBytes":N,"largeBytes":N,"bySize":[[size,count],...]}`, live
-/// allocations by exact size (the last size, [`TRACKED`], stands for every larger one, whose
-/// bytes are `largeBytes`). Taking it leaves nothing behind: its own buffer is read out of
+/// allocations by exact size (the last size, [`TRACKED`], stands for it and every larger one,
+/// whose bytes are `largeBytes`). Taking it leaves nothing behind: its own buffer is read out of
 /// the figures.
 pub fn census_json() -> String {
     // Allocated before the counters are read, so it can be subtracted exactly.
@@ -99,7 +99,7 @@ pub fn census_json() -> String {
     for (slot, count) in counts.iter_mut().zip(&LIVE_BY_SIZE) {
         *slot = count.load(Relaxed);
     }
-    if own > TRACKED {
+    if own >= TRACKED {
         counts[TRACKED] -= 1;
         large = large.saturating_sub(own);
     } else {
