@@ -20,8 +20,8 @@
 //! pod), one tenant whose limit is N, the production defaults for everything else, and no app
 //! connected (idle streams: the emulator sends no events, so no app is needed to ack them; the
 //! app side's per-connection cost is not part of this figure). Each stream has its own socket
-//! to the emulator's one `bench` stream, its own credentials directory entry (all streams share
-//! one client id, as streams of one tenant would) and gets its own token.
+//! to the emulator's one `bench` stream; all streams name one credentials directory (one client
+//! id, as streams of one tenant would), so the pod's token registry keeps one token for all.
 //!
 //! Memory is read once every stream is connected and has answered a heartbeat (the emulator
 //! counts the pings), before anything is asked of the sidecar's admin endpoint; then once more
