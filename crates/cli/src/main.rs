@@ -13,6 +13,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+/// Built with `--features heap-stats` (benchmarks): every allocation is counted, and the
+/// sidecar serves the census at `GET /debug/heap`.
+#[cfg(feature = "heap-stats")]
+#[global_allocator]
+static ALLOC: streamkeeper_sidecar::heap::Counting = streamkeeper_sidecar::heap::Counting;
+
 /// Keeps contact-center real-time streams (Genesys Cloud CX, NICE CXone) alive and correct.
 #[derive(Debug, Parser)]
 #[command(name = "streamkeeper", version, about, long_about = None)]

@@ -6,6 +6,7 @@
 //! | `GET /healthz` | liveness: 200 `ok`, or 503 with the reason ([`StatusSource::healthy`]) |
 //! | `GET /readyz` | readiness: 200 `ok`, or 503 with the reason ([`StatusSource::ready`]) |
 //! | `GET /status` | 200, JSON view of every stream ([`StatusSource::status`]) |
+//! | `GET /debug/heap` | built with the `heap-stats` feature only: 200, the live-heap census (`heap::census_json`) |
 //! | another method on one of those paths | 405 with `Allow: GET` |
 //! | any other path | 404 |
 //!
@@ -57,6 +58,11 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub trait StatusSource: Send + Sync {
     /// A JSON view of every stream, served at `/status`.
     fn status(&self) -> serde_json::Value;
+    /// [`status`](Self::status) as JSON text, what `/status` sends. A source with many streams
+    /// writes it straight from its own types, without building the `Value` tree.
+    fn status_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&self.status())
+    }
     /// `Ok` when the sidecar should receive traffic (`/readyz`); else why not.
     fn ready(&self) -> Result<(), String>;
     /// `Ok` while the sidecar's loops are running (`/healthz`); else what is stuck.
@@ -223,6 +229,14 @@ fn route<B>(
     source: &dyn StatusSource,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
+    #[cfg(feature = "heap-stats")]
+    if path == "/debug/heap" && request.method() == Method::GET {
+        return respond(
+            StatusCode::OK,
+            "application/json",
+            crate::heap::census_json().into(),
+        );
+    }
     if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/status") {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -236,12 +250,12 @@ fn route<B>(
     match path {
         "/metrics" => respond(
             StatusCode::OK,
-            prometheus::TEXT_FORMAT,
+            crate::metrics::TEXT_FORMAT,
             metrics.encode().into(),
         ),
         "/healthz" => check(source.healthy()),
         "/readyz" => check(source.ready()),
-        _ => match serde_json::to_vec(&source.status()) {
+        _ => match source.status_json() {
             Ok(json) => respond(StatusCode::OK, "application/json", json.into()),
             Err(error) => {
                 tracing::warn!(%error, "admin /status: cannot serialise the status");

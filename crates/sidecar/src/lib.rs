@@ -15,12 +15,15 @@
 //! - `liveness`, `backoff`: the pure deadline state machine and reconnect backoff
 //! - `app/`: the buffer to the app and the local WebSocket server it connects to
 //! - `admin`, `metrics`: `/metrics`, `/healthz`, `/readyz`, `/status`
+//! - `heap` (feature `heap-stats`, for benchmarks): a counting allocator, `/debug/heap`
 
 pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod clock;
+#[cfg(feature = "heap-stats")]
+pub mod heap;
 pub mod lease;
 pub mod liveness;
 pub mod metrics;

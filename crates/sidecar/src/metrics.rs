@@ -1,4 +1,5 @@
-//! The sidecar's Prometheus metrics: one [`Metrics`] per sidecar, each with its own registry.
+//! The sidecar's Prometheus metrics: one [`Metrics`] per sidecar (several sidecars may share a
+//! process).
 //!
 //! Family names and labels are a public contract (DESIGN.md, "Admin endpoint and metrics"):
 //!
@@ -19,8 +20,12 @@
 //! Label values are only validated identifiers ([`StreamId`], [`Tenant`]) and closed sets of
 //! words; never a token, a secret or a URL.
 //!
-//! The session's hot path goes through a [`StreamMetrics`] handle, whose series are resolved once
-//! by [`Metrics::stream`], so a heartbeat costs an atomic add rather than a labelled lookup.
+//! A stream's series are plain atomics in one allocation ([`StreamMetrics`], about 300 bytes),
+//! rendered into the text format at scrape time. A Prometheus client library keeps a child
+//! object per series instead (an `Arc`, its label pairs as owned strings, a hash-map entry in
+//! its family; a histogram child its own bucket bounds and two shards of counts): 25 series a
+//! stream came to about 14 KiB, the largest part of what a stream cost the sidecar. The session's
+//! hot path still costs an atomic add per update, and nothing is looked up by label.
 //!
 //! ```
 //! use std::time::Duration;
@@ -40,17 +45,22 @@
 //! assert!(!metrics.encode().contains("cc/acme-queue"));
 //! ```
 
-use std::collections::HashMap;
-use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-
-use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, HashSet},
+    fmt::{self, Write as _},
+    hash::{Hash, Hasher},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
 };
+
 use streamkeeper_api::{DropReason, StreamId, StreamState, Tenant};
+
+/// The content type of [`Metrics::encode`]'s output: the Prometheus text format 0.0.4.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4";
 
 /// Bucket bounds of `streamkeeper_pong_rtt_seconds`: 1 ms to 10 s in 1-2.5-5 steps.
 pub const PONG_RTT_BUCKETS: [f64; 13] = [
@@ -139,23 +149,15 @@ impl fmt::Display for TokenRefreshResult {
     }
 }
 
-/// The metrics of one sidecar, in a registry of its own (several sidecars may share a process).
+/// The metrics of one sidecar.
 pub struct Metrics {
-    registry: Registry,
-    state: IntGaugeVec,
-    pings: IntCounterVec,
-    pongs: IntCounterVec,
-    rtt: HistogramVec,
-    reaped: IntCounterVec,
-    reconnects: IntCounterVec,
-    token_refresh: IntCounterVec,
-    events: IntCounterVec,
-    gaps: IntCounterVec,
-    app_clients: IntGaugeVec,
-    redis_up: IntGauge,
-    /// Held while the seven state series of a stream are written, and while a scrape gathers,
-    /// so neither a concurrent writer nor a scrape sees a stream in zero or two states.
-    state_lock: Arc<Mutex<()>>,
+    /// Every stream's series, found by stream id.
+    streams: Mutex<HashSet<Registered>>,
+    /// Indexed like [`DropReason::ALL`].
+    reaped: [AtomicU64; DropReason::ALL.len()],
+    /// Only the (tenant, result) pairs that happened are series.
+    token_refresh: Mutex<BTreeMap<(Tenant, &'static str), u64>>,
+    redis_up: AtomicBool,
 }
 
 impl fmt::Debug for Metrics {
@@ -170,248 +172,434 @@ impl Default for Metrics {
     }
 }
 
-fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
-    // The guarded data is `()`: a panic while holding the lock cannot leave it inconsistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain counters: a panic while holding the lock cannot leave them inconsistent.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
-    registry
-        .register(Box::new(collector.clone()))
-        .expect("metric families are statically defined, valid and registered once");
-    collector
+/// A stream's series in the set, hashed and compared by stream id (so the id is stored once,
+/// in the series themselves, and looked up by `&str`).
+struct Registered(Arc<StreamSeries>);
+
+impl PartialEq for Registered {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.stream == other.0.stream
+    }
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let vec = IntCounterVec::new(Opts::new(name, help), labels)
-        .expect("metric names and labels are statically valid");
-    register(registry, vec)
+impl Eq for Registered {}
+
+impl Hash for Registered {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.stream.as_str().hash(state);
+    }
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let vec = IntGaugeVec::new(Opts::new(name, help), labels)
-        .expect("metric names and labels are statically valid");
-    register(registry, vec)
-}
-
-/// Removes every series of `vec` whose `label` reads `value`, whatever its other labels.
-fn remove_matching<T: MetricVecBuilder>(vec: &MetricVec<T>, label: &str, value: &str) {
-    for family in vec.collect() {
-        for metric in family.get_metric() {
-            let pairs = metric.get_label();
-            if pairs
-                .iter()
-                .any(|p| p.name() == label && p.value() == value)
-            {
-                let labels: HashMap<&str, &str> =
-                    pairs.iter().map(|p| (p.name(), p.value())).collect();
-                // Err only means a concurrent `forget` removed it first.
-                let _ = vec.remove(&labels);
-            }
-        }
+impl Borrow<str> for Registered {
+    fn borrow(&self) -> &str {
+        self.0.stream.as_str()
     }
 }
 
 impl Metrics {
-    /// Creates every family in a new registry. `streamkeeper_reaped_total` starts at 0 for every
-    /// [`DropReason`] and `streamkeeper_redis_up` at 0, so rates and alerts work from the start.
+    /// A sidecar's metrics. `streamkeeper_reaped_total` starts at 0 for every [`DropReason`]
+    /// and `streamkeeper_redis_up` at 0, so rates and alerts work from the start.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let r = &registry;
-        let rtt = HistogramVec::new(
-            HistogramOpts::new(
-                "streamkeeper_pong_rtt_seconds",
-                "Round trip from a ping to its pong, in seconds.",
-            )
-            .buckets(PONG_RTT_BUCKETS.to_vec()),
-            &["stream"],
-        )
-        .expect("metric names and labels are statically valid");
-        let redis_up = IntGauge::new(
-            "streamkeeper_redis_up",
-            "1 while the coordination store answers, 0 otherwise.",
-        )
-        .expect("metric names are statically valid");
-        let metrics = Self {
-            state: gauge_vec(
-                r,
-                "streamkeeper_stream_state",
-                "1 for the stream's current state, 0 for the others.",
-                &["stream", "tenant", "state"],
-            ),
-            pings: counter_vec(
-                r,
-                "streamkeeper_pings_sent_total",
-                "Heartbeat pings sent upstream.",
-                &["stream"],
-            ),
-            pongs: counter_vec(
-                r,
-                "streamkeeper_pongs_received_total",
-                "Heartbeat pongs received from upstream.",
-                &["stream"],
-            ),
-            rtt: register(r, rtt),
-            reaped: counter_vec(
-                r,
-                "streamkeeper_reaped_total",
-                "Upstream connections dropped, by reason.",
-                &["reason"],
-            ),
-            reconnects: counter_vec(
-                r,
-                "streamkeeper_reconnects_total",
-                "Reconnects of a stream, by the reason the previous connection ended.",
-                &["stream", "reason"],
-            ),
-            token_refresh: counter_vec(
-                r,
-                "streamkeeper_token_refresh_total",
-                "Token refreshes, by result.",
-                &["tenant", "result"],
-            ),
-            events: counter_vec(
-                r,
-                "streamkeeper_events_total",
-                "Platform events, by what became of them.",
-                &["stream", "outcome"],
-            ),
-            gaps: counter_vec(
-                r,
-                "streamkeeper_gaps_total",
-                "Gaps reported to the app: events may have been missed.",
-                &["stream"],
-            ),
-            app_clients: gauge_vec(
-                r,
-                "streamkeeper_app_clients",
-                "Local app clients subscribed to the stream.",
-                &["stream"],
-            ),
-            redis_up: register(r, redis_up),
-            registry,
-            state_lock: Arc::new(Mutex::new(())),
-        };
-        for reason in DropReason::ALL {
-            metrics.reaped.with_label_values(&[reason.as_str()]);
+        Self {
+            streams: Mutex::new(HashSet::new()),
+            reaped: [const { AtomicU64::new(0) }; DropReason::ALL.len()],
+            token_refresh: Mutex::new(BTreeMap::new()),
+            redis_up: AtomicBool::new(false),
         }
-        metrics
     }
 
-    /// Resolves the series of one stream once, for the session's hot path. The series appear
-    /// (at 0) from this call on; [`forget`](Self::forget) removes them.
+    /// The series of one stream, for the session's hot path: the same series for every call
+    /// until [`forget`](Self::forget). They appear (at 0, every state at 0 until the first
+    /// [`StreamMetrics::state`]) from the first call on; the tenant is the first call's.
     pub fn stream(&self, stream: &StreamId, tenant: &Tenant) -> StreamMetrics {
-        let s = stream.as_str();
-        let t = tenant.as_str();
-        StreamMetrics {
-            inner: Arc::new(StreamHandles {
-                stream: stream.clone(),
-                pings: self.pings.with_label_values(&[s]),
-                pongs: self.pongs.with_label_values(&[s]),
-                rtt: self.rtt.with_label_values(&[s]),
-                gaps: self.gaps.with_label_values(&[s]),
-                app_clients: self.app_clients.with_label_values(&[s]),
-                events: EventOutcome::ALL.map(|o| self.events.with_label_values(&[s, o.as_str()])),
-                states: StreamState::ALL
-                    .map(|st| self.state.with_label_values(&[s, t, st.as_str()])),
-                reconnects: self.reconnects.clone(),
-                state_lock: Arc::clone(&self.state_lock),
-            }),
+        let mut streams = lock(&self.streams);
+        if let Some(found) = streams.get(stream.as_str()) {
+            return StreamMetrics {
+                inner: Arc::clone(&found.0),
+            };
         }
+        let series = Arc::new(StreamSeries::new(stream.clone(), tenant.clone()));
+        streams.insert(Registered(Arc::clone(&series)));
+        StreamMetrics { inner: series }
     }
 
     /// Sets `streamkeeper_stream_state` of a stream: 1 for `state`, 0 for the six others.
     pub fn set_state(&self, stream: &StreamId, tenant: &Tenant, state: StreamState) {
-        let (s, t) = (stream.as_str(), tenant.as_str());
-        let _guard = lock(&self.state_lock);
-        for st in StreamState::ALL {
-            self.state
-                .with_label_values(&[s, t, st.as_str()])
-                .set(i64::from(st == state));
-        }
+        self.stream(stream, tenant).state(state);
     }
 
-    /// Removes every series of a stream (call it once the stream's session has ended, with the
-    /// tenant the stream was registered with), so streams that come and go leave nothing behind.
-    /// [`StreamMetrics`] handles still held afterwards write to detached series nobody scrapes,
-    /// and so would a handle taken before `forget` for the stream's next session: take the next
-    /// session's handle after forgetting the previous one.
-    pub fn forget(&self, stream: &StreamId, tenant: &Tenant) {
-        let (s, t) = (stream.as_str(), tenant.as_str());
-        {
-            let _guard = lock(&self.state_lock);
-            for st in StreamState::ALL {
-                let _ = self.state.remove_label_values(&[s, t, st.as_str()]);
-            }
-        }
-        // Err from a removal only means the series was never created.
-        let _ = self.pings.remove_label_values(&[s]);
-        let _ = self.pongs.remove_label_values(&[s]);
-        let _ = self.rtt.remove_label_values(&[s]);
-        let _ = self.gaps.remove_label_values(&[s]);
-        let _ = self.app_clients.remove_label_values(&[s]);
-        for outcome in EventOutcome::ALL {
-            let _ = self.events.remove_label_values(&[s, outcome.as_str()]);
-        }
-        // Reconnect reasons are open-ended: remove whichever were recorded.
-        remove_matching(&self.reconnects, "stream", s);
+    /// Removes every series of a stream (call it once the stream's session has ended), so
+    /// streams that come and go leave nothing behind. [`StreamMetrics`] handles still held
+    /// afterwards write to detached series nobody scrapes, and so would a handle taken before
+    /// `forget` for the stream's next session: take the next session's handle after forgetting
+    /// the previous one.
+    pub fn forget(&self, stream: &StreamId, _tenant: &Tenant) {
+        lock(&self.streams).remove(stream.as_str());
     }
 
     /// Counts a reaped connection in `streamkeeper_reaped_total`.
     pub fn reaped(&self, reason: DropReason) {
-        self.reaped.with_label_values(&[reason.as_str()]).inc();
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
+            self.reaped[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// Counts a token refresh of `tenant` in `streamkeeper_token_refresh_total`.
     pub fn token_refresh(&self, tenant: &Tenant, result: TokenRefreshResult) {
-        self.token_refresh
-            .with_label_values(&[tenant.as_str(), result.as_str()])
-            .inc();
+        *lock(&self.token_refresh)
+            .entry((tenant.clone(), result.as_str()))
+            .or_default() += 1;
     }
 
     /// Sets `streamkeeper_redis_up`.
     pub fn redis_up(&self, up: bool) {
-        self.redis_up.set(i64::from(up));
+        self.redis_up.store(up, Relaxed);
     }
 
-    /// The whole registry in the Prometheus text format 0.0.4 ([`prometheus::TEXT_FORMAT`]).
+    /// Every family in the Prometheus text format 0.0.4 ([`TEXT_FORMAT`]): families by name,
+    /// series by label values, families without a series left out.
     pub fn encode(&self) -> String {
-        let families = {
-            let _guard = lock(&self.state_lock);
-            self.registry.gather()
-        };
-        let encoder = TextEncoder::new();
-        let mut text = String::new();
-        for family in &families {
-            // Encoding checks a family before writing any of it, so a bad one is skipped whole.
-            if let Err(error) = encoder.encode_utf8(std::slice::from_ref(family), &mut text) {
-                tracing::warn!(family = family.name(), %error, "metric family not encoded");
+        let mut streams: Vec<Arc<StreamSeries>> = lock(&self.streams)
+            .iter()
+            .map(|r| Arc::clone(&r.0))
+            .collect();
+        streams.sort_unstable_by(|a, b| a.stream.cmp(&b.stream));
+        let refreshes: Vec<((Tenant, &'static str), u64)> = lock(&self.token_refresh)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        // About 2.5 KB of text per stream: reserved once, not doubled up to it.
+        let mut out = String::with_capacity(4096 + streams.len() * 2600);
+        let w = &mut out;
+        let any = !streams.is_empty();
+        if any {
+            family(
+                w,
+                "streamkeeper_app_clients",
+                "Local app clients subscribed to the stream.",
+                "gauge",
+            );
+            for s in &streams {
+                sample(
+                    w,
+                    "streamkeeper_app_clients",
+                    "",
+                    &[("stream", s.stream.as_str())],
+                    s.app_clients.load(Relaxed),
+                );
+            }
+            family(
+                w,
+                "streamkeeper_events_total",
+                "Platform events, by what became of them.",
+                "counter",
+            );
+            for s in &streams {
+                // Label pairs in name order, as Prometheus writes them: outcome, stream.
+                for o in EventOutcome::ALL {
+                    let labels = [("outcome", o.as_str()), ("stream", s.stream.as_str())];
+                    sample(
+                        w,
+                        "streamkeeper_events_total",
+                        "",
+                        &labels,
+                        s.events[o.index()].load(Relaxed),
+                    );
+                }
+            }
+            family(
+                w,
+                "streamkeeper_gaps_total",
+                "Gaps reported to the app: events may have been missed.",
+                "counter",
+            );
+            for s in &streams {
+                sample(
+                    w,
+                    "streamkeeper_gaps_total",
+                    "",
+                    &[("stream", s.stream.as_str())],
+                    s.gaps.load(Relaxed),
+                );
+            }
+            family(
+                w,
+                "streamkeeper_pings_sent_total",
+                "Heartbeat pings sent upstream.",
+                "counter",
+            );
+            for s in &streams {
+                sample(
+                    w,
+                    "streamkeeper_pings_sent_total",
+                    "",
+                    &[("stream", s.stream.as_str())],
+                    s.pings.load(Relaxed),
+                );
+            }
+            family(
+                w,
+                "streamkeeper_pong_rtt_seconds",
+                "Round trip from a ping to its pong, in seconds.",
+                "histogram",
+            );
+            for s in &streams {
+                s.rtt
+                    .render(w, "streamkeeper_pong_rtt_seconds", s.stream.as_str());
+            }
+            family(
+                w,
+                "streamkeeper_pongs_received_total",
+                "Heartbeat pongs received from upstream.",
+                "counter",
+            );
+            for s in &streams {
+                sample(
+                    w,
+                    "streamkeeper_pongs_received_total",
+                    "",
+                    &[("stream", s.stream.as_str())],
+                    s.pongs.load(Relaxed),
+                );
             }
         }
-        text
+        family(
+            w,
+            "streamkeeper_reaped_total",
+            "Upstream connections dropped, by reason.",
+            "counter",
+        );
+        let mut reasons: Vec<(&str, u64)> = DropReason::ALL
+            .iter()
+            .zip(&self.reaped)
+            .map(|(r, n)| (r.as_str(), n.load(Relaxed)))
+            .collect();
+        reasons.sort_unstable();
+        for (reason, n) in reasons {
+            sample(w, "streamkeeper_reaped_total", "", &[("reason", reason)], n);
+        }
+        let reconnects: Vec<(&StreamSeries, Reconnects)> = streams
+            .iter()
+            .map(|s| (&**s, s.reconnects()))
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        if !reconnects.is_empty() {
+            family(
+                w,
+                "streamkeeper_reconnects_total",
+                "Reconnects of a stream, by the reason the previous connection ended.",
+                "counter",
+            );
+            for (s, reasons) in &reconnects {
+                for (reason, n) in reasons {
+                    let labels = [("reason", &**reason), ("stream", s.stream.as_str())];
+                    sample(w, "streamkeeper_reconnects_total", "", &labels, *n);
+                }
+            }
+        }
+        family(
+            w,
+            "streamkeeper_redis_up",
+            "1 while the coordination store answers, 0 otherwise.",
+            "gauge",
+        );
+        sample(
+            w,
+            "streamkeeper_redis_up",
+            "",
+            &[],
+            u64::from(self.redis_up.load(Relaxed)),
+        );
+        if any {
+            family(
+                w,
+                "streamkeeper_stream_state",
+                "1 for the stream's current state, 0 for the others.",
+                "gauge",
+            );
+            for s in &streams {
+                let current = s.state.load(Relaxed);
+                // Label pairs in name order: state, stream, tenant.
+                for (i, st) in StreamState::ALL.iter().enumerate() {
+                    let labels = [
+                        ("state", st.as_str()),
+                        ("stream", s.stream.as_str()),
+                        ("tenant", s.tenant.as_str()),
+                    ];
+                    sample(
+                        w,
+                        "streamkeeper_stream_state",
+                        "",
+                        &labels,
+                        u64::from(usize::from(current) == i),
+                    );
+                }
+            }
+        }
+        if !refreshes.is_empty() {
+            family(
+                w,
+                "streamkeeper_token_refresh_total",
+                "Token refreshes, by result.",
+                "counter",
+            );
+            let mut refreshes = refreshes;
+            refreshes.sort_unstable_by(|a, b| (a.0.1, &a.0.0).cmp(&(b.0.1, &b.0.0)));
+            for ((tenant, result), n) in &refreshes {
+                let labels = [("result", *result), ("tenant", tenant.as_str())];
+                sample(w, "streamkeeper_token_refresh_total", "", &labels, *n);
+            }
+        }
+        out
     }
 }
 
-/// One stream's series, resolved once by [`Metrics::stream`]: each call is an atomic update.
-/// Cloning is cheap; clones update the same series.
-#[derive(Clone)]
-pub struct StreamMetrics {
-    inner: Arc<StreamHandles>,
+/// `# HELP` and `# TYPE` of a family.
+fn family(w: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = write!(w, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
 }
 
-struct StreamHandles {
+/// One sample line: `name{labels} value`.
+fn sample(
+    w: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &[(&str, &str)],
+    value: impl fmt::Display,
+) {
+    w.push_str(name);
+    w.push_str(suffix);
+    labels_text(w, labels, None);
+    let _ = writeln!(w, " {value}");
+}
+
+fn labels_text(w: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
+    if labels.is_empty() && le.is_none() {
+        return;
+    }
+    let mut sep = '{';
+    for (name, value) in labels.iter().copied().chain(le.map(|v| ("le", v))) {
+        w.push(sep);
+        w.push_str(name);
+        w.push_str("=\"");
+        // Label values are validated identifiers and fixed words; escaped all the same.
+        for c in value.chars() {
+            match c {
+                '\\' => w.push_str("\\\\"),
+                '"' => w.push_str("\\\""),
+                '\n' => w.push_str("\\n"),
+                c => w.push(c),
+            }
+        }
+        w.push('"');
+        sep = ',';
+    }
+    w.push('}');
+}
+
+/// Reconnect counts of a stream, by reason.
+type Reconnects = Vec<(Box<str>, u64)>;
+
+/// No state set yet: every state series reads 0.
+const NO_STATE: u8 = u8::MAX;
+
+/// One stream's series, all in one allocation.
+struct StreamSeries {
     stream: StreamId,
-    pings: IntCounter,
-    pongs: IntCounter,
-    rtt: Histogram,
-    gaps: IntCounter,
-    app_clients: IntGauge,
+    tenant: Tenant,
+    /// Index into [`StreamState::ALL`], or [`NO_STATE`]: one value, so no scrape can see a
+    /// stream in zero or two states.
+    state: AtomicU8,
+    pings: AtomicU64,
+    pongs: AtomicU64,
+    gaps: AtomicU64,
+    app_clients: AtomicI64,
     /// Indexed by [`EventOutcome::index`].
-    events: [IntCounter; 3],
-    /// In the order of [`StreamState::ALL`].
-    states: [IntGauge; 7],
-    reconnects: IntCounterVec,
-    state_lock: Arc<Mutex<()>>,
+    events: [AtomicU64; 3],
+    rtt: RttHistogram,
+    /// By reason, in the order first seen; empty (no allocation) until the first reconnect.
+    reconnects: Mutex<Reconnects>,
+}
+
+impl StreamSeries {
+    fn new(stream: StreamId, tenant: Tenant) -> Self {
+        Self {
+            stream,
+            tenant,
+            state: AtomicU8::new(NO_STATE),
+            pings: AtomicU64::new(0),
+            pongs: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            app_clients: AtomicI64::new(0),
+            events: [const { AtomicU64::new(0) }; 3],
+            rtt: RttHistogram::default(),
+            reconnects: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The reconnect counts, sorted by reason.
+    fn reconnects(&self) -> Reconnects {
+        let mut all = lock(&self.reconnects).clone();
+        all.sort_unstable();
+        all
+    }
+}
+
+/// `streamkeeper_pong_rtt_seconds` of one stream: a count per bucket (not cumulative; summed
+/// at scrape time), the count, and the sum in nanoseconds.
+#[derive(Default)]
+struct RttHistogram {
+    /// Observations per bucket of [`PONG_RTT_BUCKETS`]; those above the last bound are only in
+    /// `count`.
+    buckets: [AtomicU64; PONG_RTT_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl RttHistogram {
+    fn observe(&self, rtt: Duration) {
+        let secs = rtt.as_secs_f64();
+        if let Some(i) = PONG_RTT_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, w: &mut String, name: &str, stream: &str) {
+        let labels = [("stream", stream)];
+        let mut cumulative = 0u64;
+        for (bound, bucket) in PONG_RTT_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            w.push_str(name);
+            w.push_str("_bucket");
+            labels_text(w, &labels, Some(&bound.to_string()));
+            let _ = writeln!(w, " {cumulative}");
+        }
+        // Read after the buckets: an observation racing the scrape is in the count (or not at
+        // all), never in a bucket but missing from `+Inf`.
+        let count = self.count.load(Relaxed).max(cumulative);
+        w.push_str(name);
+        w.push_str("_bucket");
+        labels_text(w, &labels, Some("+Inf"));
+        let _ = writeln!(w, " {count}");
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        sample(w, name, "_sum", &labels, sum);
+        sample(w, name, "_count", &labels, count);
+    }
+}
+
+/// One stream's series: each update is an atomic add. Cloning is cheap; clones update the same
+/// series.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    inner: Arc<StreamSeries>,
 }
 
 impl fmt::Debug for StreamMetrics {
@@ -425,46 +613,47 @@ impl fmt::Debug for StreamMetrics {
 impl StreamMetrics {
     /// Counts a heartbeat ping sent.
     pub fn ping_sent(&self) {
-        self.inner.pings.inc();
+        self.inner.pings.fetch_add(1, Relaxed);
     }
 
     /// Counts a pong received and records its round trip.
     pub fn pong(&self, rtt: Duration) {
-        self.inner.pongs.inc();
-        self.inner.rtt.observe(rtt.as_secs_f64());
+        self.inner.pongs.fetch_add(1, Relaxed);
+        self.inner.rtt.observe(rtt);
     }
 
     /// Counts a platform event by what became of it.
     pub fn event(&self, outcome: EventOutcome) {
-        self.inner.events[outcome.index()].inc();
+        self.inner.events[outcome.index()].fetch_add(1, Relaxed);
     }
 
     /// Counts a gap reported to the app.
     pub fn gap(&self) {
-        self.inner.gaps.inc();
+        self.inner.gaps.fetch_add(1, Relaxed);
     }
 
     /// Counts a reconnect. `reason` should be a [`DropReason::as_str`] (a small closed set: every
     /// distinct value is a new series).
     pub fn reconnect(&self, reason: &str) {
-        self.inner
-            .reconnects
-            .with_label_values(&[self.inner.stream.as_str(), reason])
-            .inc();
+        let mut all = lock(&self.inner.reconnects);
+        match all.iter_mut().find(|(r, _)| &**r == reason) {
+            Some((_, n)) => *n += 1,
+            None => all.push((reason.into(), 1)),
+        }
     }
 
     /// Sets the number of local app clients.
     pub fn app_clients(&self, n: usize) {
         self.inner
             .app_clients
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Relaxed);
     }
 
     /// Sets the stream's state: 1 for `state`, 0 for the six others.
     pub fn state(&self, state: StreamState) {
-        let _guard = lock(&self.inner.state_lock);
-        for (gauge, st) in self.inner.states.iter().zip(StreamState::ALL) {
-            gauge.set(i64::from(st == state));
+        if let Some(i) = StreamState::ALL.iter().position(|s| *s == state) {
+            // Seven states: the index fits a byte.
+            self.inner.state.store(i as u8, Relaxed);
         }
     }
 }
@@ -700,6 +889,171 @@ pub(crate) mod tests {
             results,
             ["ok", "refused", "invalid", "error", "rate_limited"]
         );
+    }
+
+    /// The same series, written with the Prometheus client library the metrics were built on
+    /// before: every line (HELP, TYPE, samples) must come out the same, in some order.
+    #[test]
+    fn renders_what_the_prometheus_client_library_rendered() {
+        use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+        let ours = Metrics::new();
+        let reference = prometheus::Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid");
+            reference
+                .register(Box::new(v.clone()))
+                .expect("registered once");
+            v
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid");
+            reference
+                .register(Box::new(v.clone()))
+                .expect("registered once");
+            v
+        };
+        let state = gauge(
+            "streamkeeper_stream_state",
+            "1 for the stream's current state, 0 for the others.",
+            &["stream", "tenant", "state"],
+        );
+        let pings = counter(
+            "streamkeeper_pings_sent_total",
+            "Heartbeat pings sent upstream.",
+            &["stream"],
+        );
+        let pongs = counter(
+            "streamkeeper_pongs_received_total",
+            "Heartbeat pongs received from upstream.",
+            &["stream"],
+        );
+        let rtt = HistogramVec::new(
+            HistogramOpts::new(
+                "streamkeeper_pong_rtt_seconds",
+                "Round trip from a ping to its pong, in seconds.",
+            )
+            .buckets(PONG_RTT_BUCKETS.to_vec()),
+            &["stream"],
+        )
+        .expect("valid");
+        reference
+            .register(Box::new(rtt.clone()))
+            .expect("registered once");
+        let reaped = counter(
+            "streamkeeper_reaped_total",
+            "Upstream connections dropped, by reason.",
+            &["reason"],
+        );
+        let reconnects = counter(
+            "streamkeeper_reconnects_total",
+            "Reconnects of a stream, by the reason the previous connection ended.",
+            &["stream", "reason"],
+        );
+        let refresh = counter(
+            "streamkeeper_token_refresh_total",
+            "Token refreshes, by result.",
+            &["tenant", "result"],
+        );
+        let events = counter(
+            "streamkeeper_events_total",
+            "Platform events, by what became of them.",
+            &["stream", "outcome"],
+        );
+        let gaps = counter(
+            "streamkeeper_gaps_total",
+            "Gaps reported to the app: events may have been missed.",
+            &["stream"],
+        );
+        let clients = gauge(
+            "streamkeeper_app_clients",
+            "Local app clients subscribed to the stream.",
+            &["stream"],
+        );
+        let redis_up = IntGauge::new(
+            "streamkeeper_redis_up",
+            "1 while the coordination store answers, 0 otherwise.",
+        )
+        .expect("valid");
+        reference
+            .register(Box::new(redis_up.clone()))
+            .expect("registered once");
+        for reason in DropReason::ALL {
+            reaped.with_label_values(&[reason.as_str()]);
+        }
+
+        let (a, acme) = ids("a-queue", "acme");
+        let (b, globex) = ids("b-queue", "globex");
+        for (stream, tenant, st, n) in [
+            (&a, &acme, StreamState::Degraded, 3u64),
+            (&b, &globex, StreamState::Active, 1),
+        ] {
+            let (s, t) = (stream.as_str(), tenant.as_str());
+            let handle = ours.stream(stream, tenant);
+            handle.state(st);
+            for other in StreamState::ALL {
+                state
+                    .with_label_values(&[s, t, other.as_str()])
+                    .set(i64::from(other == st));
+            }
+            for _ in 0..n {
+                handle.ping_sent();
+                pings.with_label_values(&[s]).inc();
+            }
+            // Exact in binary, so both sums are the same float.
+            for ms in [250, 500, 2_500, 30_000].into_iter().take(n as usize + 1) {
+                let d = Duration::from_millis(ms);
+                handle.pong(d);
+                pongs.with_label_values(&[s]).inc();
+                rtt.with_label_values(&[s]).observe(d.as_secs_f64());
+            }
+            handle.event(EventOutcome::Delivered);
+            handle.event(EventOutcome::Dropped);
+            for o in EventOutcome::ALL {
+                let c = events.with_label_values(&[s, o.as_str()]);
+                if o != EventOutcome::DuplicateSuppressed {
+                    c.inc();
+                }
+            }
+            gaps.with_label_values(&[s]);
+            handle.app_clients(n as usize);
+            clients.with_label_values(&[s]).set(n as i64);
+        }
+        for reason in [
+            DropReason::PongTimeout,
+            DropReason::TcpError,
+            DropReason::PongTimeout,
+        ] {
+            ours.stream(&a, &acme).reconnect(reason.as_str());
+            reconnects
+                .with_label_values(&[a.as_str(), reason.as_str()])
+                .inc();
+            ours.reaped(reason);
+            reaped.with_label_values(&[reason.as_str()]).inc();
+        }
+        for (tenant, result) in [
+            (&acme, TokenRefreshResult::Ok),
+            (&globex, TokenRefreshResult::Refused),
+            (&acme, TokenRefreshResult::Ok),
+        ] {
+            ours.token_refresh(tenant, result);
+            refresh
+                .with_label_values(&[tenant.as_str(), result.as_str()])
+                .inc();
+        }
+        ours.redis_up(true);
+        redis_up.set(1);
+
+        let theirs = prometheus::TextEncoder::new()
+            .encode_to_string(&reference.gather())
+            .expect("encodes");
+        let sorted = |text: &str| {
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(sorted(&ours.encode()), sorted(&theirs));
+        assert_eq!(TEXT_FORMAT, prometheus::TEXT_FORMAT);
     }
 
     #[test]

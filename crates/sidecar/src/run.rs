@@ -151,7 +151,11 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
         until_down(down_rx.clone()),
     ));
 
-    let mut current = std::fs::read(&path).unwrap_or_default();
+    // Kept for the reload loop: what it compares, not the config (every stream is in the pod
+    // already) nor the file (megabytes for 10,000 streams), only its digest.
+    let (listen, admin_addr, redis) = (config.listen, config.admin, config.redis.clone());
+    drop(config);
+    let mut current = std::fs::read(&path).ok().map(|b| digest(&b));
     let mut reload = tokio::time::interval(RELOAD_POLL);
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = signal(tokio::signal::unix::SignalKind::hangup());
@@ -159,23 +163,22 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     loop {
         tokio::select! {
             _ = reload.tick() => {}
-            _ = recv(&mut hup) => { current.clear(); }
+            _ = recv(&mut hup) => { current = None; }
             _ = recv(&mut term) => break,
             _ = tokio::signal::ctrl_c() => break,
         }
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
-        if bytes == current {
+        let read = digest(&bytes);
+        drop(bytes);
+        if current == Some(read) {
             continue;
         }
-        current = bytes;
+        current = Some(read);
         match load(&path) {
             Ok(next) => {
-                if next.listen != config.listen
-                    || next.admin != config.admin
-                    || next.redis != config.redis
-                {
+                if next.listen != listen || next.admin != admin_addr || next.redis != redis {
                     tracing::warn!(
                         "listen, admin and redis changes take effect at the next restart"
                     );
@@ -227,6 +230,12 @@ fn app_config(config: &SidecarConfig) -> app::server::AppServerConfig {
             }),
         max_connections: config.max_app_connections,
     }
+}
+
+/// The digest a reload compares (SHA-1: a changed file never looks unchanged by accident).
+fn digest(bytes: &[u8]) -> [u8; 20] {
+    use sha1::Digest as _;
+    sha1::Sha1::digest(bytes).into()
 }
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {

@@ -147,7 +147,7 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
     let recorder = Arc::new(Recorder::default());
     let metrics = Metrics::new();
     let ctx = SessionCtx {
-        spec: spec.clone(),
+        spec: Arc::new(spec.clone()),
         pod: "pod-a".parse().expect("pod"),
         adapter: Arc::new(TokenBound(Generic::new(&spec).expect("generic"))),
         hub: Arc::clone(&hub),

@@ -118,7 +118,7 @@ async fn gaps_between_attempts(limit: RateLimit, window: Duration) -> Vec<Durati
     });
     let (_lease_tx, lease) = watch::channel(Instant::now() + Duration::from_secs(24 * 3600));
     let ctx = SessionCtx {
-        spec: spec.clone(),
+        spec: Arc::new(spec.clone()),
         pod: "pod-a".parse().expect("pod"),
         adapter: adapter.clone(),
         hub: Hub::new(spec.id.clone(), 100, None),

@@ -131,7 +131,7 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
         spawn_manager(source, Arc::new(Mutex::new(spec.token)), Arc::new(|_| {}));
     let recorder = Arc::new(Recorder::default());
     let ctx = SessionCtx {
-        spec: spec.clone(),
+        spec: Arc::new(spec.clone()),
         pod: "pod-a".parse().expect("pod"),
         adapter: Arc::new(Generic::new(&spec).expect("generic")),
         hub: Hub::new(spec.id.clone(), 1000, None),

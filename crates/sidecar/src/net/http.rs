@@ -18,8 +18,17 @@ pub fn plain_http_client() -> reqwest::Client {
         .expect("a client with a preconfigured rustls config always builds")
 }
 
-/// The REST client's one set of settings: timeouts, TLS from `tls`, and proxies decided by
-/// `proxy` (reqwest's own environment rules stay off, so REST and sockets never disagree).
+/// Idle REST connections kept per host. REST calls come in short bursts (a grant and its
+/// validation, a channel and its subscriptions) minutes apart; a pool left unbounded keeps one
+/// connection per stream that asked at once (22 KiB each: hyper's dispatch channel and
+/// buffers, more with TLS), which at start-up is every stream.
+const REST_IDLE_PER_HOST: usize = 4;
+/// How long an idle REST connection is kept: long enough for the rest of a burst.
+const REST_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The REST client's one set of settings: timeouts, a small idle pool, TLS from `tls`, and
+/// proxies decided by `proxy` (reqwest's own environment rules stay off, so REST and sockets
+/// never disagree).
 pub(crate) fn rest_client(
     tls: rustls::ClientConfig,
     proxy: &ProxyPolicy,
@@ -29,7 +38,9 @@ pub(crate) fn rest_client(
         .no_proxy()
         .proxy(proxy.for_reqwest())
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15));
+        .timeout(Duration::from_secs(15))
+        .pool_max_idle_per_host(REST_IDLE_PER_HOST)
+        .pool_idle_timeout(REST_IDLE_TIMEOUT);
     // Without a proxy there is no tunnel to name, and reqwest keeps its unlayered connector.
     if let Some(p) = proxy.tunnel_proxy() {
         builder = builder.connector_layer(NameTheProxy {

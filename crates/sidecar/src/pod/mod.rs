@@ -36,9 +36,10 @@ use crate::{
     upstream::{Observer, StatusCell, StreamStatus, read_status},
 };
 
-/// A running stream.
+/// A running stream. The spec is behind an `Arc`: inline it would make every slot of the
+/// pod's map (which keeps up to twice as many slots as streams) the size of a spec.
 struct Entry {
-    spec: StreamSpec,
+    spec: Arc<StreamSpec>,
     hub: Arc<Hub>,
     status: StatusCell,
     stop: watch::Sender<Option<DropReason>>,
@@ -155,7 +156,10 @@ impl Pod {
             adapters.insert(spec.id.clone(), Arc::from(adapter));
         }
         let mut streams = self.streams();
-        let diff = ConfigDiff::new(streams.iter().map(|(id, e)| (id, &e.spec)), &config.streams);
+        let diff = ConfigDiff::new(
+            streams.iter().map(|(id, e)| (id, &*e.spec)),
+            &config.streams,
+        );
         for id in diff.restart.iter().chain(&diff.remove) {
             if let Some(e) = streams.remove(id) {
                 e.stop.send_replace(Some(DropReason::Removed));
@@ -204,8 +208,10 @@ impl Pod {
         let (stop, stop_rx) = watch::channel(None);
         let owner = Arc::new(Mutex::new(None));
         self.ownership.watch_tenant(&spec.tenant);
+        // One copy of the spec for the pod's map, the supervisor and the session.
+        let spec = Arc::new(spec);
         let task = tokio::spawn(Arc::clone(self).stream_task(
-            spec.clone(),
+            Arc::clone(&spec),
             adapter,
             Arc::clone(&hub),
             Arc::clone(&status),

@@ -26,10 +26,14 @@ use crate::{
 const HANDOVER_ACK_GRACE: Duration = Duration::from_millis(500);
 
 impl Pod {
+    /// One stream's whole life. Every step awaited once per claim (the claim, the checkpoint
+    /// read, the pool wait, the token, the handover) is boxed: inline, each would be a variant
+    /// of this future's state, which is as large as its largest variant and lives as long as
+    /// the stream, though the stream spends its life in the session loop.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn stream_task(
         self: Arc<Self>,
-        spec: StreamSpec,
+        spec: Arc<StreamSpec>,
         adapter: Arc<dyn Adapter>,
         hub: Arc<Hub>,
         status: StatusCell,
@@ -42,36 +46,32 @@ impl Pod {
         };
         let metrics = self.metrics.stream(&spec.id, &spec.tenant);
         metrics.state(StreamState::Stopped);
-        let route = match self.route(&spec).await {
+        let route = match Box::pin(self.route(&spec)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(stream = %spec.id, error = %e, "TLS or proxy settings unusable; stream not started");
                 return;
             }
         };
-        if !self.wait_for_credentials(&spec, &mut stop).await {
+        if !Box::pin(self.wait_for_credentials(&spec, &mut stop)).await {
             return;
         }
         loop {
-            let claim = self
-                .ownership
-                .claim(
-                    &key,
-                    spec.heartbeat.timeout,
-                    adapter.platform().as_str(),
-                    &status,
-                    &mut stop,
-                )
-                .await;
+            let claim = Box::pin(self.ownership.claim(
+                &key,
+                spec.heartbeat.timeout,
+                adapter.platform().as_str(),
+                &status,
+                &mut stop,
+            ))
+            .await;
             let Some(mut claim) = claim else { return };
             // A new fence: what the hub holds from an earlier ownership is stale. Resume from
             // the store's checkpoint (another pod's app may have acked past it meanwhile).
-            let Some(checkpoint) = self.read_checkpoint(&claim, &mut stop).await else {
+            let Some(checkpoint) = Box::pin(self.read_checkpoint(&claim, &mut stop)).await else {
                 let stopped = *stop.borrow();
                 if let Some(reason) = stopped {
-                    self.ownership
-                        .release(claim, StreamState::Stopped, reason)
-                        .await;
+                    Box::pin(self.ownership.release(claim, StreamState::Stopped, reason)).await;
                     return;
                 }
                 self.ownership.forget(&claim);
@@ -79,23 +79,19 @@ impl Pod {
             };
             hub.reclaim(checkpoint);
             *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
-            if !self
-                .wait_for_pool_slot(&spec, &hub, &status, &mut claim, &mut stop)
-                .await
+            if !Box::pin(self.wait_for_pool_slot(&spec, &hub, &status, &mut claim, &mut stop)).await
             {
                 *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 hub.hold();
                 let stopped = *stop.borrow();
                 if let Some(reason) = stopped {
-                    self.ownership
-                        .release(claim, StreamState::Paused, reason)
-                        .await;
+                    Box::pin(self.ownership.release(claim, StreamState::Paused, reason)).await;
                     return;
                 }
                 self.ownership.forget(&claim);
                 continue;
             }
-            let Some(tokens) = self.token_lease(&spec, &route.http).await else {
+            let Some(tokens) = Box::pin(self.token_lease(&spec, &route.http)).await else {
                 self.ownership.forget(&claim);
                 tokio::select! {
                     _ = tokio::time::sleep(spec.token.retry) => {}
@@ -103,9 +99,8 @@ impl Pod {
                 }
                 continue;
             };
-            let gap_from = self
-                .last_heard(&key, claim.fence, &spec, &hub, adapter.as_ref())
-                .await;
+            let gap_from =
+                Box::pin(self.last_heard(&key, claim.fence, &spec, &hub, adapter.as_ref())).await;
             let observer = Arc::new(StreamObserver {
                 ownership: Arc::clone(&self.ownership),
                 key: key.clone(),
@@ -114,7 +109,7 @@ impl Pod {
             });
             let (session_stop, session_stop_rx) = watch::channel(None);
             let ctx = SessionCtx {
-                spec: spec.clone(),
+                spec: Arc::clone(&spec),
                 pod: self.name.clone(),
                 adapter: Arc::clone(&adapter),
                 hub: Arc::clone(&hub),
@@ -214,22 +209,22 @@ impl Pod {
             // Nothing new reaches the app now. Give it a moment to ack what it was handed, so
             // the next owner does not deliver those again; then the last checkpoint goes in
             // before the lease is handed over.
-            let drained = tokio::time::timeout(HANDOVER_ACK_GRACE, async {
+            let drained = Box::pin(tokio::time::timeout(HANDOVER_ACK_GRACE, async {
                 while hub.pending_events() > 0 && hub.consumers() > 0 {
                     if acked.changed().await.is_err() {
                         break;
                     }
                 }
-            })
+            }))
             .await;
             if drained.is_err() {
                 tracing::info!(stream = %spec.id, pending = hub.pending_events(), "handing over with unacked events: the next owner delivers them again");
             }
             if let Some(id) = hub.last_acked() {
-                let _ = self.ownership.checkpoint(&claim, &id).await;
+                let _ = Box::pin(self.ownership.checkpoint(&claim, &id)).await;
             }
             hub.hold();
-            self.ownership.release(claim, last_state, reason).await;
+            Box::pin(self.ownership.release(claim, last_state, reason)).await;
             metrics.state(StreamState::Stopped);
             return;
         }

@@ -41,8 +41,8 @@ use crate::{
 
 /// Everything a session needs.
 pub struct SessionCtx {
-    /// The stream's spec.
-    pub spec: StreamSpec,
+    /// The stream's spec, shared with the pod's map and the supervisor.
+    pub spec: Arc<StreamSpec>,
     /// This pod.
     pub pod: PodName,
     /// The platform dialect.
@@ -234,7 +234,7 @@ impl Session {
             if let Some(reason) = *stop.borrow() {
                 return reason;
             }
-            let (token, generation) = match self.wait_for_token(stop).await {
+            let (token, generation) = match Box::pin(self.wait_for_token(stop)).await {
                 Ok(t) => t,
                 Err(reason) => return reason,
             };
@@ -263,18 +263,22 @@ impl Session {
                 }
                 continue;
             }
+            // Opening, failing and backing off happen once per connection: boxed, so that the
+            // session's future (alive as long as the stream) is sized for `drive` alone.
             self.set_state(StreamState::Connecting, None);
             self.connections += 1;
             let id = self.next_connection_id();
             let opened = tokio::select! {
-                r = self.opener.open(Arc::clone(&token), generation, self.last_seen.as_ref(), id.clone(), || self.ping_phase()) => r,
+                r = Box::pin(self.opener.open(Arc::clone(&token), generation, self.last_seen.as_ref(), id.clone(), || self.ping_phase())) => r,
                 _ = stop.changed() => continue,
             };
             let mut link = match opened {
                 Ok(link) => link,
                 Err(failure) => {
                     self.connections -= 1;
-                    if let Some(reason) = self.open_failed(stop, failure, generation).await {
+                    if let Some(reason) =
+                        Box::pin(self.open_failed(stop, failure, generation)).await
+                    {
                         return reason;
                     }
                     continue;
@@ -292,7 +296,7 @@ impl Session {
                 continue;
             }
             let why = format!("connection dropped: {}", ended.reason);
-            if let Some(reason) = self.back_off(stop, why).await {
+            if let Some(reason) = Box::pin(self.back_off(stop, why)).await {
                 return reason;
             }
         }
