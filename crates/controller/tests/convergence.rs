@@ -233,7 +233,7 @@ async fn bench(redis: Option<&RedisServer>) {
         let s = streams(&client, &ns).await;
         let decided = s.len() == STREAMS
             && s.iter()
-                .all(|x| matches!(phase(x).as_deref(), Some("Active" | "Queued")));
+                .all(|x| matches!(phase(x).as_deref(), Some("Active" | "Queued" | "Preempted")));
         if decided {
             rendered.clear();
             for w in &workloads {
@@ -247,7 +247,15 @@ async fn bench(redis: Option<&RedisServer>) {
         }
         assert!(
             Instant::now() < deadline,
-            "not converged within 900 s:\n{}",
+            "not converged within 900 s: phases {:?}, {} streams in ConfigMaps\n{}",
+            {
+                let mut by: BTreeMap<String, usize> = BTreeMap::new();
+                for x in &s {
+                    *by.entry(phase(x).unwrap_or_default()).or_default() += 1;
+                }
+                by
+            },
+            rendered.len(),
             ctl.stderr_text()
         );
         tokio::time::sleep(POLL).await;
