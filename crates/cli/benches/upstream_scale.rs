@@ -5,9 +5,9 @@
 //! half-open at once.
 //!
 //! ```text
-//! cargo bench -p streamkeeper --bench upstream_scale
+//! cargo bench -p streamkeeper --features heap-stats --bench upstream_scale
 //! SK_BENCH_CONNS=2000 SK_BENCH_INTERVAL=1s SK_BENCH_TIMEOUT=3s SK_BENCH_CPU_WINDOW=10s \
-//!     cargo bench -p streamkeeper --bench upstream_scale
+//!     cargo bench -p streamkeeper --features heap-stats --bench upstream_scale
 //! ```
 //!
 //! Parameters (environment): `SK_BENCH_CONNS` (10000), `SK_BENCH_INTERVAL` (15s),
@@ -18,18 +18,18 @@
 //! `1s`: another grid step, to see what the step costs in detection latency).
 //!
 //! The emulator runs as a child process: the client and server sockets of 10,000 connections
-//! do not fit one process's 20,000 files. A counting global allocator gives live heap bytes,
-//! and a census of live allocations by exact size shows where each connection's bytes go.
+//! do not fit one process's 20,000 files. The sidecar's counting allocator (feature
+//! `heap-stats`) gives live heap bytes, and a census of live allocations by exact size shows
+//! where each connection's bytes go.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     fmt::Write as _,
     io::{BufRead as _, BufReader},
     net::{SocketAddr, TcpListener},
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -68,91 +68,26 @@ const DEFAULT_WORKERS: usize = 2;
 
 // --- Heap accounting -------------------------------------------------------------------------
 
+// The sidecar's own counting allocator (feature `heap-stats`), which its /debug/heap serves.
 #[global_allocator]
 static ALLOC: heap::Counting = heap::Counting;
 
 mod heap {
-    use super::*;
-
-    /// Sizes counted exactly up to this; larger allocations share the last slot.
-    pub const TRACKED: usize = 8192;
-
-    static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-    static LIVE_BY_SIZE: [AtomicIsize; TRACKED + 1] = [const { AtomicIsize::new(0) }; TRACKED + 1];
-
-    /// The system allocator, counting live bytes and live allocations by size.
-    pub struct Counting;
-
-    fn record(size: usize, delta: isize) {
-        if delta > 0 {
-            LIVE_BYTES.fetch_add(size, Relaxed);
-        } else {
-            LIVE_BYTES.fetch_sub(size, Relaxed);
-        }
-        LIVE_BY_SIZE[size.min(TRACKED)].fetch_add(delta, Relaxed);
-    }
-
-    // A global allocator cannot be written without `unsafe`; this one only forwards to
-    // `System` and counts.
-    #[allow(unsafe_code)]
-    // SAFETY: every method forwards its arguments unchanged to `System`, which upholds the
-    // `GlobalAlloc` contract; the counting touches only atomics and never allocates.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: the caller's contract for `alloc` is passed on as is.
-            let ptr = unsafe { System.alloc(layout) };
-            if !ptr.is_null() {
-                record(layout.size(), 1);
-            }
-            ptr
-        }
-
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: as for `alloc`.
-            let ptr = unsafe { System.alloc_zeroed(layout) };
-            if !ptr.is_null() {
-                record(layout.size(), 1);
-            }
-            ptr
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: `ptr` came from this allocator, hence from `System`, with `layout`.
-            unsafe { System.dealloc(ptr, layout) };
-            record(layout.size(), -1);
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            // SAFETY: as for `dealloc`; `new_size` is passed on unchanged.
-            let new = unsafe { System.realloc(ptr, layout, new_size) };
-            if !new.is_null() {
-                record(layout.size(), -1);
-                record(new_size, 1);
-            }
-            new
-        }
-    }
-
-    /// Bytes allocated and not yet freed, process-wide.
-    pub fn live_bytes() -> usize {
-        LIVE_BYTES.load(Relaxed)
-    }
+    pub use streamkeeper_sidecar::heap::{Counting, TRACKED, live_bytes, read_by_size};
 
     /// Live allocations by exact size, read into a buffer allocated up front, so that taking
     /// a census does not change what it counts.
-    pub struct Census(Box<[isize]>);
+    pub struct Census(Box<[isize; TRACKED + 1]>);
 
     impl Census {
         /// An empty census (allocates its buffer now).
         pub fn new() -> Self {
-            Self(vec![0; TRACKED + 1].into_boxed_slice())
+            Self(Box::new([0; TRACKED + 1]))
         }
 
         /// Reads the live counts.
         pub fn take(&mut self) {
-            for (slot, live) in self.0.iter_mut().zip(&LIVE_BY_SIZE) {
-                *slot = live.load(Relaxed);
-            }
+            read_by_size(&mut self.0);
         }
 
         /// Size classes whose live count changed since `before`, as (size, change), the

@@ -86,6 +86,20 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// Bytes allocated and not yet freed, process-wide.
+pub fn live_bytes() -> usize {
+    LIVE_BYTES.load(Relaxed)
+}
+
+/// Reads the live allocation counts by exact size into `out` (slot [`TRACKED`] stands for it
+/// and every larger size). `out` is the caller's, allocated up front, so reading allocates
+/// nothing and a census does not change what it counts.
+pub fn read_by_size(out: &mut [isize; TRACKED + 1]) {
+    for (slot, count) in out.iter_mut().zip(&LIVE_BY_SIZE) {
+        *slot = count.load(Relaxed);
+    }
+}
+
 /// The census as JSON: `{"liveBytes":N,"largeBytes":N,"bySize":[[size,count],...]}`, live
 /// allocations by exact size (the last size, [`TRACKED`], stands for it and every larger one,
 /// whose bytes are `largeBytes`). Taking it leaves nothing behind: its own buffer is read out of
