@@ -41,6 +41,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use streamkeeper_testkit::procfs;
 
 /// The emulator stream every sidecar stream attaches to.
 const EMU_STREAM: &str = "bench";
@@ -125,37 +126,14 @@ impl Params {
 
 // --- /proc readings --------------------------------------------------------------------------
 
-/// Clock ticks per second of `/proc/*/stat` (Linux's USER_HZ, 100 on every common architecture).
-const USER_HZ: u64 = 100;
-
 /// A `kB` field of `/proc/{pid}/status`, in bytes.
 fn status_field(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+    procfs::status_bytes(&pid.to_string(), field)
 }
 
 /// User plus system CPU time of a process.
 fn cpu_time(pid: u32) -> Duration {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // Fields after the parenthesised command name start at field 3 (state); utime and
-            // stime are fields 14 and 15.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 1000 / USER_HZ)
+    procfs::cpu_time(&pid.to_string())
 }
 
 fn threads(pid: u32) -> usize {

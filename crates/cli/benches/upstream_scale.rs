@@ -115,38 +115,11 @@ mod heap {
 mod procfs {
     use super::*;
 
-    /// Clock ticks per second of `/proc/*/stat` (Linux's USER_HZ, 100 on every common
-    /// architecture).
-    const USER_HZ: u64 = 100;
+    pub use streamkeeper_testkit::procfs::cpu_time;
 
     /// Resident set size of this process.
     pub fn rss_bytes() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map_or(0, |kib| kib * 1024)
-    }
-
-    /// User plus system CPU time of a process (`/proc/{pid}/stat`, 10 ms ticks).
-    pub fn cpu_time(pid: &str) -> Duration {
-        let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                // Fields after the parenthesised command name start at field 3 (state);
-                // utime and stime are fields 14 and 15.
-                let rest = stat.rsplit_once(')')?.1;
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                let utime: u64 = fields.get(11)?.parse().ok()?;
-                let stime: u64 = fields.get(12)?.parse().ok()?;
-                Some(utime + stime)
-            })
-            .unwrap_or(0);
-        Duration::from_millis(ticks * 1000 / USER_HZ)
+        streamkeeper_testkit::procfs::status_bytes("self", "VmRSS")
     }
 
     /// CPU time of this process's live threads, to the nanosecond

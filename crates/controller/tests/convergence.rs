@@ -56,17 +56,8 @@ const RUNTIME: Duration = Duration::from_secs(120);
 
 /// (VmRSS, VmHWM) in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            })
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let field = |name| streamkeeper_testkit::procfs::status_bytes(&pid.to_string(), name) / 1024;
+    (field("VmRSS"), field("VmHWM"))
 }
 
 /// The controller's requests so far, watches left out.

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "k8s")]
 pub mod k8s;
+pub mod procfs;
 #[cfg(feature = "proxy")]
 pub mod proxy;
 pub mod redis;
