@@ -293,7 +293,9 @@ fn redis_lease_lapsed(d: &dyn RedisDeployment, k: &StreamKey) -> bool {
         Ok(v) => value_text(v).parse::<f64>().unwrap_or(0.0),
         Err(e) => panic!("ZSCORE: {e}"),
     };
-    score <= redis_now_ms(d, &leases)
+    // Strictly before now, as the sweep takes a lapse (its range ends before now): an expiry
+    // equal to Redis's current millisecond is not swept yet (a race seen once under load).
+    score < redis_now_ms(d, &leases)
 }
 
 /// Redis's clock (TIME) in milliseconds, on the node that holds `key`.
