@@ -98,9 +98,38 @@ struct Memory {
     /// The status last written per stream: the cache lags our own writes, and comparing with
     /// it alone would write the same status twice.
     written: HashMap<StreamId, StreamConnectionStatus>,
-    /// The tenant and workload each stream was last decided and rendered under: a stream that
-    /// moves leaves a slot free in the old tenant's pool and must leave the old ConfigMap.
-    placed: HashMap<StreamId, (Tenant, WorkloadKey)>,
+    /// Every tenant and workload each stream was decided or rendered under since its own
+    /// reconcile last settled them: a stream that moves leaves a slot free in the old tenant's
+    /// pool and must leave the old ConfigMap. Recorded wherever the stream is seen, not only by
+    /// its own reconcile: another stream's reconcile can decide and render it first, and a move
+    /// applied before its own reconcile ran would otherwise leave it behind (in the old pool's
+    /// count and the old ConfigMap) until the next resync.
+    placed: HashMap<StreamId, BTreeSet<Placement>>,
+}
+
+/// Where a stream counts: its tenant's pool and its workload's ConfigMap.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Placement {
+    tenant: Tenant,
+    workload: WorkloadKey,
+}
+
+impl Placement {
+    fn of(sc: &StreamConnection) -> Self {
+        Self {
+            tenant: sc.spec.tenant.clone(),
+            workload: WorkloadKey::of(sc),
+        }
+    }
+}
+
+impl Memory {
+    fn place(&mut self, id: &StreamId, sc: &StreamConnection) {
+        self.placed
+            .entry(id.clone())
+            .or_default()
+            .insert(Placement::of(sc));
+    }
 }
 
 /// What every reconcile shares.
@@ -272,6 +301,7 @@ fn readmit(
 ) -> Vec<(Arc<StreamConnection>, Option<Decision>, Decision)> {
     let mut mem = ctx.memory();
     for (sc, c) in streams {
+        mem.place(&c.id, sc);
         if !mem.decisions.contains_key(&c.id)
             && let Some(d) = decision_from_status(sc.status.as_ref())
         {
@@ -311,22 +341,51 @@ async fn apply(sc: &StreamConnection, ctx: &Arc<Context>) -> Result<Action, Erro
         write_status(ctx, sc, None, Some(&e.to_string())).await?;
         return Ok(Action::await_change());
     }
-    let tenant = sc.spec.tenant.clone();
-    let workload = WorkloadKey::of(sc);
-    let before = ctx.memory().placed.get(&id).cloned();
-    let mut workloads = BTreeSet::from([workload.clone()]);
-    if let Some((old_tenant, old_workload)) = before {
-        // It moved: out of the old ConfigMap, and its slot in the old pool goes to the next.
-        workloads.insert(old_workload);
-        if old_tenant != tenant {
-            readmit_tenant(ctx, &old_tenant, None, BTreeSet::new()).await?;
-        }
-    }
-    readmit_tenant(ctx, &tenant, None, workloads).await?;
-    ctx.memory().placed.insert(id.clone(), (tenant, workload));
+    let here = Placement::of(sc);
+    let seen = leave_earlier_places(ctx, &id, &here, None).await?;
+    readmit_tenant(ctx, &here.tenant, None, workloads_of(&seen, &here)).await?;
+    settle(ctx, &id, &seen, here);
     let decision = ctx.memory().decisions.get(&id).copied();
     write_status(ctx, sc, decision, None).await?;
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// The workloads to render for a stream now at `here`: its own and every one it was seen in
+/// (it leaves those).
+fn workloads_of(seen: &BTreeSet<Placement>, here: &Placement) -> BTreeSet<WorkloadKey> {
+    seen.iter()
+        .map(|p| p.workload.clone())
+        .chain([here.workload.clone()])
+        .collect()
+}
+
+/// Readmits every tenant the stream was seen in other than `here`'s (its slot there goes to
+/// the next; `gone`: it is being deleted), and returns every place it was seen in.
+async fn leave_earlier_places(
+    ctx: &Arc<Context>,
+    id: &StreamId,
+    here: &Placement,
+    gone: Option<&StreamId>,
+) -> Result<BTreeSet<Placement>, Error> {
+    let seen = ctx.memory().placed.get(id).cloned().unwrap_or_default();
+    let old_tenants: BTreeSet<&Tenant> = seen
+        .iter()
+        .map(|p| &p.tenant)
+        .filter(|t| **t != here.tenant)
+        .collect();
+    for t in old_tenants {
+        readmit_tenant(ctx, t, gone, BTreeSet::new()).await?;
+    }
+    Ok(seen)
+}
+
+/// Forgets the places just handled; `here` is where the stream counts now. A place recorded
+/// meanwhile by another reconcile (the object moved again) stays for the next.
+fn settle(ctx: &Context, id: &StreamId, handled: &BTreeSet<Placement>, here: Placement) {
+    let mut mem = ctx.memory();
+    let set = mem.placed.entry(id.clone()).or_default();
+    set.retain(|p| !handled.contains(p));
+    set.insert(here);
 }
 
 /// Recomputes `tenant`'s pool (without `gone`, a stream being deleted), then re-renders the
@@ -353,18 +412,13 @@ async fn cleanup(sc: &StreamConnection, ctx: &Arc<Context>) -> Result<Action, Er
     let workload = WorkloadKey::of(sc);
     let id = render::stream_id(sc).ok();
     let tenant = sc.spec.tenant.clone();
-    let mut workloads = BTreeSet::from([workload.clone()]);
-    let before = id
-        .as_ref()
-        .and_then(|id| ctx.memory().placed.get(id).cloned());
-    if let Some((old_tenant, old_workload)) = before {
-        // Moved and deleted before the move was reconciled: out of where it was too.
-        workloads.insert(old_workload);
-        if old_tenant != tenant {
-            readmit_tenant(ctx, &old_tenant, id.as_ref(), BTreeSet::new()).await?;
-        }
-    }
-    readmit_tenant(ctx, &tenant, id.as_ref(), workloads).await?;
+    let here = Placement::of(sc);
+    // Moved and deleted before the move was reconciled: out of where it was too.
+    let seen = match &id {
+        Some(id) => leave_earlier_places(ctx, id, &here, Some(id)).await?,
+        None => BTreeSet::new(),
+    };
+    readmit_tenant(ctx, &tenant, id.as_ref(), workloads_of(&seen, &here)).await?;
     if let (Some(store), Some(id)) = (ctx.store.as_ref(), id.as_ref()) {
         let key = StreamKey {
             tenant: tenant.clone(),
@@ -454,7 +508,12 @@ async fn sync_config_map(ctx: &Arc<Context>, workload: &WorkloadKey) -> Result<(
         .filter(|s| !deleting(s) && &WorkloadKey::of(s) == workload)
         .collect();
     let cfg = {
-        let mem = ctx.memory();
+        let mut mem = ctx.memory();
+        for s in &members {
+            if let Ok(id) = render::stream_id(s) {
+                mem.place(&id, s);
+            }
+        }
         render::workload_config(
             members.iter().map(|s| s.as_ref()),
             &mem.decisions,

@@ -572,3 +572,105 @@ async fn a_stream_that_moves_leaves_its_old_configmap_and_frees_its_slot_for_the
     .await;
     ctl.stop().await.expect("clean stop");
 }
+
+/// The order that lost a move once under load, forced: another stream's reconcile decides and
+/// renders `first` before `first`'s own reconcile ever runs, and `first` moves to another
+/// tenant and workload before it does. The reconciler runs here on a cache this test feeds
+/// (the controller's watch would pick its own order), against the real API server.
+#[tokio::test]
+async fn a_stream_moved_before_its_own_first_reconcile_still_leaves_its_old_pool_and_configmap() {
+    use kube::runtime::{
+        events::{Recorder, Reporter},
+        reflector, watcher,
+    };
+    use streamkeeper_controller::{
+        leader::Leadership,
+        metrics::Metrics,
+        reconcile::{self, Context, Settings},
+        runtime::RuntimeView,
+    };
+
+    let c = k8s();
+    let ns = c.namespace("early-move");
+    let client = c.client().await;
+    // With the finalizer in place, each reconcile goes straight to the decision.
+    let with_finalizer = |yaml: String| {
+        yaml.replace(
+            &format!("namespace: {ns}}}"),
+            &format!(
+                "namespace: {ns}, finalizers: [{}]}}",
+                streamkeeper_api::crd::FINALIZER
+            ),
+        )
+    };
+    apply_ok(c, &with_finalizer(sconn(&ns, "first", "acme", 900, "wl-a")));
+    apply_ok(
+        c,
+        &with_finalizer(sconn(&ns, "second", "acme", 500, "wl-a")),
+    );
+    let get = |name: &'static str| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move { stream(&client, &ns, name).await.expect(name) }
+    };
+
+    let (cache, mut feed) = reflector::store::<StreamConnection>();
+    feed.apply_watcher_event(&watcher::Event::InitApply(get("first").await));
+    feed.apply_watcher_event(&watcher::Event::InitApply(get("second").await));
+    feed.apply_watcher_event(&watcher::Event::InitDone);
+    let (config_maps, mut cm_feed) = reflector::store();
+    cm_feed.apply_watcher_event(&watcher::Event::InitDone);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        cache,
+        config_maps,
+        None,
+        Arc::new(RuntimeView::default()),
+        Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: reconcile::REPORTER.to_owned(),
+                instance: None,
+            },
+        ),
+        Leadership::always(),
+        Metrics::new(),
+        Settings {
+            limits: limits(1, &[]),
+            ..Settings::default()
+        },
+    ));
+
+    // second's reconcile decides the whole pool: first takes the one slot.
+    reconcile::reconcile(Arc::new(get("second").await), Arc::clone(&ctx))
+        .await
+        .expect("second's reconcile");
+    let id = |n: &str| format!("{ns}/{n}");
+    assert_eq!(
+        config_streams(&client, &ns, "wl-a").await,
+        Some(BTreeSet::from([id("first")]))
+    );
+    assert_eq!(phase(&get("first").await).as_deref(), Some("Active"));
+    assert_eq!(phase(&get("second").await).as_deref(), Some("Queued"));
+
+    // first moves; its own reconcile runs only now, on the moved object.
+    apply_ok(
+        c,
+        &with_finalizer(sconn(&ns, "first", "globex", 900, "wl-b")),
+    );
+    let moved = get("first").await;
+    feed.apply_watcher_event(&watcher::Event::Apply(moved.clone()));
+    reconcile::reconcile(Arc::new(moved), Arc::clone(&ctx))
+        .await
+        .expect("first's reconcile");
+    assert_eq!(
+        config_streams(&client, &ns, "wl-a").await,
+        Some(BTreeSet::from([id("second")])),
+        "first left wl-a and its slot in acme went to second"
+    );
+    assert_eq!(
+        config_streams(&client, &ns, "wl-b").await,
+        Some(BTreeSet::from([id("first")]))
+    );
+    assert_eq!(phase(&get("first").await).as_deref(), Some("Active"));
+    assert_eq!(phase(&get("second").await).as_deref(), Some("Active"));
+}
