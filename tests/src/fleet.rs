@@ -1,8 +1,8 @@
-//! A fleet of `streamkeeper sidecar` processes on one Redis, against an in-process emulator:
-//! start, signal (KILL, TERM, STOP, CONT) and restart pods; read their `/status` and `/metrics`;
-//! sample, all through a run, who owns a stream and how many upstream sockets the emulator sees
-//! ([`Sampler`]); and keep one [`Ledger`] of every event delivered to every pod's app, to prove
-//! that nothing acked comes again and nothing is lost.
+//! A fleet of `streamkeeper-sidecar` processes (the lean binary pods run) on one Redis, against
+//! an in-process emulator: start, signal (KILL, TERM, STOP, CONT) and restart pods; read their
+//! `/status` and `/metrics`; sample, all through a run, who owns a stream and how many upstream
+//! sockets the emulator sees ([`Sampler`]); and keep one [`Ledger`] of every event delivered to
+//! every pod's app, to prove that nothing acked comes again and nothing is lost.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -160,7 +160,7 @@ impl Fleet {
         cfg: EmulatorConfig,
         timers: Timers,
     ) -> Self {
-        crate::process::binary();
+        crate::process::sidecar_binary();
         let dir = TempDir::new(label);
         let creds = dir.path().join("credentials");
         write_credentials(&cfg, &creds);
@@ -401,12 +401,12 @@ impl Fleet {
     }
 }
 
-/// Starts `streamkeeper sidecar --config FILE`; its log filter is `info`, or
+/// Starts `streamkeeper-sidecar --config FILE` (the lean binary pods run); its log filter is `info`, or
 /// `$STREAMKEEPER_E2E_SIDECAR_LOG` (e.g. `streamkeeper_sidecar=debug,info`) to see more.
 fn spawn(config: &std::path::Path) -> Running {
     let path = config.to_str().expect("a UTF-8 temp path");
     let log = std::env::var("STREAMKEEPER_E2E_SIDECAR_LOG").unwrap_or_else(|_| "info".into());
-    Running::spawn(&["sidecar", "--config", path], &log)
+    Running::spawn_sidecar(&[], path, &log)
 }
 
 async fn bounded_status(admin: SocketAddr) -> Result<Value, String> {

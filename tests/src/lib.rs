@@ -12,7 +12,7 @@
 //! * [`App`] is a local app client that reads [`AppFrame`](streamkeeper_api::app_protocol::AppFrame)s
 //!   in the background (answering the sidecar's pings) and acks on request or automatically.
 //! * [`process`] finds and runs the `streamkeeper` binary for process-level tests;
-//!   [`process::SidecarProcess`] is a `streamkeeper sidecar` process with its own config and
+//!   [`process::SidecarProcess`] is a `streamkeeper-sidecar` process with its own config and
 //!   environment (proxy variables are per process), its stdout and stderr captured.
 //! * [`netns`] puts the platform in a network namespace behind a veth pair, to cut the path at
 //!   the kernel (an nftables drop: no ACK, no RST, no FIN) and heal it (needs root).

@@ -21,13 +21,19 @@ use tokio::{
 /// directory this test binary was built into (`target/<profile>/`), else
 /// `<workspace>/target/debug/streamkeeper`. Fails the test, saying how to build it, when absent.
 pub fn binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("STREAMKEEPER_BIN") {
+    built("streamkeeper", "STREAMKEEPER_BIN")
+}
+
+/// The lean `streamkeeper-sidecar` binary (what `inject` puts in pods), found as [`binary`] is
+/// (`$STREAMKEEPER_SIDECAR_BIN` overrides).
+pub fn sidecar_binary() -> PathBuf {
+    built("streamkeeper-sidecar", "STREAMKEEPER_SIDECAR_BIN")
+}
+
+fn built(name: &str, var: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(var) {
         let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "STREAMKEEPER_BIN={} is not a file",
-            bin.display()
-        );
+        assert!(bin.is_file(), "{var}={} is not a file", bin.display());
         return bin;
     }
     let mut candidates = Vec::new();
@@ -36,16 +42,20 @@ pub fn binary() -> PathBuf {
         .ok()
         .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
     {
-        candidates.push(profile.join("streamkeeper"));
+        candidates.push(profile.join(name));
     }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/streamkeeper"));
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/debug")
+            .join(name),
+    );
     candidates
         .into_iter()
         .find(|c| c.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "the streamkeeper binary is not built: build it with `cargo build -p streamkeeper` \
-             (or point STREAMKEEPER_BIN at it)"
+                "the {name} binary is not built: build it with `cargo build -p streamkeeper` \
+             (or point {var} at it)"
             )
         })
 }
@@ -152,27 +162,31 @@ impl Running {
         Self::spawn_under(&[], args, log)
     }
 
-    /// Like [`spawn`](Self::spawn), with `env` added to the child's environment (e.g.
-    /// `HTTPS_PROXY`, which the sidecar reads per process).
-    pub fn spawn_with_env(env: &[(&str, &str)], args: &[&str], log: &str) -> Self {
-        Self::spawn_inner(&[], env, args, log)
-    }
-
     /// Like [`spawn`](Self::spawn), with the binary run by `wrapper` (a program and its
     /// arguments, e.g. `ip netns exec NAME`); an empty `wrapper` runs it directly.
     pub fn spawn_under(wrapper: &[&str], args: &[&str], log: &str) -> Self {
-        Self::spawn_inner(wrapper, &[], args, log)
+        Self::spawn_inner(&binary(), wrapper, &[], args, log)
     }
 
-    fn spawn_inner(wrapper: &[&str], env: &[(&str, &str)], args: &[&str], log: &str) -> Self {
-        let bin = binary();
+    /// Starts the lean `streamkeeper-sidecar --config CONFIG` (what pods run), with `env`.
+    pub fn spawn_sidecar(env: &[(&str, &str)], config: &str, log: &str) -> Self {
+        Self::spawn_inner(&sidecar_binary(), &[], env, &["--config", config], log)
+    }
+
+    fn spawn_inner(
+        bin: &Path,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+        log: &str,
+    ) -> Self {
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
-                c.args(rest).arg(&bin);
+                c.args(rest).arg(bin);
                 c
             }
-            None => Command::new(&bin),
+            None => Command::new(bin),
         };
         let mut child = command
             .args(args)
@@ -303,10 +317,10 @@ pub fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename over the target");
 }
 
-/// A `streamkeeper sidecar --config FILE` process with its config written from a
-/// [`SidecarConfig`](streamkeeper_api::SidecarConfig) (as JSON, which is YAML), its app and
-/// admin endpoints on free loopback ports, and its own environment (proxy variables are read
-/// per process, so each process is its own egress).
+/// A `streamkeeper-sidecar --config FILE` process (the lean binary pods run) with its config
+/// written from a [`SidecarConfig`](streamkeeper_api::SidecarConfig) (as JSON, which is YAML),
+/// its app and admin endpoints on free loopback ports, and its own environment (proxy variables
+/// are read per process, so each process is its own egress).
 #[derive(Debug)]
 pub struct SidecarProcess {
     /// The child.
@@ -348,7 +362,7 @@ impl SidecarProcess {
         let text = serde_json::to_string_pretty(&config).expect("the config serialises");
         write_atomically(&file, &text);
         let path = file.to_str().expect("a UTF-8 temp path");
-        let child = Running::spawn_with_env(env, &["sidecar", "--config", path], log);
+        let child = Running::spawn_sidecar(env, path, log);
         Self {
             child,
             admin,

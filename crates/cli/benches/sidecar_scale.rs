@@ -1,5 +1,6 @@
-//! Scale benchmark of the whole sidecar (issue 6, "Measure"): the real `streamkeeper sidecar`
-//! process, run from a config file with N idle `generic` streams against the emulator in a
+//! Scale benchmark of the whole sidecar (issue 6, "Measure"): the real sidecar process as pods
+//! run it (the lean `streamkeeper-sidecar` binary; `SK_BENCH_SIDECAR=streamkeeper` runs
+//! `streamkeeper sidecar` instead, the whole binary, for comparison), run from a config file with N idle `generic` streams against the emulator in a
 //! process of its own, over `ws://` and over `wss://` (the emulator's test CA as each stream's
 //! `tls.caFile`, `https://` token and API endpoints too). Reports, at each N, the sidecar's
 //! RSS, its live heap and its CPU over a window, and per added stream the slope between
@@ -14,7 +15,7 @@
 //! Parameters (environment): `SK_BENCH_STREAMS` (`50,1000,10000`; a run with 0 streams is
 //! always added as the base), `SK_BENCH_TRANSPORTS` (`ws,wss`), `SK_BENCH_CPU_WINDOW` (30s),
 //! `SK_BENCH_INTERVAL` / `SK_BENCH_TIMEOUT` (the streams' heartbeat, 15s / 35s: the product
-//! defaults).
+//! defaults), `SK_BENCH_SIDECAR` (`streamkeeper-sidecar` or `streamkeeper`).
 //!
 //! What runs: one sidecar process per (transport, N), with the in-process store (no Redis: one
 //! pod), one tenant whose limit is N, the production defaults for everything else, and no app
@@ -84,6 +85,16 @@ struct Params {
     cpu_window: Duration,
     interval: Duration,
     timeout: Duration,
+    sidecar: SidecarBinary,
+}
+
+/// Which program runs the sidecar.
+#[derive(Debug, Clone, Copy)]
+enum SidecarBinary {
+    /// `streamkeeper-sidecar`, what injected pods run.
+    Lean,
+    /// `streamkeeper sidecar`, the whole binary.
+    Whole,
 }
 
 fn env_duration(var: &str, default: &str) -> anyhow::Result<Duration> {
@@ -120,6 +131,13 @@ impl Params {
             cpu_window: env_duration("SK_BENCH_CPU_WINDOW", "30s")?,
             interval: env_duration("SK_BENCH_INTERVAL", "15s")?,
             timeout: env_duration("SK_BENCH_TIMEOUT", "35s")?,
+            sidecar: match std::env::var("SK_BENCH_SIDECAR").as_deref() {
+                Err(_) | Ok("streamkeeper-sidecar") => SidecarBinary::Lean,
+                Ok("streamkeeper") => SidecarBinary::Whole,
+                Ok(other) => bail!(
+                    "SK_BENCH_SIDECAR: {other:?} is neither streamkeeper-sidecar nor streamkeeper"
+                ),
+            },
         })
     }
 }
@@ -223,15 +241,21 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(args: &[&str], tag: &'static str, log: &str, ready: &str) -> anyhow::Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_streamkeeper"))
+    fn spawn(
+        program: &str,
+        args: &[&str],
+        tag: &'static str,
+        log: &str,
+        ready: &str,
+    ) -> anyhow::Result<Self> {
+        let mut child = Command::new(program)
             .args(args)
             .env("STREAMKEEPER_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting `streamkeeper {}`", args.join(" ")))?;
+            .with_context(|| format!("starting `{program} {}`", args.join(" ")))?;
         let stderr = child.stderr.take().context("the child's stderr")?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let marker = ready.to_owned();
@@ -296,7 +320,13 @@ impl Emulator {
             "--ca-out",
             &ca_arg,
         ];
-        let proc = Proc::spawn(&args, "emulator", "warn", "emulator listening on")?;
+        let proc = Proc::spawn(
+            env!("CARGO_BIN_EXE_streamkeeper"),
+            &args,
+            "emulator",
+            "warn",
+            "emulator listening on",
+        )?;
         Ok(Self { proc, addr, ca })
     }
 
@@ -449,8 +479,14 @@ fn run_one(
     let pings_before = emu.pings()?;
     let started = Instant::now();
     let config_arg = config.display().to_string();
+    let (program, mut args) = match params.sidecar {
+        SidecarBinary::Lean => (env!("CARGO_BIN_EXE_streamkeeper-sidecar"), vec![]),
+        SidecarBinary::Whole => (env!("CARGO_BIN_EXE_streamkeeper"), vec!["sidecar"]),
+    };
+    args.extend(["--config", &config_arg]);
     let sidecar = Proc::spawn(
-        &["sidecar", "--config", &config_arg],
+        program,
+        &args,
         "sidecar",
         "warn,streamkeeper_sidecar::admin=info",
         "admin endpoint listening",
@@ -523,8 +559,12 @@ fn verdict(ok: bool) -> &'static str {
 fn print_transport(params: &Params, transport: Transport, runs: &[Run]) {
     println!();
     println!(
-        "{} (heartbeat {:?}/{:?}, CPU over {:?})",
+        "{} (`{}`, heartbeat {:?}/{:?}, CPU over {:?})",
         transport.as_str(),
+        match params.sidecar {
+            SidecarBinary::Lean => "streamkeeper-sidecar",
+            SidecarBinary::Whole => "streamkeeper sidecar",
+        },
         params.interval,
         params.timeout,
         params.cpu_window

@@ -29,6 +29,9 @@ pub const ADMIN_PORT: u16 = 9464;
 pub const ADMIN_PORT_NAME: &str = "sk-admin";
 /// The app endpoint the sidecar listens on (127.0.0.1), so no app container may take it.
 pub const APP_PORT: u16 = 7700;
+/// The program the injected container runs: the lean sidecar binary of the image (Dockerfile),
+/// not the whole `streamkeeper` with the operator and tools in it.
+pub const SIDECAR_PROGRAM: &str = "/usr/local/bin/streamkeeper-sidecar";
 /// Where the ConfigMap is mounted.
 pub const CONFIG_DIR: &str = "/etc/streamkeeper";
 /// Where each stream's Secret is mounted: `{CREDENTIALS_ROOT}/{secretName}` (what the

@@ -4,6 +4,7 @@ mod controller;
 mod crdgen;
 mod demo;
 mod emulate;
+mod entry;
 mod inject;
 mod render;
 mod status;
@@ -12,12 +13,7 @@ mod yaml_input;
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-
-/// Built with `--features heap-stats` (benchmarks): every allocation is counted, and the
-/// sidecar serves the census at `GET /debug/heap`.
-#[cfg(feature = "heap-stats")]
-#[global_allocator]
-static ALLOC: streamkeeper_sidecar::heap::Counting = streamkeeper_sidecar::heap::Counting;
+use entry::init_tracing;
 
 /// Keeps contact-center real-time streams (Genesys Cloud CX, NICE CXone) alive and correct.
 #[derive(Debug, Parser)]
@@ -29,12 +25,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the sidecar: own the platform sockets of this pod and serve the app over localhost.
-    Sidecar {
-        /// The sidecar config file (YAML); changes are applied without a restart.
-        #[arg(long, short = 'c', env = "STREAMKEEPER_CONFIG")]
-        config: PathBuf,
-    },
+    /// Run the sidecar: own the platform sockets of this pod and serve the app over localhost
+    /// (pods run the same as the lean `streamkeeper-sidecar` binary).
+    Sidecar(entry::SidecarArgs),
     /// Run the platform emulator (generic, Genesys, CXone DFO and AAH, optionally over TLS)
     /// with its fault API, for tests and benchmarks.
     Emulate(Box<emulate::EmulateArgs>),
@@ -183,36 +176,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     streamkeeper_api::duration::parse(s)
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMKEEPER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("streamkeeper: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    entry::block_on("streamkeeper", async move {
         match cli.command {
-            Command::Sidecar { config } => {
-                init_tracing("info");
-                streamkeeper_sidecar::run::run(config)
-                    .await
-                    .map_err(anyhow::Error::from)?;
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::Sidecar(args) => entry::sidecar(args).await,
             Command::Emulate(args) => {
                 init_tracing("info");
                 emulate::run(*args).await
@@ -238,12 +206,5 @@ fn main() -> ExitCode {
                 demo::run(quiet).await
             }
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("streamkeeper: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    })
 }

@@ -7,7 +7,7 @@ use sha1::{Digest as _, Sha1};
 
 use super::{
     ADMIN_PORT, ADMIN_PORT_NAME, CONFIG_DIR, CONFIG_VOLUME, CONTAINER_NAME, CREDENTIALS_ROOT,
-    CREDENTIALS_VOLUME_PREFIX, DEFAULT_IMAGE, DEFAULT_USER, streams::SecretName,
+    CREDENTIALS_VOLUME_PREFIX, DEFAULT_IMAGE, DEFAULT_USER, SIDECAR_PROGRAM, streams::SecretName,
 };
 
 /// The sidecar's `imagePullPolicy`.
@@ -298,10 +298,10 @@ pub(super) fn sidecar_container(sidecar: &Sidecar, secrets: &BTreeSet<SecretName
         ("name", s(CONTAINER_NAME)),
         ("image", s(&sidecar.image)),
         ("imagePullPolicy", s(sidecar.pull_policy.as_str())),
+        ("command", Value::Sequence(vec![s(SIDECAR_PROGRAM)])),
         (
             "args",
             Value::Sequence(vec![
-                s("sidecar"),
                 s("--config"),
                 s(&format!("{CONFIG_DIR}/sidecar.yaml")),
             ]),

@@ -132,8 +132,13 @@ fn the_sidecar_is_a_hardened_native_sidecar_as_the_contract_says() {
     assert_eq!(c["image"], "ghcr.io/streamkeeper/streamkeeper:0.1.0");
     assert_eq!(c["restartPolicy"], "Always", "a native sidecar");
     assert_eq!(
+        c["command"],
+        yaml("[/usr/local/bin/streamkeeper-sidecar]"),
+        "the lean sidecar binary of the image"
+    );
+    assert_eq!(
         c["args"],
-        yaml("[sidecar, --config, /etc/streamkeeper/sidecar.yaml]")
+        yaml("[--config, /etc/streamkeeper/sidecar.yaml]")
     );
     assert_eq!(
         c["env"],
