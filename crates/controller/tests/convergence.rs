@@ -301,7 +301,21 @@ async fn bench(redis: Option<&RedisServer>) {
     let idle_from = requests(c, &user).len();
     tokio::time::sleep(IDLE).await;
     let idle_calls: Vec<Audited> = requests(c, &user).into_iter().skip(idle_from).collect();
-    let errors = metric(admin, "streamkeeper_controller_reconcile_errors_total", "").await;
+    // Every series, by error kind (`metric` would read only the first).
+    let errors = {
+        let name = "streamkeeper_controller_reconcile_errors_total";
+        let (_, body) = http_get(admin, "/metrics").await.expect("metrics");
+        let series: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .map(|l| l.trim_start_matches(name))
+            .collect();
+        if series.is_empty() {
+            "none".to_owned()
+        } else {
+            series.join(", ")
+        }
+    };
 
     // Runtime status: the sidecars report every admitted stream; the first report changes
     // every status (owner, state), the pongs after it only every pong granularity.
