@@ -13,6 +13,7 @@
 //! - `platforms/`: what differs per platform (generic, Genesys, CXone)
 //! - `ws/`: the RFC 6455 client; `net/`: sockets, proxies, TLS, the REST client
 //! - `liveness`, `backoff`: the pure deadline state machine and reconnect backoff
+//! - `signal`: the one-value broadcast a stream's stop, lease and ack signals travel on
 //! - `app/`: the buffer to the app and the local WebSocket server it connects to
 //! - `admin`, `metrics`: `/metrics`, `/healthz`, `/readyz`, `/status`
 //! - `heap` (feature `heap-stats`, for benchmarks): a counting allocator, `/debug/heap`
@@ -32,5 +33,6 @@ pub mod ownership;
 pub mod platforms;
 pub mod pod;
 pub mod run;
+pub mod signal;
 pub mod upstream;
 pub mod ws;

@@ -30,7 +30,7 @@ use streamkeeper_sidecar::{
     platforms::{Adapter, AdapterError, Connection, Prepare, Rotation, generic::Generic},
     upstream::{self, Observer, SessionCtx, SessionEvent},
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 /// The generic dialect, but token-bound sockets.
 struct TokenBound(Generic);
@@ -161,10 +161,13 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
         tokens,
         refresh_now,
         channels: Arc::new(tokio::sync::Semaphore::new(20)),
-        lease: watch::channel(tokio::time::Instant::now() + Duration::from_secs(3600)).1,
+        lease: streamkeeper_sidecar::signal::channel(
+            tokio::time::Instant::now() + Duration::from_secs(3600),
+        )
+        .1,
         gap_from: None,
     };
-    let (stop, stop_rx) = watch::channel(None);
+    let (stop, stop_rx) = streamkeeper_sidecar::signal::channel(None);
     let running = tokio::spawn(upstream::run(ctx, stop_rx));
 
     // Three rotations.

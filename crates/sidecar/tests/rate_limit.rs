@@ -116,7 +116,8 @@ async fn gaps_between_attempts(limit: RateLimit, window: Duration) -> Vec<Durati
         generation: 1,
         error: None,
     });
-    let (_lease_tx, lease) = watch::channel(Instant::now() + Duration::from_secs(24 * 3600));
+    let (_lease_tx, lease) =
+        streamkeeper_sidecar::signal::channel(Instant::now() + Duration::from_secs(24 * 3600));
     let ctx = SessionCtx {
         spec: Arc::new(spec.clone()),
         pod: "pod-a".parse().expect("pod"),
@@ -135,7 +136,7 @@ async fn gaps_between_attempts(limit: RateLimit, window: Duration) -> Vec<Durati
         lease,
         gap_from: None,
     };
-    let (stop, stop_rx) = watch::channel(None);
+    let (stop, stop_rx) = streamkeeper_sidecar::signal::channel(None);
     let running = tokio::spawn(upstream::run(ctx, stop_rx));
     tokio::time::sleep(window).await;
     stop.send_replace(Some(DropReason::Shutdown));

@@ -26,7 +26,7 @@ use streamkeeper_sidecar::{
     platforms::generic::Generic,
     upstream::{self, Observer, SessionCtx, SessionEvent},
 };
-use tokio::{io::AsyncWriteExt as _, net::TcpListener, sync::mpsc, sync::watch};
+use tokio::{io::AsyncWriteExt as _, net::TcpListener, sync::mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Upper bound on every wait; the test finishes far sooner.
@@ -145,10 +145,13 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
         tokens,
         refresh_now,
         channels: Arc::new(tokio::sync::Semaphore::new(20)),
-        lease: watch::channel(tokio::time::Instant::now() + Duration::from_secs(3600)).1,
+        lease: streamkeeper_sidecar::signal::channel(
+            tokio::time::Instant::now() + Duration::from_secs(3600),
+        )
+        .1,
         gap_from: None,
     };
-    let (stop, stop_rx) = watch::channel(None);
+    let (stop, stop_rx) = streamkeeper_sidecar::signal::channel(None);
     let running = tokio::spawn(upstream::run(ctx, stop_rx));
 
     // Two connections, so the first one's reap and the reconnect are behind us.

@@ -19,7 +19,9 @@ use std::{
 
 use serde_json::value::RawValue;
 use streamkeeper_api::{EventId, StreamId, StreamState, ToApp};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+
+use crate::signal;
 
 /// The byte bound of [`Hub::new`] (the config's `limits.maxUnackedBytes` default).
 pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
@@ -95,7 +97,7 @@ pub struct Hub {
     recent_cap: usize,
     state: Mutex<State>,
     notify: Notify,
-    acked: watch::Sender<Option<EventId>>,
+    acked: signal::Sender<Option<EventId>>,
     on_consumers: std::sync::OnceLock<ConsumerHook>,
 }
 
@@ -152,7 +154,7 @@ impl Hub {
             recent_cap,
             state: Mutex::new(st),
             notify: Notify::new(),
-            acked: watch::channel(checkpoint).0,
+            acked: signal::channel(checkpoint).0,
             on_consumers: std::sync::OnceLock::new(),
         })
     }
@@ -322,7 +324,7 @@ impl Hub {
     }
 
     /// Watches the last acked id (for checkpointing; coalesces bursts of acks).
-    pub fn acked(&self) -> watch::Receiver<Option<EventId>> {
+    pub fn acked(&self) -> signal::Receiver<Option<EventId>> {
         self.acked.subscribe()
     }
 

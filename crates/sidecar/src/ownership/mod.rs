@@ -53,6 +53,7 @@ pub use publisher::{Publisher, Pushed, Queue, Queued};
 use crate::{
     clock::epoch_ms,
     lease::LeaseTerm,
+    signal,
     upstream::{StatusCell, read_status},
 };
 
@@ -70,11 +71,11 @@ pub struct Claim {
     /// The fence this pod holds.
     pub fence: Fence,
     /// Carries a reason when the lease is lost (fenced out, DEAD heard).
-    pub lost: watch::Receiver<Option<DropReason>>,
+    pub lost: signal::Receiver<Option<DropReason>>,
     /// Until when this pod may act on the lease ([`crate::lease`]): moved on only by renewals
     /// the store confirmed. Past it the pod stops forwarding and resets the socket; when a
     /// renewal is confirmed again (the store is back and nobody took the lease) it moves on.
-    pub valid_until: watch::Receiver<Instant>,
+    pub valid_until: signal::Receiver<Instant>,
 }
 
 struct Held {
@@ -82,9 +83,9 @@ struct Held {
     term: LeaseTerm,
     platform: &'static str,
     status: StatusCell,
-    lost: watch::Sender<Option<DropReason>>,
+    lost: signal::Sender<Option<DropReason>>,
     /// Until when the lease may be acted on.
-    valid_until: watch::Sender<Instant>,
+    valid_until: signal::Sender<Instant>,
 }
 
 /// The pod's ownership manager.
@@ -287,7 +288,7 @@ impl Ownership {
         ttl: Duration,
         platform: &'static str,
         status: &StatusCell,
-        stop: &mut watch::Receiver<Option<DropReason>>,
+        stop: &mut signal::Receiver<Option<DropReason>>,
     ) -> Option<Claim> {
         let (wake, mut due) = {
             let mut standbys = self.standbys();
@@ -420,8 +421,8 @@ impl Ownership {
             Ok(Acquired::Granted { fence, took_over }) => {
                 self.mark_tenant(&key.tenant, true);
                 let term = LeaseTerm::granted(ttl, sent_at);
-                let (tx, rx) = watch::channel(None);
-                let (valid_tx, valid_rx) = watch::channel(term.until());
+                let (tx, rx) = signal::channel(None);
+                let (valid_tx, valid_rx) = signal::channel(term.until());
                 self.held().insert(
                     key.clone(),
                     Held {
@@ -1071,7 +1072,7 @@ mod tests {
         let a = manager_on(link.clone(), "pod-a");
         let b = manager(&store, "pod-b");
         let status: StatusCell = Default::default();
-        let (_tx, mut stop) = watch::channel(None);
+        let (_tx, mut stop) = crate::signal::channel(None);
         a.watch_tenant(&key().tenant);
         let ttl = Duration::from_secs(3);
         let claim = a
@@ -1138,7 +1139,7 @@ mod tests {
         let link = cut_off(&store);
         let a = manager_on(link.clone(), "pod-a");
         let status: StatusCell = Default::default();
-        let (_tx, mut stop) = watch::channel(None);
+        let (_tx, mut stop) = crate::signal::channel(None);
         let ttl = Duration::from_secs(4);
         let claim = a
             .claim(&key(), ttl, "generic", &status, &mut stop)
@@ -1160,7 +1161,7 @@ mod tests {
         assert!(!a.beat_once().await);
         assert!(!a.confirmed(&key(), claim.fence));
         let mut valid = claim.valid_until.clone();
-        valid.borrow_and_update();
+        drop(valid.borrow_and_update());
         link.cut.store(false, Ordering::Relaxed);
         assert!(a.beat_once().await);
         assert!(a.confirmed(&key(), claim.fence));
@@ -1174,7 +1175,7 @@ mod tests {
         let link = cut_off(&store);
         let b = manager_on(link.clone(), "pod-b");
         let status: StatusCell = Default::default();
-        let (_tx, mut stop) = watch::channel(None);
+        let (_tx, mut stop) = crate::signal::channel(None);
         let ttl = Duration::from_secs(2);
         // b heard nothing from the store for a while (it is empty: an owner still has the
         // stream in memory and re-asserts it with its next beat).
@@ -1237,7 +1238,7 @@ mod tests {
         let a = manager(&store, "pod-a");
         let b = manager(&store, "pod-b");
         let status: StatusCell = Default::default();
-        let (_tx, mut stop) = watch::channel(None);
+        let (_tx, mut stop) = crate::signal::channel(None);
         let ttl = Duration::from_secs(2);
         let claim = a
             .claim(&key(), ttl, "generic", &status, &mut stop)
@@ -1290,7 +1291,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let status: StatusCell = Default::default();
-        let (_stop_tx, mut stop) = watch::channel(None);
+        let (_stop_tx, mut stop) = crate::signal::channel(None);
         let ttl = Duration::from_secs(30);
         let claim_a = a
             .claim(&key(), ttl, "generic", &status, &mut stop)
@@ -1323,7 +1324,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let a = manager(&store, "pod-a");
         let status: StatusCell = Default::default();
-        let (_tx, mut stop) = watch::channel(None);
+        let (_tx, mut stop) = crate::signal::channel(None);
         let claim = a
             .claim(
                 &key(),
@@ -1360,7 +1361,7 @@ mod tests {
         let a = manager(&store, "pod-a");
         let b = manager(&store, "pod-b");
         let status: StatusCell = Default::default();
-        let (_tx, mut stop) = watch::channel(None);
+        let (_tx, mut stop) = crate::signal::channel(None);
         let ttl = Duration::from_secs(5);
         let claim_a = a
             .claim(&key(), ttl, "generic", &status, &mut stop)
@@ -1420,7 +1421,7 @@ mod tests {
             stream: format!("cc/s{i}").parse().expect("id"),
         };
         let status: StatusCell = Default::default();
-        let (_tx, mut stop) = watch::channel(None);
+        let (_tx, mut stop) = crate::signal::channel(None);
         let long = Duration::from_secs(60);
         let renewed = a
             .claim(&key(0), long, "generic", &status, &mut stop)

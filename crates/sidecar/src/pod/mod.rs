@@ -33,6 +33,7 @@ use crate::{
     net::{Egress, ProxyPolicy},
     ownership::Ownership,
     platforms::{Adapter, adapter_for},
+    signal,
     upstream::{Observer, StatusCell, StreamStatus, read_status},
 };
 
@@ -42,7 +43,7 @@ struct Entry {
     spec: Arc<StreamSpec>,
     hub: Arc<Hub>,
     status: StatusCell,
-    stop: watch::Sender<Option<DropReason>>,
+    stop: signal::Sender<Option<DropReason>>,
     task: JoinHandle<()>,
     owner: Arc<Mutex<Option<Fence>>>,
 }
@@ -205,7 +206,7 @@ impl Pod {
         let gauge = self.metrics.stream(&spec.id, &spec.tenant);
         hub.on_consumers(move |n| gauge.app_clients(n));
         let status: StatusCell = Default::default();
-        let (stop, stop_rx) = watch::channel(None);
+        let (stop, stop_rx) = signal::channel(None);
         let owner = Arc::new(Mutex::new(None));
         self.ownership.watch_tenant(&spec.tenant);
         // One copy of the spec for the pod's map, the supervisor and the session.

@@ -9,7 +9,7 @@ use std::{
 
 use streamkeeper_api::{DropReason, EventId, Fence, StreamSpec, StreamState, ToApp};
 use streamkeeper_coord::StreamKey;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 
 use super::{Pod, observer::StreamObserver};
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     net::{self, Route},
     ownership::Claim,
     platforms::Adapter,
+    signal,
     upstream::{self, SessionCtx, StatusCell, read_status},
 };
 
@@ -38,7 +39,7 @@ impl Pod {
         hub: Arc<Hub>,
         status: StatusCell,
         owner: Arc<Mutex<Option<Fence>>>,
-        mut stop: watch::Receiver<Option<DropReason>>,
+        mut stop: signal::Receiver<Option<DropReason>>,
     ) {
         let key = StreamKey {
             tenant: spec.tenant.clone(),
@@ -107,7 +108,7 @@ impl Pod {
                 fence: claim.fence,
                 extra: self.extra_observer.clone(),
             });
-            let (session_stop, session_stop_rx) = watch::channel(None);
+            let (session_stop, session_stop_rx) = signal::channel(None);
             let ctx = SessionCtx {
                 spec: Arc::clone(&spec),
                 pod: self.name.clone(),
@@ -236,7 +237,7 @@ impl Pod {
     async fn read_checkpoint(
         &self,
         claim: &Claim,
-        stop: &mut watch::Receiver<Option<DropReason>>,
+        stop: &mut signal::Receiver<Option<DropReason>>,
     ) -> Option<Option<EventId>> {
         let mut delay = Duration::from_millis(50);
         loop {
@@ -267,7 +268,7 @@ impl Pod {
         hub: &Hub,
         status: &StatusCell,
         claim: &mut Claim,
-        stop: &mut watch::Receiver<Option<DropReason>>,
+        stop: &mut signal::Receiver<Option<DropReason>>,
     ) -> bool {
         let mut told = false;
         loop {
@@ -306,7 +307,7 @@ impl Pod {
     async fn wait_for_credentials(
         &self,
         spec: &StreamSpec,
-        stop: &mut watch::Receiver<Option<DropReason>>,
+        stop: &mut signal::Receiver<Option<DropReason>>,
     ) -> bool {
         loop {
             let read = match CredentialFiles::new(spec.platform, &spec.credentials) {

@@ -36,6 +36,7 @@ use crate::{
     metrics::{EventOutcome, StreamMetrics},
     net::ProxyPolicy,
     platforms::{Adapter, Inbound, Rotation},
+    signal,
     ws::{ConnectOptions, Frame, WsError},
 };
 
@@ -72,7 +73,7 @@ pub struct SessionCtx {
     /// Until when this pod may act on its lease. A session never (re)connects past it, and
     /// tears the socket down the moment it passes, before reading anything more: a pod frozen
     /// past its lease (another pod may own the stream now) must not deliver a single event.
-    pub lease: watch::Receiver<Instant>,
+    pub lease: signal::Receiver<Instant>,
     /// When the stream was last heard before this session (epoch ms), on a platform that
     /// cannot replay: a takeover, so the app gets a `gap` from then to the first socket.
     pub gap_from: Option<u64>,
@@ -122,7 +123,7 @@ pub(super) enum Step {
 /// made from it), about 800 bytes more for every stream.
 pub fn run(
     ctx: SessionCtx,
-    mut stop: watch::Receiver<Option<DropReason>>,
+    mut stop: signal::Receiver<Option<DropReason>>,
 ) -> impl std::future::Future<Output = DropReason> + Send {
     let mut s = Session::new(ctx);
     async move {
@@ -229,7 +230,7 @@ impl Session {
         });
     }
 
-    async fn run(&mut self, stop: &mut watch::Receiver<Option<DropReason>>) -> DropReason {
+    async fn run(&mut self, stop: &mut signal::Receiver<Option<DropReason>>) -> DropReason {
         loop {
             if let Some(reason) = *stop.borrow() {
                 return reason;
@@ -258,7 +259,7 @@ impl Session {
                 tokio::select! {
                     _ = tokio::time::sleep_until(open_at) => {}
                     r = stop.wait_for(Option::is_some) => {
-                        if let Some(reason) = r.ok().and_then(|r| *r) { return reason; }
+                        if let Some(reason) = r.ok().flatten() { return reason; }
                     }
                 }
                 continue;
@@ -306,7 +307,7 @@ impl Session {
     /// on a rate limit, and wait out the backoff.
     async fn open_failed(
         &mut self,
-        stop: &mut watch::Receiver<Option<DropReason>>,
+        stop: &mut signal::Receiver<Option<DropReason>>,
         failure: OpenFailure,
         generation: u64,
     ) -> Option<DropReason> {
@@ -375,7 +376,7 @@ impl Session {
     /// Waits until the token manager holds a valid token; paused meanwhile.
     async fn wait_for_token(
         &mut self,
-        stop: &mut watch::Receiver<Option<DropReason>>,
+        stop: &mut signal::Receiver<Option<DropReason>>,
     ) -> Result<(Arc<Token>, u64), DropReason> {
         loop {
             let view = self.ctx.tokens.borrow_and_update().clone();
@@ -408,7 +409,7 @@ impl Session {
     /// reason if stopped meanwhile.
     async fn back_off(
         &mut self,
-        stop: &mut watch::Receiver<Option<DropReason>>,
+        stop: &mut signal::Receiver<Option<DropReason>>,
         why: String,
     ) -> Option<DropReason> {
         let now = Instant::now();
@@ -432,7 +433,7 @@ impl Session {
         self.set_state(StreamState::Backoff, None);
         tokio::select! {
             _ = tokio::time::sleep(delay) => None,
-            r = stop.wait_for(Option::is_some) => r.ok().and_then(|r| *r),
+            r = stop.wait_for(Option::is_some) => r.ok().flatten(),
         }
     }
 
@@ -440,7 +441,7 @@ impl Session {
     async fn drive(
         &mut self,
         link: &mut Link,
-        stop: &mut watch::Receiver<Option<DropReason>>,
+        stop: &mut signal::Receiver<Option<DropReason>>,
     ) -> Ended {
         let mut r = Rotating::new(&self.ctx.spec);
         let mut tokens_open = true;

@@ -1,0 +1,266 @@
+//! A one-value broadcast for a stream's own signals (its stop reason, its lease's validity and
+//! loss, its last acked id): the subset of `tokio::sync::watch` those use, on one `Notify`.
+//!
+//! Why not `tokio::sync::watch`: each of its channels carries eight `Notify` slots (spread for
+//! many concurrent receivers), 344–368 bytes a channel, and a stream had five of them: 1.8 KiB
+//! of every idle stream's 10.3 KiB (census of `cargo bench -p streamkeeper --features
+//! heap-stats --bench sidecar_scale`). These signals have one or two receivers each; one
+//! `Notify` makes a channel 96–112 bytes. The semantics are watch's: a receiver sees the
+//! newest value and whether it changed since it last looked; `changed` fails once the sender
+//! is gone and nothing new is left to see.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::Notify;
+
+/// The sender went away: no value will change again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("signal closed: its sender is gone")]
+pub struct Closed;
+
+/// A borrowed view of the current value. Not held across an `.await`.
+pub type Ref<'a, T> = MutexGuard<'a, T>;
+
+struct Shared<T> {
+    value: Mutex<T>,
+    /// Bumped (under `value`'s lock) on every change.
+    version: AtomicU64,
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, T> {
+        self.value.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Sets the value; dropping it closes the signal.
+pub struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// Sees the newest value and waits for changes.
+pub struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+    seen: u64,
+}
+
+/// A signal holding `init`, and its first receiver.
+pub fn channel<T>(init: T) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        value: Mutex::new(init),
+        version: AtomicU64::new(0),
+        closed: AtomicBool::new(false),
+        notify: Notify::new(),
+    });
+    let rx = Receiver {
+        shared: Arc::clone(&shared),
+        seen: 0,
+    };
+    (Sender { shared }, rx)
+}
+
+impl<T> Sender<T> {
+    /// Sets the value, waking every receiver; returns the old one.
+    pub fn send_replace(&self, value: T) -> T {
+        let old = {
+            let mut v = self.shared.lock();
+            let old = std::mem::replace(&mut *v, value);
+            self.shared.version.fetch_add(1, Ordering::Release);
+            old
+        };
+        self.shared.notify.notify_waiters();
+        old
+    }
+
+    /// Lets `modify` change the value in place; receivers are woken only if it says it did.
+    pub fn send_if_modified(&self, modify: impl FnOnce(&mut T) -> bool) -> bool {
+        let modified = {
+            let mut v = self.shared.lock();
+            let modified = modify(&mut v);
+            if modified {
+                self.shared.version.fetch_add(1, Ordering::Release);
+            }
+            modified
+        };
+        if modified {
+            self.shared.notify.notify_waiters();
+        }
+        modified
+    }
+
+    /// The current value.
+    pub fn borrow(&self) -> Ref<'_, T> {
+        self.shared.lock()
+    }
+
+    /// A new receiver that has seen the current value.
+    pub fn subscribe(&self) -> Receiver<T> {
+        let _v = self.shared.lock();
+        Receiver {
+            shared: Arc::clone(&self.shared),
+            seen: self.shared.version.load(Ordering::Acquire),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.notify.notify_waiters();
+    }
+}
+
+impl<T> Receiver<T> {
+    /// The current value, without marking it seen.
+    pub fn borrow(&self) -> Ref<'_, T> {
+        self.shared.lock()
+    }
+
+    /// The current value, marked seen: `changed` waits for a newer one.
+    pub fn borrow_and_update(&mut self) -> Ref<'_, T> {
+        let v = self.shared.lock();
+        self.seen = self.shared.version.load(Ordering::Acquire);
+        v
+    }
+
+    /// Whether a value newer than the last one seen is there; `Closed` when there is none and
+    /// the sender is gone.
+    pub fn has_changed(&self) -> Result<bool, Closed> {
+        if self.shared.version.load(Ordering::Acquire) != self.seen {
+            Ok(true)
+        } else if self.shared.closed.load(Ordering::Acquire) {
+            Err(Closed)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Waits for a value newer than the last one seen and marks it seen; `Closed` when the
+    /// sender is gone and there is nothing newer. Cancel-safe.
+    pub async fn changed(&mut self) -> Result<(), Closed> {
+        loop {
+            let notified = self.shared.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before looking, so a change between the look and the wait still wakes.
+            notified.as_mut().enable();
+            let version = self.shared.version.load(Ordering::Acquire);
+            if version != self.seen {
+                self.seen = version;
+                return Ok(());
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(Closed);
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until the value satisfies `f` (the current one first) and returns a copy of it;
+    /// `Closed` when the sender went away first.
+    pub async fn wait_for(&mut self, mut f: impl FnMut(&T) -> bool) -> Result<T, Closed>
+    where
+        T: Clone,
+    {
+        loop {
+            {
+                let v = self.borrow_and_update();
+                if f(&v) {
+                    return Ok(v.clone());
+                }
+            }
+            self.changed().await?;
+        }
+    }
+}
+
+impl<T> Clone for Receiver<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            seen: self.seen,
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("value", &*self.shared.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("value", &*self.shared.lock())
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    // Paused clock: a `timeout` that ends proves nothing was ready when the runtime went idle.
+    #[tokio::test(start_paused = true)]
+    async fn a_receiver_sees_each_newest_value_once() {
+        let (tx, mut rx) = channel(0u32);
+        assert_eq!(*rx.borrow(), 0);
+        tx.send_replace(1);
+        tx.send_replace(2);
+        rx.changed().await.expect("open");
+        assert_eq!(*rx.borrow_and_update(), 2, "the newest value, not each one");
+        let waiting = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
+        assert!(waiting.is_err(), "nothing newer: changed waits");
+    }
+
+    #[tokio::test]
+    async fn a_change_while_waiting_wakes_the_receiver() {
+        let (tx, mut rx) = channel(None::<u8>);
+        let waiter = tokio::spawn(async move { rx.wait_for(Option::is_some).await });
+        tokio::task::yield_now().await;
+        assert!(!tx.send_if_modified(|_| false), "unmodified: no wake");
+        tx.send_replace(Some(7));
+        assert_eq!(waiter.await.expect("join"), Ok(Some(7)));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_sender_closes_after_its_last_value_is_seen() {
+        let (tx, mut rx) = channel(1u8);
+        let mut second = tx.subscribe();
+        tx.send_replace(2);
+        drop(tx);
+        assert_eq!(rx.changed().await, Ok(()), "the last value is still new");
+        assert_eq!(*rx.borrow(), 2);
+        assert_eq!(rx.changed().await, Err(Closed));
+        assert_eq!(second.wait_for(|v| *v == 3).await, Err(Closed));
+        assert_eq!(second.clone().wait_for(|v| *v == 2).await, Ok(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_waits_for_the_next_change_only() {
+        let (tx, _rx) = channel(5u8);
+        tx.send_replace(6);
+        let mut late = tx.subscribe();
+        let waiting = tokio::time::timeout(Duration::from_millis(20), late.changed()).await;
+        assert!(
+            waiting.is_err(),
+            "the value it subscribed at is not a change"
+        );
+        tx.send_replace(7);
+        late.changed().await.expect("open");
+        assert_eq!(*late.borrow(), 7);
+    }
+}
