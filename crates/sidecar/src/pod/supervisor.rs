@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::FutureExt as _;
 use streamkeeper_api::{DropReason, EventId, Fence, StreamSpec, StreamState, ToApp};
 use streamkeeper_coord::StreamKey;
 use tokio::time::Instant;
@@ -130,7 +131,12 @@ impl Pod {
                 lease: claim.valid_until.clone(),
                 gap_from,
             };
-            let mut session = tokio::spawn(upstream::run(ctx, session_stop_rx));
+            // Polled here rather than spawned: a task of its own would add tokio's task header,
+            // its 128-byte alignment and a join handle to every stream. A panic in it ends
+            // the session as a spawned task's would (the stream is handed over), not this loop.
+            let mut session = Box::pin(
+                std::panic::AssertUnwindSafe(upstream::run(ctx, session_stop_rx)).catch_unwind(),
+            );
             let mut acked = hub.acked();
             let mut saved = acked.borrow_and_update().clone();
             // Each watch ends when its sender goes (the stream left the config, the lease was
@@ -141,7 +147,10 @@ impl Pod {
             let reason = loop {
                 let until = *claim.valid_until.borrow();
                 tokio::select! {
-                    r = &mut session => break r.unwrap_or(DropReason::Shutdown),
+                    r = &mut session => break r.unwrap_or_else(|_| {
+                        tracing::error!(stream = %spec.id, "the session panicked; handing the stream over");
+                        DropReason::Shutdown
+                    }),
                     changed = acked.changed(), if acks_open => {
                         if changed.is_err() {
                             acks_open = false;

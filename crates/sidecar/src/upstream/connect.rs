@@ -18,21 +18,22 @@ use crate::{
 };
 
 /// Builds the connect options for a stream (socket options from its heartbeat timeout).
+/// Shared: the session and each successor's opening read the same 208 bytes.
 pub fn connect_options(
     spec: &StreamSpec,
     tls: Option<Arc<tokio_rustls::TlsConnector>>,
-) -> ConnectOptions {
+) -> Arc<ConnectOptions> {
     let socket = SocketOptions {
         user_timeout: spec.heartbeat.timeout,
         ..SocketOptions::default()
     };
-    ConnectOptions {
+    Arc::new(ConnectOptions {
         socket,
         max_frame: spec.limits.max_frame_bytes,
         tls,
         handshake_timeout: spec.heartbeat.timeout,
         ..ConnectOptions::default()
-    }
+    })
 }
 
 /// What opening a link needs; cheap to clone into a successor's task.
@@ -40,7 +41,7 @@ pub fn connect_options(
 pub(super) struct Opener {
     pub(super) adapter: Arc<dyn Adapter>,
     pub(super) http: reqwest::Client,
-    pub(super) connect: ConnectOptions,
+    pub(super) connect: Arc<ConnectOptions>,
     pub(super) proxy: ProxyPolicy,
     pub(super) channels: Arc<Semaphore>,
     pub(super) policy: HeartbeatPolicy,
@@ -70,7 +71,7 @@ impl Opener {
         let mut sockets = Vec::with_capacity(conns.len());
         for (i, mut conn) in conns.into_iter().enumerate() {
             let plan = conn.plan();
-            let mut opts = self.connect.clone();
+            let mut opts = ConnectOptions::clone(&self.connect);
             opts.proxy = self.proxy.mode_for(&plan.url).map_err(|e| OpenFailure {
                 error: e.to_string(),
                 retry_after: None,

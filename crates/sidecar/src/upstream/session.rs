@@ -61,7 +61,7 @@ pub struct SessionCtx {
     /// REST client for adapters (the stream's trust and the pod's proxy decision).
     pub http: reqwest::Client,
     /// Socket options and TLS.
-    pub connect: ConnectOptions,
+    pub connect: Arc<ConnectOptions>,
     /// The pod's proxy decision, for the sockets (the REST client asks the same one).
     pub proxy: ProxyPolicy,
     /// The token manager's view (shared by every stream on the credential).
@@ -157,7 +157,7 @@ impl Session {
         let opener = Opener {
             adapter: Arc::clone(&ctx.adapter),
             http: ctx.http.clone(),
-            connect: ctx.connect.clone(),
+            connect: Arc::clone(&ctx.connect),
             proxy: ctx.proxy.clone(),
             channels: Arc::clone(&ctx.channels),
             policy: ctx.spec.heartbeat.into(),
@@ -448,16 +448,32 @@ impl Session {
         let mut first_pong = true;
         loop {
             let lease_until = *self.ctx.lease.borrow();
-            let token_expires = link.token.expires;
+            // The socket's token expiry matters only while events flow.
+            let token_expires = Some(link.token.expires).filter(|_| !self.ctx.hub.paused());
             let wake = r.next_wake(self, link);
+            // One timer for the lease, the token's expiry and rotation work: a `Sleep` is 112
+            // bytes of this future, which lives as long as the stream.
+            let timer = [token_expires, wake]
+                .into_iter()
+                .flatten()
+                .fold(lease_until, Instant::min);
             tokio::select! {
                 biased;
                 // First: after a freeze the expired lease must win over buffered frames.
-                _ = tokio::time::sleep_until(lease_until) => {
-                    if Instant::now() >= *self.ctx.lease.borrow() {
+                _ = tokio::time::sleep_until(timer) => {
+                    let now = Instant::now();
+                    if now >= *self.ctx.lease.borrow() {
                         tracing::warn!(stream = %self.stream(), "lease not confirmed in time (store unreachable, or this pod was frozen); terminating");
                         r.abandon();
                         return Ended::reset(DropReason::OwnerLost);
+                    }
+                    // The socket's token expired and no new one was accepted: hold events.
+                    if token_expires.is_some_and(|t| now >= t) {
+                        tracing::warn!(stream = %self.stream(), "the socket's token expired before a new one was accepted; forwarding paused");
+                        self.pause();
+                    }
+                    if wake.is_some_and(|t| now >= t) {
+                        self.on_wake(link, &mut r);
                     }
                 }
                 next = link::next(link, r.successor.as_mut()) => {
@@ -465,11 +481,6 @@ impl Session {
                         r.abandon();
                         return ended;
                     }
-                }
-                // The socket's token expired and no new one was accepted: hold events.
-                _ = tokio::time::sleep_until(token_expires), if !self.ctx.hub.paused() => {
-                    tracing::warn!(stream = %self.stream(), "the socket's token expired before a new one was accepted; forwarding paused");
-                    self.pause();
                 }
                 changed = self.ctx.tokens.changed(), if tokens_open => {
                     if changed.is_err() {
@@ -482,9 +493,6 @@ impl Session {
                 }
                 opened = Rotating::opened(&mut r.opening), if r.opening() => {
                     self.on_successor_opened(link, &mut r, opened);
-                }
-                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
-                    self.on_wake(link, &mut r);
                 }
                 _ = stop.changed() => {
                     if let Some(reason) = *stop.borrow() {
