@@ -214,9 +214,10 @@ impl Platform {
     }
 }
 
-/// One stream the pod may run.
+/// One stream the pod may run. Heartbeat and token timing left out of the file are the
+/// platform's own ([`HeartbeatSpec::for_platform`], [`TokenSpec::for_platform`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", from = "StreamSpecInput")]
 pub struct StreamSpec {
     /// `namespace/name` of its StreamConnection.
     pub id: StreamId,
@@ -225,31 +226,97 @@ pub struct StreamSpec {
     /// The platform dialect.
     pub platform: Platform,
     /// 0..=1000, higher wins.
-    #[serde(default = "default_priority")]
     pub priority: u16,
     /// Where the platform lives.
-    #[serde(default)]
     pub endpoints: Endpoints,
     /// Where the OAuth client id and secret come from.
     pub credentials: Credentials,
     /// Topics to subscribe (platforms with subscriptions).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<String>,
     /// Ping interval and dead timeout.
-    #[serde(default)]
     pub heartbeat: HeartbeatSpec,
     /// Token refresh schedule.
-    #[serde(default)]
     pub token: TokenSpec,
     /// Reconnect backoff.
-    #[serde(default)]
     pub reconnect: ReconnectSpec,
     /// Frame and buffer limits.
-    #[serde(default)]
     pub limits: LimitsSpec,
     /// TLS trust; system roots when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+}
+
+/// A stream as written in the file: [`StreamSpec`] with the timings that default per
+/// platform still open (a field default cannot see the stream's platform).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StreamSpecInput {
+    id: StreamId,
+    tenant: Tenant,
+    platform: Platform,
+    #[serde(default = "default_priority")]
+    priority: u16,
+    #[serde(default)]
+    endpoints: Endpoints,
+    credentials: Credentials,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    heartbeat: HeartbeatInput,
+    #[serde(default)]
+    token: TokenInput,
+    #[serde(default)]
+    reconnect: ReconnectSpec,
+    #[serde(default)]
+    limits: LimitsSpec,
+    #[serde(default)]
+    tls: Option<TlsSpec>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HeartbeatInput {
+    #[serde(default, with = "serde_str::option")]
+    interval: Option<Duration>,
+    #[serde(default, with = "serde_str::option")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenInput {
+    #[serde(default, with = "serde_str::option")]
+    refresh_lead: Option<Duration>,
+    #[serde(default, with = "serde_str::option")]
+    retry: Option<Duration>,
+}
+
+impl From<StreamSpecInput> for StreamSpec {
+    fn from(s: StreamSpecInput) -> Self {
+        let hb = HeartbeatSpec::for_platform(s.platform);
+        let token = TokenSpec::for_platform(s.platform);
+        Self {
+            id: s.id,
+            tenant: s.tenant,
+            platform: s.platform,
+            priority: s.priority,
+            endpoints: s.endpoints,
+            credentials: s.credentials,
+            topics: s.topics,
+            heartbeat: HeartbeatSpec {
+                interval: s.heartbeat.interval.unwrap_or(hb.interval),
+                timeout: s.heartbeat.timeout.unwrap_or(hb.timeout),
+            },
+            token: TokenSpec {
+                refresh_lead: s.token.refresh_lead.unwrap_or(token.refresh_lead),
+                retry: s.token.retry.unwrap_or(token.retry),
+            },
+            reconnect: s.reconnect,
+            limits: s.limits,
+            tls: s.tls,
+        }
+    }
 }
 
 fn default_priority() -> u16 {
@@ -324,27 +391,35 @@ pub struct Credentials {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeartbeatSpec {
     /// Ping every this long.
-    #[serde(with = "serde_str", default = "default_interval")]
+    #[serde(with = "serde_str")]
     pub interval: Duration,
     /// Dead when nothing arrived for this long.
-    #[serde(with = "serde_str", default = "default_timeout")]
+    #[serde(with = "serde_str")]
     pub timeout: Duration,
 }
 
-fn default_interval() -> Duration {
-    Duration::from_secs(15)
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(35)
+impl HeartbeatSpec {
+    /// The platform's own cadence (PLATFORMS.md), for a stream that sets none: CXone's digital
+    /// event hub expects a heartbeat every 30 s and Agent Assist Hub every 10 s; Genesys and
+    /// `generic` ping every 15 s. Each timeout leaves one interval and some slack for the
+    /// pong, and Genesys's stays above its server heartbeat (every 30 s).
+    pub fn for_platform(platform: Platform) -> Self {
+        let (interval, timeout) = match platform {
+            Platform::Genesys | Platform::Generic => (15, 35),
+            Platform::CxoneDfo => (30, 45),
+            Platform::CxoneAah => (10, 25),
+        };
+        Self {
+            interval: Duration::from_secs(interval),
+            timeout: Duration::from_secs(timeout),
+        }
+    }
 }
 
 impl Default for HeartbeatSpec {
+    /// `generic`'s (and Genesys's): 15 s / 35 s.
     fn default() -> Self {
-        Self {
-            interval: default_interval(),
-            timeout: default_timeout(),
-        }
+        Self::for_platform(Platform::Generic)
     }
 }
 
@@ -353,27 +428,33 @@ impl Default for HeartbeatSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenSpec {
     /// Refresh this long before expiry.
-    #[serde(with = "serde_str", default = "default_refresh_lead")]
+    #[serde(with = "serde_str")]
     pub refresh_lead: Duration,
     /// First retry delay after a failed refresh; doubles on each failure.
-    #[serde(with = "serde_str", default = "default_retry")]
+    #[serde(with = "serde_str")]
     pub retry: Duration,
 }
 
-fn default_refresh_lead() -> Duration {
-    Duration::from_secs(120)
-}
-
-fn default_retry() -> Duration {
-    Duration::from_secs(30)
+impl TokenSpec {
+    /// The platform's own schedule, for a stream that sets none: CXone tokens live about an
+    /// hour and its agent SDK refreshes 600 s before expiry (PLATFORMS.md); elsewhere 120 s.
+    /// A failed refresh is retried after 30 s.
+    pub fn for_platform(platform: Platform) -> Self {
+        let lead = match platform {
+            Platform::CxoneDfo | Platform::CxoneAah => 600,
+            Platform::Genesys | Platform::Generic => 120,
+        };
+        Self {
+            refresh_lead: Duration::from_secs(lead),
+            retry: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for TokenSpec {
+    /// `generic`'s (and Genesys's): a 120 s lead.
     fn default() -> Self {
-        Self {
-            refresh_lead: default_refresh_lead(),
-            retry: default_retry(),
-        }
+        Self::for_platform(Platform::Generic)
     }
 }
 
@@ -735,6 +816,44 @@ streams:
         assert_eq!(s.heartbeat.timeout, Duration::from_secs(35));
         assert_eq!(s.reconnect, ReconnectSpec::default());
         assert_eq!(s.limits.max_frame_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn timings_left_out_are_the_platforms_own() {
+        let aah = GOOD
+            .replace("platform: generic", "platform: cxone-aah")
+            .replace("    heartbeat: {interval: 15s, timeout: 35s}\n", "")
+            .replace(
+                "    token: {refreshLead: 120s, retry: 30s}\n",
+                "    token: {retry: 5s}\n    topics: [contact-1]\n",
+            );
+        let loaded = SidecarConfig::from_yaml(&aah).expect("valid");
+        let s = &loaded.config.streams[0];
+        assert_eq!(s.heartbeat, HeartbeatSpec::for_platform(Platform::CxoneAah));
+        assert_eq!(s.heartbeat.interval, Duration::from_secs(10));
+        assert_eq!(s.token.refresh_lead, Duration::from_secs(600));
+        assert_eq!(s.token.retry, Duration::from_secs(5), "what is set stays");
+        // One field set, the other the platform's; the pair is checked as resolved.
+        let dfo = GOOD
+            .replace("platform: generic", "platform: cxone-dfo")
+            .replace("{interval: 15s, timeout: 35s}", "{interval: 20s}");
+        let s = &SidecarConfig::from_yaml(&dfo)
+            .expect("valid")
+            .config
+            .streams[0];
+        assert_eq!(
+            (s.heartbeat.interval, s.heartbeat.timeout),
+            (Duration::from_secs(20), Duration::from_secs(45))
+        );
+        let bad = dfo.replace("{interval: 20s}", "{interval: 50s}");
+        let err = SidecarConfig::from_yaml(&bad).expect_err("interval past the timeout");
+        assert_eq!(err.field, "streams[0].heartbeat.timeout");
+        // What the controller renders reads back the same.
+        let text = serde_yaml_ng::to_string(&loaded.config).expect("yaml");
+        assert_eq!(
+            SidecarConfig::from_yaml(&text).expect("valid").config,
+            loaded.config
+        );
     }
 
     #[test]

@@ -24,7 +24,11 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::{Tenant, config::Platform, duration::serde_str};
+use crate::{
+    Tenant,
+    config::{HeartbeatSpec, Platform, TokenSpec},
+    duration::serde_str,
+};
 
 /// The API group.
 pub const GROUP: &str = "streamkeeper.dev";
@@ -130,10 +134,11 @@ pub struct StreamConnectionSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10000), inner(length(min = 1, max = 200)))]
     pub topics: Vec<String>,
-    /// Ping interval and dead timeout: each 5s to 45s, timeout longer than interval.
+    /// Ping interval and dead timeout: each 5s to 45s, timeout longer than interval; the
+    /// platform's own where left out.
     #[serde(default)]
     pub heartbeat: Heartbeat,
-    /// Token refresh schedule.
+    /// Token refresh schedule; the platform's own where left out.
     #[serde(default)]
     pub token: TokenRefresh,
     /// A paused stream keeps its object but takes no pool slot and is not run.
@@ -228,69 +233,78 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// Heartbeat timing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Heartbeat timing; either left out is the platform's own
+/// ([`crate::config::HeartbeatSpec::for_platform`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "duration(self.timeout) > duration(self.interval)",
+    "rule": "!has(self.interval) || !has(self.timeout) || duration(self.timeout) > duration(self.interval)",
     "message": "must be longer than heartbeat.interval (otherwise every connection is reaped between two pings)",
     "fieldPath": ".timeout"
 }]))]
 pub struct Heartbeat {
-    /// Ping every this long (5s to 45s; default 15s).
-    #[serde(with = "serde_str", default = "default_interval")]
+    /// Ping every this long, 5s to 45s (default: the platform's, 15s; cxone-dfo 30s,
+    /// cxone-aah 10s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_str::option"
+    )]
     #[schemars(schema_with = "duration_schema", extend("x-kubernetes-validations" = [{
         "rule": "duration(self) >= duration('5s') && duration(self) <= duration('45s')",
         "message": "must be between 5s and 45s"
     }]))]
-    pub interval: Duration,
-    /// Dead when nothing arrived for this long (5s to 45s, longer than interval; default 35s).
-    #[serde(with = "serde_str", default = "default_timeout")]
+    pub interval: Option<Duration>,
+    /// Dead when nothing arrived for this long, 5s to 45s and longer than interval (default:
+    /// the platform's, 35s; cxone-dfo 45s, cxone-aah 25s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_str::option"
+    )]
     #[schemars(schema_with = "duration_schema", extend("x-kubernetes-validations" = [{
         "rule": "duration(self) >= duration('5s') && duration(self) <= duration('45s')",
         "message": "must be between 5s and 45s"
     }]))]
-    pub timeout: Duration,
+    pub timeout: Option<Duration>,
 }
 
-fn default_interval() -> Duration {
-    Duration::from_secs(15)
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(35)
-}
-
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Self {
-            interval: default_interval(),
-            timeout: default_timeout(),
+impl Heartbeat {
+    /// The timing the sidecar runs: what is set, the platform's own for the rest.
+    pub fn resolve(&self, platform: Platform) -> HeartbeatSpec {
+        let own = HeartbeatSpec::for_platform(platform);
+        HeartbeatSpec {
+            interval: self.interval.unwrap_or(own.interval),
+            timeout: self.timeout.unwrap_or(own.timeout),
         }
     }
 }
 
 /// Token refresh timing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRefresh {
-    /// Refresh this long before the token expires (default 120s).
-    #[serde(with = "serde_str", default = "default_refresh_lead")]
+    /// Refresh this long before the token expires, 1s to 24h (default: the platform's, 120s;
+    /// cxone-* 600s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_str::option"
+    )]
     #[schemars(schema_with = "duration_schema", extend("x-kubernetes-validations" = [{
         "rule": "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
         "message": "must be between 1s and 24h"
     }]))]
-    pub refresh_lead: Duration,
+    pub refresh_lead: Option<Duration>,
 }
 
-fn default_refresh_lead() -> Duration {
-    Duration::from_secs(120)
-}
-
-impl Default for TokenRefresh {
-    fn default() -> Self {
-        Self {
-            refresh_lead: default_refresh_lead(),
+impl TokenRefresh {
+    /// The schedule the sidecar runs: what is set, the platform's own for the rest.
+    pub fn resolve(&self, platform: Platform) -> TokenSpec {
+        let own = TokenSpec::for_platform(platform);
+        TokenSpec {
+            refresh_lead: self.refresh_lead.unwrap_or(own.refresh_lead),
+            ..own
         }
     }
 }
@@ -480,7 +494,7 @@ impl StreamConnectionSpec {
                 }
             }
         }
-        let hb = self.heartbeat;
+        let hb = self.heartbeat.resolve(self.platform);
         for (field, d) in [
             ("spec.heartbeat.interval", hb.interval),
             ("spec.heartbeat.timeout", hb.timeout),
@@ -495,7 +509,7 @@ impl StreamConnectionSpec {
                 "must be longer than heartbeat.interval (otherwise every connection is reaped between two pings)",
             ));
         }
-        let lead = self.token.refresh_lead;
+        let lead = self.token.resolve(self.platform).refresh_lead;
         if lead < Duration::from_secs(1) || lead > Duration::from_secs(86_400) {
             return Err(bad("spec.token.refreshLead", "must be between 1s and 24h"));
         }
@@ -565,22 +579,51 @@ mod tests {
         let s = spec();
         assert_eq!(s.priority, 500);
         assert_eq!(s.heartbeat, Heartbeat::default());
-        assert_eq!(s.heartbeat.timeout, Duration::from_secs(35));
+        assert_eq!(
+            s.heartbeat.resolve(s.platform).timeout,
+            Duration::from_secs(35)
+        );
+        assert_eq!(
+            s.token.resolve(s.platform).refresh_lead,
+            Duration::from_secs(120)
+        );
         assert!(!s.paused);
         assert_eq!(s.validate(), Ok(()));
     }
 
     #[test]
+    fn left_out_timings_are_the_platforms_own_and_checked_as_resolved() {
+        let mut s = spec();
+        s.platform = Platform::CxoneAah;
+        let hb = s.heartbeat.resolve(s.platform);
+        assert_eq!(
+            (hb.interval, hb.timeout),
+            (Duration::from_secs(10), Duration::from_secs(25))
+        );
+        assert_eq!(
+            s.token.resolve(s.platform).refresh_lead,
+            Duration::from_secs(600)
+        );
+        // An interval past Genesys's own 35 s timeout, the timeout left out: refused.
+        let mut s = spec();
+        s.heartbeat.interval = Some(Duration::from_secs(40));
+        assert_eq!(
+            s.validate().expect_err("bad").field,
+            "spec.heartbeat.timeout"
+        );
+    }
+
+    #[test]
     fn validate_names_the_field() {
         let mut s = spec();
-        s.heartbeat.interval = Duration::from_secs(40);
-        s.heartbeat.timeout = Duration::from_secs(30);
+        s.heartbeat.interval = Some(Duration::from_secs(40));
+        s.heartbeat.timeout = Some(Duration::from_secs(30));
         assert_eq!(
             s.validate().expect_err("bad").field,
             "spec.heartbeat.timeout"
         );
         let mut s = spec();
-        s.heartbeat.interval = Duration::from_secs(2);
+        s.heartbeat.interval = Some(Duration::from_secs(2));
         assert_eq!(
             s.validate().expect_err("bad").field,
             "spec.heartbeat.interval"

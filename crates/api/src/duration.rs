@@ -66,6 +66,28 @@ pub mod serde_str {
         let s = String::deserialize(d)?;
         super::parse(&s).map_err(serde::de::Error::custom)
     }
+
+    /// The same for a duration that may be left out: `#[serde(default, with = "...::option")]`.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes a duration as text (callers skip `None`).
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads a duration from text.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|s| super::super::parse(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -153,14 +153,8 @@ pub fn stream_spec(sc: &StreamConnection) -> Result<StreamSpec, RenderError> {
             secret: None,
         },
         topics: spec.topics.clone(),
-        heartbeat: config::HeartbeatSpec {
-            interval: spec.heartbeat.interval,
-            timeout: spec.heartbeat.timeout,
-        },
-        token: config::TokenSpec {
-            refresh_lead: spec.token.refresh_lead,
-            ..config::TokenSpec::default()
-        },
+        heartbeat: spec.heartbeat.resolve(spec.platform),
+        token: spec.token.resolve(spec.platform),
         reconnect: config::ReconnectSpec::default(),
         limits: config::LimitsSpec::default(),
         tls: None,

@@ -67,11 +67,16 @@ async fn invalid_specs_are_rejected_by_the_api_server_naming_the_field() {
         );
         assert!(err.contains(field), "the error should name {field}: {err}");
     }
-    // And the good one passes, with the defaults filled in by the schema.
+    // And the good one passes, with the defaults filled in by the schema; the heartbeat it
+    // leaves out stays out (the platform's own is resolved when the config is rendered).
     apply_ok(c, &base);
     let client = c.client().await;
     let sc = stream(&client, &ns, "bad").await.expect("stored");
-    assert_eq!(sc.spec.heartbeat.timeout, Duration::from_secs(35));
+    assert_eq!(sc.spec.heartbeat.timeout, None);
+    assert_eq!(
+        sc.spec.heartbeat.resolve(sc.spec.platform).timeout,
+        Duration::from_secs(35)
+    );
     assert_eq!(sc.spec.priority, 500);
 }
 
