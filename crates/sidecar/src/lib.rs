@@ -12,7 +12,8 @@
 //! - `upstream/`: the session that holds the platform socket: connect, heartbeat, reap, resume
 //! - `platforms/`: what differs per platform (generic, Genesys, CXone)
 //! - `ws/`: the RFC 6455 client; `net/`: sockets, proxies, TLS, the REST client
-//! - `liveness`, `backoff`: the pure deadline state machine and reconnect backoff
+//! - `liveness`, `backoff`, `pace`: the pure deadline state machine, reconnect backoff and
+//!   request pacing under a rate limit
 //! - `signal`: the one-value broadcast a stream's stop, lease and ack signals travel on
 //! - `app/`: the buffer to the app and the local WebSocket server it connects to
 //! - `admin`, `metrics`: `/metrics`, `/healthz`, `/readyz`, `/status`
@@ -30,6 +31,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod net;
 pub mod ownership;
+pub mod pace;
 pub mod platforms;
 pub mod pod;
 pub mod run;

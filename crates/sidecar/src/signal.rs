@@ -5,7 +5,7 @@
 //! many concurrent receivers), 344–368 bytes a channel, and a stream had five of them: 1.8 KiB
 //! of every idle stream's 10.3 KiB (census of `cargo bench -p streamkeeper --features
 //! heap-stats --bench sidecar_scale`). These signals have one or two receivers each; one
-//! `Notify` makes a channel 96–112 bytes. The semantics are watch's: a receiver sees the
+//! `Notify` makes a channel 72–96 bytes. The semantics are watch's: a receiver sees the
 //! newest value and whether it changed since it last looked; `changed` fails once the sender
 //! is gone and nothing new is left to see.
 

@@ -160,7 +160,7 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
         proxy: net::ProxyPolicy::direct(),
         tokens,
         refresh_now,
-        channels: Arc::new(tokio::sync::Semaphore::new(20)),
+        budget: streamkeeper_sidecar::auth::ClientBudget::new(),
         lease: streamkeeper_sidecar::signal::channel(
             tokio::time::Instant::now() + Duration::from_secs(3600),
         )

@@ -132,7 +132,7 @@ async fn gaps_between_attempts(limit: RateLimit, window: Duration) -> Vec<Durati
         proxy: net::ProxyPolicy::direct(),
         tokens,
         refresh_now: RefreshNow::default(),
-        channels: Arc::new(tokio::sync::Semaphore::new(20)),
+        budget: streamkeeper_sidecar::auth::ClientBudget::new(),
         lease,
         gap_from: None,
     };

@@ -144,7 +144,7 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
         proxy: net::ProxyPolicy::direct(),
         tokens,
         refresh_now,
-        channels: Arc::new(tokio::sync::Semaphore::new(20)),
+        budget: streamkeeper_sidecar::auth::ClientBudget::new(),
         lease: streamkeeper_sidecar::signal::channel(
             tokio::time::Instant::now() + Duration::from_secs(3600),
         )

@@ -15,7 +15,9 @@
 //! - `schedule.rs`: [`refresh_at`], [`retry_delay`] (pure)
 //! - `manager.rs`: [`spawn_manager`], [`TokenView`], [`RefreshNow`]
 //! - `registry.rs`: [`TokenManagers`], one manager per credential, [`TokenLease`]
+//! - `budget.rs`: [`ClientBudget`], the credential's Genesys channels and request pace
 
+mod budget;
 mod client;
 mod credentials;
 mod cxone;
@@ -26,13 +28,14 @@ mod schedule;
 mod secret;
 mod token;
 
+pub use budget::{ClientBudget, GENESYS_CHANNELS_PER_CLIENT};
 pub use client::OAuthClient;
 pub(crate) use client::{join, retry_after, transport_error};
 pub use credentials::{ClientCredentials, CredentialFiles};
 pub use cxone::CxoneClient;
 pub use grant::{Grant, TokenSource};
 pub use manager::{RefreshHook, RefreshNow, SharedSpec, TokenView, spawn_manager};
-pub use registry::{CredentialKey, GENESYS_CHANNELS_PER_CLIENT, TokenLease, TokenManagers};
+pub use registry::{CredentialKey, TokenLease, TokenManagers};
 pub use schedule::{refresh_at, retry_delay};
 pub use secret::Secret;
 pub use token::{Token, TokenError};

@@ -7,16 +7,14 @@ use std::{
 };
 
 use streamkeeper_api::{StreamSpec, config::Platform};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use url::Url;
 
 use super::{
-    CredentialFiles, Grant, RefreshHook, RefreshNow, TokenError, TokenSource, TokenView,
+    ClientBudget, CredentialFiles, Grant, RefreshHook, RefreshNow, TokenError, TokenSource,
+    TokenView,
     manager::{SharedSpec, spawn_manager},
 };
-
-/// Live channels one Genesys OAuth client may hold: a 21st replaces the oldest.
-pub const GENESYS_CHANNELS_PER_CLIENT: usize = 20;
 
 /// Which credential a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,7 +45,7 @@ struct Shared {
     view: watch::Receiver<TokenView>,
     refresh: RefreshNow,
     spec: SharedSpec,
-    channels: Arc<Semaphore>,
+    budget: Arc<ClientBudget>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -83,9 +81,9 @@ impl TokenLease {
         self.shared.refresh.clone()
     }
 
-    /// The credential's Genesys channel budget (live channels of one OAuth client).
-    pub fn channels(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.shared.channels)
+    /// The credential's share of the platform's limits (Genesys channels and requests).
+    pub fn budget(&self) -> Arc<ClientBudget> {
+        Arc::clone(&self.shared.budget)
     }
 
     /// Whether two leases share one manager.
@@ -171,7 +169,7 @@ impl TokenManagers {
             view,
             refresh,
             spec: shared_spec,
-            channels: Arc::new(Semaphore::new(GENESYS_CHANNELS_PER_CLIENT)),
+            budget: ClientBudget::new(),
             task,
         });
         managers.insert(key, Arc::downgrade(&shared));

@@ -26,7 +26,7 @@ use super::{
     whole_frame,
 };
 use crate::{
-    auth::{join, retry_after, transport_error},
+    auth::{ClientBudget, join, retry_after, transport_error},
     clock::epoch_ms,
 };
 
@@ -66,15 +66,13 @@ impl Genesys {
         self.topics.len().div_ceil(MAX_TOPICS_PER_CHANNEL)
     }
 
-    async fn create_channel(
-        &self,
-        http: &reqwest::Client,
-        token: &str,
-    ) -> Result<ChannelCreated, AdapterError> {
+    async fn create_channel(&self, p: &Prepare<'_>) -> Result<ChannelCreated, AdapterError> {
         let what = "creating a notification channel";
-        let resp = http
+        p.budget.request_slot().await;
+        let resp = p
+            .http
             .post(join(&self.api, "/api/v2/notifications/channels"))
-            .bearer_auth(token)
+            .bearer_auth(p.token)
             .json(&serde_json::json!({}))
             .send()
             .await
@@ -87,8 +85,7 @@ impl Genesys {
 
     async fn subscribe(
         &self,
-        http: &reqwest::Client,
-        token: &str,
+        p: &Prepare<'_>,
         channel: &str,
         topics: &[String],
     ) -> Result<(), AdapterError> {
@@ -97,9 +94,11 @@ impl Genesys {
             .iter()
             .map(|t| serde_json::json!({"id": t}))
             .collect();
-        let resp = http
+        p.budget.request_slot().await;
+        let resp = p
+            .http
             .put(subscriptions_url(&self.api, channel))
-            .bearer_auth(token)
+            .bearer_auth(p.token)
             .json(&body)
             .send()
             .await
@@ -191,14 +190,14 @@ impl Adapter for Genesys {
 
     async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
         let n = self.channels_needed();
-        let permits = match Arc::clone(p.channels).try_acquire_many_owned(n as u32) {
+        let permits = match Arc::clone(&p.budget.channels).try_acquire_many_owned(n as u32) {
             Ok(permits) => permits,
             Err(_) => {
                 tracing::info!(
                     channels = n,
                     "the credential's 20 live channels are in use; waiting for one to be retired"
                 );
-                Arc::clone(p.channels)
+                Arc::clone(&p.budget.channels)
                     .acquire_many_owned(n as u32)
                     .await
                     .map_err(|_| other("reserving channels", "channel budget closed".into()))?
@@ -207,8 +206,8 @@ impl Adapter for Genesys {
         let mut permits = Some(permits);
         let mut out: Vec<Box<dyn Connection>> = Vec::with_capacity(n);
         for shard in self.topics.chunks(MAX_TOPICS_PER_CHANNEL) {
-            let created = self.create_channel(p.http, p.token).await?;
-            self.subscribe(p.http, p.token, &created.id, shard).await?;
+            let created = self.create_channel(&p).await?;
+            self.subscribe(&p, &created.id, shard).await?;
             let life = created
                 .expires
                 .as_deref()
@@ -230,6 +229,7 @@ impl Adapter for Genesys {
                 id: created.id,
                 topics: shard.len(),
                 expires: Instant::now() + life,
+                budget: Arc::clone(p.budget),
                 _permit: permit,
             }));
         }
@@ -244,6 +244,8 @@ pub struct GenesysChannel {
     id: String,
     topics: usize,
     expires: Instant,
+    /// The credential's budget: the retire request is paced under it too.
+    budget: Arc<ClientBudget>,
     /// Its place in the credential's channel budget, given back when the channel is retired.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -315,7 +317,9 @@ impl Connection for GenesysChannel {
             .delete(subscriptions_url(&self.api, &self.id))
             .bearer_auth(token);
         let id = self.id.clone();
+        let budget = Arc::clone(&self.budget);
         Some(Box::pin(async move {
+            budget.request_slot().await;
             match req.send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => {

@@ -25,8 +25,10 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 use streamkeeper_api::{EventId, StreamSpec, config::Platform};
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::time::Instant;
 use url::Url;
+
+use crate::auth::ClientBudget;
 
 /// Where one socket goes: the URL and the upgrade headers. `Debug` never shows header values
 /// (an `Authorization: Bearer` rides here).
@@ -162,8 +164,8 @@ pub struct Prepare<'a> {
     pub token: &'a str,
     /// The last event id this stream has seen or checkpointed.
     pub resume_after: Option<&'a EventId>,
-    /// The credential's Genesys channel budget, shared by the pod's streams on it.
-    pub channels: &'a Arc<Semaphore>,
+    /// The credential's share of the platform's limits, shared by the pod's streams on it.
+    pub budget: &'a Arc<ClientBudget>,
 }
 
 /// One stream's dialect.

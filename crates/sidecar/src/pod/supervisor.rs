@@ -127,7 +127,7 @@ impl Pod {
                 proxy: route.proxy.clone(),
                 tokens: tokens.view(),
                 refresh_now: tokens.refresh(),
-                channels: tokens.channels(),
+                budget: tokens.budget(),
                 lease: claim.valid_until.clone(),
                 gap_from,
             };
@@ -139,7 +139,7 @@ impl Pod {
             );
             let mut acked = hub.acked();
             let mut saved = acked.borrow_and_update().clone();
-            // Each watch ends when its sender goes (the stream left the config, the lease was
+            // Each signal ends when its sender goes (the stream left the config, the lease was
             // dropped): a closed one is left out of the select, which would otherwise spin.
             let (mut acks_open, mut lost_open, mut stop_open, mut lease_open) =
                 (true, true, true, true);

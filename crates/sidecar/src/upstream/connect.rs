@@ -5,11 +5,10 @@
 use std::{sync::Arc, time::Duration};
 
 use streamkeeper_api::{ConnectionId, EventId, StreamSpec};
-use tokio::sync::Semaphore;
 
 use super::link::{Link, Socket};
 use crate::{
-    auth::Token,
+    auth::{ClientBudget, Token},
     liveness::HeartbeatPolicy,
     net::{ProxyPolicy, SocketOptions},
     platforms::{Adapter, AdapterError, Prepare, RateLimit},
@@ -43,7 +42,7 @@ pub(super) struct Opener {
     pub(super) http: reqwest::Client,
     pub(super) connect: Arc<ConnectOptions>,
     pub(super) proxy: ProxyPolicy,
-    pub(super) channels: Arc<Semaphore>,
+    pub(super) budget: Arc<ClientBudget>,
     pub(super) policy: HeartbeatPolicy,
 }
 
@@ -64,7 +63,7 @@ impl Opener {
                 http: &self.http,
                 token: token.value.expose(),
                 resume_after,
-                channels: &self.channels,
+                budget: &self.budget,
             })
             .await
             .map_err(OpenFailure::from_adapter)?;

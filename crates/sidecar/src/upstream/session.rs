@@ -13,10 +13,7 @@ use std::{sync::Arc, time::Duration};
 use streamkeeper_api::{
     ConnectionId, DropReason, EventId, PodName, StreamId, StreamSpec, StreamState, ToApp,
 };
-use tokio::{
-    sync::{Semaphore, watch},
-    time::Instant,
-};
+use tokio::{sync::watch, time::Instant};
 
 use super::{
     Observer, SessionEvent, StatusCell, StreamStatus,
@@ -29,7 +26,7 @@ use super::{
 };
 use crate::{
     app::hub::{Hub, Push},
-    auth::{RefreshNow, Token, TokenView},
+    auth::{ClientBudget, RefreshNow, Token, TokenView},
     backoff::Backoff,
     clock::epoch_ms,
     liveness::{self, Health},
@@ -68,8 +65,8 @@ pub struct SessionCtx {
     pub tokens: watch::Receiver<TokenView>,
     /// Tells the token manager a token was refused.
     pub refresh_now: RefreshNow,
-    /// The credential's Genesys channel budget.
-    pub channels: Arc<Semaphore>,
+    /// The credential's share of the platform's limits (Genesys channels and requests).
+    pub budget: Arc<ClientBudget>,
     /// Until when this pod may act on its lease. A session never (re)connects past it, and
     /// tears the socket down the moment it passes, before reading anything more: a pod frozen
     /// past its lease (another pod may own the stream now) must not deliver a single event.
@@ -159,7 +156,7 @@ impl Session {
             http: ctx.http.clone(),
             connect: Arc::clone(&ctx.connect),
             proxy: ctx.proxy.clone(),
-            channels: Arc::clone(&ctx.channels),
+            budget: Arc::clone(&ctx.budget),
             policy: ctx.spec.heartbeat.into(),
         };
         let dropped_at_ms = ctx.gap_from.filter(|_| !ctx.adapter.replays());
