@@ -19,6 +19,15 @@ use super::{
 };
 use crate::{auth::Token, backoff::Backoff, platforms::Rotation};
 
+/// When a channel of `link` is due for replacement: `lead` (`token.refreshLead`) before its
+/// expiry, or half-way through its life when the lead is longer than that. Read from the spec
+/// at each use rather than kept in [`Rotating`], which lives in every idle stream's future.
+fn expiry_due(link: &Link, lead: Duration) -> Option<Instant> {
+    let expires = link.sockets.iter().filter_map(|s| s.conn.expires()).min()?;
+    let life = expires.saturating_duration_since(link.opened);
+    Some(expires - lead.min(life / 2))
+}
+
 /// A successor being opened in the background.
 type Opening = oneshot::Receiver<Result<Link, OpenFailure>>;
 
@@ -41,13 +50,10 @@ pub(super) struct Rotating {
     /// Boxed: it exists only during a handover, and inline it would grow every idle stream's
     /// drive loop by its 208 bytes.
     overlap: Option<Box<Overlap>>,
-    overlap_bound: Duration,
     /// Why a successor is wanted, while one is.
     wanted: Option<&'static str>,
     retry_at: Option<Instant>,
     backoff: Backoff,
-    /// How long before a channel's expiry its successor is opened.
-    rotate_lead: Duration,
 }
 
 impl Rotating {
@@ -62,12 +68,9 @@ impl Rotating {
             opening_task: None,
             successor: None,
             overlap: None,
-            // A quiet stream has nothing in flight: past the bound the old link goes anyway.
-            overlap_bound: spec.heartbeat.timeout,
             wanted: None,
             retry_at: None,
             backoff: Backoff::new(spec.reconnect.initial, spec.reconnect.max),
-            rotate_lead: spec.token.refresh_lead,
         }
     }
 
@@ -131,19 +134,11 @@ impl Rotating {
         if s.ctx.adapter.rotation() == Rotation::NewSocket
             && self.wanted.is_none()
             && self.idle()
-            && let Some(due) = self.expiry_due(link)
+            && let Some(due) = expiry_due(link, s.ctx.spec.token.refresh_lead)
         {
             at(due);
         }
         wake
-    }
-
-    /// When a channel of `link` is due for replacement: `refreshLead` before its expiry, or
-    /// half-way through its life when the lead is longer than that.
-    fn expiry_due(&self, link: &Link) -> Option<Instant> {
-        let expires = link.sockets.iter().filter_map(|s| s.conn.expires()).min()?;
-        let life = expires.saturating_duration_since(link.opened);
-        Some(expires - self.rotate_lead.min(life / 2))
     }
 
     fn idle(&self) -> bool {
@@ -257,7 +252,9 @@ impl Rotating {
         match opened {
             Some(Ok(next)) => {
                 tracing::debug!(stream = %s.stream(), connection = %next.id, "successor open; overlapping");
-                self.overlap = Some(Box::new(Overlap::new(Instant::now(), self.overlap_bound)));
+                // A quiet stream has nothing in flight: past the bound the old link goes anyway.
+                let bound = s.ctx.spec.heartbeat.timeout;
+                self.overlap = Some(Box::new(Overlap::new(Instant::now(), bound)));
                 self.successor = Some(next);
             }
             Some(Err(failure)) => {
@@ -394,7 +391,7 @@ impl Session {
         if self.ctx.adapter.rotation() == Rotation::NewSocket
             && r.wanted.is_none()
             && r.idle()
-            && r.expiry_due(link).is_some_and(|due| now >= due)
+            && expiry_due(link, self.ctx.spec.token.refresh_lead).is_some_and(|due| now >= due)
         {
             r.want_successor(self, link, "channel expiry");
         }
