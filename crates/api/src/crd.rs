@@ -104,6 +104,18 @@ pub use crate::config::GENESYS_REGIONS;
         "rule": "!(self.platform in ['genesys', 'cxone-aah']) || (has(self.topics) && size(self.topics) > 0)",
         "message": "platforms genesys and cxone-aah need at least one topic (a contact id on cxone-aah)",
         "fieldPath": ".topics"
+    },
+    // A heartbeat field left out is the platform's own (HeartbeatSpec::for_platform; a test
+    // checks these figures against it): the one given must still fit it.
+    {
+        "rule": "!has(self.heartbeat) || !has(self.heartbeat.interval) || has(self.heartbeat.timeout) || duration(self.heartbeat.interval) < duration(self.platform == 'cxone-dfo' ? '45s' : self.platform == 'cxone-aah' ? '25s' : '35s')",
+        "message": "must be longer than heartbeat.interval: left out, it is the platform's (35s; cxone-dfo 45s, cxone-aah 25s)",
+        "fieldPath": ".heartbeat.timeout"
+    },
+    {
+        "rule": "!has(self.heartbeat) || !has(self.heartbeat.timeout) || has(self.heartbeat.interval) || duration(self.heartbeat.timeout) > duration(self.platform == 'cxone-dfo' ? '30s' : self.platform == 'cxone-aah' ? '10s' : '15s')",
+        "message": "must be longer than heartbeat.interval: left out, it is the platform's (15s; cxone-dfo 30s, cxone-aah 10s)",
+        "fieldPath": ".heartbeat.timeout"
     }
 ]))]
 pub struct StreamConnectionSpec {
@@ -611,6 +623,31 @@ mod tests {
             s.validate().expect_err("bad").field,
             "spec.heartbeat.timeout"
         );
+    }
+
+    #[test]
+    fn the_schemas_one_sided_heartbeat_rules_use_the_platforms_own_timings() {
+        let crd = serde_json::to_string(&StreamConnection::crd()).expect("json");
+        let own = |p| HeartbeatSpec::for_platform(p);
+        let secs = |d: Duration| format!("'{}s'", d.as_secs());
+        for (platform, name) in [
+            (Platform::CxoneDfo, "cxone-dfo"),
+            (Platform::CxoneAah, "cxone-aah"),
+        ] {
+            let hb = own(platform);
+            for d in [hb.interval, hb.timeout] {
+                let pick = format!("self.platform == '{name}' ? {}", secs(d));
+                assert!(crd.contains(&pick), "the rule picks {pick}");
+            }
+        }
+        let generic = own(Platform::Generic);
+        assert_eq!(generic, own(Platform::Genesys), "one fallback in the rule");
+        for d in [generic.interval, generic.timeout] {
+            assert!(
+                crd.contains(&format!(": {})", secs(d))),
+                "the fallback {d:?}"
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,15 @@ async fn invalid_specs_are_rejected_by_the_api_server_naming_the_field() {
     let c = k8s();
     let ns = c.namespace("invalid");
     let base = sconn(&ns, "bad", "acme", 500, "wem");
+    let cxone = |platform: &str, heartbeat: &str| {
+        base.replace("platform: genesys", &format!("platform: {platform}"))
+            .replace(
+                "  region: mypurecloud.com\n",
+                &format!(
+                    "  endpoints: {{login: 'https://l.example.com', stream: 'wss://s.example.com/ws'}}\n  {heartbeat}\n"
+                ),
+            )
+    };
     let cases: Vec<(String, &str)> = vec![
         (
             base.replace("  topics:", "  heartbeat: {interval: 40s, timeout: 30s}\n  topics:"),
@@ -29,6 +38,24 @@ async fn invalid_specs_are_rejected_by_the_api_server_naming_the_field() {
         ),
         (
             base.replace("  topics:", "  heartbeat: {interval: 15s, timeout: 50s}\n  topics:"),
+            "spec.heartbeat.timeout",
+        ),
+        // One field of the pair given: checked against the platform's own other one
+        // (genesys 15s / 35s, cxone-aah 10s / 25s, cxone-dfo 30s / 45s).
+        (
+            base.replace("  topics:", "  heartbeat: {interval: 40s}\n  topics:"),
+            "spec.heartbeat.timeout",
+        ),
+        (
+            base.replace("  topics:", "  heartbeat: {timeout: 12s}\n  topics:"),
+            "spec.heartbeat.timeout",
+        ),
+        (
+            cxone("cxone-aah", "heartbeat: {interval: 30s}"),
+            "spec.heartbeat.timeout",
+        ),
+        (
+            cxone("cxone-dfo", "heartbeat: {timeout: 20s}"),
             "spec.heartbeat.timeout",
         ),
         (base.replace("priority: 500", "priority: 1001"), "spec.priority"),
