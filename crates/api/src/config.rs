@@ -294,8 +294,6 @@ struct TokenInput {
 
 impl From<StreamSpecInput> for StreamSpec {
     fn from(s: StreamSpecInput) -> Self {
-        let hb = HeartbeatSpec::for_platform(s.platform);
-        let token = TokenSpec::for_platform(s.platform);
         Self {
             id: s.id,
             tenant: s.tenant,
@@ -304,14 +302,12 @@ impl From<StreamSpecInput> for StreamSpec {
             endpoints: s.endpoints,
             credentials: s.credentials,
             topics: s.topics,
-            heartbeat: HeartbeatSpec {
-                interval: s.heartbeat.interval.unwrap_or(hb.interval),
-                timeout: s.heartbeat.timeout.unwrap_or(hb.timeout),
-            },
-            token: TokenSpec {
-                refresh_lead: s.token.refresh_lead.unwrap_or(token.refresh_lead),
-                retry: s.token.retry.unwrap_or(token.retry),
-            },
+            heartbeat: HeartbeatSpec::resolve(
+                s.platform,
+                s.heartbeat.interval,
+                s.heartbeat.timeout,
+            ),
+            token: TokenSpec::resolve(s.platform, s.token.refresh_lead, s.token.retry),
             reconnect: s.reconnect,
             limits: s.limits,
             tls: s.tls,
@@ -416,6 +412,21 @@ impl HeartbeatSpec {
     }
 }
 
+impl HeartbeatSpec {
+    /// What is set, the platform's own for the rest (the sidecar file and the CRD alike).
+    pub fn resolve(
+        platform: Platform,
+        interval: Option<Duration>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let own = Self::for_platform(platform);
+        Self {
+            interval: interval.unwrap_or(own.interval),
+            timeout: timeout.unwrap_or(own.timeout),
+        }
+    }
+}
+
 impl Default for HeartbeatSpec {
     /// `generic`'s (and Genesys's): 15 s / 35 s.
     fn default() -> Self {
@@ -447,6 +458,21 @@ impl TokenSpec {
         Self {
             refresh_lead: Duration::from_secs(lead),
             retry: Duration::from_secs(30),
+        }
+    }
+}
+
+impl TokenSpec {
+    /// What is set, the platform's own for the rest (the sidecar file and the CRD alike).
+    pub fn resolve(
+        platform: Platform,
+        refresh_lead: Option<Duration>,
+        retry: Option<Duration>,
+    ) -> Self {
+        let own = Self::for_platform(platform);
+        Self {
+            refresh_lead: refresh_lead.unwrap_or(own.refresh_lead),
+            retry: retry.unwrap_or(own.retry),
         }
     }
 }

@@ -284,11 +284,7 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// The timing the sidecar runs: what is set, the platform's own for the rest.
     pub fn resolve(&self, platform: Platform) -> HeartbeatSpec {
-        let own = HeartbeatSpec::for_platform(platform);
-        HeartbeatSpec {
-            interval: self.interval.unwrap_or(own.interval),
-            timeout: self.timeout.unwrap_or(own.timeout),
-        }
+        HeartbeatSpec::resolve(platform, self.interval, self.timeout)
     }
 }
 
@@ -313,11 +309,7 @@ pub struct TokenRefresh {
 impl TokenRefresh {
     /// The schedule the sidecar runs: what is set, the platform's own for the rest.
     pub fn resolve(&self, platform: Platform) -> TokenSpec {
-        let own = TokenSpec::for_platform(platform);
-        TokenSpec {
-            refresh_lead: self.refresh_lead.unwrap_or(own.refresh_lead),
-            ..own
-        }
+        TokenSpec::resolve(platform, self.refresh_lead, None)
     }
 }
 

@@ -19,7 +19,7 @@ pub struct ClientBudget {
     /// Genesys REST requests, paced per token (the limit is per token, and the pod's streams
     /// on a credential share its token): the current token's and the one before it, whose
     /// retired channels are still unsubscribed with it.
-    requests: Mutex<[Option<(u64, Pace)>; 2]>,
+    requests: Mutex<Vec<(TokenKey, Pace)>>,
 }
 
 impl ClientBudget {
@@ -27,28 +27,26 @@ impl ClientBudget {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             channels: Arc::new(Semaphore::new(GENESYS_CHANNELS_PER_CLIENT)),
-            requests: Mutex::new([None, None]),
+            requests: Mutex::new(Vec::with_capacity(2)),
         })
     }
 
     /// Waits for a REST request's slot. A slot taken by a request that is then not sent
     /// (its session stopped) is not given back: the pace only runs slower.
-    pub async fn request_slot(&self, token: &str) {
-        let key = token_key(token);
+    pub async fn request_slot(&self, token: TokenKey) {
         let now = Instant::now();
         let go = {
             let mut paces = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-            if !paces.iter().flatten().any(|(k, _)| *k == key) {
-                // A new token: it replaces the older of the two.
-                paces.swap(0, 1);
-                paces[0] = Some((key, Pace::genesys()));
-            }
-            let (_, pace) = paces
-                .iter_mut()
-                .flatten()
-                .find(|(k, _)| *k == key)
-                .expect("just ensured");
-            pace.reserve(now)
+            let i = match paces.iter().position(|(k, _)| *k == token) {
+                Some(i) => i,
+                None => {
+                    // A new token: it replaces the older of the two.
+                    paces.truncate(1);
+                    paces.insert(0, (token, Pace::genesys()));
+                    0
+                }
+            };
+            paces[i].1.reserve(now)
         };
         if go > now {
             tracing::debug!(wait = ?(go - now), "pacing REST requests under the platform's rate limit");
@@ -57,10 +55,16 @@ impl ClientBudget {
     }
 }
 
-/// A token's key among the paces (a hash: the token itself is not kept here).
-fn token_key(token: &str) -> u64 {
-    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(token)
+/// Which token a request is paced under: a hash, so that no copy of the token is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenKey(u64);
+
+impl TokenKey {
+    /// The key of `token`.
+    pub fn of(token: &str) -> Self {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        Self(BuildHasherDefault::<DefaultHasher>::default().hash_one(token))
+    }
 }
 
 #[cfg(test)]
@@ -74,19 +78,19 @@ mod tests {
         let budget = ClientBudget::new();
         let t0 = Instant::now();
         for _ in 0..50 {
-            budget.request_slot("t1").await;
+            budget.request_slot(TokenKey::of("t1")).await;
         }
         assert_eq!(Instant::now(), t0, "the burst goes at once");
-        budget.request_slot("t1").await;
-        budget.request_slot("t1").await;
+        budget.request_slot(TokenKey::of("t1")).await;
+        budget.request_slot(TokenKey::of("t1")).await;
         assert_eq!(Instant::now() - t0, Duration::from_millis(500));
         // A new token has a limit of its own; the old one's pace is kept for its last calls.
         let t1 = Instant::now();
         for _ in 0..50 {
-            budget.request_slot("t2").await;
+            budget.request_slot(TokenKey::of("t2")).await;
         }
         assert_eq!(Instant::now(), t1);
-        budget.request_slot("t1").await;
+        budget.request_slot(TokenKey::of("t1")).await;
         assert_eq!(Instant::now() - t1, Duration::from_millis(250));
     }
 }

@@ -28,7 +28,7 @@ mod schedule;
 mod secret;
 mod token;
 
-pub use budget::{ClientBudget, GENESYS_CHANNELS_PER_CLIENT};
+pub use budget::{ClientBudget, GENESYS_CHANNELS_PER_CLIENT, TokenKey};
 pub use client::OAuthClient;
 pub(crate) use client::{join, retry_after, transport_error};
 pub use credentials::{ClientCredentials, CredentialFiles};

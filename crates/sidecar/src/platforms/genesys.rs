@@ -26,7 +26,7 @@ use super::{
     whole_frame,
 };
 use crate::{
-    auth::{ClientBudget, join, retry_after, transport_error},
+    auth::{ClientBudget, TokenKey, join, retry_after, transport_error},
     clock::epoch_ms,
 };
 
@@ -68,7 +68,7 @@ impl Genesys {
 
     async fn create_channel(&self, p: &Prepare<'_>) -> Result<ChannelCreated, AdapterError> {
         let what = "creating a notification channel";
-        p.budget.request_slot(p.token).await;
+        p.budget.request_slot(TokenKey::of(p.token)).await;
         let resp = p
             .http
             .post(join(&self.api, "/api/v2/notifications/channels"))
@@ -94,7 +94,7 @@ impl Genesys {
             .iter()
             .map(|t| serde_json::json!({"id": t}))
             .collect();
-        p.budget.request_slot(p.token).await;
+        p.budget.request_slot(TokenKey::of(p.token)).await;
         let resp = p
             .http
             .put(subscriptions_url(&self.api, channel))
@@ -318,9 +318,9 @@ impl Connection for GenesysChannel {
             .bearer_auth(token);
         let id = self.id.clone();
         let budget = Arc::clone(&self.budget);
-        let token = token.to_owned();
+        let key = TokenKey::of(token);
         Some(Box::pin(async move {
-            budget.request_slot(&token).await;
+            budget.request_slot(key).await;
             match req.send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => {
