@@ -298,7 +298,7 @@ async fn until_failed(up: &mut Upstream, bound: Duration) -> (WsError, Instant, 
     let ping = |seq: u64| Ping::Control(seq.to_be_bytes().to_vec());
     let run = async {
         loop {
-            match up.next(ping).await {
+            match up.next(ping, None).await {
                 Ok(Tick::Frame(_)) => {}
                 Ok(tick) => panic!("the far-up heartbeat acted: {tick:?}"),
                 Err(e) => return (e, Instant::now(), up.liveness().last_inbound()),
@@ -362,7 +362,7 @@ async fn with_the_heartbeat_far_up_tcp_user_timeout_and_keepalive_alone_fail_a_c
     for (up, which) in [(&mut unacked, "unacked"), (&mut idle, "idle")] {
         let first = timeout(
             Duration::from_secs(5),
-            up.next(|_| Ping::Text(String::new())),
+            up.next(|_| Ping::Text(String::new()), None),
         )
         .await
         .unwrap_or_else(|_| panic!("no event on the {which} socket"));

@@ -15,10 +15,12 @@
 //! Parameters (environment): `SK_BENCH_STREAMS` (`50,1000,10000`; a run with 0 streams is
 //! always added as the base), `SK_BENCH_TRANSPORTS` (`ws,wss`), `SK_BENCH_CPU_WINDOW` (30s),
 //! `SK_BENCH_INTERVAL` / `SK_BENCH_TIMEOUT` (the streams' heartbeat, 15s / 35s: the product
-//! defaults), `SK_BENCH_SIDECAR` (`streamkeeper-sidecar` or `streamkeeper`).
+//! defaults), `SK_BENCH_SIDECAR` (`streamkeeper-sidecar` or `streamkeeper`), `SK_BENCH_STORE`
+//! (`memory`, the in-process store; `redis`: a `redis-server` of its own per run, as pods run,
+//! so the store's leases, records and checkpoints are in Redis rather than in the sidecar).
 //!
 //! What runs: one sidecar process per (transport, N), with the in-process store (no Redis: one
-//! pod), one tenant whose limit is N, the production defaults for everything else, and no app
+//! pod; or Redis, above), one tenant whose limit is N, the production defaults for everything else, and no app
 //! connected (idle streams: the emulator sends no events, so no app is needed to ack them; the
 //! app side's per-connection cost is not part of this figure). Each stream has its own socket
 //! to the emulator's one `bench` stream; all streams name one credentials directory (one client
@@ -86,6 +88,26 @@ struct Params {
     interval: Duration,
     timeout: Duration,
     sidecar: SidecarBinary,
+    store: StoreKind,
+}
+
+/// Where the sidecar keeps leases, records and checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    /// The in-process store (one pod, no Redis): its maps are in the sidecar's own heap.
+    Memory,
+    /// A `redis-server` of its own per run, as pods run: the store's data is in Redis's
+    /// memory, and the sidecar pays only for its client.
+    Redis,
+}
+
+impl StoreKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "in-process store",
+            Self::Redis => "redis",
+        }
+    }
 }
 
 /// Which program runs the sidecar.
@@ -137,6 +159,11 @@ impl Params {
                 Ok(other) => bail!(
                     "SK_BENCH_SIDECAR: {other:?} is neither streamkeeper-sidecar nor streamkeeper"
                 ),
+            },
+            store: match std::env::var("SK_BENCH_STORE").as_deref() {
+                Err(_) | Ok("memory") => StoreKind::Memory,
+                Ok("redis") => StoreKind::Redis,
+                Ok(other) => bail!("SK_BENCH_STORE: {other:?} is neither memory nor redis"),
             },
         })
     }
@@ -372,6 +399,8 @@ struct Census {
     /// Bytes of the allocations larger than the census counts exactly (its last size class).
     large: u64,
     by_size: BTreeMap<usize, i64>,
+    /// The allocations of the last size class and more, by exact size.
+    large_by_size: BTreeMap<usize, i64>,
 }
 
 impl Census {
@@ -382,43 +411,59 @@ impl Census {
         }
         ensure!(status == 200, "GET /debug/heap answered {status}");
         let json: serde_json::Value = serde_json::from_slice(&body)?;
-        let by_size = json["bySize"]
-            .as_array()
-            .context("bySize")?
-            .iter()
-            .filter_map(|pair| Some((pair[0].as_u64()? as usize, pair[1].as_i64()?)))
-            .collect();
+        let pairs = |field: &str| -> anyhow::Result<BTreeMap<usize, i64>> {
+            Ok(json[field]
+                .as_array()
+                .with_context(|| field.to_owned())?
+                .iter()
+                .filter_map(|pair| Some((pair[0].as_u64()? as usize, pair[1].as_i64()?)))
+                .collect())
+        };
         Ok(Some(Self {
             live: json["liveBytes"].as_u64().unwrap_or(0),
             large: json["largeBytes"].as_u64().unwrap_or(0),
-            by_size,
+            by_size: pairs("bySize")?,
+            // A sidecar built before the census kept large sizes apart has none.
+            large_by_size: pairs("large").unwrap_or_default(),
         }))
     }
 
     /// (size, change in count), the largest change in bytes first.
     fn growth(&self, before: &Census) -> Vec<(usize, i64)> {
-        let mut sizes: Vec<usize> = self
-            .by_size
-            .keys()
-            .chain(before.by_size.keys())
-            .copied()
-            .collect();
-        sizes.sort_unstable();
-        sizes.dedup();
-        let mut grown: Vec<(usize, i64)> = sizes
-            .into_iter()
-            .map(|s| {
-                (
-                    s,
-                    self.by_size.get(&s).copied().unwrap_or(0)
-                        - before.by_size.get(&s).copied().unwrap_or(0),
-                )
-            })
-            .filter(|&(_, c)| c != 0)
-            .collect();
-        grown.sort_by_key(|&(s, c)| std::cmp::Reverse((s as i64 * c).abs()));
-        grown
+        growth(&self.by_size, &before.by_size)
     }
+
+    /// The same for the allocations of the last size class and more.
+    fn large_growth(&self, before: &Census) -> Vec<(usize, i64)> {
+        growth(&self.large_by_size, &before.large_by_size)
+    }
+}
+
+/// (size, change in count) from `before` to `after`, the largest change in bytes first.
+fn growth(after: &BTreeMap<usize, i64>, before: &BTreeMap<usize, i64>) -> Vec<(usize, i64)> {
+    let mut sizes: Vec<usize> = after.keys().chain(before.keys()).copied().collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut grown: Vec<(usize, i64)> = sizes
+        .into_iter()
+        .map(|s| {
+            (
+                s,
+                after.get(&s).copied().unwrap_or(0) - before.get(&s).copied().unwrap_or(0),
+            )
+        })
+        .filter(|&(_, c)| c != 0)
+        .collect();
+    grown.sort_by_key(|&(s, c)| std::cmp::Reverse((s as i64 * c).abs()));
+    grown
+}
+
+/// What one sidecar of a run listens on and uses, besides its streams.
+struct Pod<'a> {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    creds: &'a Path,
+    redis: Option<&'a str>,
 }
 
 fn config_yaml(
@@ -426,19 +471,27 @@ fn config_yaml(
     emu: &Emulator,
     transport: Transport,
     n: usize,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    creds: &Path,
+    pod: &Pod<'_>,
 ) -> String {
+    let Pod {
+        listen,
+        admin,
+        creds,
+        redis,
+    } = *pod;
     let (http, ws) = match transport {
         Transport::Ws => ("http", "ws"),
         Transport::Wss => ("https", "wss"),
     };
     let host = emu.addr;
     let mut yaml = format!(
-        "pod: bench\nlisten: {listen}\nadmin: {admin}\ntenantLimits: {{{TENANT}: {}}}\nstreams:\n",
+        "pod: bench\nlisten: {listen}\nadmin: {admin}\ntenantLimits: {{{TENANT}: {}}}\n",
         n.max(1)
     );
+    if let Some(url) = redis {
+        let _ = writeln!(yaml, "redis: {url}");
+    }
+    yaml.push_str("streams:\n");
     for i in 0..n {
         let _ = write!(
             yaml,
@@ -471,10 +524,25 @@ fn run_one(
     std::fs::write(creds.join("clientId"), CLIENT_ID)?;
     std::fs::write(creds.join("clientSecret"), CLIENT_SECRET)?;
     let (listen, admin) = (free_addr()?, free_addr()?);
+    // A fresh server per run: no lease or record of an earlier run is left to wait out.
+    let redis =
+        (params.store == StoreKind::Redis).then(streamkeeper_testkit::redis::RedisServer::start);
+    let redis_url = redis.as_ref().map(|r| r.url());
     let config = dir.join(format!("sidecar-{}-{n}.yaml", transport.as_str()));
     std::fs::write(
         &config,
-        config_yaml(params, emu, transport, n, listen, admin, &creds),
+        config_yaml(
+            params,
+            emu,
+            transport,
+            n,
+            &Pod {
+                listen,
+                admin,
+                creds: &creds,
+                redis: redis_url.as_deref(),
+            },
+        ),
     )?;
     let pings_before = emu.pings()?;
     let started = Instant::now();
@@ -559,12 +627,13 @@ fn verdict(ok: bool) -> &'static str {
 fn print_transport(params: &Params, transport: Transport, runs: &[Run]) {
     println!();
     println!(
-        "{} (`{}`, heartbeat {:?}/{:?}, CPU over {:?})",
+        "{} (`{}`, {}, heartbeat {:?}/{:?}, CPU over {:?})",
         transport.as_str(),
         match params.sidecar {
             SidecarBinary::Lean => "streamkeeper-sidecar",
             SidecarBinary::Whole => "streamkeeper sidecar",
         },
+        params.store.as_str(),
         params.interval,
         params.timeout,
         params.cpu_window
@@ -688,6 +757,16 @@ fn print_transport(params: &Params, transport: Transport, runs: &[Run]) {
         total,
         bytes((after.live as f64 - before.live as f64) / per)
     );
+    // Few, but a large share: maps' tables (a slot per stream and room to grow) and buffers.
+    let large = after.large_growth(before);
+    if !large.is_empty() {
+        println!("  of which >={LARGE_CLASS} by exact size (all counts, not per stream)");
+        println!("    {:>9} {:>10} {:>11}", "size", "count", "bytes/strm");
+        for &(size, change) in large.iter().take(12) {
+            let b = size as f64 * change as f64 / per;
+            println!("    {size:>9} {change:>10} {b:>11.1}");
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -366,7 +366,7 @@ impl Plan {
         spec.heartbeat.interval = params.interval;
         spec.heartbeat.timeout = params.timeout;
         let adapter = Generic::new(&spec).map_err(|e| anyhow::anyhow!(e))?;
-        let mut opts = upstream::connect_options(&spec, None);
+        let mut opts = std::sync::Arc::unwrap_or_clone(upstream::connect_options(&spec, None));
         // Loopback: never through a proxy the environment may name.
         opts.proxy = ProxyMode::Direct;
         Ok(Self {
@@ -496,7 +496,7 @@ fn drive(
     async move {
         let mut answered = false;
         loop {
-            let tick = up.next(|seq| conn.ping(seq, "")).await;
+            let tick = up.next(|seq| conn.ping(seq, ""), None).await;
             let now = Instant::now();
             match tick {
                 Ok(Tick::Frame(Frame::Pong(payload))) => {
@@ -515,7 +515,8 @@ fn drive(
                     return;
                 }
                 // Data and server pings: already counted as liveness by `next`.
-                Ok(Tick::Frame(_)) => {}
+                // No deadline of its own is given to `next`.
+                Ok(Tick::Frame(_) | Tick::Due) => {}
                 Ok(Tick::Pinged) => {
                     counters.pings.fetch_add(1, Relaxed);
                 }
@@ -593,10 +594,10 @@ async fn warm_up(plan: Arc<Plan>) -> anyhow::Result<usize> {
         ConnectionId("warm-up".into()),
     );
     let mut conn = plan.adapter.connection(&plan.token, None);
-    let next_size = size_of_val(&up.next(|seq| conn.ping(seq, "")));
+    let next_size = size_of_val(&up.next(|seq| conn.ping(seq, ""), None));
     let answered = tokio::time::timeout(plan.policy.timeout, async {
         loop {
-            match up.next(|seq| conn.ping(seq, "")).await {
+            match up.next(|seq| conn.ping(seq, ""), None).await {
                 Ok(Tick::Frame(Frame::Pong(payload))) => {
                     if let Inbound::Pong { seq } = conn.classify_pong(&payload) {
                         up.liveness_mut().on_pong(Instant::now(), seq);

@@ -26,6 +26,33 @@ static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static LIVE_BY_SIZE: [AtomicIsize; TRACKED + 1] = [const { AtomicIsize::new(0) }; TRACKED + 1];
 
+/// Distinct sizes of [`TRACKED`] bytes and more kept apart (maps' tables, big buffers: few,
+/// but together a large share of a stream's bytes); a size past the table's room is counted in
+/// the large bytes only.
+const LARGE_SLOTS: usize = 256;
+/// Each large slot's size (0: free), claimed once and never given back.
+static LARGE_SIZE: [AtomicUsize; LARGE_SLOTS] = [const { AtomicUsize::new(0) }; LARGE_SLOTS];
+static LARGE_COUNT: [AtomicIsize; LARGE_SLOTS] = [const { AtomicIsize::new(0) }; LARGE_SLOTS];
+
+/// Counts a large allocation of `size` by its exact size (open addressing; never allocates).
+fn record_large(size: usize, delta: isize) {
+    let start = size.wrapping_mul(0x9E37_79B9_7F4A_7C15) % LARGE_SLOTS;
+    for i in 0..LARGE_SLOTS {
+        let slot = (start + i) % LARGE_SLOTS;
+        let have = LARGE_SIZE[slot].load(Relaxed);
+        let mine = have == size
+            || (have == 0
+                && match LARGE_SIZE[slot].compare_exchange(0, size, Relaxed, Relaxed) {
+                    Ok(_) => true,
+                    Err(other) => other == size,
+                });
+        if mine {
+            LARGE_COUNT[slot].fetch_add(delta, Relaxed);
+            return;
+        }
+    }
+}
+
 /// The system allocator, counting live bytes and live allocations by exact size.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counting;
@@ -35,11 +62,13 @@ fn record(size: usize, delta: isize) {
         LIVE_BYTES.fetch_add(size, Relaxed);
         if size >= TRACKED {
             LARGE_BYTES.fetch_add(size, Relaxed);
+            record_large(size, 1);
         }
     } else {
         LIVE_BYTES.fetch_sub(size, Relaxed);
         if size >= TRACKED {
             LARGE_BYTES.fetch_sub(size, Relaxed);
+            record_large(size, -1);
         }
     }
     LIVE_BY_SIZE[size.min(TRACKED)].fetch_add(delta, Relaxed);
@@ -100,10 +129,11 @@ pub fn read_by_size(out: &mut [isize; TRACKED + 1]) {
     }
 }
 
-/// The census as JSON: `{"liveBytes":N,"largeBytes":N,"bySize":[[size,count],...]}`, live
-/// allocations by exact size (the last size, [`TRACKED`], stands for it and every larger one,
-/// whose bytes are `largeBytes`). Taking it leaves nothing behind: its own buffer is read out of
-/// the figures.
+/// The census as JSON: `{"liveBytes":N,"largeBytes":N,"bySize":[[size,count],...],
+/// "large":[[size,count],...]}`, live allocations by exact size (the last size of `bySize`,
+/// [`TRACKED`], stands for it and every larger one, whose bytes are `largeBytes`; `large` has
+/// those by exact size). Taking it leaves nothing behind: its own buffer is read out of the
+/// figures.
 pub fn census_json() -> String {
     // Allocated before the counters are read, so it can be subtracted exactly.
     let mut counts = vec![0isize; TRACKED + 1].into_boxed_slice();
@@ -119,6 +149,18 @@ pub fn census_json() -> String {
     } else {
         counts[own] -= 1;
     }
+    let mut large_counts = [(0usize, 0isize); LARGE_SLOTS];
+    for (out, (size, count)) in large_counts
+        .iter_mut()
+        .zip(LARGE_SIZE.iter().zip(&LARGE_COUNT))
+    {
+        *out = (size.load(Relaxed), count.load(Relaxed));
+    }
+    if own >= TRACKED
+        && let Some(slot) = large_counts.iter_mut().find(|(s, _)| *s == own)
+    {
+        slot.1 -= 1;
+    }
     let mut out = format!("{{\"liveBytes\":{live},\"largeBytes\":{large},\"bySize\":[");
     let mut first = true;
     for (size, &count) in counts.iter().enumerate() {
@@ -127,6 +169,13 @@ pub fn census_json() -> String {
             first = false;
             let _ = write!(out, "{comma}[{size},{count}]");
         }
+    }
+    out.push_str("],\"large\":[");
+    let mut first = true;
+    for &(size, count) in large_counts.iter().filter(|(s, c)| *s != 0 && *c != 0) {
+        let comma = if first { "" } else { "," };
+        first = false;
+        let _ = write!(out, "{comma}[{size},{count}]");
     }
     out.push_str("]}");
     out

@@ -8,6 +8,12 @@
 //! `Notify` makes a channel 72–96 bytes. The semantics are watch's: a receiver sees the
 //! newest value and whether it changed since it last looked; `changed` fails once the sender
 //! is gone and nothing new is left to see.
+//!
+//! A stream's supervisor waits on four of them at once (acks, lease validity, lease loss,
+//! stop): one `Notified` of 104 bytes each in its future, which lives as long as the stream.
+//! Signals made in one [`Group`] share its `Notify` instead, so one wait covers them all; a
+//! receiver woken by a sibling's change sees nothing new and waits on. Every signal is of a
+//! group (a lone one of its own): the `Notify` is then not in each signal's allocation.
 
 use std::{
     fmt,
@@ -17,7 +23,7 @@ use std::{
     },
 };
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, futures::Notified};
 
 /// The sender went away: no value will change again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,12 +33,45 @@ pub struct Closed;
 /// A borrowed view of the current value. Not held across an `.await`.
 pub type Ref<'a, T> = MutexGuard<'a, T>;
 
+/// Signals woken together: a change of any of them wakes every waiter of the group.
+#[derive(Clone, Default)]
+pub struct Group(Arc<Notify>);
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Group")
+    }
+}
+
+impl Group {
+    /// A signal of this group holding `init`, and its first receiver.
+    pub fn channel<T>(&self, init: T) -> (Sender<T>, Receiver<T>) {
+        let shared = Arc::new(Shared {
+            value: Mutex::new(init),
+            version: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            notify: self.clone(),
+        });
+        let rx = Receiver {
+            shared: Arc::clone(&shared),
+            seen: 0,
+        };
+        (Sender { shared }, rx)
+    }
+
+    /// Completes at the next change (or close) of any signal of the group. Enable it, then
+    /// look at the signals, then await it: a change between the look and the wait still wakes.
+    pub fn notified(&self) -> Notified<'_> {
+        self.0.notified()
+    }
+}
+
 struct Shared<T> {
     value: Mutex<T>,
     /// Bumped (under `value`'s lock) on every change.
     version: AtomicU64,
     closed: AtomicBool,
-    notify: Notify,
+    notify: Group,
 }
 
 impl<T> Shared<T> {
@@ -52,19 +91,9 @@ pub struct Receiver<T> {
     seen: u64,
 }
 
-/// A signal holding `init`, and its first receiver.
+/// A signal holding `init` (in a group of its own), and its first receiver.
 pub fn channel<T>(init: T) -> (Sender<T>, Receiver<T>) {
-    let shared = Arc::new(Shared {
-        value: Mutex::new(init),
-        version: AtomicU64::new(0),
-        closed: AtomicBool::new(false),
-        notify: Notify::new(),
-    });
-    let rx = Receiver {
-        shared: Arc::clone(&shared),
-        seen: 0,
-    };
-    (Sender { shared }, rx)
+    Group::default().channel(init)
 }
 
 impl<T> Sender<T> {
@@ -76,7 +105,7 @@ impl<T> Sender<T> {
             self.shared.version.fetch_add(1, Ordering::Release);
             old
         };
-        self.shared.notify.notify_waiters();
+        self.shared.notify.0.notify_waiters();
         old
     }
 
@@ -91,7 +120,7 @@ impl<T> Sender<T> {
             modified
         };
         if modified {
-            self.shared.notify.notify_waiters();
+            self.shared.notify.0.notify_waiters();
         }
         modified
     }
@@ -114,11 +143,16 @@ impl<T> Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
-        self.shared.notify.notify_waiters();
+        self.shared.notify.0.notify_waiters();
     }
 }
 
 impl<T> Receiver<T> {
+    /// A new signal in this one's group, so a waiter on the group sees its changes too.
+    pub fn sibling<U>(&self, init: U) -> (Sender<U>, Receiver<U>) {
+        self.shared.notify.channel(init)
+    }
+
     /// The current value, without marking it seen.
     pub fn borrow(&self) -> Ref<'_, T> {
         self.shared.lock()
@@ -147,7 +181,7 @@ impl<T> Receiver<T> {
     /// sender is gone and there is nothing newer. Cancel-safe.
     pub async fn changed(&mut self) -> Result<(), Closed> {
         loop {
-            let notified = self.shared.notify.notified();
+            let notified = self.shared.notify.0.notified();
             let mut notified = std::pin::pin!(notified);
             // Registered before looking, so a change between the look and the wait still wakes.
             notified.as_mut().enable();
@@ -247,6 +281,34 @@ mod tests {
         assert_eq!(rx.changed().await, Err(Closed));
         assert_eq!(second.wait_for(|v| *v == 3).await, Err(Closed));
         assert_eq!(second.clone().wait_for(|v| *v == 2).await, Ok(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_wait_on_a_group_sees_a_change_of_any_of_its_signals() {
+        let group = Group::default();
+        let (a, mut a_rx) = group.channel(0u8);
+        let (b, b_rx) = a_rx.sibling("x");
+        let mut woken = std::pin::pin!(group.notified());
+        woken.as_mut().enable();
+        b.send_replace("y");
+        tokio::time::timeout(Duration::from_millis(20), woken)
+            .await
+            .expect("a sibling's change wakes the group's waiter");
+        assert_eq!(b_rx.has_changed(), Ok(true));
+        // A's receiver, woken by B's change, sees nothing new of its own and waits on.
+        let waiting = tokio::time::timeout(Duration::from_millis(20), a_rx.changed()).await;
+        assert!(waiting.is_err(), "B's change is not A's");
+        a.send_replace(1);
+        assert_eq!(a_rx.changed().await, Ok(()));
+        // Another group's signal does not wake this one's waiter.
+        let (_lone, lone_rx) = channel(0u8);
+        let (c, c_rx) = lone_rx.sibling(0u8);
+        let mut woken = std::pin::pin!(group.notified());
+        woken.as_mut().enable();
+        drop(c);
+        assert_eq!(c_rx.has_changed(), Err(Closed));
+        let quiet = tokio::time::timeout(Duration::from_millis(20), woken).await;
+        assert!(quiet.is_err(), "another group's change does not wake it");
     }
 
     #[tokio::test(start_paused = true)]

@@ -115,16 +115,24 @@ impl Hub {
     /// `checkpoint` is the last id acked before (from the store), so it is never delivered
     /// again.
     pub fn new(stream: StreamId, max_unacked: usize, checkpoint: Option<EventId>) -> Arc<Self> {
-        Self::with_limits(stream, max_unacked, DEFAULT_MAX_BYTES, checkpoint)
+        Self::with_limits(
+            stream,
+            max_unacked,
+            DEFAULT_MAX_BYTES,
+            checkpoint,
+            &signal::Group::default(),
+        )
     }
 
     /// A hub holding at most `max_unacked` unacked events and `max_bytes` bytes of them (as
-    /// sent to the app); the newest event is always kept, however large.
+    /// sent to the app); the newest event is always kept, however large. Its acks signal is
+    /// of `group` (the stream's: its supervisor waits on them all at once).
     pub fn with_limits(
         stream: StreamId,
         max_unacked: usize,
         max_bytes: usize,
         checkpoint: Option<EventId>,
+        group: &signal::Group,
     ) -> Arc<Self> {
         let recent_cap = max_unacked.saturating_mul(2).max(4096);
         let mut st = State {
@@ -154,7 +162,7 @@ impl Hub {
             recent_cap,
             state: Mutex::new(st),
             notify: Notify::new(),
-            acked: signal::channel(checkpoint).0,
+            acked: group.channel(checkpoint).0,
             on_consumers: std::sync::OnceLock::new(),
         })
     }
@@ -617,7 +625,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_byte_bound_drops_the_oldest_and_sends_one_gap() {
-        let h = Hub::with_limits("cc/q".parse().expect("id"), 100, 300, None);
+        let h = Hub::with_limits(
+            "cc/q".parse().expect("id"),
+            100,
+            300,
+            None,
+            &signal::Group::default(),
+        );
         let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(80));
         for n in 1..=5 {
             h.push_event(&id(n), &raw(&big), u64::from(n) * 1000);

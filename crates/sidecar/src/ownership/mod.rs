@@ -136,7 +136,15 @@ struct StandbyGuard<'a> {
 
 impl Drop for StandbyGuard<'_> {
     fn drop(&mut self) {
-        self.ownership.standbys().remove(self.key);
+        let mut standbys = self.ownership.standbys();
+        standbys.remove(self.key);
+        // At start-up every stream stands by at once, then nearly none does: a map never
+        // gives back its slots (2,048 of 48 bytes for 1,000 streams), so it shrinks once it
+        // is mostly empty. Halving only below a quarter keeps the resizing amortized.
+        if standbys.capacity() > 64 && standbys.len() < standbys.capacity() / 4 {
+            let keep = standbys.len() * 2;
+            standbys.shrink_to(keep);
+        }
     }
 }
 
@@ -345,7 +353,7 @@ impl Ownership {
                 // leases free and take streams their owners still hold in memory.
                 grace_end
             } else {
-                match self.try_acquire(key, ttl, platform, status).await {
+                match self.try_acquire(key, ttl, platform, status, stop).await {
                     Attempt::Granted(claim) => return Some(claim),
                     // Ask again just after it would lapse; the beat tick's look at the lease
                     // moves that on while its owner renews it, so a standby asks once per
@@ -415,14 +423,16 @@ impl Ownership {
         ttl: Duration,
         platform: &'static str,
         status: &StatusCell,
+        stop: &signal::Receiver<Option<DropReason>>,
     ) -> Attempt {
         let sent_at = Instant::now();
         match self.store.try_acquire(key, &self.pod, ttl).await {
             Ok(Acquired::Granted { fence, took_over }) => {
                 self.mark_tenant(&key.tenant, true);
                 let term = LeaseTerm::granted(ttl, sent_at);
-                let (tx, rx) = signal::channel(None);
-                let (valid_tx, valid_rx) = signal::channel(term.until());
+                // Beside the stream's stop signal: its supervisor waits on them together.
+                let (tx, rx) = stop.sibling(None);
+                let (valid_tx, valid_rx) = stop.sibling(term.until());
                 self.held().insert(
                     key.clone(),
                     Held {

@@ -34,7 +34,7 @@ use crate::{
     ownership::Ownership,
     platforms::{Adapter, adapter_for},
     signal,
-    upstream::{Observer, StatusCell, StreamStatus, read_status},
+    upstream::{Observer, SharedConnectOptions, StatusCell, StreamStatus, read_status},
 };
 
 /// A running stream. The spec is behind an `Arc`: inline it would make every slot of the
@@ -58,6 +58,8 @@ pub struct Pod {
     /// One token manager per credential, shared by the streams that use it.
     tokens: TokenManagers,
     extra_observer: Option<Arc<dyn Observer>>,
+    /// Streams with the same socket settings share their connect options.
+    connect_options: SharedConnectOptions,
     streams: Mutex<HashMap<StreamId, Entry>>,
     tick: watch::Sender<(Duration, Duration)>,
 }
@@ -105,6 +107,7 @@ impl Pod {
             egress: Egress::new(proxy),
             tokens: TokenManagers::new(),
             extra_observer,
+            connect_options: SharedConnectOptions::default(),
             streams: Mutex::new(HashMap::new()),
             tick: watch::channel((Duration::from_secs(15), Duration::from_secs(35))).0,
         })
@@ -197,16 +200,20 @@ impl Pod {
     }
 
     fn start(self: &Arc<Self>, spec: StreamSpec, adapter: Arc<dyn Adapter>) -> Entry {
+        // The stream's signals (stop, acks, and the lease's, made beside stop) wake its
+        // supervisor through one wait.
+        let signals = signal::Group::default();
         let hub = Hub::with_limits(
             spec.id.clone(),
             spec.limits.max_unacked_events,
             spec.limits.max_unacked_bytes,
             None,
+            &signals,
         );
         let gauge = self.metrics.stream(&spec.id, &spec.tenant);
         hub.on_consumers(move |n| gauge.app_clients(n));
         let status: StatusCell = Default::default();
-        let (stop, stop_rx) = signal::channel(None);
+        let (stop, stop_rx) = signals.channel(None);
         let owner = Arc::new(Mutex::new(None));
         self.ownership.watch_tenant(&spec.tenant);
         // One copy of the spec for the pod's map, the supervisor and the session.
@@ -217,6 +224,7 @@ impl Pod {
             Arc::clone(&hub),
             Arc::clone(&status),
             Arc::clone(&owner),
+            signals,
             stop_rx,
         ));
         Entry {

@@ -44,6 +44,7 @@ impl Pod {
         hub: Arc<Hub>,
         status: StatusCell,
         owner: Arc<Mutex<Option<Fence>>>,
+        signals: signal::Group,
         mut stop: signal::Receiver<Option<DropReason>>,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
@@ -121,7 +122,7 @@ impl Pod {
                     fence: claim.fence,
                     extra: self.extra_observer.clone(),
                 });
-                let (session_stop, session_stop_rx) = signal::channel(None);
+                let (session_stop, session_stop_rx) = stop.sibling(None);
                 let ctx = SessionCtx {
                     spec: Arc::clone(&spec),
                     pod: self.name.clone(),
@@ -135,7 +136,7 @@ impl Pod {
                     observer,
                     status: Arc::clone(&status),
                     http: route.http.clone(),
-                    connect: upstream::connect_options(&spec, route.tls.clone()),
+                    connect: self.connect_options.get(&spec, route.tls.clone()),
                     proxy: route.proxy.clone(),
                     tokens: tokens.view(),
                     refresh_now: tokens.refresh(),
@@ -152,30 +153,56 @@ impl Pod {
                 );
                 let mut acked = hub.acked();
                 let mut saved = acked.borrow_and_update().clone();
-                // Each signal ends when its sender goes (the stream left the config, the lease was
-                // dropped): a closed one is left out of the select, which would otherwise spin.
-                let (mut acks_open, mut lost_open, mut stop_open, mut lease_open) =
-                    (true, true, true, true);
+                // A closed signal (its sender went: the stream left the config, the lease was
+                // dropped) has nothing more to say; the lease's deadline is watched while it is
+                // open.
+                let mut lease_open = true;
                 let mut certain = true;
                 let reason = loop {
+                    // The stream's signals share one wait (`signal::Group`): registered before
+                    // they are looked at, so a change after the look still wakes it.
+                    let mut woken = std::pin::pin!(signals.notified());
+                    woken.as_mut().enable();
+                    if acked.has_changed() == Ok(true) {
+                        let id = acked.borrow_and_update().clone();
+                        if let Some(id) = id.filter(|id| Some(id) != saved.as_ref()) {
+                            // Batched: the pod's flush writes it within the checkpoint window.
+                            self.ownership.record_ack(&claim, id.clone());
+                            saved = Some(id);
+                        }
+                    }
+                    match claim.valid_until.has_changed() {
+                        Ok(true) => {
+                            let valid = Instant::now() < *claim.valid_until.borrow_and_update();
+                            if !certain && valid {
+                                certain = true;
+                                hub.release_hold();
+                                *owner.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(claim.fence);
+                                tracing::info!(stream = %spec.id, fence = %claim.fence, "lease confirmed again");
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(_) => lease_open = false,
+                    }
+                    if claim.lost.has_changed() == Ok(true) {
+                        let reason =
+                            (*claim.lost.borrow_and_update()).unwrap_or(DropReason::OwnerLost);
+                        hub.hold();
+                        *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        session_stop.send_replace(Some(reason));
+                    }
+                    if stop.has_changed() == Ok(true)
+                        && let Some(reason) = *stop.borrow_and_update()
+                    {
+                        session_stop.send_replace(Some(reason));
+                    }
                     let until = *claim.valid_until.borrow();
                     tokio::select! {
                         r = &mut session => break r.unwrap_or_else(|_| {
                             tracing::error!(stream = %spec.id, "the session panicked; handing the stream over");
                             DropReason::Shutdown
                         }),
-                        changed = acked.changed(), if acks_open => {
-                            if changed.is_err() {
-                                acks_open = false;
-                                continue;
-                            }
-                            let id = acked.borrow_and_update().clone();
-                            if let Some(id) = id.filter(|id| Some(id) != saved.as_ref()) {
-                                // Batched: the pod's flush writes it within the checkpoint window.
-                                self.ownership.record_ack(&claim, id.clone());
-                                saved = Some(id);
-                            }
-                        }
                         // The lease ran out unconfirmed: this pod may no longer be its owner. The
                         // session resets its socket at the same deadline; nothing more reaches
                         // the app until the store confirms the lease again.
@@ -187,36 +214,7 @@ impl Pod {
                                 tracing::warn!(stream = %spec.id, fence = %claim.fence, "lease not confirmed in time; standing by until the store confirms it");
                             }
                         }
-                        changed = claim.valid_until.changed(), if lease_open => {
-                            if changed.is_err() {
-                                lease_open = false;
-                                continue;
-                            }
-                            if !certain && Instant::now() < *claim.valid_until.borrow_and_update() {
-                                certain = true;
-                                hub.release_hold();
-                                *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
-                                tracing::info!(stream = %spec.id, fence = %claim.fence, "lease confirmed again");
-                            }
-                        }
-                        changed = claim.lost.changed(), if lost_open => {
-                            if changed.is_err() {
-                                lost_open = false;
-                                continue;
-                            }
-                            let reason = (*claim.lost.borrow()).unwrap_or(DropReason::OwnerLost);
-                            hub.hold();
-                            *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                            session_stop.send_replace(Some(reason));
-                        }
-                        changed = stop.changed(), if stop_open => {
-                            if changed.is_err() {
-                                stop_open = false;
-                            }
-                            if let Some(reason) = *stop.borrow() {
-                                session_stop.send_replace(Some(reason));
-                            }
-                        }
+                        _ = &mut woken => {}
                     }
                 };
                 drop(tokens);

@@ -2,7 +2,10 @@
 //! returns (through the pod's one proxy decision), each greeted with the token current now;
 //! and why an attempt failed.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::Duration,
+};
 
 use streamkeeper_api::{ConnectionId, EventId, StreamSpec};
 
@@ -35,6 +38,48 @@ pub fn connect_options(
     })
 }
 
+/// The pod's connect options, one per distinct setting: streams with the same heartbeat
+/// timeout, frame limit and trust share one (224 bytes a stream otherwise, kept as long as it
+/// runs). The options no stream holds any more are dropped at the next lookup.
+#[derive(Default)]
+pub struct SharedConnectOptions(Mutex<Vec<Weak<ConnectOptions>>>);
+
+impl SharedConnectOptions {
+    /// The options for `spec` over `tls`: an existing one when a stream has the same.
+    pub fn get(
+        &self,
+        spec: &StreamSpec,
+        tls: Option<Arc<tokio_rustls::TlsConnector>>,
+    ) -> Arc<ConnectOptions> {
+        let want = connect_options(spec, tls);
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        all.retain(|w| w.strong_count() > 0);
+        let same = |o: &ConnectOptions| {
+            o.socket == want.socket
+                && o.max_frame == want.max_frame
+                && o.handshake_timeout == want.handshake_timeout
+                && o.proxy == want.proxy
+                && match (&o.tls, &want.tls) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        };
+        if let Some(found) = all.iter().filter_map(Weak::upgrade).find(|o| same(o)) {
+            return found;
+        }
+        all.push(Arc::downgrade(&want));
+        want
+    }
+}
+
+impl std::fmt::Debug for SharedConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConnectOptions")
+            .finish_non_exhaustive()
+    }
+}
+
 /// What opening a link needs; cheap to clone into a successor's task.
 #[derive(Clone)]
 pub(super) struct Opener {
@@ -50,7 +95,7 @@ impl Opener {
     /// Prepares and opens every socket of one link, bound to `token`. `phase` picks each
     /// socket's first ping.
     pub(super) async fn open(
-        &self,
+        self,
         token: Arc<Token>,
         generation: u64,
         resume_after: Option<&EventId>,
@@ -152,5 +197,42 @@ impl OpenFailure {
                 token_rejected: false,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, timeout: &str) -> StreamSpec {
+        let yaml = format!(
+            "streams:\n  - {{id: {id}, tenant: t, platform: generic, \
+             endpoints: {{api: 'http://127.0.0.1:9', login: 'http://127.0.0.1:9', stream: 'ws://127.0.0.1:9/s'}}, \
+             credentials: {{dir: /nonexistent}}, heartbeat: {{interval: 5s, timeout: {timeout}}}}}\n"
+        );
+        streamkeeper_api::SidecarConfig::from_yaml(&yaml)
+            .expect("config")
+            .config
+            .streams
+            .remove(0)
+    }
+
+    #[test]
+    fn streams_with_the_same_settings_share_their_connect_options() {
+        let shared = SharedConnectOptions::default();
+        let a = shared.get(&spec("t/a", "20s"), None);
+        let b = shared.get(&spec("t/b", "20s"), None);
+        assert!(Arc::ptr_eq(&a, &b), "same timeout, frame limit and trust");
+        let c = shared.get(&spec("t/c", "30s"), None);
+        assert!(
+            !Arc::ptr_eq(&a, &c),
+            "another timeout is another socket setting"
+        );
+        assert_eq!(c.socket.user_timeout, Duration::from_secs(30));
+        drop((a, b));
+        let again = shared.get(&spec("t/d", "20s"), None);
+        assert_eq!(again.socket.user_timeout, Duration::from_secs(20));
+        let held = shared.0.lock().expect("lock").len();
+        assert_eq!(held, 2, "the one no stream held is gone: {held} entries");
     }
 }

@@ -5,6 +5,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use futures_util::future::select_all;
 use streamkeeper_api::ConnectionId;
+use tokio::time::Instant;
 
 use super::{
     monitor::{Tick, Upstream},
@@ -37,7 +38,7 @@ pub(super) struct Link {
     pub(super) token: Arc<Token>,
     pub(super) generation: u64,
     /// When it was opened.
-    pub(super) opened: tokio::time::Instant,
+    pub(super) opened: Instant,
 }
 
 impl Link {
@@ -56,13 +57,14 @@ pub(super) struct Next {
 
 type Waiting<'a> = Pin<Box<dyn Future<Output = Next> + Send + 'a>>;
 
-/// Waits for the next frame or liveness duty on any socket of `current` and `successor`.
-/// Cancel-safe, as [`Upstream::next`] is. One socket (the common case) allocates nothing.
-pub(super) async fn next(current: &mut Link, successor: Option<&mut Link>) -> Next {
+/// Waits for the next frame or liveness duty on any socket of `current` and `successor`, or
+/// for `until` (the drive loop's own timer: [`Tick::Due`]). Cancel-safe, as
+/// [`Upstream::next`] is. One socket (the common case) allocates nothing.
+pub(super) async fn next(current: &mut Link, successor: Option<&mut Link>, until: Instant) -> Next {
     if successor.is_none() && current.sockets.len() == 1 {
         let token = current.token.value.expose();
         let Socket { up, conn, .. } = &mut current.sockets[0];
-        let tick = up.next(|seq| conn.ping(seq, token)).await;
+        let tick = up.next(|seq| conn.ping(seq, token), Some(until)).await;
         return Next {
             side: Side::Old,
             socket: 0,
@@ -77,7 +79,7 @@ pub(super) async fn next(current: &mut Link, successor: Option<&mut Link>) -> Ne
             let Socket { up, conn, .. } = s;
             let conn: &dyn Connection = &**conn;
             waiting.push(Box::pin(async move {
-                let tick = up.next(|seq| conn.ping(seq, token)).await;
+                let tick = up.next(|seq| conn.ping(seq, token), Some(until)).await;
                 Next {
                     side,
                     socket: i,
@@ -87,7 +89,12 @@ pub(super) async fn next(current: &mut Link, successor: Option<&mut Link>) -> Ne
         }
     }
     if waiting.is_empty() {
-        return std::future::pending().await;
+        tokio::time::sleep_until(until).await;
+        return Next {
+            side: Side::Old,
+            socket: 0,
+            tick: Ok(Tick::Due),
+        };
     }
     select_all(waiting).await.0
 }

@@ -21,7 +21,7 @@ mod rotate;
 mod session;
 mod status;
 
-pub use connect::connect_options;
+pub use connect::{SharedConnectOptions, connect_options};
 pub use events::{Observer, SessionEvent};
 pub use monitor::{Tick, Upstream};
 pub use session::{SessionCtx, run};

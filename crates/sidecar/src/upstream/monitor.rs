@@ -22,6 +22,8 @@ pub enum Tick {
     Pinged,
     /// A pong is late: the link is DEGRADED.
     Degraded,
+    /// The caller's own deadline (given to [`Upstream::next`]) passed.
+    Due,
     /// Nothing arrived for the whole timeout: reap it.
     Dead {
         /// How long after the deadline this was noticed.
@@ -81,23 +83,43 @@ impl Upstream {
         self.ws
     }
 
-    /// Waits for the next frame or the next liveness duty. Cancel-safe: a frame being read
-    /// stays in the client, and a duty is acted on and returned without an await between.
-    /// `ping` makes the dialect's ping for a sequence number.
-    pub async fn next(&mut self, ping: impl Fn(u64) -> Ping) -> Result<Tick, WsError> {
-        loop {
-            if let Some(due) = self.live.poll(Instant::now()) {
-                return Ok(self.act(due, &ping));
-            }
-            let wake = self.live.next_wakeup();
-            tokio::select! {
-                biased;
-                frame = self.ws.recv() => {
-                    let frame = frame?;
-                    self.live.on_inbound(Instant::now());
-                    return Ok(Tick::Frame(frame));
+    /// Waits for the next frame, the next liveness duty, or `until` (the caller's own timer:
+    /// [`Tick::Due`], before anything else once it has passed). Cancel-safe: a frame being
+    /// read stays in the client, and a duty is acted on and returned without an await
+    /// between. `ping` makes the dialect's ping for a sequence number.
+    ///
+    /// The caller's timer rides on this one `Sleep` rather than a second beside it: a `Sleep`
+    /// is 112 bytes of a future that lives as long as its stream. Not an `async fn`, which
+    /// would keep each argument in the future twice.
+    // Clippy would have it an `async fn` again: the doc line above says why not.
+    #[allow(clippy::manual_async_fn)]
+    pub fn next(
+        &mut self,
+        ping: impl Fn(u64) -> Ping,
+        until: Option<Instant>,
+    ) -> impl std::future::Future<Output = Result<Tick, WsError>> {
+        async move {
+            loop {
+                let wake = {
+                    let now = Instant::now();
+                    if until.is_some_and(|t| now >= t) {
+                        return Ok(Tick::Due);
+                    }
+                    if let Some(due) = self.live.poll(now) {
+                        return Ok(self.act(due, &ping));
+                    }
+                    let wake = self.live.next_wakeup();
+                    until.map_or(wake, |t| t.min(wake))
+                };
+                tokio::select! {
+                    biased;
+                    frame = self.ws.recv() => {
+                        let frame = frame?;
+                        self.live.on_inbound(Instant::now());
+                        return Ok(Tick::Frame(frame));
+                    }
+                    _ = tokio::time::sleep_until(wake) => {}
                 }
-                _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }

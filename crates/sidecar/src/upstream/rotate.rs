@@ -170,7 +170,7 @@ impl Rotating {
             return;
         };
         let (tx, rx) = oneshot::channel();
-        let opener = s.opener.clone();
+        let opener = s.opener();
         let resume = s.last_seen.clone();
         let id = s.next_connection_id();
         let interval = s.ctx.spec.heartbeat.interval;

@@ -132,7 +132,6 @@ pub fn run(
 
 pub(super) struct Session {
     pub(super) ctx: SessionCtx,
-    pub(super) opener: Opener,
     state: StreamState,
     backoff: Backoff,
     /// The newest event id seen from upstream: where a reconnect resumes.
@@ -151,18 +150,9 @@ impl Session {
     fn new(ctx: SessionCtx) -> Self {
         let backoff = Backoff::new(ctx.spec.reconnect.initial, ctx.spec.reconnect.max);
         let last_seen = ctx.hub.last_acked();
-        let opener = Opener {
-            adapter: Arc::clone(&ctx.adapter),
-            http: ctx.http.clone(),
-            connect: Arc::clone(&ctx.connect),
-            proxy: ctx.proxy.clone(),
-            budget: Arc::clone(&ctx.budget),
-            policy: ctx.spec.heartbeat.into(),
-        };
         let dropped_at_ms = ctx.gap_from.filter(|_| !ctx.adapter.replays());
         Self {
             ctx,
-            opener,
             state: StreamState::Connecting,
             backoff,
             last_seen,
@@ -170,6 +160,19 @@ impl Session {
             dropped_at_ms,
             gate: RateGate::default(),
             scratch: Vec::new(),
+        }
+    }
+
+    /// What opening a link needs, from the context: made per opening (a few `Arc` clones)
+    /// rather than kept in the session, which lives as long as the stream.
+    pub(super) fn opener(&self) -> Opener {
+        Opener {
+            adapter: Arc::clone(&self.ctx.adapter),
+            http: self.ctx.http.clone(),
+            connect: Arc::clone(&self.ctx.connect),
+            proxy: self.ctx.proxy.clone(),
+            budget: Arc::clone(&self.ctx.budget),
+            policy: self.ctx.spec.heartbeat.into(),
         }
     }
 
@@ -265,12 +268,12 @@ impl Session {
             // session's future (alive as long as the stream) is sized for `drive` alone.
             self.set_state(StreamState::Connecting, None);
             self.connections += 1;
-            let id = self.next_connection_id();
-            let opened = tokio::select! {
-                r = Box::pin(self.opener.open(Arc::clone(&token), generation, self.last_seen.as_ref(), id.clone(), || self.ping_phase())) => r,
+            // Matched where it is awaited: a binding of the result would stay in this future
+            // beside the link taken out of it, as would the token and the id.
+            let mut link = match tokio::select! {
+                r = Box::pin(self.opener().open(token, generation, self.last_seen.as_ref(), self.next_connection_id(), || self.ping_phase())) => r,
                 _ = stop.changed() => continue,
-            };
-            let mut link = match opened {
+            } {
                 Ok(link) => link,
                 Err(failure) => {
                     self.connections -= 1;
@@ -448,21 +451,29 @@ impl Session {
             // The socket's token expiry matters only while events flow.
             let token_expires = Some(link.token.expires).filter(|_| !self.ctx.hub.paused());
             let wake = r.next_wake(self, link);
-            // One timer for the lease, the token's expiry and rotation work: a `Sleep` is 112
-            // bytes of this future, which lives as long as the stream.
+            // One timer for the lease, the token's expiry and rotation work, and it rides on
+            // the socket's liveness timer (`Tick::Due`): a `Sleep` is 112 bytes of this future,
+            // which lives as long as the stream.
             let timer = [token_expires, wake]
                 .into_iter()
                 .flatten()
                 .fold(lease_until, Instant::min);
             tokio::select! {
                 biased;
-                // First: after a freeze the expired lease must win over buffered frames.
-                _ = tokio::time::sleep_until(timer) => {
+                next = link::next(link, r.successor.as_mut(), timer) => {
                     let now = Instant::now();
+                    // First: after a freeze the expired lease wins over buffered frames.
                     if now >= *self.ctx.lease.borrow() {
                         tracing::warn!(stream = %self.stream(), "lease not confirmed in time (store unreachable, or this pod was frozen); terminating");
                         r.abandon();
                         return Ended::reset(DropReason::OwnerLost);
+                    }
+                    if !matches!(next.tick, Ok(Tick::Due)) {
+                        if let Step::Ended(ended) = self.on_next(link, &mut r, next, &mut first_pong) {
+                            r.abandon();
+                            return ended;
+                        }
+                        continue;
                     }
                     // The socket's token expired and no new one was accepted: hold events.
                     if token_expires.is_some_and(|t| now >= t) {
@@ -471,12 +482,6 @@ impl Session {
                     }
                     if wake.is_some_and(|t| now >= t) {
                         self.on_wake(link, &mut r);
-                    }
-                }
-                next = link::next(link, r.successor.as_mut()) => {
-                    if let Step::Ended(ended) = self.on_next(link, &mut r, next, &mut first_pong) {
-                        r.abandon();
-                        return ended;
                     }
                 }
                 changed = self.ctx.tokens.changed(), if tokens_open => {
@@ -580,6 +585,8 @@ impl Session {
                 }
                 Step::Continue
             }
+            // The drive loop's own timer: handled there.
+            Ok(Tick::Due) => Step::Continue,
             Ok(Tick::Dead { late_by, .. }) => {
                 let ended = Ended {
                     late_by: Some(late_by),
