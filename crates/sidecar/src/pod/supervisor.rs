@@ -107,9 +107,16 @@ impl Pod {
                 }
                 let Some(tokens) = Box::pin(self.token_lease(&spec, &route.http)).await else {
                     self.ownership.forget(&claim);
-                    tokio::select! {
-                        _ = tokio::time::sleep(spec.token.retry) => {}
-                        _ = stop.wait_for(Option::is_some) => return,
+                    // Boxed too: inline, this wait would be this future's largest state.
+                    let stopped = Box::pin(async {
+                        tokio::select! {
+                            _ = tokio::time::sleep(spec.token.retry) => false,
+                            _ = stop.wait_for(Option::is_some) => true,
+                        }
+                    })
+                    .await;
+                    if stopped {
+                        return;
                     }
                     continue;
                 };

@@ -59,42 +59,51 @@ type Waiting<'a> = Pin<Box<dyn Future<Output = Next> + Send + 'a>>;
 
 /// Waits for the next frame or liveness duty on any socket of `current` and `successor`, or
 /// for `until` (the drive loop's own timer: [`Tick::Due`]). Cancel-safe, as
-/// [`Upstream::next`] is. One socket (the common case) allocates nothing.
-pub(super) async fn next(current: &mut Link, successor: Option<&mut Link>, until: Instant) -> Next {
-    if successor.is_none() && current.sockets.len() == 1 {
-        let token = current.token.value.expose();
-        let Socket { up, conn, .. } = &mut current.sockets[0];
-        let tick = up.next(|seq| conn.ping(seq, token), Some(until)).await;
-        return Next {
-            side: Side::Old,
-            socket: 0,
-            tick,
-        };
-    }
-    let mut waiting: Vec<Waiting<'_>> = Vec::new();
-    for (side, link) in [(Side::Old, Some(current)), (Side::New, successor)] {
-        let Some(link) = link else { continue };
-        let token: &str = link.token.value.expose();
-        for (i, s) in link.sockets.iter_mut().enumerate() {
-            let Socket { up, conn, .. } = s;
-            let conn: &dyn Connection = &**conn;
-            waiting.push(Box::pin(async move {
-                let tick = up.next(|seq| conn.ping(seq, token), Some(until)).await;
-                Next {
-                    side,
-                    socket: i,
-                    tick,
-                }
-            }));
+/// [`Upstream::next`] is. One socket (the common case) allocates nothing. Not an `async fn`,
+/// which would keep its arguments in the future twice.
+// Clippy would have it an `async fn` again: the doc line above says why not.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn next<'a>(
+    current: &'a mut Link,
+    successor: Option<&'a mut Link>,
+    until: Instant,
+) -> impl Future<Output = Next> + Send + 'a {
+    async move {
+        if successor.is_none() && current.sockets.len() == 1 {
+            let token = current.token.value.expose();
+            let Socket { up, conn, .. } = &mut current.sockets[0];
+            let tick = up.next(|seq| conn.ping(seq, token), Some(until)).await;
+            return Next {
+                side: Side::Old,
+                socket: 0,
+                tick,
+            };
         }
+        let mut waiting: Vec<Waiting<'_>> = Vec::new();
+        for (side, link) in [(Side::Old, Some(current)), (Side::New, successor)] {
+            let Some(link) = link else { continue };
+            let token: &str = link.token.value.expose();
+            for (i, s) in link.sockets.iter_mut().enumerate() {
+                let Socket { up, conn, .. } = s;
+                let conn: &dyn Connection = &**conn;
+                waiting.push(Box::pin(async move {
+                    let tick = up.next(|seq| conn.ping(seq, token), Some(until)).await;
+                    Next {
+                        side,
+                        socket: i,
+                        tick,
+                    }
+                }));
+            }
+        }
+        if waiting.is_empty() {
+            tokio::time::sleep_until(until).await;
+            return Next {
+                side: Side::Old,
+                socket: 0,
+                tick: Ok(Tick::Due),
+            };
+        }
+        select_all(waiting).await.0
     }
-    if waiting.is_empty() {
-        tokio::time::sleep_until(until).await;
-        return Next {
-            side: Side::Old,
-            socket: 0,
-            tick: Ok(Tick::Due),
-        };
-    }
-    select_all(waiting).await.0
 }

@@ -460,7 +460,7 @@ impl Session {
                 .fold(lease_until, Instant::min);
             tokio::select! {
                 biased;
-                next = link::next(link, r.successor.as_mut(), timer) => {
+                next = link::next(link, r.successor.as_deref_mut(), timer) => {
                     let now = Instant::now();
                     // First: after a freeze the expired lease wins over buffered frames.
                     if now >= *self.ctx.lease.borrow() {
