@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use streamkeeper_api::{
-    ConnectionId, DropReason, StreamState,
+    DropReason, StreamState,
     app_protocol::AppFrame,
     config::{Credentials, HeartbeatSpec, Platform},
 };
@@ -289,7 +289,7 @@ async fn upstream(emu: &NsEmulator, name: &str, token: &Token, socket: SocketOpt
     let ws = WsClient::connect(&url, &auth, &opts)
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    Upstream::new(ws, far_up, far_up.interval, ConnectionId(name.into()))
+    Upstream::new(ws, far_up, far_up.interval)
 }
 
 /// Drives `up` until it fails (frames in flight at the cut are read on the way); the error,

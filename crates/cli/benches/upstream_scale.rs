@@ -555,9 +555,8 @@ async fn open_all(plan: &Arc<Plan>, counters: &Arc<Counters>, n: usize) -> anyho
             drop(permit);
             match result {
                 Ok(ws) => {
-                    let id = ConnectionId(format!("bench-{i}"));
                     let phase = plan.first_ping_after(i, n);
-                    let up = Upstream::new(ws, plan.policy, phase, id);
+                    let up = Upstream::new(ws, plan.policy, phase);
                     let conn = Box::new(plan.adapter.connection(&plan.token, None));
                     let task = drive(up, conn, Arc::clone(&counters));
                     DRIVE_FUTURE_SIZE.store(size_of_val(&task), Relaxed);
@@ -587,12 +586,7 @@ async fn open_all(plan: &Arc<Plan>, counters: &Arc<Counters>, n: usize) -> anyho
 /// future.
 async fn warm_up(plan: Arc<Plan>) -> anyhow::Result<usize> {
     let ws = WsClient::connect(&plan.url, &plan.headers, &plan.opts).await?;
-    let mut up = Upstream::new(
-        ws,
-        plan.policy,
-        Duration::ZERO,
-        ConnectionId("warm-up".into()),
-    );
+    let mut up = Upstream::new(ws, plan.policy, Duration::ZERO);
     let mut conn = plan.adapter.connection(&plan.token, None);
     let next_size = size_of_val(&up.next(|seq| conn.ping(seq, ""), None));
     let answered = tokio::time::timeout(plan.policy.timeout, async {

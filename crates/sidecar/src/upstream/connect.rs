@@ -113,7 +113,7 @@ impl Opener {
             .await
             .map_err(OpenFailure::from_adapter)?;
         let mut sockets = Vec::with_capacity(conns.len());
-        for (i, mut conn) in conns.into_iter().enumerate() {
+        for mut conn in conns {
             let plan = conn.plan();
             let mut opts = ConnectOptions::clone(&self.connect);
             opts.proxy = self.proxy.mode_for(&plan.url).map_err(|e| OpenFailure {
@@ -135,14 +135,9 @@ impl Opener {
             for frame in conn.greeting(token.value.expose()) {
                 ws.queue_text(&frame);
             }
-            let socket_id = if i == 0 {
-                id.clone()
-            } else {
-                ConnectionId(format!("{id}.{i}"))
-            };
             let ready = conn.ready_on_open();
             sockets.push(Socket {
-                up: Upstream::new(ws, self.policy, phase(), socket_id),
+                up: Upstream::new(ws, self.policy, phase()),
                 conn,
                 ready,
                 pings_since_pong: 0,

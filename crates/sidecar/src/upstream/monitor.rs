@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use streamkeeper_api::ConnectionId;
 use tokio::time::Instant;
 
 use crate::{
@@ -38,22 +37,17 @@ pub enum Tick {
 pub struct Upstream {
     ws: WsClient,
     live: Liveness,
-    id: ConnectionId,
 }
 
 impl Upstream {
-    /// Watches `ws`, connected now; the first ping goes out after `phase`.
-    pub fn new(ws: WsClient, policy: HeartbeatPolicy, phase: Duration, id: ConnectionId) -> Self {
+    /// Watches `ws`, connected now; the first ping goes out after `phase`. (The link it
+    /// belongs to carries the connection id: a copy here would be 24 bytes and a string per
+    /// socket that nothing reads.)
+    pub fn new(ws: WsClient, policy: HeartbeatPolicy, phase: Duration) -> Self {
         Self {
             ws,
             live: Liveness::new(policy, Instant::now(), phase),
-            id,
         }
-    }
-
-    /// The socket's id.
-    pub fn id(&self) -> &ConnectionId {
-        &self.id
     }
 
     /// The liveness state.
@@ -69,13 +63,6 @@ impl Upstream {
     /// The socket, to queue frames.
     pub fn ws_mut(&mut self) -> &mut WsClient {
         &mut self.ws
-    }
-
-    /// Swaps in a new socket (make-before-break rotation) and returns the old one.
-    pub fn replace(&mut self, ws: WsClient, id: ConnectionId, phase: Duration) -> WsClient {
-        self.live = Liveness::new(self.live.policy(), Instant::now(), phase);
-        self.id = id;
-        std::mem::replace(&mut self.ws, ws)
     }
 
     /// Gives the socket back, for the reaper.
