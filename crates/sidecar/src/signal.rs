@@ -153,6 +153,11 @@ impl<T> Receiver<T> {
         self.shared.notify.channel(init)
     }
 
+    /// The group this signal wakes.
+    pub fn group(&self) -> &Group {
+        &self.shared.notify
+    }
+
     /// The current value, without marking it seen.
     pub fn borrow(&self) -> Ref<'_, T> {
         self.shared.lock()

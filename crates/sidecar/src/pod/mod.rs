@@ -224,7 +224,6 @@ impl Pod {
             Arc::clone(&hub),
             Arc::clone(&status),
             Arc::clone(&owner),
-            signals,
             stop_rx,
         ));
         Entry {

@@ -44,7 +44,6 @@ impl Pod {
         hub: Arc<Hub>,
         status: StatusCell,
         owner: Arc<Mutex<Option<Fence>>>,
-        signals: signal::Group,
         mut stop: signal::Receiver<Option<DropReason>>,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
@@ -165,6 +164,8 @@ impl Pod {
                 // open.
                 let mut lease_open = true;
                 let mut certain = true;
+                // Stop's group: the acks, the lease's signals and the session's stop are in it.
+                let signals = stop.group().clone();
                 let reason = loop {
                     // The stream's signals share one wait (`signal::Group`): registered before
                     // they are looked at, so a change after the look still wakes it.

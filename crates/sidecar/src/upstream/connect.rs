@@ -51,25 +51,25 @@ impl SharedConnectOptions {
         spec: &StreamSpec,
         tls: Option<Arc<tokio_rustls::TlsConnector>>,
     ) -> Arc<ConnectOptions> {
-        let want = connect_options(spec, tls);
-        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        all.retain(|w| w.strong_count() > 0);
+        // The inputs of `connect_options` decide the options: compared as such, nothing is
+        // built for a stream whose options exist.
         let same = |o: &ConnectOptions| {
-            o.socket == want.socket
-                && o.max_frame == want.max_frame
-                && o.handshake_timeout == want.handshake_timeout
-                && o.proxy == want.proxy
-                && match (&o.tls, &want.tls) {
+            o.socket.user_timeout == spec.heartbeat.timeout
+                && o.max_frame == spec.limits.max_frame_bytes
+                && match (&o.tls, &tls) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                     (None, None) => true,
                     _ => false,
                 }
         };
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        all.retain(|w| w.strong_count() > 0);
         if let Some(found) = all.iter().filter_map(Weak::upgrade).find(|o| same(o)) {
             return found;
         }
-        all.push(Arc::downgrade(&want));
-        want
+        let made = connect_options(spec, tls);
+        all.push(Arc::downgrade(&made));
+        made
     }
 }
 
