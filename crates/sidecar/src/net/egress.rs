@@ -9,16 +9,14 @@ use std::{
     time::SystemTime,
 };
 
-use tokio_rustls::TlsConnector;
-
 use super::{NetError, ProxyPolicy, client_config, client_config_without_roots, http::rest_client};
 
-/// What a stream connects with: its TLS connector (for `wss`), its REST client, the proxy
+/// What a stream connects with: its TLS config (for `wss`), its REST client, the proxy
 /// decision. Cheap to clone; shared by every stream with the same trust.
 #[derive(Clone)]
 pub struct Route {
-    /// The connector for `wss://` sockets (`None`: plain-text endpoints only).
-    pub tls: Option<Arc<TlsConnector>>,
+    /// The TLS config of `wss://` sockets (`None`: plain-text endpoints only).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The REST client (tokens, validation, channels) with the same trust and proxy.
     pub http: reqwest::Client,
     /// The proxy decision for sockets (the REST client asks the same policy).
@@ -107,7 +105,7 @@ impl Egress {
             Some(config) => {
                 let mut ws = config.clone();
                 ws.alpn_protocols = vec![b"http/1.1".to_vec()];
-                (Some(Arc::new(TlsConnector::from(Arc::new(ws)))), config)
+                (Some(Arc::new(ws)), config)
             }
             None => (None, client_config_without_roots()),
         };
@@ -140,9 +138,9 @@ mod tests {
         let a = egress.route(Some(Path::new(CA)), true).await.expect("ca");
         let b = egress.route(Some(Path::new(CA)), true).await.expect("ca");
         let (Some(a_tls), Some(b_tls)) = (&a.tls, &b.tls) else {
-            panic!("a CA file gives a TLS connector")
+            panic!("a CA file gives a TLS config")
         };
-        assert!(Arc::ptr_eq(a_tls, b_tls), "one connector per CA file");
+        assert!(Arc::ptr_eq(a_tls, b_tls), "one TLS config per CA file");
         let plain = egress.route(None, false).await.expect("plain");
         assert!(plain.tls.is_none());
         assert_eq!(egress.routes.lock().await.len(), 2);

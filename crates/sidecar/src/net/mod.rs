@@ -7,6 +7,7 @@
 //! - `tls.rs`: root stores and connectors, [`tls_handshake`]
 //! - `http.rs`: the REST client builders
 //! - `egress.rs`: [`Egress`], the pod's routes: one proxy decision, TLS trust loaded once
+//! - `tls_stream.rs`: [`TlsStream`], TLS on rustls's unbuffered API (no buffer while idle)
 //! - `transport.rs`: [`Transport`], plain or TLS
 //! - `error.rs`: [`NetError`]
 
@@ -17,6 +18,7 @@ mod http;
 mod proxy;
 mod socket;
 mod tls;
+mod tls_stream;
 mod transport;
 
 pub use egress::{Egress, Route};
@@ -25,7 +27,8 @@ pub use http::plain_http_client;
 pub use proxy::{ProxyPolicy, ProxyTarget, connect_via_proxy, proxy_for};
 pub use socket::{SocketOptions, connect_tcp, reset};
 pub use tls::{
-    TlsSettings, certificate_problem, client_config, client_config_without_roots, tls_connector,
-    tls_handshake,
+    TlsSettings, certificate_problem, client_config, client_config_without_roots,
+    socket_tls_config, tls_handshake,
 };
+pub use tls_stream::TlsStream;
 pub use transport::Transport;

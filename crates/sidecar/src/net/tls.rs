@@ -6,11 +6,11 @@ use std::{
     sync::Arc,
 };
 
+use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-use super::{NetError, Transport, addr::bare_host};
+use super::{NetError, TlsStream, Transport, addr::bare_host};
 
 /// Where TLS trust comes from for a stream (`tls.caFile` in the sidecar config). The pod
 /// loads each source once ([`super::Egress`]) and shares it.
@@ -21,19 +21,13 @@ pub struct TlsSettings {
     pub ca_file: Option<PathBuf>,
 }
 
-impl TlsSettings {
-    /// Builds the connector for these settings (do it once per stream and share it).
-    pub fn connector(&self) -> Result<Arc<TlsConnector>, NetError> {
-        tls_connector(self.ca_file.as_deref()).map(Arc::new)
-    }
-}
-
-/// A rustls connector (ring provider, ALPN `http/1.1`) trusting the CA certificates in
-/// `ca_file`, or the system roots when `None`. Fails when no root can be loaded.
-pub fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, NetError> {
+/// The rustls config of platform sockets (ring provider, ALPN `http/1.1`) trusting the CA
+/// certificates in `ca_file`, or the system roots when `None`. Fails when no root can be
+/// loaded.
+pub fn socket_tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, NetError> {
     let mut config = client_config(ca_file)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// A rustls config that trusts nothing: for clients that only ever speak plain HTTP, so they
@@ -92,15 +86,14 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Net
 
 /// Runs the TLS handshake for `host` (a DNS name or IP literal) over `tcp`.
 pub async fn tls_handshake(
-    connector: &TlsConnector,
+    config: &Arc<ClientConfig>,
     host: &str,
     tcp: TcpStream,
 ) -> Result<Transport, NetError> {
     let host = bare_host(host);
     let name = ServerName::try_from(host.to_owned())
         .map_err(|e| NetError::Tls(format!("{host:?} is not a valid server name: {e}")))?;
-    connector
-        .connect(name, tcp)
+    TlsStream::connect(Arc::clone(config), name, tcp)
         .await
         .map(|tls| Transport::Tls(Box::new(tls)))
         .map_err(|source| {
@@ -117,7 +110,7 @@ pub async fn tls_handshake(
 }
 
 /// What was wrong with the server's certificate, when `err` (or an error it wraps, as
-/// reqwest and tokio-rustls wrap it) is a certificate verification failure; said so that an
+/// reqwest and the socket's TLS layer wrap it) is a certificate verification failure; said so that an
 /// operator knows what to fix.
 pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -173,19 +166,19 @@ mod tests {
     #[test]
     fn ca_file_errors_name_the_file() {
         let missing = Path::new("/nonexistent/streamkeeper-ca.pem");
-        let err = tls_connector(Some(missing)).err().expect("missing file");
+        let err = socket_tls_config(Some(missing)).expect_err("missing file");
         assert!(
             err.to_string().contains("/nonexistent/streamkeeper-ca.pem"),
             "{err}"
         );
         let not_pem = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
-        let err = tls_connector(Some(not_pem)).err().expect("no certificates");
+        let err = socket_tls_config(Some(not_pem)).expect_err("no certificates");
         assert!(err.to_string().contains("no PEM certificates"), "{err}");
         let ca = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/src/ws/testdata/ca.pem"
         ));
-        tls_connector(Some(ca)).expect("the test CA loads");
+        socket_tls_config(Some(ca)).expect("the test CA loads");
     }
 
     #[test]

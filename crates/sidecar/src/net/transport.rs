@@ -6,13 +6,11 @@ use std::{
     task::{Context, Poll},
 };
 
+use super::{TlsStream, reset};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
-use tokio_rustls::client::TlsStream;
-
-use super::reset;
 
 /// A connected upstream byte stream: plain TCP or TLS over TCP.
 #[derive(Debug)]
@@ -20,7 +18,7 @@ pub enum Transport {
     /// Plain TCP (`ws://`).
     Plain(TcpStream),
     /// TLS over TCP (`wss://`), boxed: the rustls state is large and this keeps the enum small.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream>),
 }
 
 impl Transport {
@@ -28,7 +26,7 @@ impl Transport {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Self::Plain(tcp) => tcp,
-            Self::Tls(tls) => tls.get_ref().0,
+            Self::Tls(tls) => tls.tcp(),
         }
     }
 
@@ -41,11 +39,7 @@ impl Transport {
     pub fn reset(self) {
         match self {
             Self::Plain(tcp) => reset(tcp),
-            Self::Tls(tls) => {
-                let (tcp, session) = tls.into_inner();
-                drop(session);
-                reset(tcp);
-            }
+            Self::Tls(tls) => reset(tls.into_tcp()),
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::{
 /// Shared: the session and each successor's opening read the same 208 bytes.
 pub fn connect_options(
     spec: &StreamSpec,
-    tls: Option<Arc<tokio_rustls::TlsConnector>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Arc<ConnectOptions> {
     let socket = SocketOptions {
         user_timeout: spec.heartbeat.timeout,
@@ -49,7 +49,7 @@ impl SharedConnectOptions {
     pub fn get(
         &self,
         spec: &StreamSpec,
-        tls: Option<Arc<tokio_rustls::TlsConnector>>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Arc<ConnectOptions> {
         // The inputs of `connect_options` decide the options: compared as such, nothing is
         // built for a stream whose options exist.

@@ -26,7 +26,6 @@ use tokio::{
     net::TcpStream,
     time::Instant,
 };
-use tokio_rustls::TlsConnector;
 use url::Url;
 
 use super::{
@@ -68,9 +67,9 @@ pub struct ConnectOptions {
     /// The largest frame payload or reassembled message accepted (default 1 MiB; at most
     /// 4 GiB - 1).
     pub max_frame: usize,
-    /// The TLS connector for `wss` (build it once per stream with [`net::tls_connector`]).
+    /// The TLS config for `wss` (build it once and share it: [`net::socket_tls_config`]).
     /// `None` builds one from the system roots on every connect, which is slow.
-    pub tls: Option<Arc<TlsConnector>>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Bound on the TLS handshake plus the WebSocket upgrade (default 10 s).
     pub handshake_timeout: Duration,
     /// Proxy selection (default: from the environment).
@@ -164,11 +163,11 @@ pub async fn connect(
         ))
     };
     let mut transport = if tls {
-        let connector = match &opts.tls {
-            Some(connector) => Arc::clone(connector),
-            None => Arc::new(net::tls_connector(None)?),
+        let config = match &opts.tls {
+            Some(config) => Arc::clone(config),
+            None => net::socket_tls_config(None)?,
         };
-        match tokio::time::timeout_at(deadline, net::tls_handshake(&connector, host, tcp)).await {
+        match tokio::time::timeout_at(deadline, net::tls_handshake(&config, host, tcp)).await {
             Ok(transport) => transport?,
             Err(_) => return Err(timed_out()),
         }

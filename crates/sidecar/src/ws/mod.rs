@@ -23,7 +23,7 @@ pub mod inbound;
 pub mod utf8;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use client::{ConnectOptions, ProxyMode, WsClient, connect};
 pub use error::WsError;

@@ -709,7 +709,9 @@ async fn connects_through_a_connect_proxy_chosen_from_the_environment() {
     );
 }
 
-fn test_tls_acceptor() -> tokio_rustls::TlsAcceptor {
+/// A TLS acceptor with the test server certificate (localhost and 127.0.0.1, signed by
+/// `testdata/ca.pem`).
+pub(crate) fn test_tls_acceptor() -> tokio_rustls::TlsAcceptor {
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(include_bytes!("testdata/server.pem"))
             .collect::<Result<_, _>>()
@@ -743,7 +745,7 @@ async fn wss_with_a_private_ca_then_reset() {
         "/src/ws/testdata/ca.pem"
     ));
     let opts = ConnectOptions {
-        tls: Some(Arc::new(net::tls_connector(Some(ca)).expect("connector"))),
+        tls: Some(net::socket_tls_config(Some(ca)).expect("TLS config")),
         ..direct()
     };
     let url = Url::parse(&format!("wss://localhost:{port}/secure")).expect("url");
@@ -774,7 +776,7 @@ async fn wss_refuses_a_certificate_for_another_name() {
         "/src/ws/testdata/ca.pem"
     ));
     let opts = ConnectOptions {
-        tls: Some(Arc::new(net::tls_connector(Some(ca)).expect("connector"))),
+        tls: Some(net::socket_tls_config(Some(ca)).expect("TLS config")),
         ..direct()
     };
     let url = Url::parse(&format!("wss://127.0.0.2:{port}/")).expect("url");
