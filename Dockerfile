@@ -11,6 +11,10 @@ ARG CARGO_CHEF_VERSION=0.1.77
 # Cargo.lock changes) and the workspace's own code.
 FROM rust:${RUST_VERSION}-slim-bookworm AS chef
 ARG CARGO_CHEF_VERSION
+# make: tikv-jemalloc-sys builds jemalloc, the binaries' allocator, from its C sources.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 RUN cargo install --locked "cargo-chef@${CARGO_CHEF_VERSION}"
 WORKDIR /src
 

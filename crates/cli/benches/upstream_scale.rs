@@ -68,9 +68,10 @@ const DEFAULT_WORKERS: usize = 2;
 
 // --- Heap accounting -------------------------------------------------------------------------
 
-// The sidecar's own counting allocator (feature `heap-stats`), which its /debug/heap serves.
+// The sidecar's own counting allocator (feature `heap-stats`), which its /debug/heap serves,
+// over the system allocator: this bench counts bytes and allocations, not an allocator's pages.
 #[global_allocator]
-static ALLOC: heap::Counting = heap::Counting;
+static ALLOC: heap::Counting = heap::Counting(std::alloc::System);
 
 mod heap {
     pub use streamkeeper_sidecar::heap::{Counting, TRACKED, live_bytes, read_by_size};

@@ -1,7 +1,7 @@
 //! Live-heap accounting for benchmarks (cargo feature `heap-stats`): a counting global
-//! allocator that the binary installs, and the census `GET /debug/heap` serves.
+//! allocator that the binary installs over its own, and the census `GET /debug/heap` serves.
 //!
-//! Built only with the feature, so production binaries allocate straight from the system
+//! Built only with the feature, so production binaries allocate straight from their
 //! allocator. The counting adds no bytes to any allocation (it keeps no headers): a process
 //! built with it has the same RSS as one without, and its census tells how many live
 //! allocations of each exact size there are, which is how the sidecar bench explains where a
@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! #[global_allocator]
-//! static ALLOC: streamkeeper_sidecar::heap::Counting = streamkeeper_sidecar::heap::Counting;
+//! static ALLOC: Counting<tikv_jemallocator::Jemalloc> = Counting(tikv_jemallocator::Jemalloc);
 //! ```
 
 use std::{
@@ -53,9 +53,10 @@ fn record_large(size: usize, delta: isize) {
     }
 }
 
-/// The system allocator, counting live bytes and live allocations by exact size.
+/// The allocator `A` (the system's by default), counting live bytes and live allocations by
+/// exact size.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Counting;
+pub struct Counting<A = System>(pub A);
 
 fn record(size: usize, delta: isize) {
     if delta > 0 {
@@ -74,15 +75,15 @@ fn record(size: usize, delta: isize) {
     LIVE_BY_SIZE[size.min(TRACKED)].fetch_add(delta, Relaxed);
 }
 
-// A global allocator cannot be written without `unsafe`; this one only forwards to `System`
-// and counts.
+// A global allocator cannot be written without `unsafe`; this one only forwards to `A` and
+// counts.
 #[allow(unsafe_code)]
-// SAFETY: every method forwards its arguments unchanged to `System`, which upholds the
-// `GlobalAlloc` contract; the counting touches only atomics and never allocates.
-unsafe impl GlobalAlloc for Counting {
+// SAFETY: every method forwards its arguments unchanged to `A`, a `GlobalAlloc` that upholds
+// the contract; the counting touches only atomics and never allocates.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract for `alloc` is passed on as is.
-        let ptr = unsafe { System.alloc(layout) };
+        let ptr = unsafe { self.0.alloc(layout) };
         if !ptr.is_null() {
             record(layout.size(), 1);
         }
@@ -91,7 +92,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as for `alloc`.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
+        let ptr = unsafe { self.0.alloc_zeroed(layout) };
         if !ptr.is_null() {
             record(layout.size(), 1);
         }
@@ -99,14 +100,14 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator, hence from `System`, with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
+        // SAFETY: `ptr` came from this allocator, hence from `A`, with `layout`.
+        unsafe { self.0.dealloc(ptr, layout) };
         record(layout.size(), -1);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as for `dealloc`; `new_size` is passed on unchanged.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        let new = unsafe { self.0.realloc(ptr, layout, new_size) };
         if !new.is_null() {
             record(layout.size(), -1);
             record(new_size, 1);
