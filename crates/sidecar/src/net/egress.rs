@@ -9,7 +9,10 @@ use std::{
     time::SystemTime,
 };
 
-use super::{NetError, ProxyPolicy, client_config, client_config_without_roots, http::rest_client};
+use super::{
+    NetError, ProxyPolicy, client_config, client_config_without_roots, for_sockets,
+    http::rest_client,
+};
 
 /// What a stream connects with: its TLS config (for `wss`), its REST client, the proxy
 /// decision. Cheap to clone; shared by every stream with the same trust.
@@ -102,11 +105,7 @@ impl Egress {
             Trust::CaFile(path, ..) => Some(load(Some(path.clone())).await?),
         };
         let (tls, rest_tls) = match config {
-            Some(config) => {
-                let mut ws = config.clone();
-                ws.alpn_protocols = vec![b"http/1.1".to_vec()];
-                (Some(Arc::new(ws)), config)
-            }
+            Some(config) => (Some(for_sockets(config.clone())), config),
             None => (None, client_config_without_roots()),
         };
         let http = rest_client(rest_tls, &self.proxy)

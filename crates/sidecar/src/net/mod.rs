@@ -27,7 +27,7 @@ pub use http::plain_http_client;
 pub use proxy::{ProxyPolicy, ProxyTarget, connect_via_proxy, proxy_for};
 pub use socket::{SocketOptions, connect_tcp, reset};
 pub use tls::{
-    TlsSettings, certificate_problem, client_config, client_config_without_roots,
+    TlsSettings, certificate_problem, client_config, client_config_without_roots, for_sockets,
     socket_tls_config, tls_handshake,
 };
 pub use tls_stream::TlsStream;

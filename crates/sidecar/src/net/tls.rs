@@ -25,9 +25,13 @@ pub struct TlsSettings {
 /// certificates in `ca_file`, or the system roots when `None`. Fails when no root can be
 /// loaded.
 pub fn socket_tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, NetError> {
-    let mut config = client_config(ca_file)?;
+    client_config(ca_file).map(for_sockets)
+}
+
+/// `config` as platform sockets use it: the WebSocket upgrade is HTTP/1.1, so ALPN says so.
+pub fn for_sockets(mut config: ClientConfig) -> Arc<ClientConfig> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// A rustls config that trusts nothing: for clients that only ever speak plain HTTP, so they

@@ -36,11 +36,15 @@ const SCRATCH_LEN: usize = 16 * 1024 + 256 + 5;
 const GROW_BY: usize = 4096;
 /// Plaintext encrypted per write call (one record's worth).
 const MAX_WRITE: usize = 16 * 1024;
+/// A record's bytes beyond its plaintext with the ring provider's AEAD suites (header, nonce,
+/// tag, content type: 29 at most), rounded up; a larger need is asked for and retried.
+const RECORD_OVERHEAD: usize = 64;
 /// Encrypted bytes waiting for the socket above which a write first waits for them to drain.
 const HIGH_WATER: usize = 64 * 1024;
 
 thread_local! {
-    /// Where ciphertext is read; shared by every connection polled on this thread.
+    /// Where ciphertext is read; shared by every connection polled on this thread. Not the
+    /// WebSocket client's per-thread buffer: that one receives the plaintext decrypted here.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
 }
 
@@ -151,19 +155,12 @@ impl TlsStream {
                     }
                     return Poll::Ready(Ok(()));
                 }
-                Waiting::PeerClosed => {
+                Waiting::ForInput if ready!(self.poll_read_incoming(cx))? > 0 => {}
+                Waiting::ForInput | Waiting::PeerClosed => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the peer closed the connection during the TLS handshake",
                     )));
-                }
-                Waiting::ForInput => {
-                    if ready!(self.poll_read_incoming(cx))? == 0 {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the peer closed the connection during the TLS handshake",
-                        )));
-                    }
                 }
             }
         }
@@ -217,7 +214,7 @@ impl TlsStream {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.outgoing, |buf| {
+                    append(&mut self.outgoing, 256, |buf| {
                         encode.encode(buf).map_err(|err| match err {
                             EncodeError::InsufficientSize(size) => Room::Need(size),
                             EncodeError::AlreadyEncoded => Room::Fail(io::Error::other(
@@ -237,10 +234,12 @@ impl TlsStream {
                 ConnectionState::WriteTraffic(mut write) => {
                     match std::mem::replace(&mut job, Job::None) {
                         Job::None => {}
-                        Job::Encrypt(plain) => append(&mut self.outgoing, |buf| {
-                            write.encrypt(plain, buf).map_err(encrypt_room)
-                        })?,
-                        Job::CloseNotify => append(&mut self.outgoing, |buf| {
+                        Job::Encrypt(plain) => {
+                            append(&mut self.outgoing, plain.len() + RECORD_OVERHEAD, |buf| {
+                                write.encrypt(plain, buf).map_err(encrypt_room)
+                            })?
+                        }
+                        Job::CloseNotify => append(&mut self.outgoing, RECORD_OVERHEAD, |buf| {
                             write.queue_close_notify(buf).map_err(encrypt_room)
                         })?,
                     }
@@ -378,13 +377,14 @@ fn encrypt_room(err: EncryptError) -> Room {
     }
 }
 
-/// Appends what `encode` writes to `out`, growing it to the size the encoder asks for.
+/// Appends what `encode` writes to `out`, trying `room` bytes first and then the size the
+/// encoder asks for.
 fn append(
     out: &mut Vec<u8>,
+    mut room: usize,
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, Room>,
 ) -> io::Result<()> {
     let start = out.len();
-    let mut room = 256;
     loop {
         out.resize(start + room, 0);
         match encode(&mut out[start..]) {
