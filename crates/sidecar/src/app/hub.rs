@@ -26,8 +26,11 @@ use crate::signal;
 /// The byte bound of [`Hub::new`] (the config's `limits.maxUnackedBytes` default).
 pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 
-/// Control frames kept for a consumer that has not pulled yet; older ones are superseded.
-const CONTROL_BACKLOG: usize = 64;
+/// `dropped`, `gap`, `paused` and `resumed` frames kept for a consumer that has not pulled yet.
+/// Each one is an edge the app must see, so none is ever superseded: a consumer this far behind
+/// is detached instead ([`Detached::Lagged`]) and sees the stream afresh when it reconnects.
+/// One reap cycle adds one, so this is minutes of reconnects at the fastest backoff.
+const CONTROL_BACKLOG: usize = 1024;
 
 /// What became of a pushed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +61,10 @@ pub enum Detached {
     /// The stream left this pod (removed from the config, or the sidecar stops).
     #[error("the stream was removed")]
     Closed,
+    /// The consumer left more than [`CONTROL_BACKLOG`] control frames unread; rather than drop
+    /// any of them silently, the hub gives up on it (its unacked events stay for the next one).
+    #[error("the app fell too far behind the stream's control frames")]
+    Lagged,
 }
 
 #[derive(Debug)]
@@ -68,12 +75,25 @@ struct Pending {
     at_ms: u64,
 }
 
+/// A control frame not yet handed to the current consumer.
+#[derive(Debug)]
+struct Control {
+    seq: u64,
+    frame: Arc<str>,
+    /// A `state` frame: it says what is, not what happened, so a newer one supersedes it.
+    level: bool,
+}
+
 #[derive(Debug)]
 struct State {
     seq: u64,
     unacked: VecDeque<Pending>,
     unacked_bytes: usize,
-    control: VecDeque<(u64, Arc<str>)>,
+    /// Frames for the current consumer only: one that attaches later starts after them, and
+    /// handed ones are dropped, so with no app attached nothing is kept.
+    control: VecDeque<Control>,
+    /// The current consumer fell more than [`CONTROL_BACKLOG`] edges behind.
+    lagged: bool,
     recent: HashSet<EventId>,
     recent_order: VecDeque<EventId>,
     last_acked: Option<EventId>,
@@ -140,6 +160,7 @@ impl Hub {
             unacked: VecDeque::new(),
             unacked_bytes: 0,
             control: VecDeque::new(),
+            lagged: false,
             recent: HashSet::new(),
             recent_order: VecDeque::new(),
             last_acked: None,
@@ -239,7 +260,7 @@ impl Hub {
                     reason: &reason,
                 }
                 .to_json();
-                append_control(&mut st, gap.into());
+                append_control(&mut st, gap.into(), false);
             }
         }
         self.notify.notify_waiters();
@@ -258,7 +279,8 @@ impl Hub {
                 ToApp::Resumed { .. } => st.paused = false,
                 _ => {}
             }
-            append_control(&mut st, frame.to_json().into());
+            let level = matches!(frame, ToApp::State { .. });
+            append_control(&mut st, frame.to_json().into(), level);
         }
         self.notify.notify_waiters();
     }
@@ -369,11 +391,15 @@ impl Hub {
     /// Attaches a new consumer; the previous one, if any, is replaced. The new one is handed
     /// every unacked event first.
     pub fn attach(self: &Arc<Self>) -> Consumer {
-        let (generation, control_cursor, consumers) = {
+        let (generation, consumers) = {
             let mut st = self.lock();
             st.generation += 1;
             st.consumers += 1;
-            (st.generation, st.seq, st.consumers)
+            // The new consumer starts after everything queued so far (it is sent the current
+            // state instead), and the old one is replaced: nobody reads these any more.
+            st.control.clear();
+            st.lagged = false;
+            (st.generation, st.consumers)
         };
         self.notify.notify_waiters();
         self.consumers_changed(consumers);
@@ -381,7 +407,6 @@ impl Hub {
             hub: Arc::clone(self),
             generation,
             event_cursor: 0,
-            control_cursor,
         }
     }
 }
@@ -397,12 +422,22 @@ fn remember(st: &mut State, cap: usize, id: EventId) {
     }
 }
 
-fn append_control(st: &mut State, frame: Arc<str>) {
+fn append_control(st: &mut State, frame: Arc<str>, level: bool) {
     st.seq += 1;
-    let seq = st.seq;
-    st.control.push_back((seq, frame));
+    if st.consumers == 0 || st.lagged {
+        return;
+    }
+    if level {
+        st.control.retain(|c| !c.level);
+    }
+    st.control.push_back(Control {
+        seq: st.seq,
+        frame,
+        level,
+    });
     if st.control.len() > CONTROL_BACKLOG {
-        st.control.pop_front();
+        st.control = VecDeque::new();
+        st.lagged = true;
     }
 }
 
@@ -412,7 +447,6 @@ pub struct Consumer {
     hub: Arc<Hub>,
     generation: u64,
     event_cursor: u64,
-    control_cursor: u64,
 }
 
 impl Consumer {
@@ -429,9 +463,12 @@ impl Consumer {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let st = self.hub.lock();
+                let mut st = self.hub.lock();
                 if st.generation != self.generation {
                     return Err(Detached::Replaced);
+                }
+                if st.lagged {
+                    return Err(Detached::Lagged);
                 }
                 let mut batch: Vec<(u64, Arc<str>)> = Vec::new();
                 if !st.paused && !st.held {
@@ -442,12 +479,10 @@ impl Consumer {
                             .map(|p| (p.seq, Arc::clone(&p.frame))),
                     );
                 }
-                batch.extend(
-                    st.control
-                        .iter()
-                        .filter(|(s, _)| *s > self.control_cursor)
-                        .cloned(),
-                );
+                // Every control frame queued is this consumer's and not handed yet; once handed it
+                // is never needed again (a later consumer starts after it), nor is its room.
+                let control = std::mem::take(&mut st.control);
+                batch.extend(control.into_iter().map(|c| (c.seq, c.frame)));
                 if !batch.is_empty() {
                     batch.sort_by_key(|(s, _)| *s);
                     if let Some(seq) = st
@@ -457,9 +492,6 @@ impl Consumer {
                         .filter(|_| !st.paused && !st.held)
                     {
                         self.event_cursor = self.event_cursor.max(seq);
-                    }
-                    if let Some((seq, _)) = st.control.back() {
-                        self.control_cursor = self.control_cursor.max(*seq);
                     }
                     out.extend(batch.into_iter().map(|(_, f)| f));
                     return Ok(());
@@ -695,6 +727,79 @@ mod tests {
         h.push_event(&id(1), &raw("{}"), 0);
         h.ack(&id(1));
         assert_eq!(h.reclaim(None), Some(id(1)));
+    }
+
+    fn dropped(h: &Hub, conn: &streamkeeper_api::ConnectionId, at: u64) {
+        h.push_control(&ToApp::Dropped {
+            stream: h.stream(),
+            connection_id: conn,
+            reason: streamkeeper_api::DropReason::PongTimeout,
+            pending_bytes: 0,
+            last_acked_id: None,
+            at,
+        });
+    }
+
+    fn state(h: &Hub, state: StreamState) {
+        h.push_control(&ToApp::State {
+            stream: h.stream(),
+            state,
+        });
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_lags_sees_every_edge_and_only_the_newest_state() {
+        let h = hub(10);
+        let conn = streamkeeper_api::ConnectionId("c1".into());
+        // Nobody attached: nothing is kept (a later consumer starts after it anyway).
+        dropped(&h, &conn, 1);
+        assert!(h.lock().control.is_empty());
+
+        let mut c = h.attach();
+        for at in 0..500 {
+            dropped(&h, &conn, at);
+            state(&h, StreamState::Connecting);
+            state(&h, StreamState::Active);
+        }
+        let got = pull(&mut c).await;
+        let ats: Vec<_> = got
+            .iter()
+            .filter(|v| v["type"] == "dropped")
+            .filter_map(|v| v["at"].as_u64())
+            .collect();
+        assert_eq!(ats, (0..500).collect::<Vec<_>>(), "every dropped, in order");
+        let states: Vec<_> = got.iter().filter(|v| v["type"] == "state").collect();
+        assert_eq!(states.len(), 1, "{states:?}");
+        assert_eq!(states[0]["state"], "ACTIVE");
+        assert_eq!(got.last(), Some(states[0]), "the state is the newest frame");
+        assert!(h.lock().control.is_empty(), "handed frames are not kept");
+    }
+
+    #[tokio::test]
+    async fn a_consumer_past_the_backlog_is_detached_and_the_next_one_starts_clean() {
+        let h = hub(10);
+        let conn = streamkeeper_api::ConnectionId("c1".into());
+        let mut c = h.attach();
+        h.push_event(&id(1), &raw("{}"), 0);
+        for at in 0..=CONTROL_BACKLOG as u64 {
+            dropped(&h, &conn, at);
+        }
+        let mut out = Vec::new();
+        assert_eq!(c.next(&mut out).await, Err(Detached::Lagged));
+        assert!(out.is_empty());
+        assert!(h.lock().control.is_empty(), "the backlog is let go");
+        drop(c);
+
+        let mut c2 = h.attach();
+        dropped(&h, &conn, 9999);
+        let got = pull(&mut c2).await;
+        let kinds: Vec<_> = got.iter().map(|v| v["type"].clone()).collect();
+        assert_eq!(
+            kinds,
+            ["event", "dropped"],
+            "the unacked event waits for it"
+        );
+        assert_eq!(got[1]["at"], 9999);
     }
 
     #[test]

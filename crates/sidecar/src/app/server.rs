@@ -3,7 +3,8 @@
 //!
 //! Each accepted socket is routed to its stream's [`Hub`], handed a `state` frame and then every
 //! frame the hub's consumer yields, in order; the app's acks go back to the hub. A newer
-//! connection for the same stream replaces the older one (close 4000). The sidecar pings the app
+//! connection for the same stream replaces the older one (close 4000); one that falls more than
+//! a thousand control frames behind is closed with 4001. The sidecar pings the app
 //! with the same [`Liveness`] engine it uses upstream and reaps a silent app, or one that stopped
 //! reading, with a TCP reset; its unacked events stay in the hub for the next connection.
 //!
@@ -47,6 +48,10 @@ use crate::{
 
 /// Close code for a connection replaced by a newer one for the same stream.
 pub const CLOSE_REPLACED: u16 = 4000;
+/// Close code for a connection that left too many control frames unread (the hub gave up on it).
+pub const CLOSE_LAGGED: u16 = 4001;
+/// Close reason sent with [`CLOSE_LAGGED`].
+pub const LAGGED_REASON: &str = "too far behind: reconnect to see the stream afresh";
 /// Close reason (code 1001) when the stream is removed from this sidecar.
 pub const REMOVED_REASON: &str = "stream removed from this sidecar";
 /// Close reason sent with [`CLOSE_REPLACED`].
@@ -428,6 +433,14 @@ async fn session(
                     info!("app socket for stream {stream} replaced by a newer connection");
                     let code = CloseCode::from(CLOSE_REPLACED);
                     break 'session End::Close(code, REPLACED_REASON.into(), Input::Framed);
+                }
+                Err(Detached::Lagged) => {
+                    warn!(
+                        "app on stream {stream} left too many control frames unread; \
+                         closing its socket (its unacked events wait for the next connection)"
+                    );
+                    let code = CloseCode::from(CLOSE_LAGGED);
+                    break 'session End::Close(code, LAGGED_REASON.into(), Input::Framed);
                 }
                 Err(Detached::Closed) => {
                     info!("stream {stream} left this sidecar; closing its app socket");
