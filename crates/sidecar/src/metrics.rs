@@ -52,7 +52,7 @@ use std::{
     hash::{Hash, Hasher},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -518,7 +518,10 @@ struct StreamSeries {
     pings: AtomicU64,
     pongs: AtomicU64,
     gaps: AtomicU64,
-    app_clients: AtomicI64,
+    /// 32 bits, beside `state`: with 64 the series' allocation (one per stream, with the
+    /// `Arc`'s counts) is 264 bytes, which the allocator serves from its 320-byte class; now
+    /// it is 256.
+    app_clients: AtomicU32,
     /// Indexed by [`EventOutcome::index`].
     events: [AtomicU64; 3],
     rtt: RttHistogram,
@@ -535,7 +538,7 @@ impl StreamSeries {
             pings: AtomicU64::new(0),
             pongs: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
-            app_clients: AtomicI64::new(0),
+            app_clients: AtomicU32::new(0),
             events: [const { AtomicU64::new(0) }; 3],
             rtt: RttHistogram::default(),
             reconnects: Mutex::new(Vec::new()),
@@ -646,7 +649,7 @@ impl StreamMetrics {
     pub fn app_clients(&self, n: usize) {
         self.inner
             .app_clients
-            .store(i64::try_from(n).unwrap_or(i64::MAX), Relaxed);
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Relaxed);
     }
 
     /// Sets the stream's state: 1 for `state`, 0 for the six others.

@@ -103,8 +103,6 @@ struct State {
     /// The lease is not certain: events wait.
     held: bool,
     state: StreamState,
-    /// Events dropped on overflow and not yet reported: (first at, last at, count).
-    overflow: Option<(u64, u64, u64)>,
     closed: bool,
 }
 
@@ -112,9 +110,11 @@ struct State {
 #[derive(Debug)]
 pub struct Hub {
     stream: StreamId,
-    max_unacked: usize,
-    max_bytes: usize,
-    recent_cap: usize,
+    // 32-bit bounds, and the window of ids remembered derived from them rather than kept: a
+    // hub is one allocation per stream, and at 304 bytes (320 with the `Arc`'s counts) it
+    // fits the allocator's 320-byte class; with three `usize`s it took the 384-byte one.
+    max_unacked: u32,
+    max_bytes: u32,
     state: Mutex<State>,
     notify: Notify,
     acked: signal::Sender<Option<EventId>>,
@@ -154,7 +154,8 @@ impl Hub {
         checkpoint: Option<EventId>,
         group: &signal::Group,
     ) -> Arc<Self> {
-        let recent_cap = max_unacked.saturating_mul(2).max(4096);
+        let max_unacked = u32::try_from(max_unacked).unwrap_or(u32::MAX).max(1);
+        let max_bytes = u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1);
         let mut st = State {
             seq: 0,
             unacked: VecDeque::new(),
@@ -169,18 +170,16 @@ impl Hub {
             paused: false,
             held: false,
             state: StreamState::Connecting,
-            overflow: None,
             closed: false,
         };
         if let Some(id) = &checkpoint {
-            remember(&mut st, recent_cap, id.clone());
+            remember(&mut st, recent_cap(max_unacked), id.clone());
             st.last_acked = Some(id.clone());
         }
         Arc::new(Self {
             stream,
-            max_unacked: max_unacked.max(1),
-            max_bytes: max_bytes.max(1),
-            recent_cap,
+            max_unacked,
+            max_bytes,
             state: Mutex::new(st),
             notify: Notify::new(),
             acked: group.channel(checkpoint).0,
@@ -222,7 +221,7 @@ impl Hub {
             if st.recent.contains(id) {
                 return Push::Duplicate;
             }
-            remember(&mut st, self.recent_cap, id.clone());
+            remember(&mut st, recent_cap(self.max_unacked), id.clone());
             let frame: Arc<str> = ToApp::Event {
                 stream: &self.stream,
                 id,
@@ -239,19 +238,21 @@ impl Hub {
                 frame,
                 at_ms,
             });
-            while st.unacked.len() > self.max_unacked
-                || (st.unacked_bytes > self.max_bytes && st.unacked.len() > 1)
+            // Events dropped to make room: (first at, last at, count).
+            let mut overflow: Option<(u64, u64, u64)> = None;
+            while st.unacked.len() > self.max_unacked as usize
+                || (st.unacked_bytes > self.max_bytes as usize && st.unacked.len() > 1)
             {
                 let Some(old) = st.unacked.pop_front() else {
                     break;
                 };
                 st.unacked_bytes -= old.frame.len();
-                st.overflow = Some(match st.overflow {
+                overflow = Some(match overflow {
                     None => (old.at_ms, old.at_ms, 1),
                     Some((from, _, n)) => (from, old.at_ms, n + 1),
                 });
             }
-            if let Some((from, to, n)) = st.overflow.take() {
+            if let Some((from, to, n)) = overflow {
                 let reason = format!("app buffer full: {n} oldest unacked events dropped");
                 let gap = ToApp::Gap {
                     stream: &self.stream,
@@ -317,14 +318,13 @@ impl Hub {
             let mut st = self.lock();
             st.unacked.clear();
             st.unacked_bytes = 0;
-            st.overflow = None;
             st.recent.clear();
             st.recent_order.clear();
             if let Some(id) = checkpoint {
                 st.last_acked = Some(id);
             }
             if let Some(id) = st.last_acked.clone() {
-                remember(&mut st, self.recent_cap, id);
+                remember(&mut st, recent_cap(self.max_unacked), id);
             }
             st.held = false;
             st.last_acked.clone()
@@ -409,6 +409,11 @@ impl Hub {
             event_cursor: 0,
         }
     }
+}
+
+/// How many ids a hub remembers to suppress replays: twice its event bound, at least 4,096.
+fn recent_cap(max_unacked: u32) -> usize {
+    (max_unacked as usize).saturating_mul(2).max(4096)
 }
 
 fn remember(st: &mut State, cap: usize, id: EventId) {

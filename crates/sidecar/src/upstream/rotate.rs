@@ -31,25 +31,30 @@ fn expiry_due(link: &Link, lead: Duration) -> Option<Instant> {
 /// A successor being opened in the background.
 type Opening = oneshot::Receiver<Result<Link, OpenFailure>>;
 
-/// The rotation state of one drive loop.
+/// The rotation state of one drive loop: nothing (no allocation) while no rotation is under
+/// way, which is nearly all of an idle stream's life. Inline, the work's 200 bytes were part of
+/// every stream's session future (1,360 bytes, served from the allocator's 1,536-byte class).
 pub(super) struct Rotating {
+    work: Option<Box<Work>>,
+}
+
+/// What a rotation under way keeps.
+struct Work {
     /// In-stream: the token sent and not yet acked.
-    pub(super) pending_refresh: Option<(u64, Arc<Token>)>,
+    pending_refresh: Option<(u64, Arc<Token>)>,
     /// In-stream: a token held back while the rate-limit gate is closed.
     unsent_refresh: Option<(u64, Arc<Token>)>,
     /// Sockets whose setup the platform refused (set up again with the next token).
-    pub(super) refused_sockets: BTreeSet<usize>,
+    refused_sockets: BTreeSet<usize>,
     /// Sockets to greet again once the gate opens.
     regreet: BTreeSet<usize>,
     /// When deferred sends may go (the gate opens).
     resend_at: Option<Instant>,
-    pub(super) opening: Option<Opening>,
+    opening: Option<Opening>,
     opening_task: Option<JoinHandle<()>>,
-    /// The successor, read alongside the current link during the overlap. Boxed, as the
-    /// overlap is: inline it would grow every idle stream's drive loop by a link's 80 bytes.
-    pub(super) successor: Option<Box<Link>>,
-    /// Boxed: it exists only during a handover, and inline it would grow every idle stream's
-    /// drive loop by its 208 bytes.
+    /// The successor, read alongside the current link during the overlap.
+    successor: Option<Box<Link>>,
+    /// Boxed: it exists only during a handover, which is shorter than the rest of the work.
     overlap: Option<Box<Overlap>>,
     /// Why a successor is wanted, while one is.
     wanted: Option<&'static str>,
@@ -57,8 +62,8 @@ pub(super) struct Rotating {
     backoff: Backoff,
 }
 
-impl Rotating {
-    pub(super) fn new(spec: &StreamSpec) -> Self {
+impl Work {
+    fn new(spec: &StreamSpec) -> Self {
         Self {
             pending_refresh: None,
             unsent_refresh: None,
@@ -75,15 +80,83 @@ impl Rotating {
         }
     }
 
+    /// Nothing under way and nothing to remember. A failed successor leaves `wanted` set, and
+    /// with it the retry and its backoff step, until a promotion resets them; a retry with
+    /// nothing wanted is never woken for (`next_wake`), so it does not keep the work.
+    fn settled(&self) -> bool {
+        self.pending_refresh.is_none()
+            && self.unsent_refresh.is_none()
+            && self.refused_sockets.is_empty()
+            && self.regreet.is_empty()
+            && self.resend_at.is_none()
+            && self.opening.is_none()
+            && self.opening_task.is_none()
+            && self.successor.is_none()
+            && self.overlap.is_none()
+            && self.wanted.is_none()
+    }
+
+    fn idle(&self) -> bool {
+        self.opening.is_none() && self.successor.is_none()
+    }
+}
+
+impl Rotating {
+    pub(super) fn new() -> Self {
+        Self { work: None }
+    }
+
+    /// The work, begun if none is under way.
+    fn work(&mut self, spec: &StreamSpec) -> &mut Work {
+        self.work.get_or_insert_with(|| Box::new(Work::new(spec)))
+    }
+
+    /// Lets the work go once a rotation is over (called between the drive loop's waits).
+    pub(super) fn settle(&mut self) {
+        if self.work.as_deref().is_some_and(Work::settled) {
+            self.work = None;
+        }
+    }
+
     /// Whether a successor is being opened.
     pub(super) fn opening(&self) -> bool {
-        self.opening.is_some()
+        self.work.as_ref().is_some_and(|w| w.opening.is_some())
+    }
+
+    /// The successor and the opening, to wait on both at once.
+    pub(super) fn waits(&mut self) -> (Option<&mut Link>, Option<&mut Opening>) {
+        match self.work.as_deref_mut() {
+            Some(w) => (w.successor.as_deref_mut(), w.opening.as_mut()),
+            None => (None, None),
+        }
     }
 
     /// The opened successor (or why it failed), from the opening in `opening`.
-    pub(super) async fn opened(opening: &mut Option<Opening>) -> Option<Result<Link, OpenFailure>> {
-        let rx = opening.as_mut()?;
-        rx.await.ok()
+    pub(super) async fn opened(opening: Option<&mut Opening>) -> Option<Result<Link, OpenFailure>> {
+        opening?.await.ok()
+    }
+
+    /// The successor, during an overlap.
+    pub(super) fn successor(&self) -> Option<&Link> {
+        self.work.as_ref()?.successor.as_deref()
+    }
+
+    /// The in-stream token sent and not acked yet, taken.
+    pub(super) fn take_pending_refresh(&mut self) -> Option<(u64, Arc<Token>)> {
+        self.work.as_mut()?.pending_refresh.take()
+    }
+
+    /// The platform refused socket `i`'s setup: set it up again with the next token.
+    pub(super) fn refuse(&mut self, spec: &StreamSpec, i: usize) {
+        self.work(spec).refused_sockets.insert(i);
+    }
+
+    /// The sockets whose setup was refused, forgotten (they are set up again now).
+    pub(super) fn take_refused(&mut self) -> BTreeSet<usize> {
+        self.work
+            .as_mut()
+            .map(|w| std::mem::take(&mut w.refused_sockets))
+            .unwrap_or_default()
     }
 
     /// The socket `i` of `side`.
@@ -95,45 +168,52 @@ impl Rotating {
     ) -> Option<&'a mut Socket> {
         match side {
             Side::Old => link.sockets.get_mut(i),
-            Side::New => self.successor.as_mut()?.sockets.get_mut(i),
+            Side::New => self.work.as_mut()?.successor.as_mut()?.sockets.get_mut(i),
         }
     }
 
     /// An event arrived on `side`.
     pub(super) fn saw(&mut self, side: Side, id: &EventId) {
-        if let Some(o) = &mut self.overlap {
+        if let Some(o) = self.work.as_mut().and_then(|w| w.overlap.as_mut()) {
             o.saw(side, id);
         }
     }
 
     /// Whether an event was seen on both links.
     pub(super) fn confirmed(&self) -> bool {
-        self.overlap.as_deref().is_some_and(Overlap::confirmed)
+        self.work
+            .as_ref()
+            .and_then(|w| w.overlap.as_deref())
+            .is_some_and(Overlap::confirmed)
     }
 
     /// The successor delivers and an event on both links proves nothing fell between them.
     pub(super) fn handover_proven(&self) -> bool {
-        self.confirmed() && self.successor.as_ref().is_some_and(|l| l.ready())
+        self.confirmed() && self.successor().is_some_and(Link::ready)
     }
 
     /// The next time the drive loop must wake for rotation work.
     pub(super) fn next_wake(&self, s: &Session, link: &Link) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
-        if let Some(o) = self.overlap.as_ref().filter(|_| self.successor.is_some()) {
+        let w = self.work.as_deref();
+        if let Some(o) = w
+            .filter(|w| w.successor.is_some())
+            .and_then(|w| w.overlap.as_ref())
+        {
             at(o.deadline());
         }
-        if let Some(t) = self
-            .retry_at
-            .filter(|_| self.wanted.is_some() && self.idle())
+        if let Some(t) = w
+            .filter(|w| w.wanted.is_some() && w.idle())
+            .and_then(|w| w.retry_at)
         {
             at(t);
         }
-        if let Some(t) = self.resend_at {
+        if let Some(t) = w.and_then(|w| w.resend_at) {
             at(t);
         }
         if s.ctx.adapter.rotation() == Rotation::NewSocket
-            && self.wanted.is_none()
+            && self.wanted().is_none()
             && self.idle()
             && let Some(due) = expiry_due(link, s.ctx.spec.token.refresh_lead)
         {
@@ -143,31 +223,36 @@ impl Rotating {
     }
 
     fn idle(&self) -> bool {
-        self.opening.is_none() && self.successor.is_none()
+        self.work.as_deref().is_none_or(Work::idle)
+    }
+
+    fn wanted(&self) -> Option<&'static str> {
+        self.work.as_ref()?.wanted
     }
 
     /// A successor is wanted (new token, expiry, announced close): open one if none is open.
-    pub(super) fn want_successor(&mut self, s: &mut Session, link: &Link, why: &'static str) {
-        if self.wanted.is_none() {
-            self.wanted = Some(why);
+    pub(super) fn want_successor(&mut self, s: &mut Session, why: &'static str) {
+        let w = self.work(&s.ctx.spec);
+        if w.wanted.is_none() {
+            w.wanted = Some(why);
         }
-        if !self.idle() {
+        if !w.idle() {
             return;
         }
-        let _ = link;
         self.start(s);
     }
 
     fn start(&mut self, s: &mut Session) {
+        let w = self.work(&s.ctx.spec);
         let now = Instant::now();
         if let Some(open_at) = s.gate.closed_until(now) {
-            self.retry_at = Some(open_at);
+            w.retry_at = Some(open_at);
             return;
         }
         let view = s.ctx.tokens.borrow().clone();
         let Some(token) = view.token.filter(|t| t.valid_at(now)) else {
             // No valid token now: try again when one comes (or after a retry step).
-            self.retry_at = Some(now + s.ctx.spec.token.retry);
+            w.retry_at = Some(now + s.ctx.spec.token.retry);
             return;
         };
         let (tx, rx) = oneshot::channel();
@@ -176,7 +261,7 @@ impl Rotating {
         let id = s.next_connection_id();
         let interval = s.ctx.spec.heartbeat.interval;
         let generation = view.generation;
-        tracing::info!(stream = %s.stream(), connection = %id, why = self.wanted.unwrap_or("rotation"), "opening the next socket before dropping the current one");
+        tracing::info!(stream = %s.stream(), connection = %id, why = w.wanted.unwrap_or("rotation"), "opening the next socket before dropping the current one");
         let task = tokio::spawn(async move {
             let link = opener
                 .open(token, generation, resume.as_ref(), id, || {
@@ -185,32 +270,38 @@ impl Rotating {
                 .await;
             let _ = tx.send(link);
         });
-        self.opening = Some(rx);
-        self.opening_task = Some(task);
-        self.retry_at = None;
+        w.opening = Some(rx);
+        w.opening_task = Some(task);
+        w.retry_at = None;
     }
 
     /// The successor's sockets failed before the handover: keep the current link, try again
     /// after a backoff step.
     pub(super) fn successor_lost(&mut self, s: &mut Session) {
-        if let Some(l) = self.successor.take() {
+        let w = self.work(&s.ctx.spec);
+        if let Some(l) = w.successor.take() {
             for sock in l.sockets {
                 sock.reset();
             }
         }
-        self.overlap = None;
-        let delay = self.backoff.next_delay(rand::random::<f64>(), None);
-        self.retry_at = Some(Instant::now() + delay);
-        let _ = s;
+        w.overlap = None;
+        let delay = w.backoff.next_delay(rand::random::<f64>(), None);
+        w.retry_at = Some(Instant::now() + delay);
     }
 
     /// Retires the current link and puts the successor in its place. `lost_from`: the old
     /// link failed before the handover was proven, so what was in flight since then is a gap.
     pub(super) fn promote(&mut self, s: &mut Session, link: &mut Link, lost_from: Option<u64>) {
-        let Some(next) = self.successor.take() else {
+        let Some(w) = self.work.as_deref_mut() else {
             return;
         };
-        let overlap = self.overlap.take();
+        let Some(next) = w.successor.take() else {
+            return;
+        };
+        let overlap = w.overlap.take();
+        let why = w.wanted.take().unwrap_or("rotation");
+        w.retry_at = None;
+        w.backoff.reset();
         let old = std::mem::replace(link, *next);
         let proven = overlap.as_deref().is_some_and(Overlap::confirmed);
         let overlap_for = overlap
@@ -232,31 +323,29 @@ impl Rotating {
                 to: link.id.clone(),
                 overlap: overlap_for,
                 proven,
-                why: self.wanted.unwrap_or("rotation"),
+                why,
             },
         );
         s.token_ok(link.generation);
-        self.wanted = None;
-        self.retry_at = None;
-        self.backoff.reset();
         // The token moved on again while the successor was opening: rotate once more.
         let view_generation = s.ctx.tokens.borrow().generation;
         if view_generation > link.generation {
-            self.want_successor(s, link, "token rotation");
+            self.want_successor(s, "token rotation");
         }
     }
 
     /// Handles what the successor's task produced.
     fn on_opened(&mut self, s: &mut Session, opened: Option<Result<Link, OpenFailure>>) {
-        self.opening = None;
-        self.opening_task = None;
+        let w = self.work(&s.ctx.spec);
+        w.opening = None;
+        w.opening_task = None;
         match opened {
             Some(Ok(next)) => {
                 tracing::debug!(stream = %s.stream(), connection = %next.id, "successor open; overlapping");
                 // A quiet stream has nothing in flight: past the bound the old link goes anyway.
                 let bound = s.ctx.spec.heartbeat.timeout;
-                self.overlap = Some(Box::new(Overlap::new(Instant::now(), bound)));
-                self.successor = Some(Box::new(next));
+                w.overlap = Some(Box::new(Overlap::new(Instant::now(), bound)));
+                w.successor = Some(Box::new(next));
             }
             Some(Err(failure)) => {
                 tracing::warn!(stream = %s.stream(), error = %failure.error, "successor socket failed; keeping the current one");
@@ -268,9 +357,9 @@ impl Rotating {
                 if let Some(limit) = failure.retry_after {
                     s.gate.hit(limit, now);
                 }
-                let delay = self.backoff.next_delay(rand::random::<f64>(), None);
+                let delay = w.backoff.next_delay(rand::random::<f64>(), None);
                 let at = now + delay;
-                self.retry_at = Some(s.gate.closed_until(now).map_or(at, |g| g.max(at)));
+                w.retry_at = Some(s.gate.closed_until(now).map_or(at, |g| g.max(at)));
             }
             None => {}
         }
@@ -285,9 +374,10 @@ impl Rotating {
         generation: u64,
         token: Arc<Token>,
     ) {
+        let w = self.work(&s.ctx.spec);
         if let Some(open_at) = s.gate.closed_until(Instant::now()) {
-            self.unsent_refresh = Some((generation, token));
-            self.resend_at = Some(open_at);
+            w.unsent_refresh = Some((generation, token));
+            w.resend_at = Some(open_at);
             return;
         }
         for sock in &mut link.sockets {
@@ -295,7 +385,7 @@ impl Rotating {
                 sock.up.ws_mut().queue_text(&frame);
             }
         }
-        self.pending_refresh = Some((generation, token));
+        w.pending_refresh = Some((generation, token));
     }
 
     /// The platform rate limited socket `i`: set it up again once the gate opens, if it is
@@ -304,19 +394,23 @@ impl Rotating {
         if side == Side::New {
             return;
         }
+        let w = self.work(&s.ctx.spec);
         if link.sockets.get(i).is_some_and(|sock| !sock.ready) {
-            self.regreet.insert(i);
+            w.regreet.insert(i);
         }
-        self.resend_at = s.gate.closed_until(Instant::now());
+        w.resend_at = s.gate.closed_until(Instant::now());
     }
 
     /// Stops what is in flight (the drive loop ends).
     pub(super) fn abandon(&mut self) {
-        if let Some(t) = self.opening_task.take() {
+        let Some(w) = self.work.as_deref_mut() else {
+            return;
+        };
+        if let Some(t) = w.opening_task.take() {
             t.abort();
         }
-        self.opening = None;
-        if let Some(l) = self.successor.take() {
+        w.opening = None;
+        if let Some(l) = w.successor.take() {
             for sock in l.sockets {
                 sock.reset();
             }
@@ -353,8 +447,11 @@ impl Session {
     /// or the rate-limit gate opening.
     pub(super) fn on_wake(&mut self, link: &mut Link, r: &mut Rotating) {
         let now = Instant::now();
-        if r.successor.is_some() && r.overlap.as_ref().is_some_and(|o| now >= o.deadline()) {
-            if r.successor.as_ref().is_some_and(|l| l.ready()) {
+        if let Some(w) = r.work.as_deref()
+            && w.successor.is_some()
+            && w.overlap.as_ref().is_some_and(|o| now >= o.deadline())
+        {
+            if w.successor.as_deref().is_some_and(Link::ready) {
                 tracing::debug!(stream = %self.stream(), "overlap bound reached without a common event; retiring the old socket");
                 r.promote(self, link, None);
             } else {
@@ -362,39 +459,82 @@ impl Session {
                 r.successor_lost(self);
             }
         }
-        if r.retry_at.is_some_and(|t| now >= t) && r.idle() {
-            r.retry_at = None;
-            if r.wanted.is_some() {
+        if let Some(w) = r.work.as_deref_mut()
+            && w.retry_at.is_some_and(|t| now >= t)
+            && w.idle()
+        {
+            w.retry_at = None;
+            if w.wanted.is_some() {
                 r.start(self);
             }
         }
-        if let Some(open_at) = self
-            .gate
-            .closed_until(now)
-            .filter(|_| r.resend_at.is_some())
-        {
-            // The gate was closed further meanwhile: wait for it.
-            r.resend_at = Some(open_at);
-        } else if r.resend_at.is_some_and(|t| now >= t) {
-            r.resend_at = None;
-            if let Some((generation, token)) = r.unsent_refresh.take() {
-                r.refresh_in_stream(self, link, generation, token);
-            }
-            let token = Arc::clone(&link.token);
-            for i in std::mem::take(&mut r.regreet) {
-                if let Some(sock) = link.sockets.get_mut(i).filter(|s| !s.ready) {
-                    for f in sock.conn.greeting(token.value.expose()) {
-                        sock.up.ws_mut().queue_text(&f);
+        if let Some(w) = r.work.as_deref_mut() {
+            if let Some(open_at) = self
+                .gate
+                .closed_until(now)
+                .filter(|_| w.resend_at.is_some())
+            {
+                // The gate was closed further meanwhile: wait for it.
+                w.resend_at = Some(open_at);
+            } else if w.resend_at.is_some_and(|t| now >= t) {
+                w.resend_at = None;
+                let unsent = w.unsent_refresh.take();
+                let regreet = std::mem::take(&mut w.regreet);
+                if let Some((generation, token)) = unsent {
+                    r.refresh_in_stream(self, link, generation, token);
+                }
+                let token = Arc::clone(&link.token);
+                for i in regreet {
+                    if let Some(sock) = link.sockets.get_mut(i).filter(|s| !s.ready) {
+                        for f in sock.conn.greeting(token.value.expose()) {
+                            sock.up.ws_mut().queue_text(&f);
+                        }
                     }
                 }
             }
         }
         if self.ctx.adapter.rotation() == Rotation::NewSocket
-            && r.wanted.is_none()
+            && r.wanted().is_none()
             && r.idle()
             && expiry_due(link, self.ctx.spec.token.refresh_lead).is_some_and(|due| now >= due)
         {
-            r.want_successor(self, link, "channel expiry");
+            r.want_successor(self, "channel expiry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> StreamSpec {
+        let yaml = "streams:\n  - {id: t/a, tenant: t, platform: generic, \
+             endpoints: {api: 'http://127.0.0.1:9', login: 'http://127.0.0.1:9', stream: 'ws://127.0.0.1:9/s'}, \
+             credentials: {dir: /nonexistent}}\n";
+        streamkeeper_api::SidecarConfig::from_yaml(yaml)
+            .expect("config")
+            .config
+            .streams
+            .remove(0)
+    }
+
+    #[test]
+    fn the_work_exists_only_while_a_rotation_has_something_to_remember() {
+        let mut r = Rotating::new();
+        assert!(
+            r.work.is_none(),
+            "an idle stream's drive loop allocates nothing"
+        );
+        r.refuse(&spec(), 1);
+        r.settle();
+        assert!(
+            r.work.is_some(),
+            "a refused socket waits for the next token"
+        );
+        assert_eq!(r.take_refused(), BTreeSet::from([1]));
+        r.settle();
+        assert!(r.work.is_none(), "let go once nothing is left");
+        assert!(r.take_refused().is_empty() && r.take_pending_refresh().is_none());
+        assert!(r.idle() && !r.opening() && r.successor().is_none());
     }
 }

@@ -443,10 +443,11 @@ impl Session {
         link: &mut Link,
         stop: &mut signal::Receiver<Option<DropReason>>,
     ) -> Ended {
-        let mut r = Rotating::new(&self.ctx.spec);
+        let mut r = Rotating::new();
         let mut tokens_open = true;
         let mut first_pong = true;
         loop {
+            r.settle();
             let lease_until = *self.ctx.lease.borrow();
             // The socket's token expiry matters only while events flow.
             let token_expires = Some(link.token.expires).filter(|_| !self.ctx.hub.paused());
@@ -458,9 +459,11 @@ impl Session {
                 .into_iter()
                 .flatten()
                 .fold(lease_until, Instant::min);
+            let opening = r.opening();
+            let (successor, opening_rx) = r.waits();
             tokio::select! {
                 biased;
-                next = link::next(link, r.successor.as_deref_mut(), timer) => {
+                next = link::next(link, successor, timer) => {
                     let now = Instant::now();
                     // First: after a freeze the expired lease wins over buffered frames.
                     if now >= *self.ctx.lease.borrow() {
@@ -493,7 +496,7 @@ impl Session {
                     let view = self.ctx.tokens.borrow_and_update().clone();
                     self.on_token(link, &mut r, view);
                 }
-                opened = Rotating::opened(&mut r.opening), if r.opening() => {
+                opened = Rotating::opened(opening_rx), if opening => {
                     self.on_successor_opened(link, &mut r, opened);
                 }
                 _ = stop.changed() => {
@@ -522,24 +525,23 @@ impl Session {
             Rotation::InStream => r.refresh_in_stream(self, link, view.generation, token),
             Rotation::PerMessage => {
                 // Every later message carries the new token: nothing to send for the rotation.
-                let refused: Vec<usize> = (0..link.sockets.len())
-                    .filter(|i| r.refused_sockets.contains(i))
-                    .collect();
+                let refused = r.take_refused();
                 link.token = Arc::clone(&token);
                 link.generation = view.generation;
                 for i in refused {
                     // That socket's setup was refused: set it up again with the new token.
-                    let s = &mut link.sockets[i];
+                    let Some(s) = link.sockets.get_mut(i) else {
+                        continue;
+                    };
                     if !s.ready {
                         for f in s.conn.greeting(token.value.expose()) {
                             s.up.ws_mut().queue_text(&f);
                         }
                     }
                 }
-                r.refused_sockets.clear();
                 self.token_ok(view.generation);
             }
-            Rotation::NewSocket => r.want_successor(self, link, "token rotation"),
+            Rotation::NewSocket => r.want_successor(self, "token rotation"),
         }
     }
 
@@ -615,7 +617,7 @@ impl Session {
                 r.successor_lost(self);
                 Step::Continue
             }
-            Side::Old if r.successor.is_some() => {
+            Side::Old if r.successor().is_some() => {
                 // The successor is open: it takes over now. A reset may have lost what was in
                 // flight on the old socket before the handover was proven.
                 let lost_from = (ended.abortive && !r.confirmed()).then(|| {
@@ -751,7 +753,7 @@ impl Session {
             Inbound::Proceed => {
                 let token = match side {
                     Side::Old => Arc::clone(&link.token),
-                    Side::New => match &r.successor {
+                    Side::New => match r.successor() {
                         Some(l) => Arc::clone(&l.token),
                         None => return Step::Continue,
                     },
@@ -764,7 +766,7 @@ impl Session {
             }
             Inbound::TokenAccepted => {
                 if side == Side::Old
-                    && let Some((generation, token)) = r.pending_refresh.take()
+                    && let Some((generation, token)) = r.take_pending_refresh()
                 {
                     link.token = token;
                     link.generation = generation;
@@ -773,13 +775,13 @@ impl Session {
             }
             Inbound::TokenRefused(why) => {
                 tracing::warn!(stream = %self.stream(), reason = %why, "platform refused a token; asking for another");
-                let refused = match (side, r.pending_refresh.take()) {
+                let refused = match (side, r.take_pending_refresh()) {
                     (Side::Old, Some((generation, _))) => generation,
                     (Side::Old, None) => {
-                        r.refused_sockets.insert(i);
+                        r.refuse(&self.ctx.spec, i);
                         link.generation
                     }
-                    (Side::New, _) => r.successor.as_ref().map_or(0, |l| l.generation),
+                    (Side::New, _) => r.successor().map_or(0, |l| l.generation),
                 };
                 self.ctx.refresh_now.refused(refused);
             }
@@ -787,7 +789,7 @@ impl Session {
                 if self.ctx.adapter.rotation() == Rotation::NewSocket {
                     if side == Side::Old {
                         tracing::info!(stream = %self.stream(), reason = %why, "platform announced a close; opening the next socket first");
-                        r.want_successor(self, link, "announced close");
+                        r.want_successor(self, "announced close");
                     } else {
                         r.successor_lost(self);
                     }
