@@ -37,6 +37,13 @@ use crate::{
     ws::{ConnectOptions, Frame, WsError},
 };
 
+thread_local! {
+    /// The classified messages of the frame being handled, reused across frames and streams
+    /// (taken and put back with no await between). Kept per session, its room (four messages,
+    /// 160 bytes after the first pong) stayed with every idle stream.
+    static INBOUND: std::cell::Cell<Vec<Inbound>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Everything a session needs.
 pub struct SessionCtx {
     /// The stream's spec, shared with the pod's map and the supervisor.
@@ -142,8 +149,6 @@ pub(super) struct Session {
     dropped_at_ms: Option<u64>,
     /// The platform's rate-limit backoff: no request or socket before it opens.
     pub(super) gate: RateGate,
-    /// Classified inbound messages of the frame being handled (reused).
-    scratch: Vec<Inbound>,
 }
 
 impl Session {
@@ -159,7 +164,6 @@ impl Session {
             connections: 0,
             dropped_at_ms,
             gate: RateGate::default(),
-            scratch: Vec::new(),
         }
     }
 
@@ -652,7 +656,7 @@ impl Session {
         now: Instant,
         first_pong: &mut bool,
     ) -> Step {
-        let mut inbound = std::mem::take(&mut self.scratch);
+        let mut inbound = INBOUND.take();
         {
             let Some(s) = r.socket_mut(link, side, i) else {
                 return Step::Continue;
@@ -668,7 +672,7 @@ impl Session {
                 Frame::Close(close) => {
                     let (code, reason) = close.unwrap_or((1005, String::new()));
                     tracing::info!(stream = %self.stream(), code, reason = %reason, "platform closed the socket");
-                    self.scratch = inbound;
+                    INBOUND.set(inbound);
                     let ended = Ended {
                         // Going away (maintenance, often unannounced): the next socket at once.
                         immediate: code == 1001,
@@ -687,7 +691,7 @@ impl Session {
             }
         }
         inbound.clear();
-        self.scratch = inbound;
+        INBOUND.set(inbound);
         if matches!(step, Step::Continue) && r.handover_proven() {
             r.promote(self, link, None);
         }
