@@ -71,8 +71,8 @@ fn stream(emu: &Emulator, name: &str, creds: &Path) -> StreamSpec {
     let rest: url::Url = format!("https://{}", rest_authority(emu))
         .parse()
         .expect("URL");
-    spec.endpoints.api = Some(rest.clone());
-    spec.endpoints.login = Some(rest);
+    spec.endpoints.api = Some(rest.clone().into());
+    spec.endpoints.login = Some(rest.into());
     spec
 }
 

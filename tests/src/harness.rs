@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use streamkeeper_api::{
-    EventId, SidecarConfig, StreamId, StreamSpec, StreamState,
+    Endpoint, EventId, SidecarConfig, StreamId, StreamSpec, StreamState,
     config::{
         Credentials, Endpoints, HeartbeatSpec, LimitsSpec, Platform, ReconnectSpec, TokenSpec,
     },
@@ -118,7 +118,7 @@ pub fn stream_spec_at(
     creds: &Path,
     opts: &Options,
 ) -> StreamSpec {
-    let base: url::Url = base.parse().expect("emulator base URL");
+    let base: Endpoint = base.parse().expect("emulator base URL");
     StreamSpec {
         id: stream_id(name),
         tenant: "acme".parse().expect("tenant"),

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde_json::Value;
 use streamkeeper_api::{
-    StreamSpec,
+    Endpoint, StreamSpec,
     app_protocol::AppFrame,
     config::{
         Credentials, Endpoints, HeartbeatSpec, LimitsSpec, Platform, ReconnectSpec, TlsSpec,
@@ -55,7 +55,7 @@ pub fn write_credential(dir: &Path, platform: Platform, cred: &Credential) {
         .expect("write the credentials");
 }
 
-fn base(emu: &Emulator) -> url::Url {
+fn base(emu: &Emulator) -> Endpoint {
     emu.base_url().parse().expect("emulator base URL")
 }
 

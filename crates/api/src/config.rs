@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::{PodName, StreamId, Tenant, duration::serde_str};
+use crate::{Endpoint, PodName, StreamId, Tenant, duration::serde_str};
 
 /// The recommended heartbeat range: below it pings thrash CPU and platform rate limits, above
 /// it there is no recovery window before platform idle limits (the seed guide's traps).
@@ -329,24 +329,30 @@ pub struct Endpoints {
     pub region: Option<String>,
     /// REST API base, e.g. `https://api.mypurecloud.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api: Option<Url>,
+    pub api: Option<Endpoint>,
     /// OAuth login base, e.g. `https://login.mypurecloud.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub login: Option<Url>,
+    pub login: Option<Endpoint>,
     /// The socket URL where it is not discovered (generic, cxone-dfo, cxone-aah).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<Url>,
+    pub stream: Option<Endpoint>,
 }
 
 impl Endpoints {
     /// The REST API base: `api`, else `https://api.{region}`.
     pub fn api_url(&self) -> Option<Url> {
-        self.api.clone().or_else(|| self.region_url("api"))
+        self.api
+            .as_ref()
+            .map(Endpoint::url)
+            .or_else(|| self.region_url("api"))
     }
 
     /// The OAuth login base: `login`, else `https://login.{region}`.
     pub fn login_url(&self) -> Option<Url> {
-        self.login.clone().or_else(|| self.region_url("login"))
+        self.login
+            .as_ref()
+            .map(Endpoint::url)
+            .or_else(|| self.region_url("login"))
     }
 
     fn region_url(&self, host: &str) -> Option<Url> {
@@ -522,14 +528,14 @@ pub struct LimitsSpec {
     pub max_frame_bytes: usize,
     /// Unacked events held for the app; past it the oldest are dropped and a `gap` is sent.
     #[serde(default = "default_max_unacked")]
-    pub max_unacked_events: usize,
+    pub max_unacked_events: u32,
     /// Bytes of unacked events held for the app (as sent, JSON); past it the oldest are
-    /// dropped and a `gap` is sent, as for `maxUnackedEvents`. Default 64 MiB.
+    /// dropped and a `gap` is sent, as for `maxUnackedEvents`. Default 64 MiB, at most 4 GiB.
     #[serde(default = "default_max_unacked_bytes")]
-    pub max_unacked_bytes: usize,
+    pub max_unacked_bytes: u32,
 }
 
-fn default_max_unacked_bytes() -> usize {
+fn default_max_unacked_bytes() -> u32 {
     64 << 20
 }
 
@@ -537,7 +543,7 @@ fn default_max_frame() -> usize {
     1 << 20
 }
 
-fn default_max_unacked() -> usize {
+fn default_max_unacked() -> u32 {
     10_000
 }
 
@@ -671,7 +677,7 @@ impl SidecarConfig {
                     "must be positive",
                 ));
             }
-            if s.limits.max_unacked_bytes < s.limits.max_frame_bytes {
+            if (s.limits.max_unacked_bytes as usize) < s.limits.max_frame_bytes {
                 return Err(ConfigError::new(
                     at("limits.maxUnackedBytes"),
                     format!(
@@ -909,6 +915,15 @@ streams:
         let bad = GOOD.replace("stream: \"ws:", "stream: \"http:");
         let err = SidecarConfig::from_yaml(&bad).expect_err("stream not ws");
         assert_eq!(err.field, "streams[0].endpoints.stream");
+
+        // The hub holds 32-bit bounds: a larger one is refused, not cut down without a word.
+        let bad = format!("{GOOD}    limits: {{maxUnackedBytes: 4294967296}}\n");
+        let err = SidecarConfig::from_yaml(&bad).expect_err("over 4 GiB");
+        assert_eq!(err.field, "streams[0].limits.maxUnackedBytes");
+        assert!(err.message.contains("4294967296"), "{err}");
+        let most = format!("{GOOD}    limits: {{maxUnackedBytes: 4294967295}}\n");
+        let loaded = SidecarConfig::from_yaml(&most).expect("4 GiB less one byte is fine");
+        assert_eq!(loaded.config.streams[0].limits.max_unacked_bytes, u32::MAX);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod app_protocol;
 pub mod config;
 pub mod crd;
 pub mod duration;
+pub mod endpoint;
 pub mod ids;
 pub mod kube_yaml;
 pub mod state;
@@ -14,6 +15,7 @@ pub mod transition;
 
 pub use app_protocol::{FromApp, ToApp};
 pub use config::{ConfigError, SidecarConfig, StreamSpec};
+pub use endpoint::Endpoint;
 pub use ids::{ConnectionId, EventId, Fence, PodName, StreamId, Tenant};
 pub use state::{DropReason, StreamState};
 pub use transition::Transition;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{ResourceExt, api::ObjectMeta};
 use streamkeeper_api::{
-    SidecarConfig, StreamId, StreamSpec,
+    Endpoint, SidecarConfig, StreamId, StreamSpec,
     config::{self, Credentials},
     crd::{SpecError, StreamConnection},
     kube_yaml,
@@ -100,8 +100,8 @@ pub fn candidate(sc: &StreamConnection, fallback_created: i64) -> Result<Candida
     })
 }
 
-fn url(s: &str, field: &str) -> Result<url::Url, RenderError> {
-    url::Url::parse(s).map_err(|e| {
+fn url(s: &str, field: &str) -> Result<Endpoint, RenderError> {
+    Endpoint::parse(s).map_err(|e| {
         RenderError::Spec(SpecError {
             field: field.into(),
             message: format!("not a URL: {e}"),

@@ -111,8 +111,8 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
         priority: 500,
         endpoints: Endpoints {
             region: None,
-            api: Some(base.clone()),
-            login: Some(base.clone()),
+            api: Some(base.clone().into()),
+            login: Some(base.clone().into()),
             stream: Some(emu.stream_url("q").parse().expect("url")),
         },
         credentials: Credentials {

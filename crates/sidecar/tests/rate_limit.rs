@@ -71,8 +71,8 @@ fn spec() -> StreamSpec {
         priority: 500,
         endpoints: Endpoints {
             region: None,
-            api: Some(base.clone()),
-            login: Some(base.clone()),
+            api: Some(base.clone().into()),
+            login: Some(base.clone().into()),
             stream: Some("ws://127.0.0.1:9/s".parse().expect("url")),
         },
         credentials: Credentials {

@@ -94,8 +94,8 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
         priority: 500,
         endpoints: Endpoints {
             region: None,
-            api: Some(base.clone()),
-            login: Some(base.clone()),
+            api: Some(base.clone().into()),
+            login: Some(base.clone().into()),
             stream: Some(
                 format!("ws://127.0.0.1:{port}/streams/q")
                     .parse()

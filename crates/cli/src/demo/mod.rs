@@ -123,8 +123,8 @@ fn config(emu: &Emulator, creds: &std::path::Path, tenant: &str) -> anyhow::Resu
                 platform: Platform::Generic,
                 endpoints: Endpoints {
                     region: None,
-                    api: Some(base.clone()),
-                    login: Some(base.clone()),
+                    api: Some(base.clone().into()),
+                    login: Some(base.clone().into()),
                     stream: Some(emu.stream_url(name).parse().context("stream URL")?),
                 },
                 creds,

@@ -134,8 +134,8 @@ pub fn streams(
             "genesys-queue",
             Platform::Genesys,
             Endpoints {
-                api: Some(base.clone()),
-                login: Some(base.clone()),
+                api: Some(base.clone().into()),
+                login: Some(base.clone().into()),
                 ..Endpoints::default()
             },
             &genesys_dir,
@@ -145,7 +145,7 @@ pub fn streams(
             "cxone-digital",
             Platform::CxoneDfo,
             Endpoints {
-                login: Some(base.clone()),
+                login: Some(base.clone().into()),
                 stream: Some(
                     emu.dfo_url(DFO_TENANT, DFO_USER)
                         .parse()
@@ -160,7 +160,7 @@ pub fn streams(
             "cxone-assist",
             Platform::CxoneAah,
             Endpoints {
-                login: Some(base.clone()),
+                login: Some(base.clone().into()),
                 stream: Some(emu.aah_url().parse().context("AAH URL")?),
                 ..Endpoints::default()
             },

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use crate::signal;
 
 /// The byte bound of [`Hub::new`] (the config's `limits.maxUnackedBytes` default).
-pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+pub const DEFAULT_MAX_BYTES: u32 = 64 << 20;
 
 /// `dropped`, `gap`, `paused` and `resumed` frames kept for a consumer that has not pulled yet.
 /// Each one is an edge the app must see, so none is ever superseded: a consumer this far behind
@@ -134,7 +134,7 @@ impl Hub {
     /// A hub holding at most `max_unacked` unacked events (and [`DEFAULT_MAX_BYTES`] bytes);
     /// `checkpoint` is the last id acked before (from the store), so it is never delivered
     /// again.
-    pub fn new(stream: StreamId, max_unacked: usize, checkpoint: Option<EventId>) -> Arc<Self> {
+    pub fn new(stream: StreamId, max_unacked: u32, checkpoint: Option<EventId>) -> Arc<Self> {
         Self::with_limits(
             stream,
             max_unacked,
@@ -149,13 +149,13 @@ impl Hub {
     /// of `group` (the stream's: its supervisor waits on them all at once).
     pub fn with_limits(
         stream: StreamId,
-        max_unacked: usize,
-        max_bytes: usize,
+        max_unacked: u32,
+        max_bytes: u32,
         checkpoint: Option<EventId>,
         group: &signal::Group,
     ) -> Arc<Self> {
-        let max_unacked = u32::try_from(max_unacked).unwrap_or(u32::MAX).max(1);
-        let max_bytes = u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1);
+        let max_unacked = max_unacked.max(1);
+        let max_bytes = max_bytes.max(1);
         let mut st = State {
             seq: 0,
             unacked: VecDeque::new(),
@@ -540,7 +540,7 @@ mod tests {
         EventId(format!("e{n}"))
     }
 
-    fn hub(max: usize) -> Arc<Hub> {
+    fn hub(max: u32) -> Arc<Hub> {
         Hub::new("cc/q".parse().expect("id"), max, None)
     }
 

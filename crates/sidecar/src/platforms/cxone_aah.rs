@@ -10,8 +10,7 @@
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
-use streamkeeper_api::{EventId, StreamSpec, config::Platform};
-use url::Url;
+use streamkeeper_api::{Endpoint, EventId, StreamSpec, config::Platform};
 
 use super::{
     Adapter, AdapterError, Connection, Inbound, Ping, Prepare, Rotation, SocketPlan,
@@ -21,7 +20,7 @@ use super::{
 /// The AAH adapter of one stream.
 #[derive(Debug)]
 pub struct CxoneAah {
-    stream_url: Url,
+    stream_url: Endpoint,
     topics: Vec<String>,
 }
 
@@ -58,7 +57,7 @@ impl Adapter for CxoneAah {
     async fn prepare(&self, _p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
         Ok(vec![Box::new(AahSocket {
             plan: SocketPlan {
-                url: self.stream_url.clone(),
+                url: self.stream_url.url(),
                 headers: Vec::new(),
             },
             topics: self.topics.clone(),

@@ -11,8 +11,7 @@
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
-use streamkeeper_api::{EventId, StreamSpec, config::Platform};
-use url::Url;
+use streamkeeper_api::{Endpoint, EventId, StreamSpec, config::Platform};
 
 use super::{
     Adapter, AdapterError, Connection, Inbound, Ping, Prepare, RateLimit, Rotation, SocketPlan,
@@ -25,7 +24,7 @@ pub const MAX_MISSED_PONGS: u32 = 5;
 /// The DFO adapter of one stream.
 #[derive(Debug)]
 pub struct CxoneDfo {
-    stream_url: Url,
+    stream_url: Endpoint,
 }
 
 impl CxoneDfo {
@@ -62,7 +61,7 @@ impl Adapter for CxoneDfo {
     async fn prepare(&self, _p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
         Ok(vec![Box::new(DfoSocket {
             plan: SocketPlan {
-                url: self.stream_url.clone(),
+                url: self.stream_url.url(),
                 headers: Vec::new(),
             },
         })])

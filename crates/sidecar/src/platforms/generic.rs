@@ -6,15 +6,14 @@
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use streamkeeper_api::{EventId, StreamSpec, config::Platform};
-use url::Url;
+use streamkeeper_api::{Endpoint, EventId, StreamSpec, config::Platform};
 
 use super::{Adapter, AdapterError, Connection, Inbound, Ping, Prepare, Rotation, SocketPlan};
 
 /// The generic dialect.
 #[derive(Debug)]
 pub struct Generic {
-    stream_url: Url,
+    stream_url: Endpoint,
 }
 
 impl Generic {
@@ -37,7 +36,7 @@ impl Generic {
         }
         GenericSocket {
             plan: SocketPlan {
-                url: self.stream_url.clone(),
+                url: self.stream_url.url(),
                 headers,
             },
         }
@@ -132,7 +131,7 @@ mod tests {
 
     fn socket() -> GenericSocket {
         Generic {
-            stream_url: "ws://127.0.0.1:1/streams/q".parse().expect("url"),
+            stream_url: Endpoint::parse("ws://127.0.0.1:1/streams/q").expect("url"),
         }
         .connection("tok", Some(&EventId("q:7".into())))
     }

@@ -199,18 +199,7 @@ impl OpenFailure {
 mod tests {
     use super::*;
 
-    fn spec(id: &str, timeout: &str) -> StreamSpec {
-        let yaml = format!(
-            "streams:\n  - {{id: {id}, tenant: t, platform: generic, \
-             endpoints: {{api: 'http://127.0.0.1:9', login: 'http://127.0.0.1:9', stream: 'ws://127.0.0.1:9/s'}}, \
-             credentials: {{dir: /nonexistent}}, heartbeat: {{interval: 5s, timeout: {timeout}}}}}\n"
-        );
-        streamkeeper_api::SidecarConfig::from_yaml(&yaml)
-            .expect("config")
-            .config
-            .streams
-            .remove(0)
-    }
+    use crate::upstream::test_spec as spec;
 
     #[test]
     fn streams_with_the_same_settings_share_their_connect_options() {

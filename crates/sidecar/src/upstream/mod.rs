@@ -26,3 +26,18 @@ pub use events::{Observer, SessionEvent};
 pub use monitor::{Tick, Upstream};
 pub use session::{SessionCtx, run};
 pub use status::{StatusCell, StreamStatus, read_status};
+
+/// A `generic` stream's spec for this module's unit tests, its heartbeat timeout `timeout`.
+#[cfg(test)]
+fn test_spec(id: &str, timeout: &str) -> streamkeeper_api::StreamSpec {
+    let yaml = format!(
+        "streams:\n  - {{id: {id}, tenant: t, platform: generic, \
+         endpoints: {{api: 'http://127.0.0.1:9', login: 'http://127.0.0.1:9', stream: 'ws://127.0.0.1:9/s'}}, \
+         credentials: {{dir: /nonexistent}}, heartbeat: {{interval: 5s, timeout: {timeout}}}}}\n"
+    );
+    streamkeeper_api::SidecarConfig::from_yaml(&yaml)
+        .expect("config")
+        .config
+        .streams
+        .remove(0)
+}

@@ -118,11 +118,6 @@ impl Rotating {
         }
     }
 
-    /// Whether a successor is being opened.
-    pub(super) fn opening(&self) -> bool {
-        self.work.as_ref().is_some_and(|w| w.opening.is_some())
-    }
-
     /// The successor and the opening, to wait on both at once.
     pub(super) fn waits(&mut self) -> (Option<&mut Link>, Option<&mut Opening>) {
         match self.work.as_deref_mut() {
@@ -507,16 +502,7 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn spec() -> StreamSpec {
-        let yaml = "streams:\n  - {id: t/a, tenant: t, platform: generic, \
-             endpoints: {api: 'http://127.0.0.1:9', login: 'http://127.0.0.1:9', stream: 'ws://127.0.0.1:9/s'}, \
-             credentials: {dir: /nonexistent}}\n";
-        streamkeeper_api::SidecarConfig::from_yaml(yaml)
-            .expect("config")
-            .config
-            .streams
-            .remove(0)
-    }
+    use crate::upstream::test_spec;
 
     #[test]
     fn the_work_exists_only_while_a_rotation_has_something_to_remember() {
@@ -525,7 +511,7 @@ mod tests {
             r.work.is_none(),
             "an idle stream's drive loop allocates nothing"
         );
-        r.refuse(&spec(), 1);
+        r.refuse(&test_spec("t/a", "35s"), 1);
         r.settle();
         assert!(
             r.work.is_some(),
@@ -535,6 +521,6 @@ mod tests {
         r.settle();
         assert!(r.work.is_none(), "let go once nothing is left");
         assert!(r.take_refused().is_empty() && r.take_pending_refresh().is_none());
-        assert!(r.idle() && !r.opening() && r.successor().is_none());
+        assert!(r.idle() && r.waits().1.is_none() && r.successor().is_none());
     }
 }

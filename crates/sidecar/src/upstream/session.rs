@@ -234,75 +234,98 @@ impl Session {
         });
     }
 
-    async fn run(&mut self, stop: &mut signal::Receiver<Option<DropReason>>) -> DropReason {
-        loop {
-            if let Some(reason) = *stop.borrow() {
-                return reason;
-            }
-            let (token, generation) = match Box::pin(self.wait_for_token(stop)).await {
-                Ok(t) => t,
-                Err(reason) => return reason,
-            };
-            if Instant::now() >= *self.ctx.lease.borrow_and_update() {
-                // Past the lease (the store confirmed no renewal in time): connect only once
-                // it confirms one again, at once then; the supervisor stops us if it was lost.
-                self.set_state(StreamState::Backoff, None);
-                tokio::select! {
-                    changed = self.ctx.lease.changed() => {
-                        if changed.is_err() {
-                            let _ = stop.wait_for(Option::is_some).await;
+    // Not `async fn`s, `run` and `drive`: one keeps each argument in its future twice (Clippy
+    // would have them `async fn`s again).
+    #[allow(clippy::manual_async_fn)]
+    fn run<'a>(
+        &'a mut self,
+        stop: &'a mut signal::Receiver<Option<DropReason>>,
+    ) -> impl std::future::Future<Output = DropReason> + Send + 'a {
+        async move {
+            loop {
+                if let Some(reason) = *stop.borrow() {
+                    return reason;
+                }
+                // The lease and the platform's gate are waited out before the token, so that no
+                // token is kept across those waits: a value kept across two waits has a place of
+                // its own in this future, which lives as long as the stream.
+                if Instant::now() >= *self.ctx.lease.borrow_and_update() {
+                    // Past the lease (the store confirmed no renewal in time): connect only once
+                    // it confirms one again, at once then; the supervisor stops us if it was lost.
+                    self.set_state(StreamState::Backoff, None);
+                    tokio::select! {
+                        changed = self.ctx.lease.changed() => {
+                            if changed.is_err() {
+                                let _ = stop.wait_for(Option::is_some).await;
+                            }
                         }
-                    }
-                    _ = stop.changed() => {}
-                }
-                continue;
-            }
-            if let Some(open_at) = self.gate.closed_until(Instant::now()) {
-                // The platform asked us to slow down: not a request, not a socket, before then.
-                self.set_state(StreamState::Backoff, None);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(open_at) => {}
-                    r = stop.wait_for(Option::is_some) => {
-                        if let Some(reason) = r.ok().flatten() { return reason; }
-                    }
-                }
-                continue;
-            }
-            // Opening, failing and backing off happen once per connection: boxed, so that the
-            // session's future (alive as long as the stream) is sized for `drive` alone.
-            self.set_state(StreamState::Connecting, None);
-            self.connections += 1;
-            // Matched where it is awaited: a binding of the result would stay in this future
-            // beside the link taken out of it, as would the token and the id.
-            let mut link = match tokio::select! {
-                r = Box::pin(self.opener().open(token, generation, self.last_seen.as_ref(), self.next_connection_id(), || self.ping_phase())) => r,
-                _ = stop.changed() => continue,
-            } {
-                Ok(link) => link,
-                Err(failure) => {
-                    self.connections -= 1;
-                    if let Some(reason) =
-                        Box::pin(self.open_failed(stop, failure, generation)).await
-                    {
-                        return reason;
+                        _ = stop.changed() => {}
                     }
                     continue;
                 }
-            };
-            self.on_connected(&link);
-            let ended = self.drive(&mut link, stop).await;
-            self.reap(link, &ended);
-            if let Some(reason) = *stop.borrow() {
-                return reason;
-            }
-            self.ctx.metrics.reconnect(ended.reason.as_str());
-            // The lease ran out: the top of the loop waits for the store, not a backoff.
-            if ended.immediate || ended.reason == DropReason::OwnerLost {
-                continue;
-            }
-            let why = format!("connection dropped: {}", ended.reason);
-            if let Some(reason) = Box::pin(self.back_off(stop, why)).await {
-                return reason;
+                if let Some(open_at) = self.gate.closed_until(Instant::now()) {
+                    // The platform asked us to slow down: not a request, not a socket, before then.
+                    self.set_state(StreamState::Backoff, None);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(open_at) => {}
+                        r = stop.wait_for(Option::is_some) => {
+                            if let Some(reason) = r.ok().flatten() { return reason; }
+                        }
+                    }
+                    continue;
+                }
+                let (token, generation) = match Box::pin(self.wait_for_token(stop)).await {
+                    Ok(t) => t,
+                    Err(reason) => return reason,
+                };
+                // The wait for a token may have been long: the lease or the gate is waited out at
+                // the top.
+                if Instant::now() >= *self.ctx.lease.borrow()
+                    || self.gate.closed_until(Instant::now()).is_some()
+                {
+                    continue;
+                }
+                // Opening, failing and backing off happen once per connection: boxed, so that the
+                // session's future (alive as long as the stream) is sized for `drive` alone.
+                self.set_state(StreamState::Connecting, None);
+                self.connections += 1;
+                // Matched where it is awaited: a binding of the result would stay in this future
+                // beside the link taken out of it, as would the token and the id.
+                let mut link = match tokio::select! {
+                    r = Box::pin(self.opener().open(token, generation, self.last_seen.as_ref(), self.next_connection_id(), || self.ping_phase())) => r,
+                    _ = stop.changed() => continue,
+                } {
+                    Ok(link) => link,
+                    Err(failure) => {
+                        self.connections -= 1;
+                        if let Some(reason) =
+                            Box::pin(self.open_failed(stop, failure, generation)).await
+                        {
+                            return reason;
+                        }
+                        continue;
+                    }
+                };
+                self.on_connected(&link);
+                // In a block: `ended` is borrowed, and a borrowed local would stay in this future
+                // to the end of the loop's body, across the backoff's wait, in a place of its own.
+                let (reason, immediate) = {
+                    let ended = self.drive(&mut link, stop).await;
+                    self.reap(link, &ended);
+                    (ended.reason, ended.immediate)
+                };
+                if let Some(reason) = *stop.borrow() {
+                    return reason;
+                }
+                self.ctx.metrics.reconnect(reason.as_str());
+                // The lease ran out: the top of the loop waits for the store, not a backoff.
+                if immediate || reason == DropReason::OwnerLost {
+                    continue;
+                }
+                let why = format!("connection dropped: {reason}");
+                if let Some(reason) = Box::pin(self.back_off(stop, why)).await {
+                    return reason;
+                }
             }
         }
     }
@@ -442,79 +465,86 @@ impl Session {
     }
 
     /// Drives one link (and its successor during a rotation) until it ends.
-    async fn drive(
-        &mut self,
-        link: &mut Link,
-        stop: &mut signal::Receiver<Option<DropReason>>,
-    ) -> Ended {
-        let mut r = Rotating::new();
-        let mut tokens_open = true;
-        let mut first_pong = true;
-        loop {
-            r.settle();
-            let lease_until = *self.ctx.lease.borrow();
-            // The socket's token expiry matters only while events flow.
-            let token_expires = Some(link.token.expires).filter(|_| !self.ctx.hub.paused());
-            let wake = r.next_wake(self, link);
-            // One timer for the lease, the token's expiry and rotation work, and it rides on
-            // the socket's liveness timer (`Tick::Due`): a `Sleep` is 112 bytes of this future,
-            // which lives as long as the stream.
-            let timer = [token_expires, wake]
-                .into_iter()
-                .flatten()
-                .fold(lease_until, Instant::min);
-            let opening = r.opening();
-            let (successor, opening_rx) = r.waits();
-            tokio::select! {
-                biased;
-                next = link::next(link, successor, timer) => {
-                    let now = Instant::now();
-                    // First: after a freeze the expired lease wins over buffered frames.
-                    if now >= *self.ctx.lease.borrow() {
-                        tracing::warn!(stream = %self.stream(), "lease not confirmed in time (store unreachable, or this pod was frozen); terminating");
-                        r.abandon();
-                        return Ended::reset(DropReason::OwnerLost);
-                    }
-                    if !matches!(next.tick, Ok(Tick::Due)) {
-                        if let Step::Ended(ended) = self.on_next(link, &mut r, next, &mut first_pong) {
+    #[allow(clippy::manual_async_fn)]
+    fn drive<'a>(
+        &'a mut self,
+        link: &'a mut Link,
+        stop: &'a mut signal::Receiver<Option<DropReason>>,
+    ) -> impl std::future::Future<Output = Ended> + Send + 'a {
+        async move {
+            let mut r = Rotating::new();
+            let mut tokens_open = true;
+            let mut first_pong = true;
+            loop {
+                r.settle();
+                let lease_until = *self.ctx.lease.borrow();
+                // One timer for the lease, the token's expiry and rotation work, and it rides on
+                // the socket's liveness timer (`Tick::Due`): a `Sleep` is 112 bytes of this future,
+                // which lives as long as the stream.
+                let timer = [self.token_expiry(link), r.next_wake(self, link)]
+                    .into_iter()
+                    .flatten()
+                    .fold(lease_until, Instant::min);
+                let (successor, opening_rx) = r.waits();
+                let opening = opening_rx.is_some();
+                tokio::select! {
+                    biased;
+                    next = link::next(link, successor, timer) => {
+                        let now = Instant::now();
+                        // First: after a freeze the expired lease wins over buffered frames.
+                        if now >= *self.ctx.lease.borrow() {
+                            tracing::warn!(stream = %self.stream(), "lease not confirmed in time (store unreachable, or this pod was frozen); terminating");
                             r.abandon();
-                            return ended;
+                            return Ended::reset(DropReason::OwnerLost);
                         }
-                        continue;
+                        if !matches!(next.tick, Ok(Tick::Due)) {
+                            if let Step::Ended(ended) = self.on_next(link, &mut r, next, &mut first_pong) {
+                                r.abandon();
+                                return ended;
+                            }
+                            continue;
+                        }
+                        // Both looked at again rather than kept across the wait (32 bytes of this
+                        // future): only this loop changes what they are made of.
+                        // The socket's token expired and no new one was accepted: hold events.
+                        if self.token_expiry(link).is_some_and(|t| now >= t) {
+                            tracing::warn!(stream = %self.stream(), "the socket's token expired before a new one was accepted; forwarding paused");
+                            self.pause();
+                        }
+                        if r.next_wake(self, link).is_some_and(|t| now >= t) {
+                            self.on_wake(link, &mut r);
+                        }
                     }
-                    // The socket's token expired and no new one was accepted: hold events.
-                    if token_expires.is_some_and(|t| now >= t) {
-                        tracing::warn!(stream = %self.stream(), "the socket's token expired before a new one was accepted; forwarding paused");
-                        self.pause();
+                    changed = self.ctx.tokens.changed(), if tokens_open => {
+                        if changed.is_err() {
+                            // Manager gone (stream stopping): the stop signal follows.
+                            tokens_open = false;
+                            continue;
+                        }
+                        let view = self.ctx.tokens.borrow_and_update().clone();
+                        self.on_token(link, &mut r, view);
                     }
-                    if wake.is_some_and(|t| now >= t) {
-                        self.on_wake(link, &mut r);
+                    opened = Rotating::opened(opening_rx), if opening => {
+                        self.on_successor_opened(link, &mut r, opened);
                     }
-                }
-                changed = self.ctx.tokens.changed(), if tokens_open => {
-                    if changed.is_err() {
-                        // Manager gone (stream stopping): the stop signal follows.
-                        tokens_open = false;
-                        continue;
-                    }
-                    let view = self.ctx.tokens.borrow_and_update().clone();
-                    self.on_token(link, &mut r, view);
-                }
-                opened = Rotating::opened(opening_rx), if opening => {
-                    self.on_successor_opened(link, &mut r, opened);
-                }
-                _ = stop.changed() => {
-                    if let Some(reason) = *stop.borrow() {
-                        r.abandon();
-                        // Another pod may stream it already: no goodbye that could race it.
-                        return match reason {
-                            DropReason::OwnerLost | DropReason::Preempted => Ended::reset(reason),
-                            _ => Ended::close(reason),
-                        };
+                    _ = stop.changed() => {
+                        if let Some(reason) = *stop.borrow() {
+                            r.abandon();
+                            // Another pod may stream it already: no goodbye that could race it.
+                            return match reason {
+                                DropReason::OwnerLost | DropReason::Preempted => Ended::reset(reason),
+                                _ => Ended::close(reason),
+                            };
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// When the socket's token expires, while events flow (a paused stream forwards none).
+    fn token_expiry(&self, link: &Link) -> Option<Instant> {
+        Some(link.token.expires).filter(|_| !self.ctx.hub.paused())
     }
 
     /// A new token from the manager: how it reaches the platform depends on the platform.
