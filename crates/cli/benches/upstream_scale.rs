@@ -40,7 +40,10 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use streamkeeper_api::{ConnectionId, StreamSpec};
 use streamkeeper_sidecar::{
     liveness::{self, HeartbeatPolicy, Liveness},
-    platforms::{Connection, Inbound, generic::Generic},
+    platforms::{
+        Connection, Inbound, SocketPlan,
+        generic::{Generic, GenericSocket},
+    },
     upstream::{self, Tick, Upstream},
     ws::{ConnectOptions, Frame, ProxyMode, WsClient},
 };
@@ -341,13 +344,10 @@ impl Params {
 
 /// What every connection needs to open and drive its socket.
 struct Plan {
-    url: Url,
-    headers: Vec<(&'static str, String)>,
-    token: String,
+    /// Where every socket goes, as the dialect plans it (the session's plan per socket).
+    socket: SocketPlan,
     opts: ConnectOptions,
     policy: HeartbeatPolicy,
-    /// The dialect; each socket gets its own [`Connection`] from it, as in the session.
-    adapter: Generic,
     /// With `SK_BENCH_PHASE_GRID`: the grid's origin and step.
     grid: Option<(Instant, Duration)>,
     /// The product's ping-grid origin (process-wide, like the session's).
@@ -371,12 +371,9 @@ impl Plan {
         // Loopback: never through a proxy the environment may name.
         opts.proxy = ProxyMode::Direct;
         Ok(Self {
-            url,
-            headers: vec![("Authorization", format!("Bearer {token}"))],
-            token: token.to_owned(),
+            socket: adapter.plan(token, None),
             opts,
             policy: HeartbeatPolicy::from(spec.heartbeat),
-            adapter,
             grid: params.phase_grid.map(|step| (Instant::now(), step)),
             origin: Instant::now(),
         })
@@ -552,13 +549,14 @@ async fn open_all(plan: &Arc<Plan>, counters: &Arc<Counters>, n: usize) -> anyho
         let plan = Arc::clone(plan);
         let counters = Arc::clone(counters);
         tokio::spawn(async move {
-            let result = WsClient::connect(&plan.url, &plan.headers, &plan.opts).await;
+            let result =
+                WsClient::connect(&plan.socket.url, &plan.socket.headers, &plan.opts).await;
             drop(permit);
             match result {
                 Ok(ws) => {
                     let phase = plan.first_ping_after(i, n);
                     let up = Upstream::new(ws, plan.policy, phase);
-                    let conn = Box::new(plan.adapter.connection(&plan.token, None));
+                    let conn = Box::new(GenericSocket);
                     let task = drive(up, conn, Arc::clone(&counters));
                     DRIVE_FUTURE_SIZE.store(size_of_val(&task), Relaxed);
                     tokio::spawn(task);
@@ -586,9 +584,9 @@ async fn open_all(plan: &Arc<Plan>, counters: &Arc<Counters>, n: usize) -> anyho
 /// and the emulator without leaving anything behind. Returns the size of `Upstream::next`'s
 /// future.
 async fn warm_up(plan: Arc<Plan>) -> anyhow::Result<usize> {
-    let ws = WsClient::connect(&plan.url, &plan.headers, &plan.opts).await?;
+    let ws = WsClient::connect(&plan.socket.url, &plan.socket.headers, &plan.opts).await?;
     let mut up = Upstream::new(ws, plan.policy, Duration::ZERO);
-    let mut conn = plan.adapter.connection(&plan.token, None);
+    let mut conn = GenericSocket;
     let next_size = size_of_val(&up.next(|seq| conn.ping(seq, ""), None));
     let answered = tokio::time::timeout(plan.policy.timeout, async {
         loop {

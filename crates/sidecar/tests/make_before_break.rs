@@ -27,7 +27,7 @@ use streamkeeper_sidecar::{
     auth::{ClientCredentials, CredentialFiles, Grant, TokenSource, spawn_manager},
     metrics::Metrics,
     net,
-    platforms::{Adapter, AdapterError, Connection, Prepare, Rotation, generic::Generic},
+    platforms::{Adapter, AdapterError, Prepare, Prepared, Rotation, generic::Generic},
     upstream::{self, Observer, SessionCtx, SessionEvent},
 };
 use tokio::sync::Notify;
@@ -46,7 +46,7 @@ impl Adapter for TokenBound {
     fn rotation(&self) -> Rotation {
         Rotation::NewSocket
     }
-    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
+    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Prepared>, AdapterError> {
         self.0.prepare(p).await
     }
 }

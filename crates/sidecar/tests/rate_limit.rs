@@ -25,7 +25,7 @@ use streamkeeper_sidecar::{
     auth::{RefreshNow, Secret, Token, TokenView},
     metrics::Metrics,
     net,
-    platforms::{Adapter, AdapterError, Connection, Prepare, RateLimit, Rotation},
+    platforms::{Adapter, AdapterError, Prepare, Prepared, RateLimit, Rotation},
     upstream::{self, Observer, SessionCtx, SessionEvent},
 };
 use tokio::{sync::watch, time::Instant};
@@ -47,7 +47,7 @@ impl Adapter for Limited {
     fn rotation(&self) -> Rotation {
         Rotation::NewSocket
     }
-    async fn prepare(&self, _p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
+    async fn prepare(&self, _p: Prepare<'_>) -> Result<Vec<Prepared>, AdapterError> {
         self.asked.lock().expect("lock").push(Instant::now());
         Err(AdapterError::RateLimited {
             what: "create channel",

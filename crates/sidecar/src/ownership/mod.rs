@@ -108,6 +108,8 @@ pub struct Ownership {
     publisher: Publisher,
     checkpoints: Mutex<PendingCheckpoints>,
     checkpoint_window: watch::Sender<Duration>,
+    /// A lease was acquired: the deadline watch looks again for the earliest deadline.
+    acquired: Notify,
 }
 
 impl std::fmt::Debug for Ownership {
@@ -164,6 +166,7 @@ impl Ownership {
             publisher: Publisher::new(),
             checkpoints: Mutex::new(PendingCheckpoints::default()),
             checkpoint_window: watch::channel(DEFAULT_CHECKPOINT_WINDOW).0,
+            acquired: Notify::new(),
         })
     }
 
@@ -444,6 +447,7 @@ impl Ownership {
                         valid_until: valid_tx,
                     },
                 );
+                self.acquired.notify_one();
                 tracing::info!(stream = %key.stream, %fence, "lease acquired");
                 if let Some((owner, old)) = took_over {
                     // The previous owner stopped vouching without a release (crashed, frozen
@@ -895,6 +899,10 @@ impl Ownership {
                 }
             }
         };
+        let deadlines = {
+            let me = Arc::clone(&self);
+            tokio::spawn(async move { me.watch_deadlines().await })
+        };
         tokio::select! {
             _ = beats => {}
             _ = shutdown => {}
@@ -902,6 +910,44 @@ impl Ownership {
         subscriber.abort();
         publisher.abort();
         flusher.abort();
+        deadlines.abort();
+    }
+
+    /// Tells each held lease's supervisor when its deadline passes unconfirmed: its
+    /// `valid_until` signal is marked changed (same value) at that instant, and the supervisor,
+    /// woken, finds the lease past. One timer for the pod, asleep until the earliest deadline,
+    /// rather than one per stream (112 bytes of every supervisor's future, which lives as long
+    /// as its stream).
+    async fn watch_deadlines(&self) {
+        // Deadlines up to here have been told; a renewal moves a deadline past it again.
+        let mut told = Instant::now();
+        loop {
+            let acquired = self.acquired.notified();
+            tokio::pin!(acquired);
+            acquired.as_mut().enable();
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for h in self.held().values() {
+                let until = *h.valid_until.borrow();
+                if until <= now {
+                    if until > told {
+                        h.valid_until.send_if_modified(|_| true);
+                    }
+                } else {
+                    next = Some(next.map_or(until, |n| n.min(until)));
+                }
+            }
+            told = now;
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = acquired => {}
+                    }
+                }
+                None => acquired.await,
+            }
+        }
     }
 
     async fn listen(&self) {
@@ -1073,6 +1119,73 @@ mod tests {
 
     fn manager_on(store: Arc<dyn Store>, pod: &str) -> Arc<Ownership> {
         Ownership::new(store, pod.parse().expect("pod"), Arc::new(|_| {}))
+    }
+
+    /// The pod's deadline watch wakes each supervisor when its lease's deadline passes
+    /// unconfirmed (the supervisor keeps no timer of its own): at the deadline, not before, and
+    /// for a lease acquired while it sleeps towards a later one.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_watch_tells_each_lease_when_it_runs_out() {
+        let store = Arc::new(MemoryStore::new());
+        let a = manager(&store, "pod-a");
+        let status: StatusCell = Default::default();
+        let (_tx, mut stop) = crate::signal::channel(None);
+        a.watch_tenant(&key().tenant);
+        let long = a
+            .claim(
+                &key(),
+                Duration::from_secs(30),
+                "generic",
+                &status,
+                &mut stop,
+            )
+            .await
+            .expect("a owns");
+        let watch = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move { a.watch_deadlines().await })
+        };
+        // Acquired while the watch sleeps towards the 30 s lease's deadline.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let short_key = StreamKey {
+            tenant: key().tenant,
+            stream: "cc/short".parse().expect("id"),
+        };
+        let mut short = a
+            .claim(
+                &short_key,
+                Duration::from_secs(3),
+                "generic",
+                &status,
+                &mut stop,
+            )
+            .await
+            .expect("a owns");
+        let until = *short.valid_until.borrow_and_update();
+        tokio::time::sleep_until(until - Duration::from_millis(1)).await;
+        assert_eq!(short.valid_until.has_changed(), Ok(false), "not before");
+        tokio::time::sleep_until(until + Duration::from_millis(1)).await;
+        assert_eq!(
+            short.valid_until.has_changed(),
+            Ok(true),
+            "told at its deadline"
+        );
+        assert_eq!(
+            *short.valid_until.borrow_and_update(),
+            until,
+            "and not moved on"
+        );
+        assert_eq!(
+            long.valid_until.has_changed(),
+            Ok(false),
+            "the other is in time"
+        );
+        // Told once: the watch does not wake a lapsed lease's supervisor again.
+        let long_until = *long.valid_until.borrow();
+        tokio::time::sleep_until(long_until + Duration::from_millis(1)).await;
+        assert_eq!(long.valid_until.has_changed(), Ok(true));
+        assert_eq!(short.valid_until.has_changed(), Ok(false), "told once");
+        watch.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use serde_json::Value;
 use streamkeeper_api::{Endpoint, EventId, StreamSpec, config::Platform};
 
 use super::{
-    Adapter, AdapterError, Connection, Inbound, Ping, Prepare, Rotation, SocketPlan,
+    Adapter, AdapterError, Connection, Inbound, Ping, Prepare, Prepared, Rotation, SocketPlan,
     identity::hashed_id, whole_frame,
 };
 
@@ -54,22 +54,23 @@ impl Adapter for CxoneAah {
         Rotation::PerMessage
     }
 
-    async fn prepare(&self, _p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
-        Ok(vec![Box::new(AahSocket {
+    async fn prepare(&self, _p: Prepare<'_>) -> Result<Vec<Prepared>, AdapterError> {
+        Ok(vec![Prepared {
             plan: SocketPlan {
                 url: self.stream_url.url(),
                 headers: Vec::new(),
             },
-            topics: self.topics.clone(),
-            subscribed: 0,
-        })])
+            conn: Box::new(AahSocket {
+                topics: self.topics.clone(),
+                subscribed: 0,
+            }),
+        }])
     }
 }
 
 /// One Agent Assist Hub socket.
 #[derive(Debug)]
 pub struct AahSocket {
-    plan: SocketPlan,
     topics: Vec<String>,
     subscribed: usize,
 }
@@ -91,10 +92,6 @@ struct Envelope<'a> {
 }
 
 impl Connection for AahSocket {
-    fn plan(&self) -> &SocketPlan {
-        &self.plan
-    }
-
     fn greeting(&mut self, token: &str) -> Vec<String> {
         self.subscribed = 0;
         vec![message("CONNECT", token, serde_json::json!({}))]
@@ -185,12 +182,6 @@ mod tests {
 
     fn socket() -> AahSocket {
         AahSocket {
-            plan: SocketPlan {
-                url: "ws://127.0.0.1:1/agent-assist-notifications/notifications/ws"
-                    .parse()
-                    .expect("url"),
-                headers: Vec::new(),
-            },
             topics: vec!["c1".into(), "c2".into()],
             subscribed: 0,
         }

@@ -14,8 +14,8 @@ use serde_json::Value;
 use streamkeeper_api::{Endpoint, EventId, StreamSpec, config::Platform};
 
 use super::{
-    Adapter, AdapterError, Connection, Inbound, Ping, Prepare, RateLimit, Rotation, SocketPlan,
-    identity::hashed_id, whole_frame,
+    Adapter, AdapterError, Connection, Inbound, Ping, Prepare, Prepared, RateLimit, Rotation,
+    SocketPlan, identity::hashed_id, whole_frame,
 };
 
 /// Unanswered heartbeats after which the platform's guidance is to reconnect.
@@ -58,21 +58,20 @@ impl Adapter for CxoneDfo {
         Some(MAX_MISSED_PONGS)
     }
 
-    async fn prepare(&self, _p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
-        Ok(vec![Box::new(DfoSocket {
+    async fn prepare(&self, _p: Prepare<'_>) -> Result<Vec<Prepared>, AdapterError> {
+        Ok(vec![Prepared {
             plan: SocketPlan {
                 url: self.stream_url.url(),
                 headers: Vec::new(),
             },
-        })])
+            conn: Box::new(DfoSocket),
+        }])
     }
 }
 
-/// One event hub socket.
+/// One event hub socket: it keeps no state (the token rides in its frames).
 #[derive(Debug)]
-pub struct DfoSocket {
-    plan: SocketPlan,
-}
+pub struct DfoSocket;
 
 fn register(token: &str) -> String {
     serde_json::json!({"action": "register", "payload": {"token": token}}).to_string()
@@ -90,10 +89,6 @@ struct Envelope<'a> {
 }
 
 impl Connection for DfoSocket {
-    fn plan(&self) -> &SocketPlan {
-        &self.plan
-    }
-
     fn greeting(&mut self, token: &str) -> Vec<String> {
         vec![register(token)]
     }
@@ -174,14 +169,7 @@ mod tests {
     use super::*;
 
     fn socket() -> DfoSocket {
-        DfoSocket {
-            plan: SocketPlan {
-                url: "ws://127.0.0.1:1/eventhub?tenantId=t&userId=u"
-                    .parse()
-                    .expect("url"),
-                headers: Vec::new(),
-            },
-        }
+        DfoSocket
     }
 
     fn classify(text: &str) -> Vec<Inbound> {

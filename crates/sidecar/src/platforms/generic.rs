@@ -8,7 +8,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use streamkeeper_api::{Endpoint, EventId, StreamSpec, config::Platform};
 
-use super::{Adapter, AdapterError, Connection, Inbound, Ping, Prepare, Rotation, SocketPlan};
+use super::{
+    Adapter, AdapterError, Connection, Inbound, Ping, Prepare, Prepared, Rotation, SocketPlan,
+};
 
 /// The generic dialect.
 #[derive(Debug)]
@@ -28,26 +30,22 @@ impl Generic {
         Ok(Self { stream_url })
     }
 
-    /// The one socket's connection, for a token and a resume point.
-    pub fn connection(&self, token: &str, resume_after: Option<&EventId>) -> GenericSocket {
+    /// Where the one socket goes, for a token and a resume point.
+    pub fn plan(&self, token: &str, resume_after: Option<&EventId>) -> SocketPlan {
         let mut headers = vec![("Authorization", format!("Bearer {token}"))];
         if let Some(id) = resume_after {
             headers.push(("Last-Event-ID", id.0.clone()));
         }
-        GenericSocket {
-            plan: SocketPlan {
-                url: self.stream_url.url(),
-                headers,
-            },
+        SocketPlan {
+            url: self.stream_url.url(),
+            headers,
         }
     }
 }
 
-/// The generic socket.
+/// The generic socket: it keeps no state (its boxed connection allocates nothing).
 #[derive(Debug)]
-pub struct GenericSocket {
-    plan: SocketPlan,
-}
+pub struct GenericSocket;
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
@@ -75,16 +73,15 @@ impl Adapter for Generic {
         Rotation::InStream
     }
 
-    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
-        Ok(vec![Box::new(self.connection(p.token, p.resume_after))])
+    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Prepared>, AdapterError> {
+        Ok(vec![Prepared {
+            plan: self.plan(p.token, p.resume_after),
+            conn: Box::new(GenericSocket),
+        }])
     }
 }
 
 impl Connection for GenericSocket {
-    fn plan(&self) -> &SocketPlan {
-        &self.plan
-    }
-
     fn ping(&self, seq: u64, _token: &str) -> Ping {
         Ping::Control(seq.to_be_bytes().to_vec())
     }
@@ -130,10 +127,7 @@ mod tests {
     use super::*;
 
     fn socket() -> GenericSocket {
-        Generic {
-            stream_url: Endpoint::parse("ws://127.0.0.1:1/streams/q").expect("url"),
-        }
-        .connection("tok", Some(&EventId("q:7".into())))
+        GenericSocket
     }
 
     fn one(c: &mut GenericSocket, text: &str) -> Inbound {
@@ -192,13 +186,13 @@ mod tests {
 
     #[test]
     fn the_plan_carries_bearer_and_resume_point_but_debug_shows_neither() {
-        let c = socket();
-        assert_eq!(
-            c.plan().headers[0],
-            ("Authorization", "Bearer tok".to_owned())
-        );
-        assert_eq!(c.plan().headers[1], ("Last-Event-ID", "q:7".to_owned()));
-        let shown = format!("{c:?}");
+        let plan = Generic {
+            stream_url: Endpoint::parse("ws://127.0.0.1:1/streams/q").expect("url"),
+        }
+        .plan("tok", Some(&EventId("q:7".into())));
+        assert_eq!(plan.headers[0], ("Authorization", "Bearer tok".to_owned()));
+        assert_eq!(plan.headers[1], ("Last-Event-ID", "q:7".to_owned()));
+        let shown = format!("{plan:?}");
         assert!(
             !shown.contains("tok\"") && !shown.contains("Bearer"),
             "{shown}"

@@ -20,8 +20,8 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use url::Url;
 
 use super::{
-    Adapter, AdapterError, Connection, Inbound, Ping, Prepare, RateLimit, RetireStep, Rotation,
-    SocketPlan,
+    Adapter, AdapterError, Connection, Inbound, Ping, Prepare, Prepared, RateLimit, RetireStep,
+    Rotation, SocketPlan,
     identity::{hashed_id, iso8601_ms},
     whole_frame,
 };
@@ -188,7 +188,7 @@ impl Adapter for Genesys {
         Rotation::NewSocket
     }
 
-    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError> {
+    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Prepared>, AdapterError> {
         let n = self.channels_needed();
         let permits = match Arc::clone(&p.budget.channels).try_acquire_many_owned(n as u32) {
             Ok(permits) => permits,
@@ -204,7 +204,7 @@ impl Adapter for Genesys {
             }
         };
         let mut permits = Some(permits);
-        let mut out: Vec<Box<dyn Connection>> = Vec::with_capacity(n);
+        let mut out: Vec<Prepared> = Vec::with_capacity(n);
         for shard in self.topics.chunks(MAX_TOPICS_PER_CHANNEL) {
             let created = self.create_channel(&p).await?;
             self.subscribe(&p, &created.id, shard).await?;
@@ -220,18 +220,20 @@ impl Adapter for Genesys {
             } else {
                 permits.take()
             };
-            out.push(Box::new(GenesysChannel {
+            out.push(Prepared {
                 plan: SocketPlan {
                     url: created.connect_uri,
                     headers: Vec::new(),
                 },
-                api: self.api.clone(),
-                id: created.id,
-                topics: shard.len(),
-                expires: Instant::now() + life,
-                budget: Arc::clone(p.budget),
-                _permit: permit,
-            }));
+                conn: Box::new(GenesysChannel {
+                    api: self.api.clone(),
+                    id: created.id,
+                    topics: shard.len(),
+                    expires: Instant::now() + life,
+                    budget: Arc::clone(p.budget),
+                    _permit: permit,
+                }),
+            });
         }
         Ok(out)
     }
@@ -239,7 +241,6 @@ impl Adapter for Genesys {
 
 /// One channel and its socket.
 pub struct GenesysChannel {
-    plan: SocketPlan,
     api: Url,
     id: String,
     topics: usize,
@@ -290,10 +291,6 @@ struct Metadata<'a> {
 }
 
 impl Connection for GenesysChannel {
-    fn plan(&self) -> &SocketPlan {
-        &self.plan
-    }
-
     fn ping(&self, _seq: u64, _token: &str) -> Ping {
         Ping::Text(r#"{"message":"ping"}"#.to_owned())
     }

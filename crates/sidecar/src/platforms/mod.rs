@@ -3,7 +3,8 @@
 //!
 //! An [`Adapter`] is one stream's dialect: it makes the REST calls that come before the
 //! sockets (channels, subscriptions) and returns one [`Connection`] per socket the stream
-//! needs. A connection is that socket's protocol state (a Genesys channel id, its topics and
+//! needs, each with its [`SocketPlan`] (where it goes; used up by the connect). A connection is
+//! that socket's protocol state (a Genesys channel id, its topics and
 //! expiry; a CXone subscription count): it builds each outbound frame with the token current at
 //! send time, classifies inbound text into zero or many [`Inbound`]s, and knows its retire
 //! step. Neither owns a socket.
@@ -156,6 +157,17 @@ pub enum AdapterError {
 /// A future run after a socket is retired (Genesys: unsubscribe its channel).
 pub type RetireStep = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// One socket an adapter prepared: where it goes, and its protocol state once open. The plan is
+/// used up by the connect rather than kept in the connection: it can hold the token (a Bearer
+/// header), and kept, it was 256 bytes of every socket's life that nothing read again.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Where the socket goes.
+    pub plan: SocketPlan,
+    /// The socket's protocol state.
+    pub conn: Box<dyn Connection>,
+}
+
 /// What an adapter gets to prepare sockets.
 pub struct Prepare<'a> {
     /// The REST client (same trust and proxy as the sockets).
@@ -186,15 +198,13 @@ pub trait Adapter: Send + Sync + 'static {
         None
     }
 
-    /// Makes the REST calls a set of sockets needs and returns one connection per socket.
-    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Box<dyn Connection>>, AdapterError>;
+    /// Makes the REST calls a set of sockets needs and returns each socket's plan and
+    /// connection.
+    async fn prepare(&self, p: Prepare<'_>) -> Result<Vec<Prepared>, AdapterError>;
 }
 
 /// One socket's protocol state.
 pub trait Connection: Send + Sync + fmt::Debug + 'static {
-    /// Where the socket goes.
-    fn plan(&self) -> &SocketPlan;
-
     /// The frames to send right after the handshake, with the current token.
     fn greeting(&mut self, token: &str) -> Vec<String> {
         let _ = token;

@@ -53,6 +53,9 @@ pub struct Pod {
     name: PodName,
     ownership: Arc<Ownership>,
     metrics: Arc<Metrics>,
+    /// Counts a reaped socket in the pod's metrics: one for every session (made per session,
+    /// it was 32 bytes of every stream's life).
+    on_reaped: Arc<dyn Fn(DropReason) + Send + Sync>,
     /// How streams reach the platforms: one proxy decision, TLS trust loaded once.
     egress: Egress,
     /// One token manager per credential, shared by the streams that use it.
@@ -100,9 +103,11 @@ impl Pod {
     ) -> Arc<Self> {
         let m = Arc::clone(&metrics);
         let ownership = Ownership::new(store, name.clone(), Arc::new(move |up| m.redis_up(up)));
+        let m = Arc::clone(&metrics);
         Arc::new(Self {
             name,
             ownership,
+            on_reaped: Arc::new(move |reason| m.reaped(reason)),
             metrics,
             egress: Egress::new(proxy),
             tokens: TokenManagers::new(),

@@ -135,10 +135,7 @@ impl Pod {
                     adapter: Arc::clone(&adapter),
                     hub: Arc::clone(&hub),
                     metrics: metrics.clone(),
-                    on_reaped: {
-                        let m = Arc::clone(&self.metrics);
-                        Arc::new(move |r| m.reaped(r))
-                    },
+                    on_reaped: Arc::clone(&self.on_reaped),
                     observer,
                     status: Arc::clone(&status),
                     http: route.http.clone(),
@@ -159,10 +156,10 @@ impl Pod {
                 );
                 let mut acked = hub.acked();
                 let mut saved = acked.borrow_and_update().clone();
-                // A closed signal (its sender went: the stream left the config, the lease was
-                // dropped) has nothing more to say; the lease's deadline is watched while it is
-                // open.
-                let mut lease_open = true;
+                // Whether the lease is within its deadline, looked at on every wake: the pod's
+                // deadline watch marks `valid_until` changed when the deadline passes
+                // unconfirmed, and a renewal the store confirmed moves it on; both wake this
+                // loop.
                 let mut certain = true;
                 // Stop's group: the acks, the lease's signals and the session's stop are in it.
                 let signals = stop.group().clone();
@@ -179,19 +176,22 @@ impl Pod {
                             saved = Some(id);
                         }
                     }
-                    match claim.valid_until.has_changed() {
-                        Ok(true) => {
-                            let valid = Instant::now() < *claim.valid_until.borrow_and_update();
-                            if !certain && valid {
-                                certain = true;
-                                hub.release_hold();
-                                *owner.lock().unwrap_or_else(|p| p.into_inner()) =
-                                    Some(claim.fence);
-                                tracing::info!(stream = %spec.id, fence = %claim.fence, "lease confirmed again");
-                            }
+                    {
+                        let valid = Instant::now() < *claim.valid_until.borrow_and_update();
+                        if !certain && valid {
+                            certain = true;
+                            hub.release_hold();
+                            *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
+                            tracing::info!(stream = %spec.id, fence = %claim.fence, "lease confirmed again");
+                        } else if certain && !valid {
+                            // The lease ran out unconfirmed: this pod may no longer be its
+                            // owner. The session resets its socket at the same deadline; nothing
+                            // more reaches the app until the store confirms the lease again.
+                            certain = false;
+                            hub.hold();
+                            *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            tracing::warn!(stream = %spec.id, fence = %claim.fence, "lease not confirmed in time; standing by until the store confirms it");
                         }
-                        Ok(false) => {}
-                        Err(_) => lease_open = false,
                     }
                     if claim.lost.has_changed() == Ok(true) {
                         let reason =
@@ -205,23 +205,11 @@ impl Pod {
                     {
                         session_stop.send_replace(Some(reason));
                     }
-                    let until = *claim.valid_until.borrow();
                     tokio::select! {
                         r = &mut session => break r.unwrap_or_else(|_| {
                             tracing::error!(stream = %spec.id, "the session panicked; handing the stream over");
                             DropReason::Shutdown
                         }),
-                        // The lease ran out unconfirmed: this pod may no longer be its owner. The
-                        // session resets its socket at the same deadline; nothing more reaches
-                        // the app until the store confirms the lease again.
-                        _ = tokio::time::sleep_until(until), if certain && lease_open => {
-                            if Instant::now() >= *claim.valid_until.borrow() {
-                                certain = false;
-                                hub.hold();
-                                *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                                tracing::warn!(stream = %spec.id, fence = %claim.fence, "lease not confirmed in time; standing by until the store confirms it");
-                            }
-                        }
                         _ = &mut woken => {}
                     }
                 };

@@ -14,7 +14,7 @@ use crate::{
     auth::{ClientBudget, Token},
     liveness::HeartbeatPolicy,
     net::{ProxyPolicy, SocketOptions},
-    platforms::{Adapter, AdapterError, Prepare, RateLimit},
+    platforms::{Adapter, AdapterError, Prepare, Prepared, RateLimit},
     upstream::monitor::Upstream,
     ws::{ConnectOptions, WsClient, WsError},
 };
@@ -102,7 +102,7 @@ impl Opener {
         id: ConnectionId,
         phase: impl Fn() -> Duration,
     ) -> Result<Link, OpenFailure> {
-        let conns = self
+        let prepared = self
             .adapter
             .prepare(Prepare {
                 http: &self.http,
@@ -112,18 +112,15 @@ impl Opener {
             })
             .await
             .map_err(OpenFailure::from_adapter)?;
-        let mut sockets = Vec::with_capacity(conns.len());
-        for mut conn in conns {
-            let plan = conn.plan();
+        let mut sockets = Vec::with_capacity(prepared.len());
+        for Prepared { plan, mut conn } in prepared {
             let mut opts = ConnectOptions::clone(&self.connect);
             opts.proxy = self.proxy.mode_for(&plan.url).map_err(|e| OpenFailure {
                 error: e.to_string(),
                 retry_after: None,
                 token_rejected: false,
             })?;
-            let headers: Vec<(&str, String)> =
-                plan.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
-            let mut ws = match WsClient::connect(&plan.url, &headers, &opts).await {
+            let mut ws = match WsClient::connect(&plan.url, &plan.headers, &opts).await {
                 Ok(ws) => ws,
                 Err(e) => {
                     for s in sockets {
