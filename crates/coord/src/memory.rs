@@ -36,7 +36,9 @@ struct Checkpoint {
 struct State {
     next_fence: u64,
     leases: HashMap<StreamKey, Lease>,
-    records: HashMap<StreamKey, ConnRecord>,
+    /// Boxed: a map's table is sized in powers of two, so up to half its slots are empty, and
+    /// an empty slot the size of a record (120 bytes) cost every stream more than the box does.
+    records: HashMap<StreamKey, Box<ConnRecord>>,
     checkpoints: HashMap<StreamKey, Checkpoint>,
     /// Pool slots per tenant: stream key -> the fence that took the slot. A slot lives while
     /// its stream's lease does (as on Redis).
@@ -98,7 +100,8 @@ impl State {
                 },
             );
         }
-        self.records.insert(b.key.clone(), b.record.clone());
+        self.records
+            .insert(b.key.clone(), Box::new(b.record.clone()));
         outcome
     }
 
@@ -411,13 +414,18 @@ impl Store for MemoryStore {
     }
 
     async fn records(&self) -> Result<Vec<ConnRecord>, StoreError> {
-        let mut v: Vec<ConnRecord> = self.lock().records.values().cloned().collect();
+        let mut v: Vec<ConnRecord> = self
+            .lock()
+            .records
+            .values()
+            .map(|r| ConnRecord::clone(r))
+            .collect();
         v.sort_by(|a, b| (&a.stream, &a.tenant).cmp(&(&b.stream, &b.tenant)));
         Ok(v)
     }
 
     async fn record(&self, key: &StreamKey) -> Result<Option<ConnRecord>, StoreError> {
-        Ok(self.lock().records.get(key).cloned())
+        Ok(self.lock().records.get(key).map(|r| ConnRecord::clone(r)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

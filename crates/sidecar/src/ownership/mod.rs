@@ -92,7 +92,9 @@ struct Held {
 pub struct Ownership {
     store: Arc<dyn Store>,
     pod: PodName,
-    held: Mutex<HashMap<StreamKey, Held>>,
+    /// Boxed: a map's table is sized in powers of two, so up to half its slots are empty, and
+    /// an empty slot the size of a `Held` cost every stream more than the box does.
+    held: Mutex<HashMap<StreamKey, Box<Held>>>,
     /// Per-tenant pool limits from the config.
     limits: Mutex<BTreeMap<Tenant, u32>>,
     /// The streams this pod stands by for (one entry per waiting claim, removed when the
@@ -180,7 +182,7 @@ impl Ownership {
         &self.store
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Held>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Box<Held>>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -438,14 +440,14 @@ impl Ownership {
                 let (valid_tx, valid_rx) = stop.sibling(term.until());
                 self.held().insert(
                     key.clone(),
-                    Held {
+                    Box::new(Held {
                         fence,
                         term,
                         platform,
                         status: Arc::clone(status),
                         lost: tx,
                         valid_until: valid_tx,
-                    },
+                    }),
                 );
                 self.acquired.notify_one();
                 tracing::info!(stream = %key.stream, %fence, "lease acquired");

@@ -19,7 +19,7 @@ use std::{
 };
 
 use streamkeeper_api::{
-    DropReason, Fence, PodName, SidecarConfig, StreamId, StreamSpec, config::ConfigError,
+    DropReason, PodName, SidecarConfig, StreamId, StreamSpec, config::ConfigError,
 };
 use streamkeeper_coord::Store;
 use tokio::{sync::watch, task::JoinHandle};
@@ -34,7 +34,7 @@ use crate::{
     ownership::Ownership,
     platforms::{Adapter, adapter_for},
     signal,
-    upstream::{Observer, SharedConnectOptions, StatusCell, StreamStatus, read_status},
+    upstream::{Observer, SharedConnectOptions, StatusCell, StreamStatus, read_owner, read_status},
 };
 
 /// A running stream. The spec is behind an `Arc`: inline it would make every slot of the
@@ -45,7 +45,6 @@ struct Entry {
     status: StatusCell,
     stop: signal::Sender<Option<DropReason>>,
     task: JoinHandle<()>,
-    owner: Arc<Mutex<Option<Fence>>>,
 }
 
 /// One sidecar's streams.
@@ -219,7 +218,6 @@ impl Pod {
         hub.on_consumers(move |n| gauge.app_clients(n));
         let status: StatusCell = Default::default();
         let (stop, stop_rx) = signals.channel(None);
-        let owner = Arc::new(Mutex::new(None));
         self.ownership.watch_tenant(&spec.tenant);
         // One copy of the spec for the pod's map, the supervisor and the session.
         let spec = Arc::new(spec);
@@ -228,7 +226,6 @@ impl Pod {
             adapter,
             Arc::clone(&hub),
             Arc::clone(&status),
-            Arc::clone(&owner),
             stop_rx,
         ));
         Entry {
@@ -237,7 +234,6 @@ impl Pod {
             status,
             stop,
             task,
-            owner,
         }
     }
 
@@ -272,7 +268,7 @@ impl Pod {
     pub fn owns(&self, id: &StreamId) -> bool {
         self.streams()
             .get(id)
-            .is_some_and(|e| e.owner.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+            .is_some_and(|e| read_owner(&e.status).is_some())
     }
 }
 

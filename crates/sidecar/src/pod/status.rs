@@ -53,10 +53,9 @@ impl Pod {
                 .values()
                 .map(|e| {
                     let st = read_status(&e.status);
-                    let fence = *e.owner.lock().unwrap_or_else(|p| p.into_inner());
                     let data = StreamRowData {
                         state: st.state,
-                        fence,
+                        fence: st.owner,
                         connection: st.connection,
                         last_pong: st.last_pong_ms,
                         rtt_ms: st.rtt.map(|r| r.as_secs_f64() * 1000.0),

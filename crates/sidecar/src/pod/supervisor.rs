@@ -2,10 +2,7 @@
 //! pool slot, run the session with its token manager, hold the app's events while the lease is
 //! not certain, batch acks into checkpoints under the fence, and hand over on stop.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::FutureExt as _;
 use streamkeeper_api::{DropReason, EventId, Fence, StreamSpec, StreamState, ToApp};
@@ -20,7 +17,7 @@ use crate::{
     ownership::Claim,
     platforms::Adapter,
     signal,
-    upstream::{self, SessionCtx, StatusCell, read_status},
+    upstream::{self, SessionCtx, StatusCell, read_status, set_owner},
 };
 
 /// How long a stopping stream waits for its app to ack what it was handed before the lease
@@ -43,7 +40,6 @@ impl Pod {
         adapter: Arc<dyn Adapter>,
         hub: Arc<Hub>,
         status: StatusCell,
-        owner: Arc<Mutex<Option<Fence>>>,
         mut stop: signal::Receiver<Option<DropReason>>,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
@@ -90,11 +86,11 @@ impl Pod {
                     continue;
                 };
                 hub.reclaim(checkpoint);
-                *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
+                set_owner(&status, Some(claim.fence));
                 if !Box::pin(self.wait_for_pool_slot(&spec, &hub, &status, &mut claim, &mut stop))
                     .await
                 {
-                    *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    set_owner(&status, None);
                     hub.hold();
                     let stopped = *stop.borrow();
                     if let Some(reason) = stopped {
@@ -181,7 +177,7 @@ impl Pod {
                         if !certain && valid {
                             certain = true;
                             hub.release_hold();
-                            *owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim.fence);
+                            set_owner(&status, Some(claim.fence));
                             tracing::info!(stream = %spec.id, fence = %claim.fence, "lease confirmed again");
                         } else if certain && !valid {
                             // The lease ran out unconfirmed: this pod may no longer be its
@@ -189,7 +185,7 @@ impl Pod {
                             // more reaches the app until the store confirms the lease again.
                             certain = false;
                             hub.hold();
-                            *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            set_owner(&status, None);
                             tracing::warn!(stream = %spec.id, fence = %claim.fence, "lease not confirmed in time; standing by until the store confirms it");
                         }
                     }
@@ -197,7 +193,7 @@ impl Pod {
                         let reason =
                             (*claim.lost.borrow_and_update()).unwrap_or(DropReason::OwnerLost);
                         hub.hold();
-                        *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        set_owner(&status, None);
                         session_stop.send_replace(Some(reason));
                     }
                     if stop.has_changed() == Ok(true)
@@ -214,7 +210,7 @@ impl Pod {
                     }
                 };
                 drop(tokens);
-                *owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                set_owner(&status, None);
                 let last_state = read_status(&status).state;
                 if matches!(reason, DropReason::OwnerLost | DropReason::Preempted) {
                     // Another pod owns it now, or the tenant's pool took its slot back: stand by

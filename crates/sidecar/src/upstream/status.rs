@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use streamkeeper_api::{ConnectionId, DropReason, StreamState};
+use streamkeeper_api::{ConnectionId, DropReason, Fence, StreamState};
 
 /// The live view of a stream, for `/status`, Redis beats and `status`.
 #[derive(Debug, Clone)]
@@ -28,6 +28,9 @@ pub struct StreamStatus {
     /// Why the stream is not connected, while it is not: the last failed connect or token
     /// grant (an untrusted certificate, a proxy's refusal). Cleared once a socket is up.
     pub last_error: Option<String>,
+    /// The fence of this pod's lease while it acts as the stream's owner; `None` while it
+    /// stands by, waits for a pool slot or is not sure its lease still holds.
+    pub owner: Option<Fence>,
 }
 
 impl Default for StreamStatus {
@@ -41,6 +44,7 @@ impl Default for StreamStatus {
             reconnects: 0,
             last_drop: None,
             last_error: None,
+            owner: None,
         }
     }
 }
@@ -51,4 +55,14 @@ pub type StatusCell = Arc<Mutex<StreamStatus>>;
 /// Reads a status cell, tolerating a poisoned lock (plain data).
 pub fn read_status(cell: &StatusCell) -> StreamStatus {
     cell.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The fence this pod acts under as the stream's owner, if it does (no clone of the rest).
+pub fn read_owner(cell: &StatusCell) -> Option<Fence> {
+    cell.lock().unwrap_or_else(|p| p.into_inner()).owner
+}
+
+/// Marks this pod the stream's acting owner under `fence`, or not (`None`).
+pub fn set_owner(cell: &StatusCell, fence: Option<Fence>) {
+    cell.lock().unwrap_or_else(|p| p.into_inner()).owner = fence;
 }
