@@ -258,7 +258,7 @@ async fn token(emu: &NsEmulator, dir: &TempDir) -> Token {
     let files = CredentialFiles::new(
         Platform::Generic,
         &Credentials {
-            dir: Some(creds_dir),
+            dir: Some(creds_dir.into()),
             secret: None,
         },
     )

@@ -131,7 +131,7 @@ pub fn stream_spec_at(
             stream: Some(stream_url.parse().expect("emulator stream URL")),
         },
         credentials: Credentials {
-            dir: Some(creds.to_path_buf()),
+            dir: Some(creds.into()),
             secret: None,
         },
         topics: Vec::new(),

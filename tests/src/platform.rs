@@ -74,7 +74,7 @@ fn spec(
         priority: 500,
         endpoints,
         credentials: Credentials {
-            dir: Some(creds.to_path_buf()),
+            dir: Some(creds.into()),
             secret: None,
         },
         topics,
@@ -145,9 +145,7 @@ pub fn aah(emu: &Emulator, name: &str, contacts: &[String], creds: &Path, t: Tim
 
 /// The same spec trusting `ca` for TLS.
 pub fn with_ca(mut spec: StreamSpec, ca: &Path) -> StreamSpec {
-    spec.tls = Some(TlsSpec {
-        ca_file: ca.to_path_buf(),
-    });
+    spec.tls = Some(TlsSpec { ca_file: ca.into() });
     spec
 }
 

@@ -149,7 +149,7 @@ pub fn stream_spec(sc: &StreamConnection) -> Result<StreamSpec, RenderError> {
         priority: spec.priority,
         endpoints,
         credentials: Credentials {
-            dir: Some(format!("{CREDENTIALS_ROOT}/{secret}").into()),
+            dir: Some(std::path::PathBuf::from(format!("{CREDENTIALS_ROOT}/{secret}")).into()),
             secret: None,
         },
         topics: spec.topics.clone(),

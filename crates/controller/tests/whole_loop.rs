@@ -78,7 +78,7 @@ async fn apply_a_stream_the_controller_renders_a_real_sidecar_runs_it_status_tur
                 "/var/run/streamkeeper/credentials/emulator-creds"
             ))
         );
-        s.credentials.dir = Some(dir.clone());
+        s.credentials.dir = Some(dir.clone().into());
     }
     cfg.listen = ([127, 0, 0, 1], free_port()).into();
     cfg.admin = ([127, 0, 0, 1], free_port()).into();

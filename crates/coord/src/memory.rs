@@ -100,8 +100,13 @@ impl State {
                 },
             );
         }
-        self.records
-            .insert(b.key.clone(), Box::new(b.record.clone()));
+        match self.records.get_mut(&b.key) {
+            Some(r) => **r = b.record.clone(),
+            None => {
+                self.records
+                    .insert(b.key.clone(), Box::new(b.record.clone()));
+            }
+        }
         outcome
     }
 

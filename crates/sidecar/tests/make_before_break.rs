@@ -116,7 +116,7 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
             stream: Some(emu.stream_url("q").parse().expect("url")),
         },
         credentials: Credentials {
-            dir: Some(dir.clone()),
+            dir: Some(dir.clone().into()),
             secret: None,
         },
         topics: Vec::new(),

@@ -76,7 +76,7 @@ fn spec() -> StreamSpec {
             stream: Some("ws://127.0.0.1:9/s".parse().expect("url")),
         },
         credentials: Credentials {
-            dir: Some("/nonexistent".into()),
+            dir: Some(std::path::Path::new("/nonexistent").into()),
             secret: None,
         },
         topics: Vec::new(),

@@ -103,7 +103,7 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
             ),
         },
         credentials: Credentials {
-            dir: Some(dir.clone()),
+            dir: Some(dir.clone().into()),
             secret: None,
         },
         topics: Vec::new(),

@@ -96,7 +96,7 @@ impl DemoStream<'_> {
             priority: 500,
             endpoints: self.endpoints,
             credentials: Credentials {
-                dir: Some(self.creds.to_path_buf()),
+                dir: Some(self.creds.into()),
                 secret: None,
             },
             topics: self.topics,

@@ -38,7 +38,7 @@ impl CredentialFiles {
         };
         let (id_file, secret_file) = Self::names(platform);
         Ok(Self {
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
             id_file,
             secret_file,
         })
@@ -118,7 +118,7 @@ mod tests {
     async fn credentials_are_read_per_platform_and_the_missing_file_is_named() {
         let dir = std::env::temp_dir().join(format!("sk-creds-{}", std::process::id()));
         let spec = Credentials {
-            dir: Some(dir.clone()),
+            dir: Some(dir.clone().into()),
             secret: None,
         };
         ClientCredentials::write_dir(&dir, "id\n", "sec\n").expect("write");

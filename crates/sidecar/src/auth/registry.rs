@@ -141,7 +141,7 @@ impl TokenManagers {
             family: CredentialKey::family(spec.platform),
             login: login.clone(),
             client_id: creds.client_id,
-            trust: spec.tls.as_ref().map(|t| t.ca_file.clone()),
+            trust: spec.tls.as_ref().map(|t| t.ca_file.to_path_buf()),
         };
         let mut managers = self.lock();
         managers.retain(|_, w| w.strong_count() > 0);

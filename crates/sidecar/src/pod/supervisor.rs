@@ -400,7 +400,7 @@ impl Pod {
     /// the pod) and REST client, both under the pod's proxy decision. Plain-text endpoints
     /// (the emulator) need no roots at all.
     async fn route(&self, spec: &StreamSpec) -> Result<Route, net::NetError> {
-        let ca = spec.tls.as_ref().map(|t| t.ca_file.as_path());
+        let ca = spec.tls.as_ref().map(|t| &*t.ca_file);
         let e = &spec.endpoints;
         let tls = e.stream.as_ref().is_some_and(|u| u.scheme() == "wss")
             || [e.api_url(), e.login_url()]
