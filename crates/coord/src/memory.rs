@@ -100,12 +100,11 @@ impl State {
                 },
             );
         }
-        match self.records.get_mut(&b.key) {
-            Some(r) => **r = b.record.clone(),
-            None => {
-                self.records
-                    .insert(b.key.clone(), Box::new(b.record.clone()));
-            }
+        if let Some(r) = self.records.get_mut(&b.key) {
+            **r = b.record.clone();
+        } else {
+            self.records
+                .insert(b.key.clone(), Box::new(b.record.clone()));
         }
         outcome
     }
@@ -423,14 +422,14 @@ impl Store for MemoryStore {
             .lock()
             .records
             .values()
-            .map(|r| ConnRecord::clone(r))
+            .map(|r| (**r).clone())
             .collect();
         v.sort_by(|a, b| (&a.stream, &a.tenant).cmp(&(&b.stream, &b.tenant)));
         Ok(v)
     }
 
     async fn record(&self, key: &StreamKey) -> Result<Option<ConnRecord>, StoreError> {
-        Ok(self.lock().records.get(key).map(|r| ConnRecord::clone(r)))
+        Ok(self.lock().records.get(key).map(|r| (**r).clone()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

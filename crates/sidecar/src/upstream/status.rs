@@ -1,5 +1,6 @@
-//! The live view of a stream ([`StreamStatus`]), written by its session and read by
-//! `/status`, the store's beats and `streamkeeper status`.
+//! The live view of a stream ([`StreamStatus`]), written by its session (and, for the acting
+//! owner's fence, by its supervisor) and read by `/status`, the store's beats and
+//! `streamkeeper status`.
 
 use std::{
     sync::{Arc, Mutex},
