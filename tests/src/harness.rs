@@ -269,18 +269,17 @@ impl LocalPod {
             .expect("the pod runs this stream")
     }
 
-    /// Waits (bounded) until the hub's checkpoint reached `id`. Acks are cumulative and the
-    /// watch keeps only the newest, so a later ack that overtook this one counts too.
+    /// Waits (bounded) until the hub's last ack reached `id`. Acks are cumulative and the hub
+    /// keeps only the newest, so a later ack that overtook this one counts too.
     pub async fn wait_acked(&self, stream: &StreamId, id: &EventId) {
-        let mut acked = self.hub(stream).acked();
         let target = crate::event_seq(id);
         tokio::time::timeout(
             Duration::from_secs(3),
-            acked.wait_for(|a| a.as_ref().is_some_and(|a| crate::event_seq(a) >= target)),
+            self.hub(stream)
+                .wait_for_ack(|a| crate::event_seq(a) >= target),
         )
         .await
-        .unwrap_or_else(|_| panic!("the hub never saw the ack of {id:?}"))
-        .expect("the hub is alive");
+        .unwrap_or_else(|_| panic!("the hub never saw the ack of {id:?}"));
     }
 
     /// Waits until the stream has been ACTIVE at least once (from the start of the recording).

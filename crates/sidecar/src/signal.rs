@@ -64,6 +64,11 @@ impl Group {
     pub fn notified(&self) -> Notified<'_> {
         self.0.notified()
     }
+
+    /// Wakes every waiter of the group, for a change kept outside its signals (a hub's acks).
+    pub fn wake(&self) {
+        self.0.notify_waiters();
+    }
 }
 
 struct Shared<T> {
@@ -128,6 +133,11 @@ impl<T> Sender<T> {
     /// The current value.
     pub fn borrow(&self) -> Ref<'_, T> {
         self.shared.lock()
+    }
+
+    /// The group this signal wakes.
+    pub fn group(&self) -> &Group {
+        &self.shared.notify
     }
 
     /// A new receiver that has seen the current value.

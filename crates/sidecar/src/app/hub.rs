@@ -97,6 +97,8 @@ struct State {
     recent: HashSet<EventId>,
     recent_order: VecDeque<EventId>,
     last_acked: Option<EventId>,
+    /// `last_acked` moved on since the supervisor last took it ([`Hub::take_ack`]).
+    ack_untaken: bool,
     generation: u64,
     consumers: usize,
     paused: bool,
@@ -117,7 +119,9 @@ pub struct Hub {
     max_bytes: u32,
     state: Mutex<State>,
     notify: Notify,
-    acked: signal::Sender<Option<EventId>>,
+    /// The stream's signals: an ack wakes its supervisor through them. Not a signal of its
+    /// own: the id is in `state` already, and a signal is one more allocation per stream.
+    signals: signal::Group,
     on_consumers: std::sync::OnceLock<ConsumerHook>,
 }
 
@@ -145,8 +149,8 @@ impl Hub {
     }
 
     /// A hub holding at most `max_unacked` unacked events and `max_bytes` bytes of them (as
-    /// sent to the app); the newest event is always kept, however large. Its acks signal is
-    /// of `group` (the stream's: its supervisor waits on them all at once).
+    /// sent to the app); the newest event is always kept, however large. Acks wake `group` (the
+    /// stream's signals: its supervisor waits on them all at once).
     pub fn with_limits(
         stream: StreamId,
         max_unacked: u32,
@@ -165,6 +169,7 @@ impl Hub {
             recent: HashSet::new(),
             recent_order: VecDeque::new(),
             last_acked: None,
+            ack_untaken: false,
             generation: 0,
             consumers: 0,
             paused: false,
@@ -182,7 +187,7 @@ impl Hub {
             max_bytes,
             state: Mutex::new(st),
             notify: Notify::new(),
-            acked: group.channel(checkpoint).0,
+            signals: group.clone(),
             on_consumers: std::sync::OnceLock::new(),
         })
     }
@@ -295,6 +300,7 @@ impl Hub {
                     let freed: usize = st.unacked.drain(..=pos).map(|p| p.frame.len()).sum();
                     st.unacked_bytes -= freed;
                     st.last_acked = Some(id.clone());
+                    st.ack_untaken = true;
                     Ack::Acked(pos + 1)
                 }
                 None if st.recent.contains(id) => Ack::Already,
@@ -302,7 +308,7 @@ impl Hub {
             }
         };
         if matches!(out, Ack::Acked(_)) {
-            self.acked.send_replace(Some(id.clone()));
+            self.signals.wake();
         }
         out
     }
@@ -327,9 +333,9 @@ impl Hub {
                 remember(&mut st, recent_cap(self.max_unacked), id);
             }
             st.held = false;
+            st.ack_untaken = false;
             st.last_acked.clone()
         };
-        self.acked.send_replace(resume.clone());
         self.notify.notify_waiters();
         resume
     }
@@ -353,9 +359,26 @@ impl Hub {
         self.lock().held
     }
 
-    /// Watches the last acked id (for checkpointing; coalesces bursts of acks).
-    pub fn acked(&self) -> signal::Receiver<Option<EventId>> {
-        self.acked.subscribe()
+    /// The last acked id if it moved on since it was last taken (or since a reclaim): what
+    /// the checkpoint is to record. Bursts of acks coalesce; each wakes the stream's signals.
+    pub fn take_ack(&self) -> Option<EventId> {
+        let mut st = self.lock();
+        std::mem::take(&mut st.ack_untaken)
+            .then(|| st.last_acked.clone())
+            .flatten()
+    }
+
+    /// Waits until the last acked id is one that `reached` accepts (each ack wakes the
+    /// stream's signals).
+    pub async fn wait_for_ack(&self, mut reached: impl FnMut(&EventId) -> bool) {
+        loop {
+            let mut woken = std::pin::pin!(self.signals.notified());
+            woken.as_mut().enable();
+            if self.lock().last_acked.as_ref().is_some_and(&mut reached) {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// The last acked id.
@@ -579,7 +602,19 @@ mod tests {
         // A replay of acked or queued ids is suppressed.
         assert_eq!(h.push_event(&id(2), &raw("{}"), 0), Push::Duplicate);
         assert_eq!(h.push_event(&id(5), &raw("{}"), 0), Push::Duplicate);
-        assert_eq!(*h.acked().borrow(), Some(id(3)));
+        assert_eq!(
+            h.take_ack(),
+            Some(id(3)),
+            "the last ack, for the checkpoint"
+        );
+        assert_eq!(h.take_ack(), None, "taken once");
+        h.reclaim(None);
+        assert_eq!(
+            h.take_ack(),
+            None,
+            "a reclaim's resume point is not an ack to record"
+        );
+        assert_eq!(h.last_acked(), Some(id(3)));
     }
 
     #[tokio::test]

@@ -51,7 +51,8 @@ enum Trust {
 #[derive(Debug)]
 pub struct Egress {
     proxy: ProxyPolicy,
-    routes: tokio::sync::Mutex<HashMap<Trust, Route>>,
+    /// Shared: a stream's supervisor keeps its route for the stream's life, 8 bytes each.
+    routes: tokio::sync::Mutex<HashMap<Trust, Arc<Route>>>,
 }
 
 impl Egress {
@@ -70,7 +71,7 @@ impl Egress {
 
     /// The route for a stream: `ca_file` or the system roots when it uses TLS (`tls`), no roots
     /// when it does not. Roots are read off the runtime (blocking file I/O), once per trust.
-    pub async fn route(&self, ca_file: Option<&Path>, tls: bool) -> Result<Route, NetError> {
+    pub async fn route(&self, ca_file: Option<&Path>, tls: bool) -> Result<Arc<Route>, NetError> {
         self.proxy.check()?;
         let trust = match ca_file {
             Some(path) => {
@@ -87,14 +88,14 @@ impl Egress {
         };
         let mut routes = self.routes.lock().await;
         if let Some(route) = routes.get(&trust) {
-            return Ok(route.clone());
+            return Ok(Arc::clone(route));
         }
-        let route = self.build(&trust).await?;
+        let route = Arc::new(self.build(&trust).await?);
         // An older stamp of the same file is not used by new streams any more.
         if let Trust::CaFile(path, ..) = &trust {
             routes.retain(|t, _| !matches!(t, Trust::CaFile(p, ..) if p == path));
         }
-        routes.insert(trust, route.clone());
+        routes.insert(trust, Arc::clone(&route));
         Ok(route)
     }
 
