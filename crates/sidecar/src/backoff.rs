@@ -3,29 +3,50 @@
 
 use std::time::Duration;
 
-/// The reconnect schedule of one stream.
-#[derive(Debug, Clone)]
-pub struct Backoff {
+use streamkeeper_api::config::ReconnectSpec;
+
+/// A backoff's steps: they start at `initial` and double up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
     initial: Duration,
     max: Duration,
-    attempt: u32,
 }
 
-impl Backoff {
-    /// Steps start at `initial` and double up to `max`.
+impl Steps {
+    /// Steps from `initial` doubling up to `max` (at least `initial`).
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             max: max.max(initial),
-            attempt: 0,
         }
     }
+}
 
+impl From<&ReconnectSpec> for Steps {
+    fn from(spec: &ReconnectSpec) -> Self {
+        Self::new(spec.initial, spec.max)
+    }
+}
+
+/// Where a stream is in its reconnect schedule: the failures since the last success. The
+/// steps are passed in rather than kept (they are the stream's spec): a session holds this for
+/// as long as its stream runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
     /// The delay before the next attempt: uniform in `0..=step`, where `step` doubles with
     /// every failure up to the cap ("full jitter"). `unit` is a random number in `[0, 1)`;
     /// a server's `Retry-After` is a floor, never shortened by jitter.
-    pub fn next_delay(&mut self, unit: f64, retry_after: Option<Duration>) -> Duration {
-        let step = self.step();
+    pub fn next_delay(
+        &mut self,
+        steps: Steps,
+        unit: f64,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        let step = self.step(steps);
         self.attempt = self.attempt.saturating_add(1);
         let jittered = step.mul_f64(unit.clamp(0.0, 1.0));
         match retry_after {
@@ -35,9 +56,9 @@ impl Backoff {
     }
 
     /// The current cap on the delay.
-    pub fn step(&self) -> Duration {
+    pub fn step(&self, steps: Steps) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(30)).unwrap_or(u32::MAX);
-        self.initial.saturating_mul(factor).min(self.max)
+        steps.initial.saturating_mul(factor).min(steps.max)
     }
 
     /// Failures since the last success.
@@ -57,11 +78,12 @@ mod tests {
 
     #[test]
     fn steps_double_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let steps = Steps::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut b = Backoff::default();
         let caps: Vec<u64> = (0..10)
             .map(|_| {
-                let cap = b.step().as_millis() as u64;
-                b.next_delay(0.5, None);
+                let cap = b.step(steps).as_millis() as u64;
+                b.next_delay(steps, 0.5, None);
                 cap
             })
             .collect();
@@ -72,19 +94,20 @@ mod tests {
             ]
         );
         b.reset();
-        assert_eq!(b.step(), Duration::from_millis(500));
+        assert_eq!(b.step(steps), Duration::from_millis(500));
     }
 
     #[test]
     fn full_jitter_spans_zero_to_the_step_and_respects_retry_after() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        assert_eq!(b.next_delay(0.0, None), Duration::ZERO);
+        let steps = Steps::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut b = Backoff::default();
+        assert_eq!(b.next_delay(steps, 0.0, None), Duration::ZERO);
         assert_eq!(
-            b.next_delay(0.999_999, None),
+            b.next_delay(steps, 0.999_999, None),
             Duration::from_secs(2).mul_f64(0.999_999)
         );
         assert_eq!(
-            b.next_delay(0.1, Some(Duration::from_secs(59))),
+            b.next_delay(steps, 0.1, Some(Duration::from_secs(59))),
             Duration::from_secs(59)
         );
     }
@@ -94,10 +117,11 @@ mod tests {
         // Distinct unit draws map to distinct delays: no herd at one instant.
         let delays: std::collections::BTreeSet<Duration> = (0..1000)
             .map(|i| {
-                let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-                b.next_delay(0.0, None);
-                b.next_delay(0.0, None);
-                b.next_delay(f64::from(i) / 1000.0, None)
+                let steps = Steps::new(Duration::from_secs(1), Duration::from_secs(30));
+                let mut b = Backoff::default();
+                b.next_delay(steps, 0.0, None);
+                b.next_delay(steps, 0.0, None);
+                b.next_delay(steps, f64::from(i) / 1000.0, None)
             })
             .collect();
         assert_eq!(delays.len(), 1000);

@@ -165,10 +165,9 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
             tokio::time::Instant::now() + Duration::from_secs(3600),
         )
         .1,
-        gap_from: None,
     };
     let (stop, stop_rx) = streamkeeper_sidecar::signal::channel(None);
-    let running = tokio::spawn(upstream::run(ctx, stop_rx));
+    let running = tokio::spawn(upstream::run(ctx, None, stop_rx));
 
     // Three rotations.
     let rotated = recorder

@@ -134,10 +134,9 @@ async fn gaps_between_attempts(limit: RateLimit, window: Duration) -> Vec<Durati
         refresh_now: RefreshNow::default(),
         budget: streamkeeper_sidecar::auth::ClientBudget::new(),
         lease,
-        gap_from: None,
     };
     let (stop, stop_rx) = streamkeeper_sidecar::signal::channel(None);
-    let running = tokio::spawn(upstream::run(ctx, stop_rx));
+    let running = tokio::spawn(upstream::run(ctx, None, stop_rx));
     tokio::time::sleep(window).await;
     stop.send_replace(Some(DropReason::Shutdown));
     running.await.expect("session task");

@@ -149,10 +149,9 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
             tokio::time::Instant::now() + Duration::from_secs(3600),
         )
         .1,
-        gap_from: None,
     };
     let (stop, stop_rx) = streamkeeper_sidecar::signal::channel(None);
-    let running = tokio::spawn(upstream::run(ctx, stop_rx));
+    let running = tokio::spawn(upstream::run(ctx, None, stop_rx));
 
     // Two connections, so the first one's reap and the reconnect are behind us.
     for n in 0..2 {

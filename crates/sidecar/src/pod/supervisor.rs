@@ -155,13 +155,12 @@ impl Pod {
                     refresh_now: tokens.refresh(),
                     budget: tokens.budget(),
                     lease: claim.valid_until.clone(),
-                    gap_from,
                 };
                 // Polled here rather than spawned: a task of its own would add tokio's task header,
                 // its 128-byte alignment and a join handle to every stream. A panic in it ends
                 // the session as a spawned task's would (the stream is handed over), not this loop.
                 let mut session = Box::pin(
-                    std::panic::AssertUnwindSafe(upstream::run(ctx, session_stop_rx))
+                    std::panic::AssertUnwindSafe(upstream::run(ctx, gap_from, session_stop_rx))
                         .catch_unwind(),
                 );
                 // Whether the lease is within its deadline, looked at on every wake: the pod's

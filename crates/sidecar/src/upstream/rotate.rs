@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use streamkeeper_api::{EventId, StreamSpec};
+use streamkeeper_api::EventId;
 use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 
 use super::{
@@ -39,6 +39,7 @@ pub(super) struct Rotating {
 }
 
 /// What a rotation under way keeps.
+#[derive(Default)]
 struct Work {
     /// In-stream: the token sent and not yet acked.
     pending_refresh: Option<(u64, Arc<Token>)>,
@@ -63,23 +64,6 @@ struct Work {
 }
 
 impl Work {
-    fn new(spec: &StreamSpec) -> Self {
-        Self {
-            pending_refresh: None,
-            unsent_refresh: None,
-            refused_sockets: BTreeSet::new(),
-            regreet: BTreeSet::new(),
-            resend_at: None,
-            opening: None,
-            opening_task: None,
-            successor: None,
-            overlap: None,
-            wanted: None,
-            retry_at: None,
-            backoff: Backoff::new(spec.reconnect.initial, spec.reconnect.max),
-        }
-    }
-
     /// Nothing under way and nothing to remember. A failed successor leaves `wanted` set, and
     /// with it the retry and its backoff step, until a promotion resets them; a retry with
     /// nothing wanted is never woken for (`next_wake`), so it does not keep the work.
@@ -107,8 +91,8 @@ impl Rotating {
     }
 
     /// The work, begun if none is under way.
-    fn work(&mut self, spec: &StreamSpec) -> &mut Work {
-        self.work.get_or_insert_with(|| Box::new(Work::new(spec)))
+    fn work(&mut self) -> &mut Work {
+        self.work.get_or_insert_with(Box::default)
     }
 
     /// Lets the work go once a rotation is over (called between the drive loop's waits).
@@ -142,8 +126,8 @@ impl Rotating {
     }
 
     /// The platform refused socket `i`'s setup: set it up again with the next token.
-    pub(super) fn refuse(&mut self, spec: &StreamSpec, i: usize) {
-        self.work(spec).refused_sockets.insert(i);
+    pub(super) fn refuse(&mut self, i: usize) {
+        self.work().refused_sockets.insert(i);
     }
 
     /// The sockets whose setup was refused, forgotten (they are set up again now).
@@ -227,7 +211,7 @@ impl Rotating {
 
     /// A successor is wanted (new token, expiry, announced close): open one if none is open.
     pub(super) fn want_successor(&mut self, s: &mut Session, why: &'static str) {
-        let w = self.work(&s.ctx.spec);
+        let w = self.work();
         if w.wanted.is_none() {
             w.wanted = Some(why);
         }
@@ -238,7 +222,7 @@ impl Rotating {
     }
 
     fn start(&mut self, s: &mut Session) {
-        let w = self.work(&s.ctx.spec);
+        let w = self.work();
         let now = Instant::now();
         if let Some(open_at) = s.gate.closed_until(now) {
             w.retry_at = Some(open_at);
@@ -273,14 +257,16 @@ impl Rotating {
     /// The successor's sockets failed before the handover: keep the current link, try again
     /// after a backoff step.
     pub(super) fn successor_lost(&mut self, s: &mut Session) {
-        let w = self.work(&s.ctx.spec);
+        let w = self.work();
         if let Some(l) = w.successor.take() {
             for sock in l.sockets {
                 sock.reset();
             }
         }
         w.overlap = None;
-        let delay = w.backoff.next_delay(rand::random::<f64>(), None);
+        let delay =
+            w.backoff
+                .next_delay((&s.ctx.spec.reconnect).into(), rand::random::<f64>(), None);
         w.retry_at = Some(Instant::now() + delay);
     }
 
@@ -331,7 +317,7 @@ impl Rotating {
 
     /// Handles what the successor's task produced.
     fn on_opened(&mut self, s: &mut Session, opened: Option<Result<Link, OpenFailure>>) {
-        let w = self.work(&s.ctx.spec);
+        let w = self.work();
         w.opening = None;
         w.opening_task = None;
         match opened {
@@ -352,7 +338,11 @@ impl Rotating {
                 if let Some(limit) = failure.retry_after {
                     s.gate.hit(limit, now);
                 }
-                let delay = w.backoff.next_delay(rand::random::<f64>(), None);
+                let delay = w.backoff.next_delay(
+                    (&s.ctx.spec.reconnect).into(),
+                    rand::random::<f64>(),
+                    None,
+                );
                 let at = now + delay;
                 w.retry_at = Some(s.gate.closed_until(now).map_or(at, |g| g.max(at)));
             }
@@ -369,7 +359,7 @@ impl Rotating {
         generation: u64,
         token: Arc<Token>,
     ) {
-        let w = self.work(&s.ctx.spec);
+        let w = self.work();
         if let Some(open_at) = s.gate.closed_until(Instant::now()) {
             w.unsent_refresh = Some((generation, token));
             w.resend_at = Some(open_at);
@@ -389,7 +379,7 @@ impl Rotating {
         if side == Side::New {
             return;
         }
-        let w = self.work(&s.ctx.spec);
+        let w = self.work();
         if link.sockets.get(i).is_some_and(|sock| !sock.ready) {
             w.regreet.insert(i);
         }
@@ -502,8 +492,6 @@ impl Session {
 mod tests {
     use super::*;
 
-    use crate::upstream::test_spec;
-
     #[test]
     fn the_work_exists_only_while_a_rotation_has_something_to_remember() {
         let mut r = Rotating::new();
@@ -511,7 +499,7 @@ mod tests {
             r.work.is_none(),
             "an idle stream's drive loop allocates nothing"
         );
-        r.refuse(&test_spec("t/a", "35s"), 1);
+        r.refuse(1);
         r.settle();
         assert!(
             r.work.is_some(),

@@ -8,7 +8,7 @@
 //! (`dropped`), the runtime ([`SessionEvent`]) and the metrics. The rotation of token-bound
 //! sockets is in `rotate.rs`.
 
-use std::{sync::Arc, time::Duration};
+use std::{num::NonZeroU64, sync::Arc, time::Duration};
 
 use streamkeeper_api::{
     ConnectionId, DropReason, EventId, PodName, StreamId, StreamSpec, StreamState, ToApp,
@@ -78,9 +78,6 @@ pub struct SessionCtx {
     /// tears the socket down the moment it passes, before reading anything more: a pod frozen
     /// past its lease (another pod may own the stream now) must not deliver a single event.
     pub lease: signal::Receiver<Instant>,
-    /// When the stream was last heard before this session (epoch ms), on a platform that
-    /// cannot replay: a takeover, so the app gets a `gap` from then to the first socket.
-    pub gap_from: Option<u64>,
 }
 
 /// How the connection ended, from inside the drive loop.
@@ -113,6 +110,11 @@ impl Ended {
     }
 }
 
+/// An epoch time in ms as a drop time: the epoch itself (a clock that failed) counts as 1 ms.
+fn at_least_one_ms(ms: u64) -> NonZeroU64 {
+    NonZeroU64::new(ms).unwrap_or(NonZeroU64::MIN)
+}
+
 /// What the drive loop does after a step.
 pub(super) enum Step {
     /// Keep driving.
@@ -121,20 +123,18 @@ pub(super) enum Step {
     Ended(Ended),
 }
 
-/// Runs the stream until `stop` carries a reason; returns that reason.
+/// Runs the stream until `stop` carries a reason; returns that reason. `gap_from` is when the
+/// stream was last heard before this session (epoch ms): on a platform that cannot replay (a
+/// takeover), the app gets a `gap` from then to the first socket.
 ///
 /// Not an `async fn`: one would keep `ctx` in its future twice (the argument and the session
 /// made from it), about 800 bytes more for every stream.
 pub fn run(
     ctx: SessionCtx,
-    mut stop: signal::Receiver<Option<DropReason>>,
+    gap_from: Option<u64>,
+    stop: signal::Receiver<Option<DropReason>>,
 ) -> impl std::future::Future<Output = DropReason> + Send {
-    let mut s = Session::new(ctx);
-    async move {
-        let reason = s.run(&mut stop).await;
-        s.set_state(StreamState::Stopped, Some(reason));
-        reason
-    }
+    Session::new(ctx, gap_from).run(stop)
 }
 
 pub(super) struct Session {
@@ -143,23 +143,27 @@ pub(super) struct Session {
     backoff: Backoff,
     /// The newest event id seen from upstream: where a reconnect resumes.
     pub(super) last_seen: Option<EventId>,
-    connections: u64,
+    /// Connections opened (or being opened), saturating: only none, one or more matters, and a
+    /// byte keeps the session within 240 bytes (its future, alive as long as the stream, then
+    /// fits jemalloc's 896-byte class rather than the 1 KiB one).
+    connections: u8,
     /// When the stream stopped being heard (epoch ms), for a `gap` if the next socket cannot
-    /// replay.
-    dropped_at_ms: Option<u64>,
+    /// replay. Never 0 (the epoch itself): half the size of an `Option<u64>`.
+    dropped_at_ms: Option<NonZeroU64>,
     /// The platform's rate-limit backoff: no request or socket before it opens.
     pub(super) gate: RateGate,
 }
 
 impl Session {
-    fn new(ctx: SessionCtx) -> Self {
-        let backoff = Backoff::new(ctx.spec.reconnect.initial, ctx.spec.reconnect.max);
+    fn new(ctx: SessionCtx, gap_from: Option<u64>) -> Self {
         let last_seen = ctx.hub.last_acked();
-        let dropped_at_ms = ctx.gap_from.filter(|_| !ctx.adapter.replays());
+        let dropped_at_ms = gap_from
+            .filter(|_| !ctx.adapter.replays())
+            .map(at_least_one_ms);
         Self {
             ctx,
             state: StreamState::Connecting,
-            backoff,
+            backoff: Backoff::default(),
             last_seen,
             connections: 0,
             dropped_at_ms,
@@ -234,17 +238,19 @@ impl Session {
         });
     }
 
+    /// The session's life, owning it and its stop: a future that borrowed them would keep two
+    /// references beside them for as long as the stream runs.
     // Not `async fn`s, `run` and `drive`: one keeps each argument in its future twice (Clippy
     // would have them `async fn`s again).
     #[allow(clippy::manual_async_fn)]
-    fn run<'a>(
-        &'a mut self,
-        stop: &'a mut signal::Receiver<Option<DropReason>>,
-    ) -> impl std::future::Future<Output = DropReason> + Send + 'a {
+    fn run(
+        mut self,
+        mut stop: signal::Receiver<Option<DropReason>>,
+    ) -> impl std::future::Future<Output = DropReason> + Send {
         async move {
-            loop {
+            let reason = loop {
                 if let Some(reason) = *stop.borrow() {
-                    return reason;
+                    break reason;
                 }
                 // The lease and the platform's gate are waited out before the token, so that no
                 // token is kept across those waits: a value kept across two waits has a place of
@@ -269,14 +275,14 @@ impl Session {
                     tokio::select! {
                         _ = tokio::time::sleep_until(open_at) => {}
                         r = stop.wait_for(Option::is_some) => {
-                            if let Some(reason) = r.ok().flatten() { return reason; }
+                            if let Some(reason) = r.ok().flatten() { break reason; }
                         }
                     }
                     continue;
                 }
-                let (token, generation) = match Box::pin(self.wait_for_token(stop)).await {
+                let (token, generation) = match Box::pin(self.wait_for_token(&mut stop)).await {
                     Ok(t) => t,
-                    Err(reason) => return reason,
+                    Err(reason) => break reason,
                 };
                 // The wait for a token may have been long: the lease or the gate is waited out at
                 // the top.
@@ -288,7 +294,7 @@ impl Session {
                 // Opening, failing and backing off happen once per connection: boxed, so that the
                 // session's future (alive as long as the stream) is sized for `drive` alone.
                 self.set_state(StreamState::Connecting, None);
-                self.connections += 1;
+                self.connections = self.connections.saturating_add(1);
                 // Matched where it is awaited: a binding of the result would stay in this future
                 // beside the link taken out of it, as would the token and the id.
                 let mut link = match tokio::select! {
@@ -297,11 +303,11 @@ impl Session {
                 } {
                     Ok(link) => link,
                     Err(failure) => {
-                        self.connections -= 1;
+                        self.connections = self.connections.saturating_sub(1);
                         if let Some(reason) =
-                            Box::pin(self.open_failed(stop, failure, generation)).await
+                            Box::pin(self.open_failed(&mut stop, failure, generation)).await
                         {
-                            return reason;
+                            break reason;
                         }
                         continue;
                     }
@@ -310,12 +316,12 @@ impl Session {
                 // In a block: `ended` is borrowed, and a borrowed local would stay in this future
                 // to the end of the loop's body, across the backoff's wait, in a place of its own.
                 let (reason, immediate) = {
-                    let ended = self.drive(&mut link, stop).await;
+                    let ended = self.drive(&mut link, &mut stop).await;
                     self.reap(link, &ended);
                     (ended.reason, ended.immediate)
                 };
                 if let Some(reason) = *stop.borrow() {
-                    return reason;
+                    break reason;
                 }
                 self.ctx.metrics.reconnect(reason.as_str());
                 // The lease ran out: the top of the loop waits for the store, not a backoff.
@@ -323,10 +329,12 @@ impl Session {
                     continue;
                 }
                 let why = format!("connection dropped: {reason}");
-                if let Some(reason) = Box::pin(self.back_off(stop, why)).await {
-                    return reason;
+                if let Some(reason) = Box::pin(self.back_off(&mut stop, why)).await {
+                    break reason;
                 }
-            }
+            };
+            self.set_state(StreamState::Stopped, Some(reason));
+            reason
         }
     }
 
@@ -351,7 +359,7 @@ impl Session {
     /// A link is up: the `gap` a platform without replay owes the app, status, events.
     fn on_connected(&mut self, link: &Link) {
         let replays = self.ctx.adapter.replays();
-        if let Some(from) = self.dropped_at_ms.take() {
+        if let Some(from) = self.dropped_at_ms.take().map(NonZeroU64::get) {
             if !replays {
                 self.gap(
                     from,
@@ -444,7 +452,11 @@ impl Session {
             .gate
             .closed_until(now)
             .map(|at| at.saturating_duration_since(now));
-        let delay = self.backoff.next_delay(rand::random::<f64>(), floor);
+        let delay = self.backoff.next_delay(
+            (&self.ctx.spec.reconnect).into(),
+            rand::random::<f64>(),
+            floor,
+        );
         {
             let mut st = self.status();
             st.retry_count = self.backoff.attempts();
@@ -812,7 +824,7 @@ impl Session {
                 let refused = match (side, r.take_pending_refresh()) {
                     (Side::Old, Some((generation, _))) => generation,
                     (Side::Old, None) => {
-                        r.refuse(&self.ctx.spec, i);
+                        r.refuse(i);
                         link.generation
                     }
                     (Side::New, _) => r.successor().map_or(0, |l| l.generation),
@@ -890,6 +902,7 @@ impl Session {
         let at = epoch_ms();
         // The outage started when the stream was last heard, not when it was noticed.
         let heard = at.saturating_sub(silent_for.as_millis() as u64);
+        let heard = at_least_one_ms(heard);
         self.dropped_at_ms = Some(self.dropped_at_ms.map_or(heard, |d| d.min(heard)));
         self.ctx.hub.push_control(&ToApp::Dropped {
             stream: &self.ctx.spec.id,
