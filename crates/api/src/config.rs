@@ -6,8 +6,10 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
+    hash::Hash,
     net::SocketAddr,
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
@@ -168,6 +170,16 @@ pub const DEFAULT_CHECKPOINT_WINDOW: Duration = Duration::from_secs(1);
 
 /// `maxAppConnections` when the config names none.
 pub const DEFAULT_MAX_APP_CONNECTIONS: usize = 1024;
+
+/// `value` made the one equal to it in `seen`, or kept there as the first of its kind.
+fn share<T: Clone + Eq + Hash>(seen: &mut HashSet<T>, value: &mut T) {
+    match seen.get(value) {
+        Some(first) => *value = first.clone(),
+        None => {
+            seen.insert(value.clone());
+        }
+    }
+}
 
 fn default_checkpoint_window() -> Duration {
     DEFAULT_CHECKPOINT_WINDOW
@@ -385,7 +397,7 @@ pub struct Credentials {
     /// platforms `accessKeyId` and `accessKeySecret`. Re-read for every grant, so a rotated
     /// Secret is used without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dir: Option<Box<Path>>,
+    pub dir: Option<Arc<Path>>,
     /// A Secret's name, read through the API server in-cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<Box<str>>,
@@ -565,7 +577,7 @@ impl Default for LimitsSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsSpec {
     /// A PEM file of CA certificates to trust instead of the system roots.
-    pub ca_file: Box<Path>,
+    pub ca_file: Arc<Path>,
 }
 
 /// A config that parsed and validated, with its warnings.
@@ -595,7 +607,34 @@ impl SidecarConfig {
             ConfigError::new(field, message)
         })?;
         let warnings = config.validate()?;
+        let mut config = config;
+        config.share_equal_values();
         Ok(Loaded { config, warnings })
+    }
+
+    /// Makes the equal values of different streams one: a pod's streams mostly share their
+    /// tenant, endpoints, credentials directory and CA file, and each stream's copy would be an
+    /// allocation of its own for as long as it runs.
+    pub fn share_equal_values(&mut self) {
+        let mut tenants = HashSet::new();
+        let mut endpoints = HashSet::new();
+        let mut paths = HashSet::new();
+        for s in &mut self.streams {
+            share(&mut tenants, &mut s.tenant);
+            let e = &mut s.endpoints;
+            for endpoint in [&mut e.api, &mut e.login, &mut e.stream]
+                .into_iter()
+                .flatten()
+            {
+                share(&mut endpoints, endpoint);
+            }
+            if let Some(dir) = &mut s.credentials.dir {
+                share(&mut paths, dir);
+            }
+            if let Some(tls) = &mut s.tls {
+                share(&mut paths, &mut tls.ca_file);
+            }
+        }
     }
 
     /// Checks what serde cannot; returns warnings for values outside the recommended range.
@@ -851,6 +890,44 @@ streams:
         assert_eq!(s.heartbeat.timeout, Duration::from_secs(35));
         assert_eq!(s.reconnect, ReconnectSpec::default());
         assert_eq!(s.limits.max_frame_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn streams_share_their_equal_values() {
+        let second = GOOD
+            .split_once("  - id:")
+            .map(|(_, stream)| format!("  - id:{}", stream.replace("acme-queue-events", "other")))
+            .expect("one stream");
+        let text = format!("{GOOD}{second}");
+        let config = SidecarConfig::from_yaml(&text).expect("valid").config;
+        let [a, b] = &config.streams[..] else {
+            panic!("two streams")
+        };
+        assert_ne!(a.id, b.id);
+        let same_text = |x: &str, y: &str| x == y && std::ptr::eq(x.as_ptr(), y.as_ptr());
+        assert!(
+            same_text(a.tenant.as_str(), b.tenant.as_str()),
+            "one tenant"
+        );
+        for (x, y) in [
+            (&a.endpoints.api, &b.endpoints.api),
+            (&a.endpoints.login, &b.endpoints.login),
+            (&a.endpoints.stream, &b.endpoints.stream),
+        ] {
+            let (Some(x), Some(y)) = (x, y) else {
+                panic!("endpoints set")
+            };
+            assert!(same_text(x.as_str(), y.as_str()), "one {x}");
+        }
+        // The api and login URLs are equal too: one text for both.
+        assert!(same_text(
+            a.endpoints.api.as_ref().map_or("", Endpoint::as_str),
+            a.endpoints.login.as_ref().map_or("", Endpoint::as_str),
+        ));
+        let (Some(x), Some(y)) = (&a.credentials.dir, &b.credentials.dir) else {
+            panic!("credential dirs set")
+        };
+        assert!(Arc::ptr_eq(x, y), "one credentials directory");
     }
 
     #[test]

@@ -35,9 +35,10 @@ struct Checkpoint {
 #[derive(Debug, Default)]
 struct State {
     next_fence: u64,
-    leases: HashMap<StreamKey, Lease>,
-    /// Boxed: a map's table is sized in powers of two, so up to half its slots are empty, and
-    /// an empty slot the size of a record (120 bytes) cost every stream more than the box does.
+    /// Leases and records boxed: a map's table is sized in powers of two, so up to half its
+    /// slots are empty, and an empty slot the size of a lease (48 bytes) or a record (120) cost
+    /// every stream more than the box does.
+    leases: HashMap<StreamKey, Box<Lease>>,
     records: HashMap<StreamKey, Box<ConnRecord>>,
     checkpoints: HashMap<StreamKey, Checkpoint>,
     /// Pool slots per tenant: stream key -> the fence that took the slot. A slot lives while
@@ -92,12 +93,12 @@ impl State {
             self.next_fence = self.next_fence.max(b.fence.0);
             self.leases.insert(
                 b.key.clone(),
-                Lease {
+                Box::new(Lease {
                     owner: b.record.owner.clone(),
                     fence: b.fence,
                     expires: now + b.lease_ttl,
                     released: false,
-                },
+                }),
             );
         }
         if let Some(r) = self.records.get_mut(&b.key) {
@@ -191,12 +192,12 @@ impl Store for MemoryStore {
         let fence = Fence(st.next_fence);
         st.leases.insert(
             key.clone(),
-            Lease {
+            Box::new(Lease {
                 owner: owner.clone(),
                 fence,
                 expires: now + ttl,
                 released: false,
-            },
+            }),
         );
         Ok(Acquired::Granted { fence, took_over })
     }
