@@ -163,10 +163,7 @@ async fn rotations_and_socket_closing_deliver_every_event_once_with_no_drop_or_g
         unreachable!()
     };
     assert_eq!(h.status(&id).connection.as_ref(), Some(to));
-    let key = StreamKey {
-        tenant: "acme".parse().expect("tenant"),
-        stream: id.clone(),
-    };
+    let key = StreamKey::new("acme".parse().expect("tenant"), id.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let record = h.pod.ownership().store().record(&key).await.expect("store");

@@ -420,10 +420,7 @@ async fn cleanup(sc: &StreamConnection, ctx: &Arc<Context>) -> Result<Action, Er
     };
     readmit_tenant(ctx, &tenant, id.as_ref(), workloads_of(&seen, &here)).await?;
     if let (Some(store), Some(id)) = (ctx.store.as_ref(), id.as_ref()) {
-        let key = StreamKey {
-            tenant: tenant.clone(),
-            stream: id.clone(),
-        };
+        let key = StreamKey::new(tenant.clone(), id.clone());
         let attempts = ctx.settings.store_cleanup_attempts.max(1);
         let mut last = String::new();
         let mut removed = false;

@@ -361,8 +361,8 @@ async fn kubectl_get_sconn_shows_the_printer_columns_and_describe_shows_conditio
 
 fn record(key: &StreamKey, owner: &str, fence: streamkeeper_api::Fence, now_ms: u64) -> ConnRecord {
     ConnRecord {
-        stream: key.stream.clone(),
-        tenant: key.tenant.clone(),
+        stream: key.stream().clone(),
+        tenant: key.tenant().clone(),
         socket_id: "socket-1".into(),
         last_pong: now_ms,
         platform: "genesys".into(),
@@ -402,10 +402,10 @@ async fn deleting_a_stream_removes_it_from_its_configmap_and_the_store_behind_th
     })
     .await;
     // A sidecar runs the stream: lease, pool slot, record.
-    let key = StreamKey {
-        tenant: "acme".parse().expect("tenant"),
-        stream: format!("{ns}/gone").parse().expect("id"),
-    };
+    let key = StreamKey::new(
+        "acme".parse().expect("tenant"),
+        format!("{ns}/gone").parse().expect("id"),
+    );
     let pod: streamkeeper_api::PodName = "wem-pod-1".parse().expect("pod");
     let ttl = Duration::from_secs(30);
     let Acquired::Granted { fence, .. } = store.try_acquire(&key, &pod, ttl).await.expect("store")
@@ -453,7 +453,7 @@ async fn deleting_a_stream_removes_it_from_its_configmap_and_the_store_behind_th
     assert_eq!(left, BTreeSet::from([format!("{ns}/keep")]));
     let records = store.records().await.expect("records");
     assert!(
-        records.iter().all(|r| r.stream != key.stream),
+        records.iter().all(|r| &r.stream != key.stream()),
         "the record stays: {records:?}"
     );
     // The lease went with it: another pod takes the stream at once, with a higher fence.

@@ -133,7 +133,7 @@ async fn sidecars(store: std::sync::Arc<dyn Store>, rendered: Vec<(StreamKey, Po
     for (key, pod) in rendered {
         match store.try_acquire(&key, &pod, ttl).await.expect("store") {
             Acquired::Granted { fence, .. } => held.push((key, pod, fence)),
-            other => panic!("{}: {other:?}", key.stream),
+            other => panic!("{}: {other:?}", key.stream()),
         }
     }
     let mut tick = tokio::time::interval(BEAT);
@@ -146,8 +146,8 @@ async fn sidecars(store: std::sync::Arc<dyn Store>, rendered: Vec<(StreamKey, Po
                 key: key.clone(),
                 fence: *fence,
                 record: ConnRecord {
-                    stream: key.stream.clone(),
-                    tenant: key.tenant.clone(),
+                    stream: key.stream().clone(),
+                    tenant: key.tenant().clone(),
                     socket_id: "bench".into(),
                     last_pong: now,
                     platform: "genesys".into(),
@@ -336,10 +336,10 @@ async fn bench(redis: Option<&RedisServer>) {
                 .iter()
                 .map(|(id, w)| {
                     (
-                        StreamKey {
-                            tenant: tenant_of(id).parse().expect("tenant"),
-                            stream: id.parse().expect("id"),
-                        },
+                        StreamKey::new(
+                            tenant_of(id).parse().expect("tenant"),
+                            id.parse().expect("id"),
+                        ),
                         format!("{w}-pod-0").parse().expect("pod"),
                     )
                 })

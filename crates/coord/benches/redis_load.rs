@@ -140,12 +140,12 @@ fn delta(a: Sample, b: Sample) -> Sample {
 }
 
 fn key(tenant: &str, i: usize) -> StreamKey {
-    StreamKey {
-        tenant: tenant.parse().unwrap_or_else(|e| panic!("tenant: {e}")),
-        stream: format!("cc/s{i}")
+    StreamKey::new(
+        tenant.parse().unwrap_or_else(|e| panic!("tenant: {e}")),
+        format!("cc/s{i}")
             .parse()
             .unwrap_or_else(|e| panic!("stream: {e}")),
-    }
+    )
 }
 
 fn pod(p: usize) -> PodName {
@@ -156,9 +156,9 @@ fn pod(p: usize) -> PodName {
 
 fn record(k: &StreamKey, p: usize, fence: Fence, last_pong: u64) -> ConnRecord {
     ConnRecord {
-        stream: k.stream.clone(),
-        tenant: k.tenant.clone(),
-        socket_id: format!("sock-{}", k.stream.name()),
+        stream: k.stream().clone(),
+        tenant: k.tenant().clone(),
+        socket_id: format!("sock-{}", k.stream().name()),
         last_pong,
         platform: "genesys".into(),
         state: StreamState::Active,
@@ -245,7 +245,7 @@ async fn streamkeeper(
                     id: EventId("0".into()),
                 })
                 .await;
-            let _ = s.sweep_stale(&w.tenant, 1_000_000, STALE_AFTER).await;
+            let _ = s.sweep_stale(w.tenant(), 1_000_000, STALE_AFTER).await;
         }
     }
 
@@ -474,7 +474,10 @@ async fn two_pods(
     let warm = writes_of(&mut || true, None);
     let _ = owner.save_checkpoints(&warm).await;
     for (t, idx) in tenant_ids.iter().zip(&by_tenant) {
-        let ids: Vec<_> = idx.iter().map(|&i| streams[i].key.stream.clone()).collect();
+        let ids: Vec<_> = idx
+            .iter()
+            .map(|&i| streams[i].key.stream().clone())
+            .collect();
         stand
             .lease_expiries(t, &ids)
             .await
@@ -544,15 +547,17 @@ async fn two_pods(
                         .unwrap_or_else(|e| panic!("sweep: {e}"));
                     assert!(dead.is_empty(), "nothing is stale in the steady state");
                     if standby == Standby::ExpiryQuery {
-                        let ids: Vec<_> =
-                            idx.iter().map(|&i| streams[i].key.stream.clone()).collect();
+                        let ids: Vec<_> = idx
+                            .iter()
+                            .map(|&i| streams[i].key.stream().clone())
+                            .collect();
                         let views = stand
                             .lease_expiries(tenant, &ids)
                             .await
                             .unwrap_or_else(|e| panic!("lease expiries: {e}"));
                         for (&i, v) in idx.iter().zip(views) {
                             if matches!(v, LeaseView::Free | LeaseView::Lapsed) {
-                                panic!("{} is {v:?} in the steady state", streams[i].key.stream);
+                                panic!("{} is {v:?} in the steady state", streams[i].key.stream());
                             }
                         }
                     }
@@ -567,7 +572,7 @@ async fn two_pods(
                         for tenant in &tenant_ids {
                             let part: Vec<CheckpointWrite> = writes
                                 .iter()
-                                .filter(|w| &w.key.tenant == tenant)
+                                .filter(|w| w.key.tenant() == tenant)
                                 .cloned()
                                 .collect();
                             if !part.is_empty() {

@@ -212,10 +212,7 @@ impl Store for MemoryStore {
         Ok(streams
             .iter()
             .map(|stream| {
-                let key = StreamKey {
-                    tenant: tenant.clone(),
-                    stream: stream.clone(),
-                };
+                let key = StreamKey::new(tenant.clone(), stream.clone());
                 match st.leases.get(&key) {
                     Some(l) if l.released => LeaseView::Free,
                     Some(l) if l.expires > now => LeaseView::Held {
@@ -258,7 +255,7 @@ impl Store for MemoryStore {
                     l.released = true;
                 }
                 st.records.remove(key);
-                if let Some(pool) = st.pools.get_mut(&key.tenant)
+                if let Some(pool) = st.pools.get_mut(key.tenant())
                     && pool.get(key) == Some(&fence)
                 {
                     pool.remove(key);
@@ -332,7 +329,7 @@ impl Store for MemoryStore {
             let mut stale: Vec<StreamKey> = st
                 .records
                 .iter()
-                .filter(|(k, r)| &k.tenant == tenant && r.last_pong < cutoff && !st.live(k, now))
+                .filter(|(k, r)| k.tenant() == tenant && r.last_pong < cutoff && !st.live(k, now))
                 .map(|(k, _)| k.clone())
                 .collect();
             stale.sort();
@@ -374,19 +371,19 @@ impl Store for MemoryStore {
             return Ok(false);
         }
         // Holders whose lease lapsed are evicted, so a crashed pod's slots come back.
-        let mut pool = st.pools.remove(&key.tenant).unwrap_or_default();
+        let mut pool = st.pools.remove(key.tenant()).unwrap_or_default();
         pool.retain(|k, _| st.live(k, now));
         let granted = pool.contains_key(key) || pool.len() < limit as usize;
         if granted {
             pool.insert(key.clone(), fence);
         }
-        st.pools.insert(key.tenant.clone(), pool);
+        st.pools.insert(key.tenant().clone(), pool);
         Ok(granted)
     }
 
     async fn pool_release(&self, key: &StreamKey, fence: Fence) -> Result<(), StoreError> {
         let mut st = self.lock();
-        if let Some(pool) = st.pools.get_mut(&key.tenant)
+        if let Some(pool) = st.pools.get_mut(key.tenant())
             && pool.get(key) == Some(&fence)
         {
             pool.remove(key);
@@ -406,7 +403,7 @@ impl Store for MemoryStore {
         }
         found |= st.records.remove(key).is_some();
         found |= st.checkpoints.remove(key).is_some();
-        if let Some(pool) = st.pools.get_mut(&key.tenant) {
+        if let Some(pool) = st.pools.get_mut(key.tenant()) {
             found |= pool.remove(key).is_some();
         }
         Ok(found)
@@ -457,10 +454,7 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> StreamKey {
-        StreamKey {
-            tenant: "acme".parse().expect("tenant"),
-            stream: s.parse().expect("id"),
-        }
+        StreamKey::new("acme".parse().expect("tenant"), s.parse().expect("id"))
     }
 
     fn pod(p: &str) -> PodName {
@@ -469,8 +463,8 @@ mod tests {
 
     fn record(k: &StreamKey, owner: &str, fence: Fence, last_pong: u64) -> ConnRecord {
         ConnRecord {
-            stream: k.stream.clone(),
-            tenant: k.tenant.clone(),
+            stream: k.stream().clone(),
+            tenant: k.tenant().clone(),
             socket_id: "s".into(),
             last_pong,
             platform: "generic".into(),
@@ -496,8 +490,8 @@ mod tests {
 
     fn dead(k: &StreamKey) -> Transition {
         Transition {
-            stream: k.stream.clone(),
-            tenant: k.tenant.clone(),
+            stream: k.stream().clone(),
+            tenant: k.tenant().clone(),
             from: StreamState::Active,
             to: StreamState::Dead,
             reason: "test".into(),
@@ -559,7 +553,7 @@ mod tests {
             lease_ttl: Duration::from_secs(60),
         };
         s.beat(&[beat]).await;
-        let tenant = k.tenant.clone();
+        let tenant = k.tenant().clone();
         assert!(
             s.sweep_stale(&tenant, 100_000, Duration::from_secs(35))
                 .await
@@ -700,8 +694,8 @@ mod tests {
                 .await
                 .expect("ok")
         );
-        let streams = [held, lapsing, released, never].map(|k| k.stream);
-        let tenant = key("cc/x").tenant;
+        let streams = [held, lapsing, released, never].map(|k| k.stream().clone());
+        let tenant = key("cc/x").tenant().clone();
         assert_eq!(
             s.lease_expiries(&tenant, &streams).await.expect("ok"),
             vec![

@@ -1,6 +1,6 @@
 //! The [`Store`] trait and the records it keeps.
 
-use std::{collections::HashMap, pin::Pin, time::Duration};
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use futures_util::Stream;
@@ -24,12 +24,43 @@ pub enum StoreError {
 }
 
 /// A stream's place in the store: its tenant (the hash tag) and its id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamKey {
+///
+/// One allocation shared by every clone: a pod keeps a stream's key in several maps (leases
+/// held, pool slots, the in-process store's leases and records), and a key of 8 bytes rather
+/// than 32 makes each map's slots (up to twice as many as streams) a quarter of the size.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey(Arc<KeyParts>);
+
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct KeyParts {
+    tenant: Tenant,
+    stream: StreamId,
+}
+
+impl StreamKey {
+    /// The key of `stream` of `tenant`.
+    pub fn new(tenant: Tenant, stream: StreamId) -> Self {
+        Self(Arc::new(KeyParts { tenant, stream }))
+    }
+
     /// The tenant: every key of a tenant shares one hash slot.
-    pub tenant: Tenant,
+    pub fn tenant(&self) -> &Tenant {
+        &self.0.tenant
+    }
+
     /// The stream.
-    pub stream: StreamId,
+    pub fn stream(&self) -> &StreamId {
+        &self.0.stream
+    }
+}
+
+impl std::fmt::Debug for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamKey")
+            .field("tenant", &self.0.tenant)
+            .field("stream", &self.0.stream)
+            .finish()
+    }
 }
 
 /// What the store records about a running connection (the `sk:{T}:conn:{stream}` hash).
@@ -368,7 +399,7 @@ pub trait Store: Send + Sync + 'static {
             .records()
             .await?
             .into_iter()
-            .find(|r| r.stream == key.stream && r.tenant == key.tenant))
+            .find(|r| &r.stream == key.stream() && &r.tenant == key.tenant()))
     }
 
     /// Whether the store answers right now.

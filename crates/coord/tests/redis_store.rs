@@ -58,7 +58,7 @@ async fn a_sweep_costs_its_stale_entries_not_the_streams() {
     })
     .await;
     assert_eq!(
-        s.sweep_stale(&w.tenant, 100_001, Duration::from_secs(35))
+        s.sweep_stale(w.tenant(), 100_001, Duration::from_secs(35))
             .await
             .expect("ok")
             .len(),
@@ -192,10 +192,7 @@ async fn a_standby_tick_costs_four_commands_per_tenant() {
         .map(|i| format!("cc/e{i}").parse().expect("id"))
         .collect();
     for st in &streams[..25] {
-        let k = StreamKey {
-            tenant: tenant.clone(),
-            stream: st.clone(),
-        };
+        let k = StreamKey::new(tenant.clone(), st.clone());
         s.acquire(&k, &pod("pod-a"), Duration::from_secs(60))
             .await
             .expect("ok")
@@ -271,10 +268,7 @@ async fn on_a_cluster_a_checkpoint_flush_costs_three_commands_per_tenant() {
     let mut writes = Vec::new();
     for (t, _) in &tenants {
         for i in 0..10 {
-            let k = StreamKey {
-                tenant: t.clone(),
-                stream: format!("cc/c{i}").parse().expect("id"),
-            };
+            let k = StreamKey::new(t.clone(), format!("cc/c{i}").parse().expect("id"));
             let f = s
                 .acquire(&k, &pod("pod-a"), Duration::from_secs(60))
                 .await
@@ -287,10 +281,7 @@ async fn on_a_cluster_a_checkpoint_flush_costs_three_commands_per_tenant() {
     // (The first call sends the script's source to each node.)
     let mut first = Vec::new();
     for (t, _) in &tenants {
-        let k = StreamKey {
-            tenant: t.clone(),
-            stream: "cc/warmup".parse().expect("id"),
-        };
+        let k = StreamKey::new(t.clone(), "cc/warmup".parse().expect("id"));
         let f = s
             .acquire(&k, &pod("pod-a"), Duration::from_secs(60))
             .await
@@ -415,18 +406,9 @@ async fn with_one_cluster_node_down_each_lease_gets_its_own_beat_outcome() {
     let (a, b) = (cluster.store(), cluster.store());
     let nodes = one_tenant_per_node(&cluster);
     let (renewed, fenced, down) = (
-        StreamKey {
-            tenant: nodes[0].0.clone(),
-            stream: "cc/renewed".parse().expect("id"),
-        },
-        StreamKey {
-            tenant: nodes[1].0.clone(),
-            stream: "cc/fenced".parse().expect("id"),
-        },
-        StreamKey {
-            tenant: nodes[2].0.clone(),
-            stream: "cc/down".parse().expect("id"),
-        },
+        StreamKey::new(nodes[0].0.clone(), "cc/renewed".parse().expect("id")),
+        StreamKey::new(nodes[1].0.clone(), "cc/fenced".parse().expect("id")),
+        StreamKey::new(nodes[2].0.clone(), "cc/down".parse().expect("id")),
     );
     let ttl = Duration::from_secs(60);
     let f_renewed = a
@@ -481,10 +463,13 @@ async fn with_one_cluster_node_down_each_lease_gets_its_own_beat_outcome() {
         "one outcome per lease, whatever the other nodes did: {out:?}"
     );
     // The renewal on the live node really happened: its lease has most of a TTL left.
-    let leases = format!("sk:{{{}}}:leases", renewed.tenant);
+    let leases = format!("sk:{{{}}}:leases", renewed.tenant());
     let left = value_text(
         cluster
-            .command_for(Some(&leases), &["ZSCORE", &leases, renewed.stream.as_str()])
+            .command_for(
+                Some(&leases),
+                &["ZSCORE", &leases, renewed.stream().as_str()],
+            )
             .expect("ZSCORE"),
     )
     .parse::<f64>()
@@ -512,10 +497,7 @@ async fn with_one_cluster_node_down_each_lease_gets_its_own_beat_outcome() {
             "round {round}: {out:?}"
         );
     }
-    let other = StreamKey {
-        tenant: nodes[0].0.clone(),
-        stream: "cc/other".parse().expect("id"),
-    };
+    let other = StreamKey::new(nodes[0].0.clone(), "cc/other".parse().expect("id"));
     let r = a.acquire(&other, &pod("pod-a"), ttl).await;
     assert!(
         matches!(r, Ok(None) | Err(StoreError::Unavailable(_))),
@@ -563,7 +545,7 @@ async fn a_swept_record_keeps_the_last_pong_of_its_last_beat() {
     })
     .await;
     let dead = s
-        .sweep_stale(&k.tenant, 100_001, Duration::from_secs(35))
+        .sweep_stale(k.tenant(), 100_001, Duration::from_secs(35))
         .await
         .expect("ok");
     assert_eq!(dead.len(), 1);

@@ -384,7 +384,7 @@ async fn a_taken_over_stream_moves_to_its_new_owner_and_is_not_swept(d: &mut dyn
     // The new owner vouches for the stream: the old record is not declared DEAD under it,
     // however stale its pong, and the new owner's first beat replaces it.
     assert!(
-        b.sweep_stale(&k.tenant, now_ms(), Duration::from_secs(1))
+        b.sweep_stale(k.tenant(), now_ms(), Duration::from_secs(1))
             .await
             .expect("ok")
             .is_empty()
@@ -431,9 +431,11 @@ async fn one_dead_per_stale_entry_however_many_pods_sweep(d: &mut dyn Deployment
     let d: &dyn Deployment = d;
     for round in 0..ROUNDS {
         let tenant = &tenants[round % tenants.len()];
-        let sk = |name: &str| StreamKey {
-            tenant: tenant.clone(),
-            stream: format!("cc/{name}-{round}").parse().expect("id"),
+        let sk = |name: &str| {
+            StreamKey::new(
+                tenant.clone(),
+                format!("cc/{name}-{round}").parse().expect("id"),
+            )
         };
         let (k, fresh, reconnecting, just_lapsed) =
             (sk("stale"), sk("fresh"), sk("reconnecting"), sk("lapsed"));
@@ -489,13 +491,13 @@ async fn one_dead_per_stale_entry_however_many_pods_sweep(d: &mut dyn Deployment
             1,
             "round {round}: exactly one DEAD, got {dead:?}"
         );
-        assert_eq!(dead[0].stream, k.stream);
+        assert_eq!(&dead[0].stream, k.stream());
         assert_eq!(
             (dead[0].from, dead[0].to, dead[0].fence),
             (StreamState::Active, StreamState::Dead, Some(f))
         );
         assert_eq!(dead[0].owner, Some(pod("pod-a")));
-        expected.insert((k.tenant.clone(), k.stream.clone()));
+        expected.insert((k.tenant().clone(), k.stream().clone()));
     }
     // The published side: each stale stream DEAD once, and nothing else. A sentinel published
     // after everything marks the end of the channel's history.
@@ -844,7 +846,7 @@ async fn unavailable_is_fast_and_the_store_recovers_on_restart(d: &mut dyn Redis
 
         let t = Instant::now();
         let r = s
-            .sweep_stale(&k.tenant, now_ms(), Duration::from_secs(35))
+            .sweep_stale(k.tenant(), now_ms(), Duration::from_secs(35))
             .await;
         assert!(
             matches!(&r, Ok(v) if v.is_empty()) || matches!(r, Err(StoreError::Unavailable(_))),
@@ -887,7 +889,7 @@ async fn unavailable_is_fast_and_the_store_recovers_on_restart(d: &mut dyn Redis
         None
     );
     assert!(
-        s.sweep_stale(&k.tenant, u64::MAX, Duration::from_secs(60))
+        s.sweep_stale(k.tenant(), u64::MAX, Duration::from_secs(60))
             .await
             .expect("ok")
             .is_empty()
@@ -1032,16 +1034,16 @@ async fn status_lists_streams_with_last_pong_from_the_index(d: &mut dyn Deployme
 
 /// Redis holds nothing of `k` but its lease tombstone, which expires.
 fn removed_from_redis(d: &dyn RedisDeployment, k: &StreamKey) {
-    let tag = format!("sk:{{{}}}:", k.tenant);
+    let tag = format!("sk:{{{}}}:", k.tenant());
     let at = |key: &str, args: &[&str]| {
         d.command_for(Some(&format!("{tag}{key}")), args)
             .expect("command")
     };
     let (lease, conn, ckpt, ckseq) = (
-        format!("{tag}lease:{}", k.stream),
-        format!("{tag}conn:{}", k.stream),
-        format!("{tag}ckpt:{}", k.stream),
-        format!("{tag}ckseq:{}", k.stream),
+        format!("{tag}lease:{}", k.stream()),
+        format!("{tag}conn:{}", k.stream()),
+        format!("{tag}ckpt:{}", k.stream()),
+        format!("{tag}ckseq:{}", k.stream()),
     );
     assert_eq!(
         at("live", &["EXISTS", &conn, &ckpt, &ckseq]),
@@ -1051,7 +1053,7 @@ fn removed_from_redis(d: &dyn RedisDeployment, k: &StreamKey) {
         assert_eq!(
             at(
                 zset,
-                &["ZSCORE", &format!("{tag}{zset}"), k.stream.as_str()]
+                &["ZSCORE", &format!("{tag}{zset}"), k.stream().as_str()]
             ),
             redis::Value::Nil,
             "{what}"
@@ -1060,7 +1062,7 @@ fn removed_from_redis(d: &dyn RedisDeployment, k: &StreamKey) {
     assert_eq!(
         at(
             "pool",
-            &["HEXISTS", &format!("{tag}pool"), k.stream.as_str()]
+            &["HEXISTS", &format!("{tag}pool"), k.stream().as_str()]
         ),
         redis::Value::Int(0)
     );
@@ -1194,9 +1196,9 @@ async fn lease_expiries_tell_a_standby_when_to_ask(d: &mut dyn Deployment) {
     assert!(b.remove_stream(&removed).await.expect("ok"));
     let streams: Vec<StreamId> = [&held, &lapsing, &released, &removed, &never]
         .iter()
-        .map(|k| k.stream.clone())
+        .map(|k| k.stream().clone())
         .collect();
-    let tenant = held.tenant.clone();
+    let tenant = held.tenant().clone();
     let view = b.lease_expiries(&tenant, &streams).await.expect("ok");
     match view[..] {
         [
@@ -1224,7 +1226,7 @@ async fn lease_expiries_tell_a_standby_when_to_ask(d: &mut dyn Deployment) {
     })
     .await;
     let lapsed = || async {
-        b.lease_expiries(&tenant, std::slice::from_ref(&lapsing.stream))
+        b.lease_expiries(&tenant, std::slice::from_ref(lapsing.stream()))
             .await
             .expect("ok")
     };

@@ -29,22 +29,22 @@ pub(crate) fn prefix(tenant: &Tenant) -> String {
 
 /// `sk:{T}:conn:{stream}`
 pub(crate) fn conn(key: &StreamKey) -> String {
-    format!("sk:{{{}}}:conn:{}", key.tenant, key.stream)
+    format!("sk:{{{}}}:conn:{}", key.tenant(), key.stream())
 }
 
 /// `sk:{T}:lease:{stream}`
 pub(crate) fn lease(key: &StreamKey) -> String {
-    format!("sk:{{{}}}:lease:{}", key.tenant, key.stream)
+    format!("sk:{{{}}}:lease:{}", key.tenant(), key.stream())
 }
 
 /// `sk:{T}:ckpt:{stream}`
 pub(crate) fn ckpt(key: &StreamKey) -> String {
-    format!("sk:{{{}}}:ckpt:{}", key.tenant, key.stream)
+    format!("sk:{{{}}}:ckpt:{}", key.tenant(), key.stream())
 }
 
 /// `sk:{T}:ckseq:{stream}`
 pub(crate) fn ckseq(key: &StreamKey) -> String {
-    format!("sk:{{{}}}:ckseq:{}", key.tenant, key.stream)
+    format!("sk:{{{}}}:ckseq:{}", key.tenant(), key.stream())
 }
 
 /// `sk:{T}:live`
@@ -73,15 +73,15 @@ mod tests {
 
     #[test]
     fn keys_match_the_design() {
-        let k = StreamKey {
-            tenant: "acme".parse().expect("tenant"),
-            stream: "cc/acme-queue-events".parse().expect("stream"),
-        };
+        let k = StreamKey::new(
+            "acme".parse().expect("tenant"),
+            "cc/acme-queue-events".parse().expect("stream"),
+        );
         assert_eq!(conn(&k), "sk:{acme}:conn:cc/acme-queue-events");
         assert_eq!(lease(&k), "sk:{acme}:lease:cc/acme-queue-events");
         assert_eq!(ckpt(&k), "sk:{acme}:ckpt:cc/acme-queue-events");
         assert_eq!(ckseq(&k), "sk:{acme}:ckseq:cc/acme-queue-events");
-        assert_eq!(live(&k.tenant), "sk:{acme}:live");
-        assert_eq!(prefix(&k.tenant) + "conn:" + k.stream.as_str(), conn(&k));
+        assert_eq!(live(k.tenant()), "sk:{acme}:live");
+        assert_eq!(prefix(k.tenant()) + "conn:" + k.stream().as_str(), conn(&k));
     }
 }

@@ -144,7 +144,7 @@ impl RedisStore {
         }
         call.arg(tenant.as_str()).arg(beats.len());
         for (b, write) in &beats {
-            call.arg(b.key.stream.as_str())
+            call.arg(b.key.stream().as_str())
                 .arg(b.fence.0)
                 .arg(b.record.owner.as_str())
                 .arg(millis(b.lease_ttl).max(1))
@@ -289,9 +289,9 @@ impl Store for RedisStore {
         }
         let mut call = scripts::ACQUIRE.call();
         call.key(keys::lease(key))
-            .key(keys::leases(&key.tenant))
-            .key(keys::fence(&key.tenant))
-            .arg(key.stream.as_str())
+            .key(keys::leases(key.tenant()))
+            .key(keys::fence(key.tenant()))
+            .arg(key.stream().as_str())
             .arg(owner.as_str())
             .arg(millis(ttl).max(1));
         let reply: Vec<Value> = self
@@ -323,7 +323,7 @@ impl Store for RedisStore {
             _ => return Err(StoreError::Protocol(format!("acquire answered {reply:?}"))),
         };
         if matches!(acquired, Acquired::Granted { .. }) {
-            self.register([&key.tenant]).await;
+            self.register([key.tenant()]).await;
         }
         Ok(acquired)
     }
@@ -338,10 +338,7 @@ impl Store for RedisStore {
             let mut call = scripts::LEASE_EXPIRIES.call();
             call.key(keys::leases(tenant));
             for stream in part {
-                let key = StreamKey {
-                    tenant: tenant.clone(),
-                    stream: stream.clone(),
-                };
+                let key = StreamKey::new(tenant.clone(), stream.clone());
                 call.key(keys::lease(&key)).arg(stream.as_str());
             }
             let codes: Vec<i64> = self
@@ -374,7 +371,7 @@ impl Store for RedisStore {
         let mut by_tenant: BTreeMap<&Tenant, Vec<usize>> = BTreeMap::new();
         for (i, b) in beats.iter().enumerate() {
             if answer[i] == i {
-                by_tenant.entry(&b.key.tenant).or_default().push(i);
+                by_tenant.entry(b.key.tenant()).or_default().push(i);
             }
         }
         let mut chunks: Vec<(&Tenant, Vec<usize>, Vec<(&Beat, bool)>)> = Vec::new();
@@ -470,11 +467,11 @@ impl Store for RedisStore {
         let json = to_json(transition)?;
         let mut call = scripts::RELEASE.call();
         call.key(keys::lease(key))
-            .key(keys::leases(&key.tenant))
+            .key(keys::leases(key.tenant()))
             .key(keys::conn(key))
-            .key(keys::live(&key.tenant))
-            .key(keys::pool(&key.tenant))
-            .arg(key.stream.as_str())
+            .key(keys::live(key.tenant()))
+            .key(keys::pool(key.tenant()))
+            .arg(key.stream().as_str())
             .arg(fence.0)
             .arg(TRANSITIONS_CHANNEL)
             .arg(json)
@@ -536,7 +533,7 @@ impl Store for RedisStore {
         for (i, w) in writes.iter().enumerate() {
             if answer[i] == i {
                 groups
-                    .entry(cluster.then_some(&w.key.tenant))
+                    .entry(cluster.then_some(w.key.tenant()))
                     .or_default()
                     .push(i);
             }
@@ -658,10 +655,10 @@ impl Store for RedisStore {
         limit: u32,
     ) -> Result<bool, StoreError> {
         let mut call = scripts::POOL_ACQUIRE.call();
-        call.key(keys::pool(&key.tenant))
-            .key(keys::leases(&key.tenant))
+        call.key(keys::pool(key.tenant()))
+            .key(keys::leases(key.tenant()))
             .key(keys::lease(key))
-            .arg(key.stream.as_str())
+            .arg(key.stream().as_str())
             .arg(fence.0)
             .arg(limit);
         let granted: i64 = self
@@ -676,8 +673,8 @@ impl Store for RedisStore {
 
     async fn pool_release(&self, key: &StreamKey, fence: Fence) -> Result<(), StoreError> {
         let mut call = scripts::POOL_RELEASE.call();
-        call.key(keys::pool(&key.tenant))
-            .arg(key.stream.as_str())
+        call.key(keys::pool(key.tenant()))
+            .arg(key.stream().as_str())
             .arg(fence.0);
         let _: i64 = self
             .conn
@@ -692,13 +689,13 @@ impl Store for RedisStore {
     async fn remove_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
         let mut call = scripts::REMOVE.call();
         call.key(keys::lease(key))
-            .key(keys::leases(&key.tenant))
+            .key(keys::leases(key.tenant()))
             .key(keys::conn(key))
-            .key(keys::live(&key.tenant))
+            .key(keys::live(key.tenant()))
             .key(keys::ckpt(key))
             .key(keys::ckseq(key))
-            .key(keys::pool(&key.tenant))
-            .arg(key.stream.as_str())
+            .key(keys::pool(key.tenant()))
+            .arg(key.stream().as_str())
             .arg(millis(self.conn.opts.lease_retention).max(1));
         let found: i64 = self
             .conn
@@ -723,8 +720,8 @@ impl Store for RedisStore {
         pipe.cmd("HGETALL")
             .arg(keys::conn(key))
             .cmd("ZSCORE")
-            .arg(keys::live(&key.tenant))
-            .arg(key.stream.as_str());
+            .arg(keys::live(key.tenant()))
+            .arg(key.stream().as_str());
         let (hash, score): (HashMap<String, String>, Option<f64>) = self
             .conn
             .run("read a record", |mut c| async move {
@@ -740,8 +737,8 @@ impl Store for RedisStore {
             .or_else(|| hash.get("lastPong").and_then(|v| v.parse().ok()))
             .unwrap_or(0);
         Ok(record_from(
-            &key.tenant,
-            key.stream.as_str(),
+            key.tenant(),
+            key.stream().as_str(),
             last_pong,
             &hash,
         ))
@@ -809,7 +806,7 @@ fn digest(b: &Beat) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     let r = &b.record;
     (
-        b.key.tenant.as_str(),
+        b.key.tenant().as_str(),
         r.socket_id.as_str(),
         r.platform.as_str(),
         r.state.as_str(),

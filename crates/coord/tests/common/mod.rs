@@ -160,10 +160,10 @@ impl RedisDeployment for RedisCluster {
 // helpers
 
 pub fn key(tenant: &str, stream: &str) -> StreamKey {
-    StreamKey {
-        tenant: tenant.parse().expect("tenant"),
-        stream: stream.parse().expect("stream"),
-    }
+    StreamKey::new(
+        tenant.parse().expect("tenant"),
+        stream.parse().expect("stream"),
+    )
 }
 
 pub fn pod(p: &str) -> PodName {
@@ -172,8 +172,8 @@ pub fn pod(p: &str) -> PodName {
 
 pub fn record(k: &StreamKey, owner: &str, fence: Fence, last_pong: u64) -> ConnRecord {
     ConnRecord {
-        stream: k.stream.clone(),
-        tenant: k.tenant.clone(),
+        stream: k.stream().clone(),
+        tenant: k.tenant().clone(),
         socket_id: "sock-1".into(),
         last_pong,
         platform: "generic".into(),
@@ -229,8 +229,8 @@ pub async fn save(s: &Arc<dyn Store>, k: &StreamKey, fence: Fence, id: &str) -> 
 
 pub fn transition(k: &StreamKey, to: StreamState, reason: &str, fence: Fence) -> Transition {
     Transition {
-        stream: k.stream.clone(),
-        tenant: k.tenant.clone(),
+        stream: k.stream().clone(),
+        tenant: k.tenant().clone(),
         from: StreamState::Active,
         to,
         reason: reason.into(),
@@ -279,7 +279,7 @@ pub async fn lease_lapsed(d: &dyn Deployment, k: &StreamKey) -> bool {
         Some(r) => redis_lease_lapsed(r, k),
         None => {
             d.store()
-                .lease_expiries(&k.tenant, std::slice::from_ref(&k.stream))
+                .lease_expiries(k.tenant(), std::slice::from_ref(k.stream()))
                 .await
                 .expect("lease expiries")
                 == vec![LeaseView::Lapsed]
@@ -288,8 +288,8 @@ pub async fn lease_lapsed(d: &dyn Deployment, k: &StreamKey) -> bool {
 }
 
 fn redis_lease_lapsed(d: &dyn RedisDeployment, k: &StreamKey) -> bool {
-    let leases = format!("sk:{{{}}}:leases", k.tenant);
-    let score = match d.command_for(Some(&leases), &["ZSCORE", &leases, k.stream.as_str()]) {
+    let leases = format!("sk:{{{}}}:leases", k.tenant());
+    let score = match d.command_for(Some(&leases), &["ZSCORE", &leases, k.stream().as_str()]) {
         Ok(v) => value_text(v).parse::<f64>().unwrap_or(0.0),
         Err(e) => panic!("ZSCORE: {e}"),
     };

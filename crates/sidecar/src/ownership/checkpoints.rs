@@ -91,10 +91,10 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> StreamKey {
-        StreamKey {
-            tenant: "acme".parse().expect("tenant"),
-            stream: format!("cc/{s}").parse().expect("id"),
-        }
+        StreamKey::new(
+            "acme".parse().expect("tenant"),
+            format!("cc/{s}").parse().expect("id"),
+        )
     }
 
     fn id(n: u32) -> EventId {

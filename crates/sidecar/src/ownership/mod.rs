@@ -329,7 +329,7 @@ impl Ownership {
             tokio::pin!(notified);
             notified.as_mut().enable();
             due.borrow_and_update();
-            let health = self.health_of(&key.tenant);
+            let health = self.health_of(key.tenant());
             let now = Instant::now();
             // A slow retry for when nothing better is known (the store is down, or did not
             // say when the lease lapses).
@@ -343,9 +343,9 @@ impl Ownership {
                 // node), so no standby grabs a lease in the store's first answer.
                 let look = self
                     .store
-                    .lease_expiries(&key.tenant, std::slice::from_ref(&key.stream))
+                    .lease_expiries(key.tenant(), std::slice::from_ref(key.stream()))
                     .await;
-                self.mark_tenant(&key.tenant, look.is_ok());
+                self.mark_tenant(key.tenant(), look.is_ok());
                 if look.is_ok() {
                     continue;
                 }
@@ -392,12 +392,12 @@ impl Ownership {
         let mut by_tenant: BTreeMap<Tenant, Vec<StreamKey>> = BTreeMap::new();
         for key in self.standbys().keys() {
             by_tenant
-                .entry(key.tenant.clone())
+                .entry(key.tenant().clone())
                 .or_default()
                 .push(key.clone());
         }
         for (tenant, keys) in by_tenant {
-            let streams: Vec<_> = keys.iter().map(|k| k.stream.clone()).collect();
+            let streams: Vec<_> = keys.iter().map(|k| k.stream().clone()).collect();
             match self.store.lease_expiries(&tenant, &streams).await {
                 Ok(views) => {
                     self.mark_tenant(&tenant, true);
@@ -433,7 +433,7 @@ impl Ownership {
         let sent_at = Instant::now();
         match self.store.try_acquire(key, &self.pod, ttl).await {
             Ok(Acquired::Granted { fence, took_over }) => {
-                self.mark_tenant(&key.tenant, true);
+                self.mark_tenant(key.tenant(), true);
                 let term = LeaseTerm::granted(ttl, sent_at);
                 // Beside the stream's stop signal: its supervisor waits on them together.
                 let (tx, rx) = stop.sibling(None);
@@ -450,7 +450,7 @@ impl Ownership {
                     }),
                 );
                 self.acquired.notify_one();
-                tracing::info!(stream = %key.stream, %fence, "lease acquired");
+                tracing::info!(stream = %key.stream(), %fence, "lease acquired");
                 if let Some((owner, old)) = took_over {
                     // The previous owner stopped vouching without a release (crashed, frozen
                     // or cut off): announce it, so every pod (and the old owner, if it wakes)
@@ -463,7 +463,7 @@ impl Ownership {
                         "owner_lost",
                     );
                     t.owner = Some(owner);
-                    tracing::warn!(stream = %key.stream, previous = ?t.owner.as_ref().map(|p| p.as_str()), %old, "took over a lapsed lease");
+                    tracing::warn!(stream = %key.stream(), previous = ?t.owner.as_ref().map(|p| p.as_str()), %old, "took over a lapsed lease");
                     self.publisher.push(key.clone(), fence, t);
                 }
                 Attempt::Granted(Claim {
@@ -474,12 +474,12 @@ impl Ownership {
                 })
             }
             Ok(Acquired::Held { expires_in }) => {
-                self.mark_tenant(&key.tenant, true);
+                self.mark_tenant(key.tenant(), true);
                 Attempt::Held(expires_in)
             }
             Err(e) => {
-                self.mark_tenant(&key.tenant, false);
-                tracing::debug!(stream = %key.stream, error = %e, "cannot contend for the lease");
+                self.mark_tenant(key.tenant(), false);
+                tracing::debug!(stream = %key.stream(), error = %e, "cannot contend for the lease");
                 Attempt::Failed
             }
         }
@@ -487,13 +487,13 @@ impl Ownership {
 
     /// Takes a slot in the tenant's pool for a held lease (`false`: the pool is full).
     pub async fn pool_acquire(&self, claim: &Claim) -> Result<bool, StoreError> {
-        let limit = self.limit(&claim.key.tenant);
+        let limit = self.limit(claim.key.tenant());
         let res = self
             .store
             .pool_acquire(&claim.key, claim.fence, limit)
             .await;
         self.mark_tenant(
-            &claim.key.tenant,
+            claim.key.tenant(),
             !matches!(res, Err(StoreError::Unavailable(_))),
         );
         res
@@ -551,7 +551,7 @@ impl Ownership {
         let mut answered: BTreeMap<Tenant, bool> = BTreeMap::new();
         for (w, outcome) in writes.into_iter().zip(outcomes) {
             let ok = !matches!(outcome, CheckpointOutcome::Failed(_));
-            *answered.entry(w.key.tenant.clone()).or_insert(true) &= ok;
+            *answered.entry(w.key.tenant().clone()).or_insert(true) &= ok;
             match outcome {
                 CheckpointOutcome::Saved | CheckpointOutcome::Superseded => {}
                 CheckpointOutcome::Fenced => self.lose(&w.key, w.fence, DropReason::OwnerLost),
@@ -598,18 +598,18 @@ impl Ownership {
     /// Publishes one queued transition (the publisher worker).
     async fn publish_now(&self, q: &Queued) {
         match self.store.publish(&q.key, q.fence, &q.transition).await {
-            Ok(true) => self.mark_tenant(&q.key.tenant, true),
+            Ok(true) => self.mark_tenant(q.key.tenant(), true),
             Ok(false) => {
-                self.mark_tenant(&q.key.tenant, true);
+                self.mark_tenant(q.key.tenant(), true);
                 self.lose(&q.key, q.fence, DropReason::OwnerLost);
             }
             Err(StoreError::LeaseMissing) => {
-                self.mark_tenant(&q.key.tenant, true);
-                tracing::debug!(stream = %q.key.stream, "transition not published: the store lost the lease; the next beat re-asserts it");
+                self.mark_tenant(q.key.tenant(), true);
+                tracing::debug!(stream = %q.key.stream(), "transition not published: the store lost the lease; the next beat re-asserts it");
             }
             Err(e) => {
-                self.mark_tenant(&q.key.tenant, false);
-                tracing::debug!(stream = %q.key.stream, error = %e, "transition not published");
+                self.mark_tenant(q.key.tenant(), false);
+                tracing::debug!(stream = %q.key.stream(), error = %e, "transition not published");
             }
         }
     }
@@ -623,8 +623,8 @@ impl Ownership {
         reason: &str,
     ) -> Transition {
         Transition {
-            stream: key.stream.clone(),
-            tenant: key.tenant.clone(),
+            stream: key.stream().clone(),
+            tenant: key.tenant().clone(),
             from,
             to,
             reason: reason.to_owned(),
@@ -651,10 +651,10 @@ impl Ownership {
             reason.as_str(),
         );
         match self.store.release(&claim.key, claim.fence, &t).await {
-            Ok(_) => self.mark_tenant(&claim.key.tenant, true),
+            Ok(_) => self.mark_tenant(claim.key.tenant(), true),
             Err(e) => {
-                self.mark_tenant(&claim.key.tenant, false);
-                tracing::warn!(stream = %claim.key.stream, error = %e, "lease not released; it lapses by itself");
+                self.mark_tenant(claim.key.tenant(), false);
+                tracing::warn!(stream = %claim.key.stream(), error = %e, "lease not released; it lapses by itself");
             }
         }
     }
@@ -673,7 +673,7 @@ impl Ownership {
         if held.get(key).is_some_and(|h| h.fence == fence)
             && let Some(h) = held.remove(key)
         {
-            tracing::warn!(stream = %key.stream, %fence, %reason, "lease lost; terminating the stream");
+            tracing::warn!(stream = %key.stream(), %fence, %reason, "lease lost; terminating the stream");
             h.lost.send_replace(Some(reason));
         }
     }
@@ -700,8 +700,8 @@ impl Ownership {
                 .map(|(k, h)| {
                     let st = read_status(&h.status);
                     let record = ConnRecord {
-                        stream: k.stream.clone(),
-                        tenant: k.tenant.clone(),
+                        stream: k.stream().clone(),
+                        tenant: k.tenant().clone(),
                         socket_id: st.connection.map(|c| c.0).unwrap_or_default(),
                         last_pong: st.last_pong_ms.max(1),
                         platform: h.platform.to_owned(),
@@ -733,12 +733,12 @@ impl Ownership {
         // Per tenant: whether its node answered every beat of this round.
         let mut answered: BTreeMap<&Tenant, bool> = BTreeMap::new();
         for ((key, beat), outcome) in keys.iter().zip(&beats).zip(outcomes) {
-            *answered.entry(&key.tenant).or_insert(true) &=
+            *answered.entry(key.tenant()).or_insert(true) &=
                 !matches!(outcome, BeatOutcome::Failed(_));
             match outcome {
                 BeatOutcome::Renewed => self.confirm(key, beat.fence, sent_at),
                 BeatOutcome::Reasserted => {
-                    tracing::info!(stream = %key.stream, fence = %beat.fence, "lease re-asserted after the store lost it");
+                    tracing::info!(stream = %key.stream(), fence = %beat.fence, "lease re-asserted after the store lost it");
                     self.confirm(key, beat.fence, sent_at);
                     reasserted.push((key.clone(), beat.fence));
                 }
@@ -767,13 +767,13 @@ impl Ownership {
         for (key, fence) in reasserted {
             match self
                 .store
-                .pool_acquire(&key, fence, self.limit(&key.tenant))
+                .pool_acquire(&key, fence, self.limit(key.tenant()))
                 .await
             {
                 Ok(true) => {}
                 Ok(false) => self.lose(&key, fence, DropReason::Preempted),
                 Err(e) => {
-                    tracing::debug!(stream = %key.stream, error = %e, "pool slot not re-taken yet")
+                    tracing::debug!(stream = %key.stream(), error = %e, "pool slot not re-taken yet")
                 }
             }
         }
@@ -806,10 +806,7 @@ impl Ownership {
 
     /// Acts on one transition heard on the channel.
     pub fn on_transition(&self, t: &Transition) {
-        let key = StreamKey {
-            tenant: t.tenant.clone(),
-            stream: t.stream.clone(),
-        };
+        let key = StreamKey::new(t.tenant.clone(), t.stream.clone());
         if t.to == StreamState::Dead {
             let ours = {
                 let held = self.held();
@@ -1132,7 +1129,7 @@ mod tests {
         let a = manager(&store, "pod-a");
         let status: StatusCell = Default::default();
         let (_tx, mut stop) = crate::signal::channel(None);
-        a.watch_tenant(&key().tenant);
+        a.watch_tenant(key().tenant());
         let long = a
             .claim(
                 &key(),
@@ -1149,10 +1146,7 @@ mod tests {
         };
         // Acquired while the watch sleeps towards the 30 s lease's deadline.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let short_key = StreamKey {
-            tenant: key().tenant,
-            stream: "cc/short".parse().expect("id"),
-        };
+        let short_key = StreamKey::new(key().tenant().clone(), "cc/short".parse().expect("id"));
         let mut short = a
             .claim(
                 &short_key,
@@ -1198,7 +1192,7 @@ mod tests {
         let b = manager(&store, "pod-b");
         let status: StatusCell = Default::default();
         let (_tx, mut stop) = crate::signal::channel(None);
-        a.watch_tenant(&key().tenant);
+        a.watch_tenant(key().tenant());
         let ttl = Duration::from_secs(3);
         let claim = a
             .claim(&key(), ttl, "generic", &status, &mut stop)
@@ -1305,7 +1299,7 @@ mod tests {
         // b heard nothing from the store for a while (it is empty: an owner still has the
         // stream in memory and re-asserts it with its next beat).
         link.cut.store(true, Ordering::Relaxed);
-        b.watch_tenant(&key().tenant);
+        b.watch_tenant(key().tenant());
         let standby = {
             let b = Arc::clone(&b);
             let status = Arc::clone(&status);
@@ -1321,7 +1315,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(100)).await;
         }
         assert!(!b.store_up());
-        assert_eq!(b.store_down_tenants(), [key().tenant]);
+        assert_eq!(b.store_down_tenants(), [key().tenant().clone()]);
         tokio::time::advance(Duration::from_secs(2)).await;
         let back = Instant::now();
         link.cut.store(false, Ordering::Relaxed);
@@ -1394,10 +1388,7 @@ mod tests {
     }
 
     fn key() -> StreamKey {
-        StreamKey {
-            tenant: "acme".parse().expect("tenant"),
-            stream: "cc/q".parse().expect("id"),
-        }
+        StreamKey::new("acme".parse().expect("tenant"), "cc/q".parse().expect("id"))
     }
 
     fn manager(store: &Arc<MemoryStore>, pod: &str) -> Arc<Ownership> {
@@ -1541,9 +1532,11 @@ mod tests {
         };
         a.set_tenants(tenants.iter().map(|(t, _)| t.clone()).collect());
         let b = Ownership::new(store(()), "pod-b".parse().expect("pod"), Arc::new(|_| {}));
-        let key = |i: usize| StreamKey {
-            tenant: tenants[i].0.clone(),
-            stream: format!("cc/s{i}").parse().expect("id"),
+        let key = |i: usize| {
+            StreamKey::new(
+                tenants[i].0.clone(),
+                format!("cc/s{i}").parse().expect("id"),
+            )
         };
         let status: StatusCell = Default::default();
         let (_tx, mut stop) = crate::signal::channel(None);

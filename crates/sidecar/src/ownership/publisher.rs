@@ -211,16 +211,16 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> StreamKey {
-        StreamKey {
-            tenant: "acme".parse().expect("tenant"),
-            stream: format!("cc/{s}").parse().expect("id"),
-        }
+        StreamKey::new(
+            "acme".parse().expect("tenant"),
+            format!("cc/{s}").parse().expect("id"),
+        )
     }
 
     fn t(k: &StreamKey, from: StreamState, to: StreamState, at: u64) -> Transition {
         Transition {
-            stream: k.stream.clone(),
-            tenant: k.tenant.clone(),
+            stream: k.stream().clone(),
+            tenant: k.tenant().clone(),
             from,
             to,
             reason: to.as_str().to_lowercase(),
@@ -269,7 +269,13 @@ mod tests {
         );
         assert_eq!(q.dropped(), 1);
         let left: Vec<_> = std::iter::from_fn(|| q.pop())
-            .map(|q| (q.key.stream.to_string(), q.transition.from, q.transition.to))
+            .map(|q| {
+                (
+                    q.key.stream().to_string(),
+                    q.transition.from,
+                    q.transition.to,
+                )
+            })
             .collect();
         assert_eq!(
             left,

@@ -37,8 +37,8 @@ use crate::{
     upstream::{Observer, SharedConnectOptions, StatusCell, StreamStatus, read_owner, read_status},
 };
 
-/// A running stream. The spec is behind an `Arc`: inline it would make every slot of the
-/// pod's map (which keeps up to twice as many slots as streams) the size of a spec.
+/// A running stream, boxed in the pod's map: the map keeps up to twice as many slots as
+/// streams, and an empty slot the size of an entry (40 bytes) cost more than the box does.
 struct Entry {
     spec: Arc<StreamSpec>,
     hub: Arc<Hub>,
@@ -62,7 +62,7 @@ pub struct Pod {
     extra_observer: Option<Arc<dyn Observer>>,
     /// Streams with the same socket settings share their connect options.
     connect_options: SharedConnectOptions,
-    streams: Mutex<HashMap<StreamId, Entry>>,
+    streams: Mutex<HashMap<StreamId, Box<Entry>>>,
     tick: watch::Sender<(Duration, Duration)>,
 }
 
@@ -137,7 +137,7 @@ impl Pod {
         &self.tokens
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Entry>> {
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Box<Entry>>> {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -203,7 +203,7 @@ impl Pod {
         Ok(diff.applied())
     }
 
-    fn start(self: &Arc<Self>, spec: StreamSpec, adapter: Arc<dyn Adapter>) -> Entry {
+    fn start(self: &Arc<Self>, spec: StreamSpec, adapter: Arc<dyn Adapter>) -> Box<Entry> {
         // The stream's signals (stop, acks, and the lease's, made beside stop) wake its
         // supervisor through one wait.
         let signals = signal::Group::default();
@@ -228,13 +228,13 @@ impl Pod {
             Arc::clone(&status),
             stop_rx,
         ));
-        Entry {
+        Box::new(Entry {
             spec,
             hub,
             status,
             stop,
             task,
-        }
+        })
     }
 
     /// Stops every stream (releasing leases so standbys take over at once) and waits for them,

@@ -64,10 +64,7 @@ impl Pod {
                 // The key is made for the claim, which keeps it: kept here too, it would be 32
                 // bytes more of this future for the stream's whole life.
                 let Some(mut claim) = Box::pin(async {
-                    let key = StreamKey {
-                        tenant: spec.tenant.clone(),
-                        stream: spec.id.clone(),
-                    };
+                    let key = StreamKey::new(spec.tenant.clone(), spec.id.clone());
                     self.ownership
                         .claim(
                             &key,
@@ -272,7 +269,7 @@ impl Pod {
             match self.ownership.store().checkpoint(&claim.key).await {
                 Ok(ckpt) => return Some(ckpt),
                 Err(e) => {
-                    tracing::warn!(stream = %claim.key.stream, error = %e, "checkpoint unreadable; retrying while the lease lasts")
+                    tracing::warn!(stream = %claim.key.stream(), error = %e, "checkpoint unreadable; retrying while the lease lasts")
                 }
             }
             if stop.borrow().is_some() || !self.ownership.confirmed(&claim.key, claim.fence) {
@@ -399,7 +396,7 @@ impl Pod {
                 .map(|r| r.last_pong)
                 .filter(|t| *t > 0),
             Err(e) => {
-                tracing::debug!(stream = %key.stream, error = %e, "previous record unreadable");
+                tracing::debug!(stream = %key.stream(), error = %e, "previous record unreadable");
                 None
             }
         };
