@@ -646,6 +646,16 @@ mod tests {
         drop(bound("server", echo).await.expect("server task"));
     }
 
+    #[test]
+    fn a_stream_fits_the_allocators_one_kib_class() {
+        // Boxed by the transport and kept as long as its socket: one byte more is 1,280.
+        assert!(
+            size_of::<TlsStream>() <= 1024,
+            "{} bytes",
+            size_of::<TlsStream>()
+        );
+    }
+
     #[tokio::test]
     async fn close_notify_reads_as_end_of_stream_and_a_bare_fin_does_not() {
         let (client, server) = pair(trusting_the_test_ca()).await;

@@ -32,6 +32,7 @@ use crate::{
     metrics::Metrics,
     net::{Egress, ProxyPolicy},
     ownership::Ownership,
+    pace::Pace,
     platforms::{Adapter, adapter_for},
     signal,
     upstream::{Observer, SharedConnectOptions, StatusCell, StreamStatus, read_owner, read_status},
@@ -63,6 +64,8 @@ pub struct Pod {
     /// Streams with the same socket settings share their connect options.
     connect_options: SharedConnectOptions,
     streams: Mutex<HashMap<StreamId, Box<Entry>>>,
+    /// When each stream may start ([`Pace::stream_starts`]).
+    starts: Mutex<Pace>,
     tick: watch::Sender<(Duration, Duration)>,
 }
 
@@ -113,6 +116,7 @@ impl Pod {
             extra_observer,
             connect_options: SharedConnectOptions::default(),
             streams: Mutex::new(HashMap::new()),
+            starts: Mutex::new(Pace::stream_starts()),
             tick: watch::channel((Duration::from_secs(15), Duration::from_secs(35))).0,
         })
     }

@@ -2,7 +2,11 @@
 //! pool slot, run the session with its token manager, hold the app's events while the lease is
 //! not certain, batch acks into checkpoints under the fence, and hand over on stop.
 
-use std::{sync::Arc, task::Poll, time::Duration};
+use std::{
+    sync::{Arc, PoisonError},
+    task::Poll,
+    time::Duration,
+};
 
 use futures_util::FutureExt as _;
 use streamkeeper_api::{DropReason, EventId, Fence, StreamSpec, StreamState, ToApp};
@@ -48,6 +52,9 @@ impl Pod {
         async move {
             let metrics = self.metrics.stream(&spec.id, &spec.tenant);
             metrics.state(StreamState::Stopped);
+            if !Box::pin(self.paced_start(&mut stop)).await {
+                return;
+            }
             let route = match Box::pin(self.route(&spec)).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -349,6 +356,20 @@ impl Pod {
                     }
                 }
             }
+        }
+    }
+
+    /// Waits for the stream's turn to start ([`crate::pace::Pace::stream_starts`]); `false` when
+    /// it stopped meanwhile.
+    async fn paced_start(&self, stop: &mut signal::Receiver<Option<DropReason>>) -> bool {
+        let at = self
+            .starts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(Instant::now());
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => true,
+            _ = stop.wait_for(Option::is_some) => false,
         }
     }
 
