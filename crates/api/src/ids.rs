@@ -177,10 +177,11 @@ label_id!(
     "pod name"
 );
 
-/// One upstream socket's identity, unique within a sidecar process's lifetime.
+/// One upstream socket's identity, unique within a sidecar process's lifetime. Shared
+/// (`Arc`): the socket's link and the stream's status hold the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ConnectionId(pub String);
+pub struct ConnectionId(pub Arc<str>);
 
 impl fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -702,7 +702,7 @@ impl Ownership {
                     let record = ConnRecord {
                         stream: k.stream().clone(),
                         tenant: k.tenant().clone(),
-                        socket_id: st.connection.map(|c| c.0).unwrap_or_default(),
+                        socket_id: st.connection.map(|c| c.0.to_string()).unwrap_or_default(),
                         last_pong: st.last_pong_ms.max(1),
                         platform: h.platform.to_owned(),
                         state: st.state,

@@ -62,7 +62,7 @@ impl Pod {
                         retry_count: st.retry_count,
                         reconnects: st.reconnects,
                         last_drop_reason: st.last_drop,
-                        last_error: st.last_error,
+                        last_error: st.last_error.map(String::from),
                         pending_events: e.hub.pending_events(),
                         app_clients: e.hub.consumers(),
                     };

@@ -399,7 +399,7 @@ impl Session {
     pub(super) fn next_connection_id(&self) -> ConnectionId {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ConnectionId(format!("{}-{n}", self.ctx.pod))
+        ConnectionId(format!("{}-{n}", self.ctx.pod).into())
     }
 
     /// The first ping goes out at a random point of the first interval, so thousands of
@@ -419,7 +419,7 @@ impl Session {
                 return Ok((token, view.generation));
             }
             if let Some(error) = view.error {
-                self.status().last_error = Some(format!("no token: {error}"));
+                self.status().last_error = Some(format!("no token: {error}").into());
             }
             if self.connections > 0 {
                 // Not at start-up: the app was streaming and now waits on a token.
@@ -460,7 +460,7 @@ impl Session {
         {
             let mut st = self.status();
             st.retry_count = self.backoff.attempts();
-            st.last_error = Some(why.clone());
+            st.last_error = Some(why.as_str().into());
         }
         self.ctx.observer.observe(
             &self.ctx.spec.id,
