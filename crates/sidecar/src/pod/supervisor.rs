@@ -137,10 +137,9 @@ impl Pod {
                 ))
                 .await;
                 let observer = Arc::new(StreamObserver {
-                    ownership: Arc::clone(&self.ownership),
+                    pod: Arc::clone(&self),
                     key: claim.key.clone(),
                     fence: claim.fence,
-                    extra: self.extra_observer.clone(),
                 });
                 let (session_stop, session_stop_rx) = stop.sibling(None);
                 let ctx = SessionCtx {
