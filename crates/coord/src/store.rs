@@ -76,7 +76,7 @@ pub struct ConnRecord {
     /// Last pong (or any inbound frame), epoch milliseconds.
     pub last_pong: u64,
     /// Platform name.
-    pub platform: String,
+    pub platform: Box<str>,
     /// Current state.
     pub state: StreamState,
     /// Consecutive failed connection attempts.

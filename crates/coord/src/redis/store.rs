@@ -151,7 +151,7 @@ impl RedisStore {
                 .arg(b.record.last_pong)
                 .arg(if *write { "1" } else { "0" })
                 .arg(&b.record.socket_id)
-                .arg(&b.record.platform)
+                .arg(&*b.record.platform)
                 .arg(b.record.state.as_str())
                 .arg(b.record.retry_count);
         }
@@ -789,7 +789,7 @@ fn record_from(
         tenant: tenant.clone(),
         socket_id: field("socketId").to_owned(),
         last_pong,
-        platform: field("platform").to_owned(),
+        platform: field("platform").into(),
         state: parse_state(field("state"))?,
         retry_count: field("retryCount").parse().unwrap_or(0),
         owner: field("owner").parse().ok()?,
@@ -808,7 +808,7 @@ fn digest(b: &Beat) -> u64 {
     (
         b.key.tenant().as_str(),
         r.socket_id.as_str(),
-        r.platform.as_str(),
+        &*r.platform,
         r.state.as_str(),
         r.retry_count,
     )

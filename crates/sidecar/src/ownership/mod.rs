@@ -704,7 +704,7 @@ impl Ownership {
                         tenant: k.tenant().clone(),
                         socket_id: st.connection.map(|c| c.0.to_string()).unwrap_or_default(),
                         last_pong: st.last_pong_ms.max(1),
-                        platform: h.platform.to_owned(),
+                        platform: h.platform.into(),
                         state: st.state,
                         retry_count: st.retry_count,
                         owner: self.pod.clone(),
