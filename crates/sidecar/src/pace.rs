@@ -45,7 +45,7 @@ impl Pace {
     /// once (a rollout, a new config) would otherwise run a thousand handshakes at the same
     /// time, and their short-lived allocations leave holes between the streams' long-lived ones:
     /// measured with the sidecar bench at 1,000 streams, a `ws` stream's RSS stood 460 bytes
-    /// above its heap and a `wss` one's 1.1 KiB; paced, about 190 and 760.
+    /// above its heap and a `wss` one's 1.1 KiB; paced, about 110 to 170 and 490 to 740.
     pub fn stream_starts() -> Self {
         Self::new(500, Duration::from_secs(1), 16)
     }
