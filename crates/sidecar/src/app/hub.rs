@@ -176,7 +176,7 @@ impl Hub {
             closed: false,
         };
         if let Some(id) = &checkpoint {
-            remember(&mut st, recent_cap(max_unacked), id.clone());
+            st.recent.remember(recent_cap(max_unacked), id.clone());
             st.last_acked = Some(id.clone());
         }
         Arc::new(Self {
@@ -224,7 +224,7 @@ impl Hub {
             if st.recent.contains(id) {
                 return Push::Duplicate;
             }
-            remember(&mut st, recent_cap(self.max_unacked), id.clone());
+            st.recent.remember(recent_cap(self.max_unacked), id.clone());
             let frame: Arc<str> = ToApp::Event {
                 stream: &self.stream,
                 id,
@@ -327,7 +327,7 @@ impl Hub {
                 st.last_acked = Some(id);
             }
             if let Some(id) = st.last_acked.clone() {
-                remember(&mut st, recent_cap(self.max_unacked), id);
+                st.recent.remember(recent_cap(self.max_unacked), id);
             }
             st.held = false;
             st.ack_untaken = false;
@@ -434,10 +434,6 @@ impl Hub {
 /// How many ids a hub remembers to suppress replays: twice its event bound, at least 4,096.
 fn recent_cap(max_unacked: u32) -> usize {
     (max_unacked as usize).saturating_mul(2).max(4096)
-}
-
-fn remember(st: &mut State, cap: usize, id: EventId) {
-    st.recent.remember(cap, id);
 }
 
 /// The ids a hub remembers to suppress replays, oldest first out. Made on the first id: a

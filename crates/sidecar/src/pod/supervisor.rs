@@ -37,8 +37,8 @@ impl Pod {
     /// Not an `async fn`: one keeps each argument in its future twice (as the argument and as
     /// the local it is moved into), 72 bytes more for every stream.
     ///
-    /// At 280 bytes this future makes a task of 384 with tokio's header and trailer (a size
-    /// class of jemalloc's); eight bytes more kept across the session's wait make it 512.
+    /// At 256 bytes this future makes a task of 384 with tokio's header and trailer (a size
+    /// class of jemalloc's); past 280 bytes kept across the session's wait it would be 512.
     // Clippy would have it an `async fn` again: the doc line above says why not.
     #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
     pub(super) fn stream_task(
