@@ -593,7 +593,7 @@ impl SidecarConfig {
     /// Parses and validates a YAML document.
     pub fn from_yaml(text: &str) -> Result<Loaded, ConfigError> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
-        let config: SidecarConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: SidecarConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { String::new() } else { path };
             let message = e.into_inner().to_string();
@@ -607,7 +607,6 @@ impl SidecarConfig {
             ConfigError::new(field, message)
         })?;
         let warnings = config.validate()?;
-        let mut config = config;
         config.share_equal_values();
         Ok(Loaded { config, warnings })
     }

@@ -68,8 +68,8 @@ impl Pod {
             loop {
                 // Matched where it is awaited: a binding of the `Option` would stay in the future
                 // beside the claim taken out of it.
-                // The key is made for the claim, which keeps it: kept here too, it would be 32
-                // bytes more of this future for the stream's whole life.
+                // The key is made for the claim, which keeps it: kept here too, it would be one
+                // more field of this future for the stream's whole life.
                 let Some(mut claim) = Box::pin(async {
                     let key = StreamKey::new(spec.tenant.clone(), spec.id.clone());
                     self.ownership
