@@ -22,9 +22,10 @@ use streamkeeper_sidecar::{
     pod::Pod,
     upstream::{Observer, StreamStatus},
 };
+use streamkeeper_testkit::TempDir;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use crate::{recorder::Recorder, util::TempDir};
+use crate::recorder::Recorder;
 
 /// The namespace of every test stream: stream `queue` is `e2e/queue` to the sidecar and
 /// `queue` to the emulator.

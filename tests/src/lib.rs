@@ -46,4 +46,5 @@ pub mod util;
 pub use app::{AckMode, App, FromServer};
 pub use harness::{Harness, LocalPod, Options, Rig};
 pub use recorder::{Recorder, Seen};
-pub use util::{Logs, TempDir, event_seq, free_port, logs, metric_value};
+pub use streamkeeper_testkit::TempDir;
+pub use util::{Logs, event_seq, free_port, logs, metric_value};

@@ -1,47 +1,13 @@
-//! Small helpers: temporary directories, free ports, event sequence numbers, metric samples,
+//! Small helpers: free ports, event sequence numbers, metric samples,
 //! and captured logs.
 
 use std::{
-    path::{Path, PathBuf},
-    sync::{
-        Mutex, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Mutex, OnceLock},
     time::Duration,
 };
 
 use streamkeeper_api::EventId;
 use tokio::{sync::Notify, time::Instant};
-
-/// A directory under the system temp dir, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Creates `streamkeeper-e2e-{label}-{pid}-{n}`.
-    pub fn new(label: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "streamkeeper-e2e-{label}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        Self(path)
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A port that was free a moment ago on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {

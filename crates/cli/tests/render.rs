@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use streamkeeper_testkit::TempDir;
+
 fn sconn(name: &str, priority: u16, extra: &str) -> String {
     format!(
         "apiVersion: streamkeeper.dev/v1alpha1\nkind: StreamConnection\nmetadata: {{name: {name}, namespace: cc}}\n\
@@ -10,11 +12,9 @@ fn sconn(name: &str, priority: u16, extra: &str) -> String {
     )
 }
 
-fn dir(name: &str, docs: &[String]) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("sk-render-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("dir");
-    std::fs::write(d.join("streams.yaml"), docs.join("---\n")).expect("write");
+fn dir(name: &str, docs: &[String]) -> TempDir {
+    let d = TempDir::new(&format!("render-{name}"));
+    std::fs::write(d.path().join("streams.yaml"), docs.join("---\n")).expect("write");
     d
 }
 
@@ -30,7 +30,7 @@ fn render_admits_by_priority_under_the_limit_and_prints_json_the_sidecar_reads()
     );
     let out = Command::new(env!("CARGO_BIN_EXE_streamkeeper"))
         .args(["render", "-f"])
-        .arg(&d)
+        .arg(d.path())
         .args(["--tenant-limit", "acme=2", "-o", "json"])
         .output()
         .expect("run");
@@ -71,7 +71,7 @@ fn render_refuses_an_invalid_spec_naming_the_field() {
     );
     let out = Command::new(env!("CARGO_BIN_EXE_streamkeeper"))
         .args(["render", "-f"])
-        .arg(&d)
+        .arg(d.path())
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
@@ -118,7 +118,7 @@ fn render_reads_a_kubectl_list_and_writes_yaml_that_kubectl_reads_back_the_same(
     let d = dir("list", &[list]);
     let out = Command::new(env!("CARGO_BIN_EXE_streamkeeper"))
         .args(["render", "-f"])
-        .arg(&d)
+        .arg(d.path())
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);

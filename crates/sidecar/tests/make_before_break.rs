@@ -101,8 +101,9 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
     })
     .await
     .expect("emulator");
-    let dir = std::env::temp_dir().join(format!("sk-mbb-{}", std::process::id()));
-    ClientCredentials::write_dir(&dir, "streamkeeper", "streamkeeper-secret").expect("creds");
+    let tmp = streamkeeper_testkit::TempDir::new("mbb");
+    let dir = tmp.path();
+    ClientCredentials::write_dir(dir, "streamkeeper", "streamkeeper-secret").expect("creds");
     let base: url::Url = emu.base_url().parse().expect("url");
     let spec = StreamSpec {
         id: "cc/q".parse().expect("id"),
@@ -116,7 +117,7 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
             stream: Some(emu.stream_url("q").parse().expect("url")),
         },
         credentials: Credentials {
-            dir: Some(dir.clone().into()),
+            dir: Some(dir.into()),
             secret: None,
         },
         topics: Vec::new(),
@@ -221,5 +222,4 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
     );
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
     emu.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -84,8 +84,9 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
     let (answers_tx, mut answers) = mpsc::unbounded_channel();
     let platform = tokio::spawn(bad_platform(listener, answers_tx));
 
-    let dir = std::env::temp_dir().join(format!("sk-proto-{}", std::process::id()));
-    ClientCredentials::write_dir(&dir, "streamkeeper", "streamkeeper-secret").expect("creds");
+    let tmp = streamkeeper_testkit::TempDir::new("proto");
+    let dir = tmp.path();
+    ClientCredentials::write_dir(dir, "streamkeeper", "streamkeeper-secret").expect("creds");
     let base: url::Url = emu.base_url().parse().expect("url");
     let spec = StreamSpec {
         id: "cc/q".parse().expect("id"),
@@ -103,7 +104,7 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
             ),
         },
         credentials: Credentials {
-            dir: Some(dir.clone().into()),
+            dir: Some(dir.into()),
             secret: None,
         },
         topics: Vec::new(),
@@ -168,7 +169,6 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
         .expect("session task");
     token_task.abort();
     platform.abort();
-    let _ = std::fs::remove_dir_all(&dir);
 
     let events = recorder.events.lock().expect("lock");
     let reaped = events

@@ -8,3 +8,6 @@ pub mod procfs;
 #[cfg(feature = "proxy")]
 pub mod proxy;
 pub mod redis;
+pub mod temp;
+
+pub use temp::TempDir;

@@ -116,12 +116,13 @@ mod tests {
 
     #[tokio::test]
     async fn credentials_are_read_per_platform_and_the_missing_file_is_named() {
-        let dir = std::env::temp_dir().join(format!("sk-creds-{}", std::process::id()));
+        let tmp = streamkeeper_testkit::TempDir::new("creds");
+        let dir = tmp.path();
         let spec = Credentials {
-            dir: Some(dir.clone().into()),
+            dir: Some(dir.into()),
             secret: None,
         };
-        ClientCredentials::write_dir(&dir, "id\n", "sec\n").expect("write");
+        ClientCredentials::write_dir(dir, "id\n", "sec\n").expect("write");
         let files = CredentialFiles::new(Platform::Genesys, &spec).expect("files");
         let c = files.read().await.expect("read");
         assert_eq!(
@@ -129,7 +130,7 @@ mod tests {
             ("id", "sec")
         );
         // Rewritten on disk: the next read sees the new value, no restart.
-        ClientCredentials::write_files(&dir, Platform::Genesys, "id", "sec2").expect("rewrite");
+        ClientCredentials::write_files(dir, Platform::Genesys, "id", "sec2").expect("rewrite");
         assert_eq!(
             files.read().await.expect("read").client_secret.expose(),
             "sec2"
@@ -140,6 +141,5 @@ mod tests {
         std::fs::remove_file(dir.join("clientSecret")).expect("rm");
         let err = files.read().await.expect_err("missing");
         assert!(err.to_string().contains("clientSecret"), "{err}");
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -198,22 +198,23 @@ mod tests {
 
     #[tokio::test]
     async fn one_manager_per_credential_and_trust() {
-        let dir = std::env::temp_dir().join(format!("sk-registry-{}", std::process::id()));
-        ClientCredentials::write_dir(&dir, "client", "secret").expect("creds");
+        let tmp = streamkeeper_testkit::TempDir::new("registry");
+        let dir = tmp.path();
+        ClientCredentials::write_dir(dir, "client", "secret").expect("creds");
         let managers = TokenManagers::new();
         let http = crate::net::plain_http_client();
         let hook: RefreshHook = Arc::new(|_| {});
         let a = managers
-            .lease(&spec(&dir, "cc/a", ""), &http, hook.clone())
+            .lease(&spec(dir, "cc/a", ""), &http, hook.clone())
             .await
             .expect("a");
         let b = managers
-            .lease(&spec(&dir, "cc/b", ""), &http, hook.clone())
+            .lease(&spec(dir, "cc/b", ""), &http, hook.clone())
             .await
             .expect("b");
         let private = managers
             .lease(
-                &spec(&dir, "cc/c", ", tls: {caFile: /etc/ca.pem}"),
+                &spec(dir, "cc/c", ", tls: {caFile: /etc/ca.pem}"),
                 &http,
                 hook,
             )
@@ -225,6 +226,5 @@ mod tests {
             "a stream trusting another CA gets its own manager (and REST client)"
         );
         assert_eq!(managers.live(), 2);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
