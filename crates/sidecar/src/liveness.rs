@@ -6,7 +6,7 @@
 //! [`Liveness::poll`]; there is no sweep over connections, so a DEAD is declared as soon as the
 //! runtime wakes the task at its deadline.
 
-use std::time::Duration;
+use std::{num::NonZeroU64, time::Duration};
 
 use tokio::time::Instant;
 
@@ -101,23 +101,47 @@ const RTT_SPIKE_FACTOR: u32 = 4;
 const RTT_SPIKE_FLOOR: Duration = Duration::from_millis(50);
 
 /// The liveness state of one connection.
+///
+/// It lives in every socket, so its times are [`Nanos`] since `epoch` (8 bytes, where an
+/// `Instant` or a `Duration` is 16): 112 bytes rather than 176, which puts a socket in the
+/// allocator's 256-byte class rather than its 320-byte one. The methods take and give
+/// `Instant`s and `Duration`s.
 #[derive(Debug, Clone)]
 pub struct Liveness {
-    policy: HeartbeatPolicy,
-    last_inbound: Instant,
-    next_ping: Instant,
+    /// When it connected: what its times count from.
+    epoch: Instant,
+    interval: Nanos,
+    timeout: Nanos,
+    last_inbound: Nanos,
+    next_ping: Nanos,
     next_seq: u64,
     /// When the recent pings were sent, newest last; `None` slots are answered or unused.
     /// Each ping shifts the slots by one, so slot `k` is ping `next_seq - TRACKED_PINGS + k`
-    /// ([`seq_of`]): kept with each slot, the numbers made a connection's socket
-    /// 32 bytes larger (344, served from the allocator's 384-byte class; 312 without).
-    sent: [Option<Instant>; TRACKED_PINGS],
+    /// ([`seq_of`]): kept with each slot, the numbers would make a connection's socket
+    /// 32 bytes larger.
+    sent: [Option<Nanos>; TRACKED_PINGS],
     /// When the oldest unanswered ping was sent.
-    oldest_unanswered: Option<Instant>,
+    oldest_unanswered: Option<Nanos>,
     /// Smoothed round trip (TCP's SRTT weights: 7/8 old, 1/8 new).
-    srtt: Option<Duration>,
+    srtt: Option<Nanos>,
     health: Health,
     dead: bool,
+}
+
+/// A span of time in nanoseconds, in 8 bytes with room for `None` in an `Option` (stored
+/// plus one; 584 years saturate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Nanos(NonZeroU64);
+
+impl Nanos {
+    fn new(d: Duration) -> Self {
+        let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Self(NonZeroU64::MIN.saturating_add(n))
+    }
+
+    fn get(self) -> Duration {
+        Duration::from_nanos(self.0.get() - 1)
+    }
 }
 
 /// The number of the ping in slot `k` of [`Liveness`]'s `sent`, when the next ping is
@@ -132,9 +156,11 @@ impl Liveness {
     /// opened at once.
     pub fn new(policy: HeartbeatPolicy, now: Instant, phase: Duration) -> Self {
         Self {
-            policy,
-            last_inbound: now,
-            next_ping: now + phase.min(policy.interval),
+            epoch: now,
+            interval: Nanos::new(policy.interval),
+            timeout: Nanos::new(policy.timeout),
+            last_inbound: Nanos::new(Duration::ZERO),
+            next_ping: Nanos::new(phase.min(policy.interval)),
             next_seq: 1,
             sent: [None; TRACKED_PINGS],
             oldest_unanswered: None,
@@ -146,22 +172,35 @@ impl Liveness {
 
     /// The policy in force.
     pub fn policy(&self) -> HeartbeatPolicy {
-        self.policy
+        HeartbeatPolicy {
+            interval: self.interval.get(),
+            timeout: self.timeout.get(),
+        }
     }
 
     /// When the connection is DEAD unless something arrives first.
     pub fn deadline(&self) -> Instant {
-        self.last_inbound + self.policy.timeout
+        self.last_inbound() + self.timeout.get()
     }
 
     /// When the last frame of any kind arrived.
     pub fn last_inbound(&self) -> Instant {
-        self.last_inbound
+        self.at(self.last_inbound)
     }
 
     /// The smoothed round trip, once a pong has been matched.
     pub fn srtt(&self) -> Option<Duration> {
-        self.srtt
+        self.srtt.map(Nanos::get)
+    }
+
+    /// The instant `t` of this connection's clock.
+    fn at(&self, t: Nanos) -> Instant {
+        self.epoch + t.get()
+    }
+
+    /// `now` on this connection's clock (an instant before it connected reads as its start).
+    fn since_epoch(&self, now: Instant) -> Nanos {
+        Nanos::new(now.saturating_duration_since(self.epoch))
     }
 
     /// Current health.
@@ -171,9 +210,9 @@ impl Liveness {
 
     /// When the owner must call [`poll`](Self::poll) next.
     pub fn next_wakeup(&self) -> Instant {
-        let mut at = self.next_ping.min(self.deadline());
+        let mut at = self.at(self.next_ping).min(self.deadline());
         if let (Some(sent), Health::Active) = (self.oldest_unanswered, self.health) {
-            at = at.min(sent + self.late_after());
+            at = at.min(self.at(sent) + self.late_after());
         }
         at
     }
@@ -181,15 +220,16 @@ impl Liveness {
     /// A pong is late after a whole interval, or after four average round trips if that is
     /// longer (slow links must not flap).
     fn late_after(&self) -> Duration {
-        let by_rtt = self.srtt.map(|r| r * RTT_SPIKE_FACTOR).unwrap_or_default();
-        self.policy.interval.max(by_rtt)
+        let by_rtt = self
+            .srtt()
+            .map(|r| r * RTT_SPIKE_FACTOR)
+            .unwrap_or_default();
+        self.interval.get().max(by_rtt)
     }
 
     /// Any inbound frame (data, server heartbeat, control) proves the link alive.
     pub fn on_inbound(&mut self, now: Instant) {
-        if now > self.last_inbound {
-            self.last_inbound = now;
-        }
+        self.last_inbound = self.last_inbound.max(self.since_epoch(now));
     }
 
     /// A pong arrived; `seq` is the ping number it carried, if the dialect echoes one.
@@ -220,19 +260,15 @@ impl Liveness {
             }
         }
         self.oldest_unanswered = self.sent.iter().flatten().min().copied();
-        let rtt = now.saturating_duration_since(sent_at);
-        let spike = self
-            .srtt
-            .is_some_and(|avg| rtt > avg * RTT_SPIKE_FACTOR && rtt > avg + RTT_SPIKE_FLOOR);
-        self.srtt = Some(match self.srtt {
+        let rtt = now.saturating_duration_since(self.at(sent_at));
+        let srtt = self.srtt();
+        let spike =
+            srtt.is_some_and(|avg| rtt > avg * RTT_SPIKE_FACTOR && rtt > avg + RTT_SPIKE_FLOOR);
+        self.srtt = Some(Nanos::new(match srtt {
             None => rtt,
             Some(avg) => (avg * 7 + rtt) / 8,
-        });
-        let health = if spike
-            || self
-                .oldest_unanswered
-                .is_some_and(|t| now >= t + self.late_after())
-        {
+        }));
+        let health = if spike || self.late_at(now) {
             Health::Degraded
         } else {
             Health::Active
@@ -254,32 +290,37 @@ impl Liveness {
         if now >= self.deadline() {
             self.dead = true;
             return Some(Due::Dead {
-                last_inbound: self.last_inbound,
+                last_inbound: self.last_inbound(),
                 deadline: self.deadline(),
             });
         }
-        if self.health == Health::Active
-            && self
-                .oldest_unanswered
-                .is_some_and(|t| now >= t + self.late_after())
-        {
+        if self.health == Health::Active && self.late_at(now) {
             self.health = Health::Degraded;
             return Some(Due::Degraded);
         }
-        if now >= self.next_ping {
+        let elapsed = self.since_epoch(now);
+        if elapsed >= self.next_ping {
             let seq = self.next_seq;
             self.next_seq += 1;
             // Keep the schedule anchored: a late wakeup does not shift every later ping.
-            self.next_ping += self.policy.interval;
-            if self.next_ping <= now {
-                self.next_ping = now + self.policy.interval;
+            let interval = self.interval.get();
+            let mut next = self.next_ping.get() + interval;
+            if next <= elapsed.get() {
+                next = elapsed.get() + interval;
             }
+            self.next_ping = Nanos::new(next);
             self.sent.rotate_left(1);
-            self.sent[TRACKED_PINGS - 1] = Some(now);
-            self.oldest_unanswered.get_or_insert(now);
+            self.sent[TRACKED_PINGS - 1] = Some(elapsed);
+            self.oldest_unanswered.get_or_insert(elapsed);
             return Some(Due::Ping { seq });
         }
         None
+    }
+
+    /// Whether the oldest unanswered ping is late at `now`.
+    fn late_at(&self, now: Instant) -> bool {
+        self.oldest_unanswered
+            .is_some_and(|t| now >= self.at(t) + self.late_after())
     }
 }
 
@@ -315,7 +356,7 @@ mod tests {
             live.on_pong(now, Some(4)).rtt,
             Some(now.saturating_duration_since(at(4)))
         );
-        assert_eq!(live.oldest_unanswered, Some(at(5)));
+        assert_eq!(live.oldest_unanswered.map(|t| live.at(t)), Some(at(5)));
         assert_eq!(live.on_pong(now, Some(3)).rtt, None, "answered already");
         // A pong without a number answers the newest ping.
         assert_eq!(

@@ -122,3 +122,15 @@ async fn next_of_all(current: &mut Link, successor: Option<&mut Link>, until: In
     }
     select_all(waiting).await.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Socket;
+
+    #[test]
+    fn a_socket_fits_the_allocators_256_byte_class() {
+        // A stream's sockets are a `Vec` of one (a Genesys one of a few): one byte more is 320.
+        let size = size_of::<Socket>();
+        assert!(size <= 256, "{size} bytes");
+    }
+}
