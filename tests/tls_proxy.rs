@@ -7,7 +7,7 @@
 //! the stream never goes ACTIVE, and `/status` and the log say so; a proxy that answers 407 is
 //! named in the error.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use streamkeeper_api::{StreamSpec, config::Platform};
@@ -71,8 +71,9 @@ fn stream(emu: &Emulator, name: &str, creds: &Path) -> StreamSpec {
     let rest: url::Url = format!("https://{}", rest_authority(emu))
         .parse()
         .expect("URL");
-    spec.endpoints.api = Some(rest.clone().into());
-    spec.endpoints.login = Some(rest.into());
+    let endpoints = Arc::make_mut(&mut spec.endpoints);
+    endpoints.api = Some(rest.clone().into());
+    endpoints.login = Some(rest.into());
     spec
 }
 
@@ -286,7 +287,7 @@ async fn an_untrusted_certificate_is_refused_and_status_and_log_say_so() {
         ),
         &test_ca,
     );
-    socket_refused.endpoints.stream = Some(
+    Arc::make_mut(&mut socket_refused.endpoints).stream = Some(
         rogue
             .dfo_url("emulated-tenant", "agent-1")
             .parse()

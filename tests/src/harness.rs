@@ -130,7 +130,8 @@ pub fn stream_spec_at(
             api: Some(base.clone()),
             login: Some(base),
             stream: Some(stream_url.parse().expect("emulator stream URL")),
-        },
+        }
+        .into(),
         credentials: Credentials {
             dir: Some(creds.into()),
             secret: None,

@@ -72,7 +72,7 @@ fn spec(
         tenant: "acme".parse().expect("tenant"),
         platform,
         priority: 500,
-        endpoints,
+        endpoints: endpoints.into(),
         credentials: Credentials {
             dir: Some(creds.into()),
             secret: None,

@@ -147,7 +147,7 @@ pub fn stream_spec(sc: &StreamConnection) -> Result<StreamSpec, RenderError> {
         tenant: spec.tenant.clone(),
         platform: spec.platform,
         priority: spec.priority,
-        endpoints,
+        endpoints: endpoints.into(),
         credentials: Credentials {
             dir: Some(std::path::PathBuf::from(format!("{CREDENTIALS_ROOT}/{secret}")).into()),
             secret: None,
@@ -263,11 +263,11 @@ mod tests {
         let s = stream_spec(&sc("q", GENESYS)).expect("renders");
         assert_eq!(s.id.as_str(), "cc/q");
         assert_eq!(
-            s.endpoints.api.map(String::from).as_deref(),
+            s.endpoints.api.clone().map(String::from).as_deref(),
             Some("https://api.mypurecloud.ie/")
         );
         assert_eq!(
-            s.endpoints.login.map(String::from).as_deref(),
+            s.endpoints.login.clone().map(String::from).as_deref(),
             Some("https://login.mypurecloud.ie/")
         );
         assert_eq!(

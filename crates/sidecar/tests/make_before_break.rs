@@ -115,7 +115,8 @@ async fn rotation_opens_the_next_socket_before_dropping_the_old_one() {
             api: Some(base.clone().into()),
             login: Some(base.clone().into()),
             stream: Some(emu.stream_url("q").parse().expect("url")),
-        },
+        }
+        .into(),
         credentials: Credentials {
             dir: Some(dir.into()),
             secret: None,

@@ -74,7 +74,8 @@ fn spec() -> StreamSpec {
             api: Some(base.clone().into()),
             login: Some(base.clone().into()),
             stream: Some("ws://127.0.0.1:9/s".parse().expect("url")),
-        },
+        }
+        .into(),
         credentials: Credentials {
             dir: Some(std::path::Path::new("/nonexistent").into()),
             secret: None,

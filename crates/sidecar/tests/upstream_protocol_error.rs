@@ -102,7 +102,8 @@ async fn invalid_utf8_from_the_platform_is_answered_with_close_1007_then_reaped(
                     .parse()
                     .expect("url"),
             ),
-        },
+        }
+        .into(),
         credentials: Credentials {
             dir: Some(dir.into()),
             secret: None,

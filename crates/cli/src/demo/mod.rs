@@ -94,7 +94,7 @@ impl DemoStream<'_> {
             tenant: self.tenant.parse().context("tenant")?,
             platform: self.platform,
             priority: 500,
-            endpoints: self.endpoints,
+            endpoints: self.endpoints.into(),
             credentials: Credentials {
                 dir: Some(self.creds.into()),
                 secret: None,
