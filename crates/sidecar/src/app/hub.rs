@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use streamkeeper_api::{EventId, StreamId, StreamState, ToApp};
 use tokio::sync::Notify;
 
-use crate::signal;
+use crate::{metrics::StreamMetrics, signal};
 
 /// The byte bound of [`Hub::new`] (the config's `limits.maxUnackedBytes` default).
 pub const DEFAULT_MAX_BYTES: u32 = 64 << 20;
@@ -98,8 +98,10 @@ struct State {
     last_acked: Option<EventId>,
     /// `last_acked` moved on since the supervisor last took it ([`Hub::take_ack`]).
     ack_untaken: bool,
-    generation: u64,
-    consumers: usize,
+    /// 32 bits, as `consumers`: with them the hub fits its size class (see [`Hub`]).
+    /// Compared for equality only, so a wrap after 4 billion attaches is harmless.
+    generation: u32,
+    consumers: u32,
     paused: bool,
     /// The lease is not certain: events wait.
     held: bool,
@@ -111,9 +113,9 @@ struct State {
 #[derive(Debug)]
 pub struct Hub {
     stream: StreamId,
-    // 32-bit bounds, and the window of ids remembered derived from them rather than kept: a
-    // hub is one allocation per stream, and at 232 bytes (248 with the `Arc`'s counts) it
-    // fits the allocator's 256-byte class; three `usize`s more would take it to 320.
+    // 32-bit bounds and counts, and the window of ids remembered derived from them rather
+    // than kept: a hub is one allocation per stream, and at 208 bytes (224 with the `Arc`'s
+    // counts) it fits the allocator's 224-byte class (a unit test guards it).
     max_unacked: u32,
     max_bytes: u32,
     state: Mutex<State>,
@@ -121,16 +123,9 @@ pub struct Hub {
     /// The stream's signals: an ack wakes its supervisor through them. Not a signal of its
     /// own: the id is in `state` already, and a signal is one more allocation per stream.
     signals: signal::Group,
-    on_consumers: std::sync::OnceLock<ConsumerHook>,
-}
-
-/// Told the number of consumers when it changes.
-struct ConsumerHook(Box<dyn Fn(usize) + Send + Sync>);
-
-impl std::fmt::Debug for ConsumerHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConsumerHook")
-    }
+    /// Told the number of consumers when it changes (the app-clients gauge). The stream's
+    /// series itself rather than a hook: a boxed closure in a `OnceLock` was 24 bytes here.
+    clients: Option<StreamMetrics>,
 }
 
 impl Hub {
@@ -144,18 +139,21 @@ impl Hub {
             DEFAULT_MAX_BYTES,
             checkpoint,
             &signal::Group::default(),
+            None,
         )
     }
 
     /// A hub holding at most `max_unacked` unacked events and `max_bytes` bytes of them (as
     /// sent to the app); the newest event is always kept, however large. Acks wake `group` (the
-    /// stream's signals: its supervisor waits on them all at once).
+    /// stream's signals: its supervisor waits on them all at once); `clients` is told the
+    /// number of consumers whenever it changes.
     pub fn with_limits(
         stream: StreamId,
         max_unacked: u32,
         max_bytes: u32,
         checkpoint: Option<EventId>,
         group: &signal::Group,
+        clients: Option<StreamMetrics>,
     ) -> Arc<Self> {
         let max_unacked = max_unacked.max(1);
         let max_bytes = max_bytes.max(1);
@@ -186,19 +184,13 @@ impl Hub {
             state: Mutex::new(st),
             notify: Notify::new(),
             signals: group.clone(),
-            on_consumers: std::sync::OnceLock::new(),
+            clients,
         })
     }
 
-    /// Calls `f` with the number of consumers whenever it changes (the app-clients gauge).
-    /// Set once; later calls are ignored.
-    pub fn on_consumers(&self, f: impl Fn(usize) + Send + Sync + 'static) {
-        let _ = self.on_consumers.set(ConsumerHook(Box::new(f)));
-    }
-
-    fn consumers_changed(&self, n: usize) {
-        if let Some(hook) = self.on_consumers.get() {
-            (hook.0)(n);
+    fn consumers_changed(&self, n: u32) {
+        if let Some(clients) = &self.clients {
+            clients.app_clients(n as usize);
         }
     }
 
@@ -405,7 +397,7 @@ impl Hub {
 
     /// Connected consumers (0 or 1; a replaced one counts until it notices).
     pub fn consumers(&self) -> usize {
-        self.lock().consumers
+        self.lock().consumers as usize
     }
 
     /// Attaches a new consumer; the previous one, if any, is replaced. The new one is handed
@@ -413,7 +405,7 @@ impl Hub {
     pub fn attach(self: &Arc<Self>) -> Consumer {
         let (generation, consumers) = {
             let mut st = self.lock();
-            st.generation += 1;
+            st.generation = st.generation.wrapping_add(1);
             st.consumers += 1;
             // The new consumer starts after everything queued so far (it is sent the current
             // state instead), and the old one is replaced: nobody reads these any more.
@@ -494,7 +486,7 @@ fn append_control(st: &mut State, frame: Arc<str>, level: bool) {
 #[derive(Debug)]
 pub struct Consumer {
     hub: Arc<Hub>,
-    generation: u64,
+    generation: u32,
     event_cursor: u64,
 }
 
@@ -659,14 +651,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_consumer_hook_follows_attach_and_drop() {
-        let h = hub(10);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = Arc::clone(&seen);
-        h.on_consumers(move |n| s2.lock().expect("lock").push(n));
+    async fn the_app_clients_gauge_follows_attach_and_drop() {
+        let metrics = crate::metrics::Metrics::new();
+        let stream: StreamId = "cc/q".parse().expect("id");
+        let gauge = metrics.stream(&stream, &"acme".parse().expect("tenant"));
+        let h = Hub::with_limits(stream, 10, 1 << 20, None, &Default::default(), Some(gauge));
+        let clients = || {
+            let text = metrics.encode();
+            crate::metrics::tests::samples(&text, "streamkeeper_app_clients")
+                .first()
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(clients(), Some(0.0));
         let c = h.attach();
+        assert_eq!(clients(), Some(1.0));
         drop(c);
-        assert_eq!(*seen.lock().expect("lock"), vec![1, 0]);
+        assert_eq!(clients(), Some(0.0));
+    }
+
+    #[test]
+    fn a_hub_fits_the_allocators_224_byte_class() {
+        // With the `Arc`'s two counts; one byte more is 256.
+        let size = size_of::<Hub>() + 16;
+        assert!(size <= 224, "{size} bytes");
     }
 
     #[tokio::test]
@@ -724,6 +731,7 @@ mod tests {
             300,
             None,
             &signal::Group::default(),
+            None,
         );
         let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(80));
         for n in 1..=5 {

@@ -217,9 +217,8 @@ impl Pod {
             spec.limits.max_unacked_bytes,
             None,
             &signals,
+            Some(self.metrics.stream(&spec.id, &spec.tenant)),
         );
-        let gauge = self.metrics.stream(&spec.id, &spec.tenant);
-        hub.on_consumers(move |n| gauge.app_clients(n));
         let status: StatusCell = Default::default();
         let (stop, stop_rx) = signals.channel(None);
         self.ownership.watch_tenant(&spec.tenant);
