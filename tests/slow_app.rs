@@ -97,7 +97,7 @@ async fn an_app_that_never_reads_never_delays_pongs_and_its_events_wait_in_order
         "the upstream socket was never replaced"
     );
     assert_eq!(status.state, StreamState::Active);
-    let rtt = status.rtt.expect("pongs were matched");
+    let rtt = status.rtt.expect("pongs were matched").get();
     assert!(
         rtt < Duration::from_millis(50),
         "smoothed pong RTT {rtt:?}: pong handling was delayed"

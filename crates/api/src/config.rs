@@ -390,8 +390,8 @@ fn is_domain(s: &str) -> bool {
 
 /// Where credentials come from. Its paths and names (and [`TlsSpec`]'s) are boxed, 16 bytes
 /// each rather than a `PathBuf`'s or `String`'s 24: a [`StreamSpec`] is one allocation that
-/// every stream keeps, and with them it fits the allocator's 320-byte class, not the 384-byte
-/// one (the sidecar bench's census).
+/// every stream keeps, and with them (and its shared endpoints) it fits the allocator's
+/// 256-byte class (the sidecar bench's census).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Credentials {

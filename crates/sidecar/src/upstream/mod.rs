@@ -25,7 +25,7 @@ pub use connect::{SharedConnectOptions, connect_options};
 pub use events::{Observer, SessionEvent};
 pub use monitor::{Tick, Upstream};
 pub use session::{SessionCtx, run};
-pub use status::{StatusCell, StreamStatus, read_owner, read_status, set_owner};
+pub use status::{Rtt, StatusCell, StreamStatus, read_owner, read_status, set_owner};
 
 /// A `generic` stream's spec for this module's unit tests, its heartbeat timeout `timeout`.
 #[cfg(test)]

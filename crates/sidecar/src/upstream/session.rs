@@ -16,7 +16,7 @@ use streamkeeper_api::{
 use tokio::{sync::watch, time::Instant};
 
 use super::{
-    Observer, SessionEvent, StatusCell, StreamStatus,
+    Observer, Rtt, SessionEvent, StatusCell, StreamStatus,
     connect::{OpenFailure, Opener},
     gate::RateGate,
     link::{self, Link, Next},
@@ -380,7 +380,7 @@ impl Session {
             st.retry_count = self.backoff.attempts();
             st.last_error = None;
             if self.connections > 1 {
-                st.reconnects += 1;
+                st.reconnects = st.reconnects.saturating_add(1);
             }
         }
         self.ctx.observer.observe(
@@ -773,7 +773,7 @@ impl Session {
                 }
                 if let Some(rtt) = out.rtt {
                     self.ctx.metrics.pong(rtt);
-                    self.status().rtt = srtt;
+                    self.status().rtt = srtt.map(Rtt::new);
                 }
                 if *first_pong {
                     // The socket answered: the outage is over, start backoff from the bottom.
