@@ -167,8 +167,8 @@ async fn rotations_and_socket_closing_deliver_every_event_once_with_no_drop_or_g
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let record = h.pod.ownership().store().record(&key).await.expect("store");
-        let current = h.status(&id).connection.map(|c| c.0.to_string());
-        if record.as_ref().map(|r| Some(r.socket_id.clone())) == Some(current.clone()) {
+        let current = h.status(&id).connection;
+        if record.as_ref().map(|r| r.socket_id.clone()) == Some(current.clone()) {
             break;
         }
         assert!(

@@ -215,6 +215,9 @@ pub enum Platform {
 }
 
 impl Platform {
+    /// Every platform.
+    pub const ALL: [Self; 4] = [Self::Genesys, Self::CxoneDfo, Self::CxoneAah, Self::Generic];
+
     /// The platform as written in config and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -223,6 +226,23 @@ impl Platform {
             Self::CxoneAah => "cxone-aah",
             Self::Generic => "generic",
         }
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = ConfigError;
+
+    /// The platform written as [`Platform::as_str`] writes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "platform",
+                    format!("unknown platform {s:?} (genesys, cxone-dfo, cxone-aah or generic)"),
+                )
+            })
     }
 }
 
@@ -945,6 +965,15 @@ streams:
         // Each stream's spec is in an `Arc` (its two counts are 16 bytes): one byte more is 320.
         let size = size_of::<StreamSpec>() + 16;
         assert!(size <= 256, "{size} bytes");
+    }
+
+    #[test]
+    fn a_platform_reads_back_from_its_name_and_an_unknown_one_is_named() {
+        for p in Platform::ALL {
+            assert_eq!(p.as_str().parse::<Platform>().expect("known"), p);
+        }
+        let err = "avaya".parse::<Platform>().expect_err("unknown");
+        assert!(err.to_string().contains("\"avaya\""), "{err}");
     }
 
     #[test]

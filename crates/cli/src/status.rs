@@ -20,7 +20,7 @@ pub async fn run(url: &str) -> anyhow::Result<ExitCode> {
             [
                 r.stream.to_string(),
                 r.tenant.to_string(),
-                r.platform.to_string(),
+                r.platform.as_str().to_owned(),
                 r.state.to_string(),
                 r.owner.to_string(),
                 r.fence.to_string(),

@@ -224,9 +224,9 @@ mod tests {
         ConnRecord {
             stream: "cc/q".parse().expect("id"),
             tenant: "acme".parse::<Tenant>().expect("tenant"),
-            socket_id: "s".into(),
+            socket_id: Some(streamkeeper_api::ConnectionId("s".into())),
             last_pong: pong,
-            platform: "generic".into(),
+            platform: streamkeeper_api::config::Platform::Generic,
             state,
             retry_count: 0,
             owner: "pod-a".parse().expect("pod"),

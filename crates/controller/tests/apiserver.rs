@@ -363,9 +363,9 @@ fn record(key: &StreamKey, owner: &str, fence: streamkeeper_api::Fence, now_ms: 
     ConnRecord {
         stream: key.stream().clone(),
         tenant: key.tenant().clone(),
-        socket_id: "socket-1".into(),
+        socket_id: Some(streamkeeper_api::ConnectionId("socket-1".into())),
         last_pong: now_ms,
-        platform: "genesys".into(),
+        platform: streamkeeper_api::config::Platform::Genesys,
         state: StreamState::Active,
         retry_count: 0,
         owner: owner.parse().expect("pod"),

@@ -148,9 +148,9 @@ async fn sidecars(store: std::sync::Arc<dyn Store>, rendered: Vec<(StreamKey, Po
                 record: ConnRecord {
                     stream: key.stream().clone(),
                     tenant: key.tenant().clone(),
-                    socket_id: "bench".into(),
+                    socket_id: Some(streamkeeper_api::ConnectionId("bench".into())),
                     last_pong: now,
-                    platform: "genesys".into(),
+                    platform: streamkeeper_api::config::Platform::Genesys,
                     state: StreamState::Active,
                     retry_count: 0,
                     owner: pod.clone(),

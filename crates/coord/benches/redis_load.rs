@@ -158,9 +158,11 @@ fn record(k: &StreamKey, p: usize, fence: Fence, last_pong: u64) -> ConnRecord {
     ConnRecord {
         stream: k.stream().clone(),
         tenant: k.tenant().clone(),
-        socket_id: format!("sock-{}", k.stream().name()),
+        socket_id: Some(streamkeeper_api::ConnectionId(
+            format!("sock-{}", k.stream().name()).into(),
+        )),
         last_pong,
-        platform: "genesys".into(),
+        platform: streamkeeper_api::config::Platform::Genesys,
         state: StreamState::Active,
         retry_count: 0,
         owner: pod(p),

@@ -465,9 +465,9 @@ mod tests {
         ConnRecord {
             stream: k.stream().clone(),
             tenant: k.tenant().clone(),
-            socket_id: "s".into(),
+            socket_id: Some(streamkeeper_api::ConnectionId("s".into())),
             last_pong,
-            platform: "generic".into(),
+            platform: streamkeeper_api::config::Platform::Generic,
             state: StreamState::Active,
             retry_count: 0,
             owner: pod(owner),

@@ -10,7 +10,7 @@ use std::{
 use ::redis::{AsyncCommands, Value};
 use async_trait::async_trait;
 use streamkeeper_api::{
-    EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition,
+    ConnectionId, EventId, Fence, PodName, StreamId, StreamState, Tenant, Transition,
     transition::TRANSITIONS_CHANNEL,
 };
 
@@ -150,8 +150,8 @@ impl RedisStore {
                 .arg(millis(b.lease_ttl).max(1))
                 .arg(b.record.last_pong)
                 .arg(if *write { "1" } else { "0" })
-                .arg(&b.record.socket_id)
-                .arg(&*b.record.platform)
+                .arg(b.record.socket_id_str())
+                .arg(b.record.platform.as_str())
                 .arg(b.record.state.as_str())
                 .arg(b.record.retry_count);
         }
@@ -787,9 +787,11 @@ fn record_from(
     Some(ConnRecord {
         stream: stream.parse().ok()?,
         tenant: tenant.clone(),
-        socket_id: field("socketId").to_owned(),
+        socket_id: Some(field("socketId"))
+            .filter(|id| !id.is_empty())
+            .map(|id| ConnectionId(id.into())),
         last_pong,
-        platform: field("platform").into(),
+        platform: field("platform").parse().ok()?,
         state: parse_state(field("state"))?,
         retry_count: field("retryCount").parse().unwrap_or(0),
         owner: field("owner").parse().ok()?,
@@ -807,8 +809,8 @@ fn digest(b: &Beat) -> u64 {
     let r = &b.record;
     (
         b.key.tenant().as_str(),
-        r.socket_id.as_str(),
-        &*r.platform,
+        r.socket_id_str(),
+        r.platform.as_str(),
         r.state.as_str(),
         r.retry_count,
     )

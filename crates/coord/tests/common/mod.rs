@@ -174,9 +174,9 @@ pub fn record(k: &StreamKey, owner: &str, fence: Fence, last_pong: u64) -> ConnR
     ConnRecord {
         stream: k.stream().clone(),
         tenant: k.tenant().clone(),
-        socket_id: "sock-1".into(),
+        socket_id: Some(streamkeeper_api::ConnectionId("sock-1".into())),
         last_pong,
-        platform: "generic".into(),
+        platform: streamkeeper_api::config::Platform::Generic,
         state: StreamState::Active,
         retry_count: 0,
         owner: pod(owner),

@@ -35,7 +35,7 @@ use std::{
 use futures_util::StreamExt;
 use streamkeeper_api::{
     DropReason, EventId, Fence, PodName, StreamState, Tenant, Transition,
-    config::{DEFAULT_CHECKPOINT_WINDOW, DEFAULT_TENANT_LIMIT},
+    config::{DEFAULT_CHECKPOINT_WINDOW, DEFAULT_TENANT_LIMIT, Platform},
 };
 use streamkeeper_coord::{
     Acquired, Beat, BeatOutcome, CheckpointOutcome, CheckpointWrite, ConnRecord, LeaseView, Store,
@@ -81,7 +81,7 @@ pub struct Claim {
 struct Held {
     fence: Fence,
     term: LeaseTerm,
-    platform: &'static str,
+    platform: Platform,
     status: StatusCell,
     lost: signal::Sender<Option<DropReason>>,
     /// Until when the lease may be acted on.
@@ -299,7 +299,7 @@ impl Ownership {
         &self,
         key: &StreamKey,
         ttl: Duration,
-        platform: &'static str,
+        platform: Platform,
         status: &StatusCell,
         stop: &mut signal::Receiver<Option<DropReason>>,
     ) -> Option<Claim> {
@@ -426,7 +426,7 @@ impl Ownership {
         &self,
         key: &StreamKey,
         ttl: Duration,
-        platform: &'static str,
+        platform: Platform,
         status: &StatusCell,
         stop: &signal::Receiver<Option<DropReason>>,
     ) -> Attempt {
@@ -702,9 +702,9 @@ impl Ownership {
                     let record = ConnRecord {
                         stream: k.stream().clone(),
                         tenant: k.tenant().clone(),
-                        socket_id: st.connection.map(|c| c.0.to_string()).unwrap_or_default(),
+                        socket_id: st.connection,
                         last_pong: st.last_pong_ms.max(1),
-                        platform: h.platform.into(),
+                        platform: h.platform,
                         state: st.state,
                         retry_count: st.retry_count,
                         owner: self.pod.clone(),
@@ -1134,7 +1134,7 @@ mod tests {
             .claim(
                 &key(),
                 Duration::from_secs(30),
-                "generic",
+                Platform::Generic,
                 &status,
                 &mut stop,
             )
@@ -1151,7 +1151,7 @@ mod tests {
             .claim(
                 &short_key,
                 Duration::from_secs(3),
-                "generic",
+                Platform::Generic,
                 &status,
                 &mut stop,
             )
@@ -1195,7 +1195,7 @@ mod tests {
         a.watch_tenant(key().tenant());
         let ttl = Duration::from_secs(3);
         let claim = a
-            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .claim(&key(), ttl, Platform::Generic, &status, &mut stop)
             .await
             .expect("a owns");
         // Beats confirmed every second keep the lease valid.
@@ -1218,7 +1218,9 @@ mod tests {
             let b = Arc::clone(&b);
             let status = Arc::clone(&status);
             tokio::spawn(async move {
-                let c = b.claim(&key(), ttl, "generic", &status, &mut stop_b).await;
+                let c = b
+                    .claim(&key(), ttl, Platform::Generic, &status, &mut stop_b)
+                    .await;
                 (c.map(|c| c.fence), Instant::now())
             })
         };
@@ -1261,7 +1263,7 @@ mod tests {
         let (_tx, mut stop) = crate::signal::channel(None);
         let ttl = Duration::from_secs(4);
         let claim = a
-            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .claim(&key(), ttl, Platform::Generic, &status, &mut stop)
             .await
             .expect("a owns");
         tokio::time::advance(Duration::from_millis(500)).await;
@@ -1304,7 +1306,7 @@ mod tests {
             let b = Arc::clone(&b);
             let status = Arc::clone(&status);
             tokio::spawn(async move {
-                b.claim(&key(), ttl, "generic", &status, &mut stop)
+                b.claim(&key(), ttl, Platform::Generic, &status, &mut stop)
                     .await
                     .map(|_| Instant::now())
             })
@@ -1360,7 +1362,7 @@ mod tests {
         let (_tx, mut stop) = crate::signal::channel(None);
         let ttl = Duration::from_secs(2);
         let claim = a
-            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .claim(&key(), ttl, Platform::Generic, &status, &mut stop)
             .await
             .expect("a owns");
         for n in 1..=3 {
@@ -1375,7 +1377,7 @@ mod tests {
         // a freezes; b takes over; a's late flush is refused and ends its lease.
         tokio::time::advance(Duration::from_secs(3)).await;
         let _b = b
-            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .claim(&key(), ttl, Platform::Generic, &status, &mut stop)
             .await
             .expect("b owns");
         a.record_ack(&claim, EventId("e4".into()));
@@ -1410,7 +1412,7 @@ mod tests {
         let (_stop_tx, mut stop) = crate::signal::channel(None);
         let ttl = Duration::from_secs(30);
         let claim_a = a
-            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .claim(&key(), ttl, Platform::Generic, &status, &mut stop)
             .await
             .expect("a owns");
 
@@ -1418,7 +1420,7 @@ mod tests {
         let status_b = Arc::clone(&status);
         let b2 = Arc::clone(&b);
         let standby = tokio::spawn(async move {
-            b2.claim(&key(), ttl, "generic", &status_b, &mut stop_b)
+            b2.claim(&key(), ttl, Platform::Generic, &status_b, &mut stop_b)
                 .await
                 .map(|c| c.fence)
         });
@@ -1445,7 +1447,7 @@ mod tests {
             .claim(
                 &key(),
                 Duration::from_secs(30),
-                "generic",
+                Platform::Generic,
                 &status,
                 &mut stop,
             )
@@ -1480,14 +1482,14 @@ mod tests {
         let (_tx, mut stop) = crate::signal::channel(None);
         let ttl = Duration::from_secs(5);
         let claim_a = a
-            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .claim(&key(), ttl, Platform::Generic, &status, &mut stop)
             .await
             .expect("a owns");
         // a freezes past its lease; b takes the stream.
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(!a.confirmed(&key(), claim_a.fence));
         let _claim_b = b
-            .claim(&key(), ttl, "generic", &status, &mut stop)
+            .claim(&key(), ttl, Platform::Generic, &status, &mut stop)
             .await
             .expect("b owns");
         assert!(
@@ -1542,22 +1544,22 @@ mod tests {
         let (_tx, mut stop) = crate::signal::channel(None);
         let long = Duration::from_secs(60);
         let renewed = a
-            .claim(&key(0), long, "generic", &status, &mut stop)
+            .claim(&key(0), long, Platform::Generic, &status, &mut stop)
             .await
             .expect("a owns");
         let short = Duration::from_millis(300);
         let fenced = a
-            .claim(&key(1), short, "generic", &status, &mut stop)
+            .claim(&key(1), short, Platform::Generic, &status, &mut stop)
             .await
             .expect("a owns");
         let down = a
-            .claim(&key(2), long, "generic", &status, &mut stop)
+            .claim(&key(2), long, Platform::Generic, &status, &mut stop)
             .await
             .expect("a owns");
         // pod-b takes the second stream over once pod-a's short lease lapses.
         let _taken = tokio::time::timeout(
             Duration::from_secs(10),
-            b.claim(&key(1), long, "generic", &status, &mut stop),
+            b.claim(&key(1), long, Platform::Generic, &status, &mut stop),
         )
         .await
         .expect("b takes over within the bound")

@@ -76,7 +76,7 @@ impl Pod {
                         .claim(
                             &key,
                             spec.heartbeat.timeout,
-                            adapter.platform().as_str(),
+                            adapter.platform(),
                             &status,
                             &mut stop,
                         )
