@@ -667,15 +667,18 @@ fn print_transport(params: &Params, transport: Transport, runs: &[Run]) {
         );
     }
     println!("  per added stream (slope from the previous N)");
+    // RSS anon too: the private pages alone, without the binary's code pages, which a run
+    // maps a few more or fewer of and so move the RSS slope by a hundred bytes or two.
     println!(
-        "  {:>13} {:>10} {:>10} {:>11} {:>12} {:>8}",
-        "streams", "RSS", "heap", "RSS scraped", "CPU %/1000", "target"
+        "  {:>13} {:>10} {:>10} {:>10} {:>11} {:>12} {:>8}",
+        "streams", "RSS", "RSS anon", "heap", "RSS scraped", "CPU %/1000", "target"
     );
     let target = transport.target_per_stream();
     for pair in runs.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         let dn = (b.streams - a.streams).max(1) as f64;
         let rss = (b.rss as f64 - a.rss as f64) / dn;
+        let anon = (b.rss_anon as f64 - a.rss_anon as f64) / dn;
         let scraped = (b.rss_scraped as f64 - a.rss_scraped as f64) / dn;
         let heap = match (&a.heap, &b.heap) {
             (Some(x), Some(y)) => bytes((y.live as f64 - x.live as f64) / dn),
@@ -690,10 +693,11 @@ fn print_transport(params: &Params, transport: Transport, runs: &[Run]) {
             (bytes(target), verdict(rss <= target && scraped <= target))
         };
         println!(
-            "  {:>6}..{:<6} {:>10} {:>10} {:>11} {:>11.3}% {:>8} {}",
+            "  {:>6}..{:<6} {:>10} {:>10} {:>10} {:>11} {:>11.3}% {:>8} {}",
             a.streams,
             b.streams,
             bytes(rss),
+            bytes(anon),
             heap,
             bytes(scraped),
             cpu,
