@@ -36,7 +36,7 @@ struct Checkpoint {
 struct State {
     next_fence: u64,
     /// Leases and records boxed: a map's table is sized in powers of two, so up to half its
-    /// slots are empty, and an empty slot the size of a lease (48 bytes) or a record (120) cost
+    /// slots are empty, and an empty slot the size of a lease (48 bytes) or a record (88) cost
     /// every stream more than the box does.
     leases: HashMap<StreamKey, Box<Lease>>,
     records: HashMap<StreamKey, Box<ConnRecord>>,

@@ -649,10 +649,8 @@ impl StreamMetrics {
     }
 
     /// Sets the number of local app clients.
-    pub fn app_clients(&self, n: usize) {
-        self.inner
-            .app_clients
-            .store(u32::try_from(n).unwrap_or(u32::MAX), Relaxed);
+    pub fn app_clients(&self, n: u32) {
+        self.inner.app_clients.store(n, Relaxed);
     }
 
     /// Sets the stream's state: 1 for `state`, 0 for the six others.
@@ -1029,7 +1027,7 @@ pub(crate) mod tests {
                 }
             }
             gaps.with_label_values(&[s]);
-            handle.app_clients(n as usize);
+            handle.app_clients(n as u32);
             clients.with_label_values(&[s]).set(n as i64);
         }
         for reason in [

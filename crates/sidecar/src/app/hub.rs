@@ -190,7 +190,7 @@ impl Hub {
 
     fn consumers_changed(&self, n: u32) {
         if let Some(clients) = &self.clients {
-            clients.app_clients(n as usize);
+            clients.app_clients(n);
         }
     }
 
